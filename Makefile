@@ -1,0 +1,37 @@
+# The README's two promises: `make run` and `make test` do all the set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export MLOPS_HOME ?= $(CURDIR)/.mlops
+export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install run test dev mlflow-ui bench clean
+
+# Re-install only when setup.py changes.
+$(VENV)/.installed: setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+	@mkdir -p $(DAGSTER_HOME)
+
+run: install ## materialize the whole asset graph for MLOPS_TARGET (default local)
+	$(BIN)/python -m mlops_assets.cli run
+
+test: install ## the whole test suite
+	$(BIN)/python -m pytest mlops_assets_tests
+
+dev: install ## Dagster UI on http://127.0.0.1:3000 with this project loaded
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 for the local tracking store
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db
+
+bench: install ## benchmarks (see README, Performance)
+	$(BIN)/python bench/ml_phase.py
+
+clean: ## remove the state folder and the virtual environment
+	rm -rf $(MLOPS_HOME) $(VENV) *.egg-info

@@ -1,0 +1,32 @@
+"""The Dagster Definitions of the project: assets, checks and resources for MLOPS_TARGET."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mlops_assets.assets.data import dataset
+from mlops_assets.assets.training import candidate_models, selected_model
+from mlops_assets.checks import DATASET_CHECKS
+from mlops_assets.settings import load_settings
+from mlops_assets.targets import resources_for
+
+ASSETS = [dataset, candidate_models, selected_model]
+
+# `make run` materializes this job: the whole graph for the chosen target.
+materialize_all = dg.define_asset_job("materialize_all", selection=dg.AssetSelection.all())
+
+
+def build_definitions(settings=None) -> dg.Definitions:
+    settings = settings or load_settings()
+    return dg.Definitions(
+        assets=ASSETS,
+        asset_checks=DATASET_CHECKS,
+        jobs=[materialize_all],
+        resources=resources_for(settings),
+        # Steps are small and the machine has 2 cores: one process avoids paying the
+        # import of dagster, MLflow and scikit-learn once per step.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,204 @@
+"""Load a table with polars, describe its features, split it, and fingerprint it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+DEFAULT_SOURCE = "palmerpenguins"
+DEFAULT_TARGET = "species"
+
+# Where a user changes the source or the target column; named in every error message.
+SOURCE_SETTING = "the `source` config of the `dataset` asset (or MLOPS_DATASET for `make run`)"
+TARGET_SETTING = "the `target_column` config of the `dataset` asset (or MLOPS_TARGET_COLUMN for `make run`)"
+
+
+class DatasetError(ValueError):
+    """The configured data source cannot be turned into a training table."""
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    seed: int = 42
+    validation_fraction: float = 0.2
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not (0 < self.validation_fraction < 1 and 0 < self.test_fraction < 1):
+            raise DatasetError("validation_fraction and test_fraction must be between 0 and 1")
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise DatasetError("validation_fraction + test_fraction must leave at least 10% for training")
+
+
+@dataclass
+class Dataset:
+    """The `dataset` asset's value: the cleaned table, its schema and its split."""
+
+    source: str
+    target: str
+    numeric_features: list[str]
+    categorical_features: list[str]
+    table: pl.DataFrame
+    train: pl.DataFrame
+    validation: pl.DataFrame
+    test: pl.DataFrame
+    content_hash: str
+    stratified: bool
+    split: SplitSpec = field(default_factory=SplitSpec)
+    # Thresholds of the data-quality checks, chosen with the source in the asset's config.
+    min_rows: int = 50
+    min_rows_per_class: int = 10
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric_features, *self.categorical_features]
+
+    def class_counts(self) -> dict[str, int]:
+        counts = self.table.get_column(self.target).cast(pl.String).value_counts(sort=True)
+        return {str(row[0]): int(row[1]) for row in counts.iter_rows()}
+
+    def xy(self, part: str):
+        """Features as a pandas frame (what scikit-learn and MLflow take) and labels as numpy."""
+        frame = getattr(self, part)
+        return frame.select(self.features).to_pandas(), frame.get_column(self.target).to_numpy()
+
+
+def read_table(source: str) -> pl.DataFrame:
+    """Read the configured source: the bundled default, or a CSV / Parquet path."""
+    if source == DEFAULT_SOURCE:
+        return _read_palmerpenguins()
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DatasetError(f"data source {str(path)!r} does not exist; point {SOURCE_SETTING} at a CSV or Parquet file")
+    if path.is_dir():
+        raise DatasetError(f"data source {str(path)!r} is a folder, not a file; set {SOURCE_SETTING} to a CSV or Parquet file")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"data source {str(path)!r} is empty (0 bytes); set {SOURCE_SETTING} to a file with data")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pl.read_parquet(path)
+        elif suffix in (".csv", ".txt"):
+            frame = pl.read_csv(path, null_values=["", "NA", "NaN", "nan", "null"], infer_schema_length=10_000)
+        else:
+            raise DatasetError(
+                f"data source {str(path)!r} has suffix {suffix!r}; only .csv and .parquet are read, set {SOURCE_SETTING}"
+            )
+    except DatasetError:
+        raise
+    except Exception as exc:  # polars raises many types for malformed files
+        raise DatasetError(
+            f"data source {str(path)!r} could not be read as {suffix.lstrip('.')}: {exc}; fix the file or {SOURCE_SETTING}"
+        ) from exc
+    if frame.height == 0 or frame.width == 0:
+        raise DatasetError(f"data source {str(path)!r} has no rows; set {SOURCE_SETTING} to a file with data")
+    return frame
+
+
+def _read_palmerpenguins() -> pl.DataFrame:
+    # The palmerpenguins package ships its CSV; nothing is downloaded.
+    from importlib.resources import files
+
+    data = files("palmerpenguins").joinpath("data/penguins.csv")
+    frame = pl.read_csv(data.read_bytes(), null_values=["NA", ""])
+    # `year` is a collection date, not a property of the penguin.
+    return frame.drop("year")
+
+
+def describe_features(frame: pl.DataFrame, target: str) -> tuple[list[str], list[str]]:
+    """Split columns into numeric and categorical features (everything else is categorical)."""
+    numeric, categorical = [], []
+    for name, dtype in frame.schema.items():
+        if name == target:
+            continue
+        if dtype.is_numeric() and dtype != pl.Boolean:
+            numeric.append(name)
+        else:
+            categorical.append(name)
+    return numeric, categorical
+
+
+def normalise(frame: pl.DataFrame, target: str) -> pl.DataFrame:
+    """Numeric features as Float64 (so a missing value is a NaN the model imputes), categorical
+    features as strings; the target as a string label."""
+    numeric, categorical = describe_features(frame, target)
+    return frame.with_columns(
+        *[pl.col(c).cast(pl.Float64) for c in numeric],
+        *[pl.col(c).cast(pl.String) for c in categorical],
+        pl.col(target).cast(pl.String),
+    ).select([*numeric, *categorical, target])
+
+
+def content_hash(frame: pl.DataFrame, target: str, split: SplitSpec) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{target}|{split.seed}|{split.validation_fraction}|{split.test_fraction}|".encode())
+    digest.update(repr(frame.schema).encode())
+    digest.update(frame.write_csv().encode())
+    return digest.hexdigest()[:16]
+
+
+def split_indices(labels: np.ndarray, split: SplitSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Seeded train/validation/test indices, stratified by label when every class allows it."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    _, counts = np.unique(labels.astype(str), return_counts=True)
+    # Three parts need at least three rows of every class; otherwise a plain seeded shuffle
+    # (the `class_counts` check then fails and blocks training).
+    stratified = len(counts) > 1 and counts.min() >= 3 and not any(label is None for label in labels)
+    holdout = split.validation_fraction + split.test_fraction
+    strat = labels if stratified else None
+    try:
+        train_idx, rest_idx = train_test_split(index, test_size=holdout, random_state=split.seed, stratify=strat)
+        rest_strat = labels[rest_idx] if stratified else None
+        val_idx, test_idx = train_test_split(
+            rest_idx, test_size=split.test_fraction / holdout, random_state=split.seed, stratify=rest_strat
+        )
+    except ValueError:
+        if not stratified:
+            raise
+        return (*split_indices_unstratified(index, split), False)
+    return np.sort(train_idx), np.sort(val_idx), np.sort(test_idx), stratified
+
+
+def split_indices_unstratified(index: np.ndarray, split: SplitSpec):
+    rng = np.random.default_rng(split.seed)
+    shuffled = rng.permutation(index)
+    n_test = max(1, round(len(index) * split.test_fraction))
+    n_val = max(1, round(len(index) * split.validation_fraction))
+    return np.sort(shuffled[n_test + n_val :]), np.sort(shuffled[n_test : n_test + n_val]), np.sort(shuffled[:n_test])
+
+
+def build_dataset(
+    source: str, target: str, split: SplitSpec, min_rows: int = 50, min_rows_per_class: int = 10
+) -> Dataset:
+    raw = read_table(source)
+    if target not in raw.columns:
+        raise DatasetError(
+            f"target column {target!r} is not in {source!r} (columns: {', '.join(raw.columns)}); set {TARGET_SETTING}"
+        )
+    if raw.width < 2:
+        raise DatasetError(f"data source {source!r} has no feature columns besides the target {target!r}")
+    table = normalise(raw, target)
+    numeric, categorical = describe_features(table, target)
+    labels = table.get_column(target).to_numpy()
+    train_idx, val_idx, test_idx, stratified = split_indices(labels, split)
+    return Dataset(
+        source=source,
+        target=target,
+        numeric_features=numeric,
+        categorical_features=categorical,
+        table=table,
+        train=table[train_idx],
+        validation=table[val_idx],
+        test=table[test_idx],
+        content_hash=content_hash(table, target, split),
+        stratified=stratified,
+        split=split,
+        min_rows=min_rows,
+        min_rows_per_class=min_rows_per_class,
+    )

@@ -1,0 +1,1 @@
+"""One typed Dagster resource per external tool."""

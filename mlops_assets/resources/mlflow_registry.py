@@ -1,0 +1,225 @@
+"""MLflow tracking and model registry, wrapped once.
+
+Why not dagster-mlflow's `mlflow_tracking` for this: it opens one MLflow run per Dagster run
+(keyed on a `dagster_run_id` tag), has no artifact-location option and configures MLflow
+through process-wide environment variables. The candidate models need one parent run per
+*training* with nested child runs, and a no-change materialization must reuse an earlier
+training instead of opening an empty run. This resource keeps dagster-mlflow's tagging
+convention (`dagster_run_id`) so runs line up with its users' expectations.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+ROLE_TAG = "mlops.role"
+FINGERPRINT_TAG = "mlops.fingerprint"
+CHAMPION_ALIAS = "champion"
+
+
+@dataclass(frozen=True)
+class LoggedCandidate:
+    """One trained candidate as MLflow recorded it."""
+
+    family: str
+    run_id: str
+    model_uri: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    source: str
+
+
+class MlflowRegistry(dg.ConfigurableResource):
+    """MLflow tracking store and model registry (sqlite under MLOPS_HOME, or a tracking server)."""
+
+    tracking_uri: str
+    experiment_name: str = "mlops-assets"
+    artifact_root: str | None = None  # only for file-based stores; a server chooses its own
+    ui_url: str = "http://127.0.0.1:5000"
+
+    _experiment_id: str | None = PrivateAttr(default=None)
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _mlflow(self):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        return mlflow
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            client = self.client()
+            experiment = client.get_experiment_by_name(self.experiment_name)
+            if experiment is None:
+                location = None
+                if self.artifact_root and urlparse(self.tracking_uri).scheme not in ("http", "https"):
+                    location = f"file://{self.artifact_root}/{self.experiment_name}"
+                experiment_id = client.create_experiment(self.experiment_name, artifact_location=location)
+            else:
+                experiment_id = experiment.experiment_id
+            self._experiment_id = experiment_id
+        return self._experiment_id
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.ui_url}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+
+    def model_version_url(self, name: str, version: str) -> str:
+        return f"{self.ui_url}/#/models/{name}/versions/{version}"
+
+    # -- candidate training runs -------------------------------------------------------------
+    def find_finished_training(self, fingerprint: str) -> list[LoggedCandidate] | None:
+        """The candidates of an earlier training with this exact fingerprint, if one finished."""
+        client = self.client()
+        parents = client.search_runs(
+            [self.experiment_id()],
+            filter_string=(
+                f"tags.`{ROLE_TAG}` = 'candidate_set' and tags.`{FINGERPRINT_TAG}` = '{fingerprint}'"
+                " and attributes.status = 'FINISHED'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not parents:
+            return None
+        parent = parents[0]
+        children = client.search_runs(
+            [self.experiment_id()],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and attributes.status = 'FINISHED'",
+        )
+        expected = int(parent.data.tags.get("mlops.candidates", "-1"))
+        if len(children) != expected:
+            return None  # a partial training (killed midway) is not reused
+        return sorted((self._candidate_from_run(run) for run in children), key=lambda c: c.family)
+
+    def parent_run_id(self, candidates: list[LoggedCandidate]) -> str:
+        return self.client().get_run(candidates[0].run_id).data.tags["mlflow.parentRunId"]
+
+    def _candidate_from_run(self, run) -> LoggedCandidate:
+        return LoggedCandidate(
+            family=run.data.tags["mlops.family"],
+            run_id=run.info.run_id,
+            model_uri=run.data.tags["mlops.model_uri"],
+            params=dict(run.data.params),
+            metrics={k.removeprefix("val_"): v for k, v in run.data.metrics.items() if k.startswith("val_")},
+        )
+
+    def log_training(
+        self,
+        fingerprint: str,
+        dagster_run_id: str,
+        trained: list[tuple[str, Any, dict[str, Any], dict[str, float]]],
+        input_example,
+        pip_requirements: list[str],
+        parent_params: dict[str, Any],
+        log: logging.Logger | None = None,
+    ) -> tuple[str, list[LoggedCandidate]]:
+        """Log one parent run with a nested run per candidate (params, metrics, model)."""
+        import skops.io
+        from mlflow.models import infer_signature
+
+        mlflow = self._mlflow()
+        experiment_id = self.experiment_id()
+        logged: list[LoggedCandidate] = []
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=f"candidates-{fingerprint[:8]}",
+            tags={
+                ROLE_TAG: "candidate_set",
+                FINGERPRINT_TAG: fingerprint,
+                "dagster_run_id": dagster_run_id,
+                "mlops.candidates": str(len(trained)),
+            },
+        ) as parent:
+            mlflow.log_params(parent_params)
+            for family, pipeline, params, metrics in trained:
+                with mlflow.start_run(
+                    experiment_id=experiment_id,
+                    run_name=family,
+                    nested=True,
+                    tags={ROLE_TAG: "candidate", "mlops.family": family, "dagster_run_id": dagster_run_id},
+                ) as child:
+                    mlflow.log_params({k: str(v) for k, v in params.items()})
+                    mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
+                    signature = infer_signature(input_example, pipeline.predict(input_example))
+                    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
+                    info = mlflow.sklearn.log_model(
+                        pipeline,
+                        name="model",
+                        signature=signature,
+                        input_example=input_example,
+                        pip_requirements=pip_requirements,
+                        serialization_format="skops",
+                        skops_trusted_types=trusted,
+                    )
+                    mlflow.set_tag("mlops.model_uri", info.model_uri)
+                    if log:
+                        log.info(f"logged candidate {family}: {metrics}")
+                logged.append(
+                    LoggedCandidate(
+                        family=family,
+                        run_id=child.info.run_id,
+                        model_uri=info.model_uri,
+                        params={k: str(v) for k, v in params.items()},
+                        metrics=metrics,
+                    )
+                )
+        return parent.info.run_id, sorted(logged, key=lambda c: c.family)
+
+    def load_model(self, model_uri: str):
+        return self._mlflow().sklearn.load_model(model_uri)
+
+    # -- registry ----------------------------------------------------------------------------
+    def champion(self, name: str) -> RegisteredVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        try:
+            version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+        except MlflowException:
+            return None
+        return RegisteredVersion(name, str(version.version), version.run_id, version.source)
+
+    def register(self, name: str, candidate: LoggedCandidate, tags: dict[str, str]) -> tuple[RegisteredVersion, bool]:
+        """Register the candidate's model, or return the version that already holds it.
+
+        Returns (version, created)."""
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name, description="Champion classifier of the mlops-assets pipeline")
+        existing = client.search_model_versions(f"name = '{name}' and run_id = '{candidate.run_id}'")
+        if existing:
+            version = max(existing, key=lambda v: int(v.version))
+            return RegisteredVersion(name, str(version.version), version.run_id, version.source), False
+        version = self._mlflow().register_model(candidate.model_uri, name, tags=tags)
+        return RegisteredVersion(name, str(version.version), version.run_id, version.source), True
+
+    def set_champion(self, version: RegisteredVersion) -> None:
+        self.client().set_registered_model_alias(version.name, CHAMPION_ALIAS, version.version)
+
+    def tag_version(self, version: RegisteredVersion, tags: dict[str, str]) -> None:
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(version.name, version.version, key, value)

@@ -1,0 +1,38 @@
+"""mlops-assets: a Dagster software-defined-assets project that trains, registers,
+serves and monitors a scikit-learn model (see README.md)."""
+
+from setuptools import find_packages, setup
+
+# Pinned together: the newest dagster-webserver pins a newer dagster than the newest
+# dagster-mlflow accepts, so unpinned installs fall back to a 2023 dagster-mlflow.
+INSTALL_REQUIRES = [
+    "dagster==1.13.27",
+    "dagster-webserver==1.13.27",
+    "dagster-mlflow==0.29.27",
+    "mlflow==3.17.2",
+    "scikit-learn==1.9.1",
+    "polars==2.1.0",
+    "palmerpenguins==0.1.6",
+    "pyarrow>=14",
+    "ray[serve]==2.60.0",
+    "prometheus-client==0.26.0",
+    "ansible-runner==2.4.3",
+    "requests>=2.31",
+]
+
+DEV_REQUIRES = [
+    "pytest==9.2.*",
+    "pytest-timeout>=2.3",
+    "httpx>=0.27",
+]
+
+setup(
+    name="mlops_assets",
+    version="0.1.0",
+    description="Dagster assets that train, register, deploy and monitor a model",
+    packages=find_packages(exclude=["mlops_assets_tests*"]),
+    include_package_data=True,
+    python_requires=">=3.11,<3.13",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"dev": DEV_REQUIRES},
+)
