@@ -1,8 +1,12 @@
 """The Dagster Definitions of the project: assets, checks and resources for MLOPS_TARGET."""
 
-from __future__ import annotations
+import warnings
 
 import dagster as dg
+
+# `Output(data_version=...)` is how assets report content-derived versions; it has been
+# "beta" for many releases. Say it once here instead of on every materialization.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from mlops_assets.assets.data import dataset
 from mlops_assets.assets.training import candidate_models, selected_model

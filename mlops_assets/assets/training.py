@@ -173,10 +173,17 @@ def selected_model(
     by_family = {c.family: c for c in candidate_models.candidates}
     best = by_family[ml_training.best_by(metric, [(c.family, c.metrics) for c in candidate_models.candidates])]
 
+    # Test metrics recorded at registration are reused when they were measured on this very
+    # dataset: a no-change run loads no model.
     x_test, y_test = dataset.xy("test")
-    candidate_test = ml_metrics.evaluate(mlflow.load_model(best.model_uri), x_test, y_test)
+    already = mlflow.find_version(config.registered_model_name, best.run_id)
+    candidate_test = (already and already.test_metrics_for(dataset.content_hash)) or ml_metrics.evaluate(
+        mlflow.load_model(best.model_uri), x_test, y_test
+    )
     champion = mlflow.champion(config.registered_model_name)
-    champion_test = _score_champion(context, mlflow, champion, x_test, y_test)
+    champion_test = (champion and champion.test_metrics_for(dataset.content_hash)) or _score_champion(
+        context, mlflow, champion, x_test, y_test
+    )
 
     registered, created = mlflow.register(
         config.registered_model_name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,10 @@ def normalise(frame: pl.DataFrame, target: str) -> pl.DataFrame:
 
 
 def content_hash(frame: pl.DataFrame, target: str, split: SplitSpec) -> str:
+    """Hash of what the dataset holds: the table, the target, the split settings and the
+    split code itself (a new split algorithm is new data for every model downstream)."""
     digest = hashlib.sha256()
+    digest.update(inspect.getsource(split_indices).encode())
     digest.update(f"{target}|{split.seed}|{split.validation_fraction}|{split.test_fraction}|".encode())
     digest.update(repr(frame.schema).encode())
     digest.update(frame.write_csv().encode())
@@ -142,35 +146,27 @@ def content_hash(frame: pl.DataFrame, target: str, split: SplitSpec) -> str:
 
 
 def split_indices(labels: np.ndarray, split: SplitSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """Seeded train/validation/test indices, stratified by label when every class allows it."""
-    from sklearn.model_selection import train_test_split
+    """Seeded train/validation/test row indices, stratified by label when every class allows it.
 
-    index = np.arange(len(labels))
-    _, counts = np.unique(labels.astype(str), return_counts=True)
-    # Three parts need at least three rows of every class; otherwise a plain seeded shuffle
-    # (the `class_counts` check then fails and blocks training).
-    stratified = len(counts) > 1 and counts.min() >= 3 and not any(label is None for label in labels)
-    holdout = split.validation_fraction + split.test_fraction
-    strat = labels if stratified else None
-    try:
-        train_idx, rest_idx = train_test_split(index, test_size=holdout, random_state=split.seed, stratify=strat)
-        rest_strat = labels[rest_idx] if stratified else None
-        val_idx, test_idx = train_test_split(
-            rest_idx, test_size=split.test_fraction / holdout, random_state=split.seed, stratify=rest_strat
-        )
-    except ValueError:
-        if not stratified:
-            raise
-        return (*split_indices_unstratified(index, split), False)
-    return np.sort(train_idx), np.sort(val_idx), np.sort(test_idx), stratified
-
-
-def split_indices_unstratified(index: np.ndarray, split: SplitSpec):
+    Plain numpy (no scikit-learn import): each class is shuffled with the seed and cut in the
+    configured proportions, so every part keeps the class balance of the whole table."""
     rng = np.random.default_rng(split.seed)
-    shuffled = rng.permutation(index)
-    n_test = max(1, round(len(index) * split.test_fraction))
-    n_val = max(1, round(len(index) * split.validation_fraction))
-    return np.sort(shuffled[n_test + n_val :]), np.sort(shuffled[n_test : n_test + n_val]), np.sort(shuffled[:n_test])
+    keys = np.array(["\0<null>" if label is None else str(label) for label in labels])
+    classes, counts = np.unique(keys, return_counts=True)
+    # Three parts need at least three rows of every class; otherwise a plain seeded shuffle
+    # (the class-count check then fails and blocks training).
+    stratified = len(classes) > 1 and counts.min() >= 3 and "\0<null>" not in classes
+    groups = [np.flatnonzero(keys == c) for c in classes] if stratified else [np.arange(len(labels))]
+    parts: tuple[list, list, list] = ([], [], [])
+    for rows in groups:
+        rows = rng.permutation(rows)
+        n_test = max(1, round(len(rows) * split.test_fraction))
+        n_val = max(1, round(len(rows) * split.validation_fraction))
+        parts[2].append(rows[:n_test])
+        parts[1].append(rows[n_test : n_test + n_val])
+        parts[0].append(rows[n_test + n_val :])
+    train, val, test = (np.sort(np.concatenate(p)) for p in parts)
+    return train, val, test, stratified
 
 
 def build_dataset(

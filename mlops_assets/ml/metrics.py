@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
 # Metric name -> True when larger is better.
 HIGHER_IS_BETTER = {"accuracy": True, "f1_macro": True, "roc_auc": True, "log_loss": False}
@@ -11,6 +10,9 @@ HIGHER_IS_BETTER = {"accuracy": True, "f1_macro": True, "roc_auc": True, "log_lo
 
 def evaluate(model, features, labels: np.ndarray) -> dict[str, float]:
     """Accuracy, macro F1, log loss and (where defined) one-vs-rest ROC AUC."""
+    # Imported here: loading the Dagster definitions must not pay for scikit-learn.
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+
     predicted = model.predict(features)
     metrics = {
         "accuracy": float(accuracy_score(labels, predicted)),

@@ -3,17 +3,21 @@ whoever serves it can pass raw feature values (strings, numbers, missing values)
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+# scikit-learn is imported inside the builders: loading the Dagster definitions (every
+# `make run`, every `dagster dev` reload) must not pay for it.
+if TYPE_CHECKING:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
 
 
-def _one_hot_preprocessor(numeric: list[str], categorical: list[str]) -> ColumnTransformer:
+def _one_hot_preprocessor(numeric: list[str], categorical: list[str]) -> "ColumnTransformer":
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
     return ColumnTransformer(
         [
             ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric),
@@ -31,7 +35,12 @@ def _one_hot_preprocessor(numeric: list[str], categorical: list[str]) -> ColumnT
     )
 
 
-def _ordinal_preprocessor(numeric: list[str], categorical: list[str]) -> ColumnTransformer:
+def _ordinal_preprocessor(numeric: list[str], categorical: list[str]) -> "ColumnTransformer":
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+
     # Trees need no scaling; unknown categories become their own code instead of an error.
     return ColumnTransformer(
         [
@@ -50,7 +59,10 @@ def _ordinal_preprocessor(numeric: list[str], categorical: list[str]) -> ColumnT
     )
 
 
-def logistic_regression(numeric, categorical, params: dict[str, Any], seed: int) -> Pipeline:
+def logistic_regression(numeric, categorical, params: dict[str, Any], seed: int) -> "Pipeline":
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
     return Pipeline(
         [
             ("preprocess", _one_hot_preprocessor(numeric, categorical)),
@@ -59,7 +71,10 @@ def logistic_regression(numeric, categorical, params: dict[str, Any], seed: int)
     )
 
 
-def random_forest(numeric, categorical, params: dict[str, Any], seed: int) -> Pipeline:
+def random_forest(numeric, categorical, params: dict[str, Any], seed: int) -> "Pipeline":
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import Pipeline
+
     return Pipeline(
         [
             ("preprocess", _ordinal_preprocessor(numeric, categorical)),
@@ -77,7 +92,10 @@ def random_forest(numeric, categorical, params: dict[str, Any], seed: int) -> Pi
     )
 
 
-def hist_gradient_boosting(numeric, categorical, params: dict[str, Any], seed: int) -> Pipeline:
+def hist_gradient_boosting(numeric, categorical, params: dict[str, Any], seed: int) -> "Pipeline":
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+
     return Pipeline(
         [
             ("preprocess", _ordinal_preprocessor(numeric, categorical)),
@@ -94,14 +112,14 @@ def hist_gradient_boosting(numeric, categorical, params: dict[str, Any], seed: i
     )
 
 
-FAMILIES: dict[str, Callable[..., Pipeline]] = {
+FAMILIES: dict[str, Callable[..., "Pipeline"]] = {
     "logistic_regression": logistic_regression,
     "random_forest": random_forest,
     "hist_gradient_boosting": hist_gradient_boosting,
 }
 
 
-def build_pipeline(family: str, numeric: list[str], categorical: list[str], params: dict[str, Any], seed: int) -> Pipeline:
+def build_pipeline(family: str, numeric: list[str], categorical: list[str], params: dict[str, Any], seed: int) -> "Pipeline":
     try:
         factory = FAMILIES[family]
     except KeyError:

@@ -11,7 +11,7 @@ convention (`dagster_run_id`) so runs line up with its users' expectations.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
@@ -40,6 +40,18 @@ class RegisteredVersion:
     version: str
     run_id: str
     source: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_mlflow(cls, version) -> "RegisteredVersion":
+        return cls(version.name, str(version.version), version.run_id, version.source, dict(version.tags or {}))
+
+    def test_metrics_for(self, dataset_hash: str) -> dict[str, float] | None:
+        """Test metrics recorded at registration, if they were measured on this dataset."""
+        if self.tags.get("dataset_hash") != dataset_hash:
+            return None
+        metrics = {k.removeprefix("test_"): float(v) for k, v in self.tags.items() if k.startswith("test_")}
+        return metrics or None
 
 
 class MlflowRegistry(dg.ConfigurableResource):
@@ -196,7 +208,17 @@ class MlflowRegistry(dg.ConfigurableResource):
             version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
         except MlflowException:
             return None
-        return RegisteredVersion(name, str(version.version), version.run_id, version.source)
+        return RegisteredVersion.from_mlflow(version)
+
+    def find_version(self, name: str, run_id: str) -> RegisteredVersion | None:
+        """The newest registered version of `name` made from this run, if any."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        except MlflowException:
+            return None
+        return RegisteredVersion.from_mlflow(max(found, key=lambda v: int(v.version))) if found else None
 
     def register(self, name: str, candidate: LoggedCandidate, tags: dict[str, str]) -> tuple[RegisteredVersion, bool]:
         """Register the candidate's model, or return the version that already holds it.
@@ -209,12 +231,11 @@ class MlflowRegistry(dg.ConfigurableResource):
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name, description="Champion classifier of the mlops-assets pipeline")
-        existing = client.search_model_versions(f"name = '{name}' and run_id = '{candidate.run_id}'")
+        existing = self.find_version(name, candidate.run_id)
         if existing:
-            version = max(existing, key=lambda v: int(v.version))
-            return RegisteredVersion(name, str(version.version), version.run_id, version.source), False
+            return existing, False
         version = self._mlflow().register_model(candidate.model_uri, name, tags=tags)
-        return RegisteredVersion(name, str(version.version), version.run_id, version.source), True
+        return RegisteredVersion.from_mlflow(version), True
 
     def set_champion(self, version: RegisteredVersion) -> None:
         self.client().set_registered_model_alias(version.name, CHAMPION_ALIAS, version.version)
