@@ -28,19 +28,12 @@ def make_settings(home: Path, **overrides):
     return load_settings(env)
 
 
-def ml_phase(defs: dg.Definitions):
-    """The ML assets and their checks from a Definitions, for dg.materialize."""
-    graph = defs.resolve_asset_graph()
-    assets = [graph.get(dg.AssetKey(k)).assets_def for k in ML_ASSET_KEYS]
-    return assets, defs
-
-
-def materialize_ml(home: Path, instance: dg.DagsterInstance, run_config: dict | None = None, raise_on_error=True):
+def materialize_ml(home: Path, instance: dg.DagsterInstance, run_config: dict | None = None, raise_on_error=True, **env):
     """Materialize dataset -> candidate_models -> selected_model (with checks) under `home`."""
     from mlops_assets.definitions import build_definitions
 
-    defs = build_definitions(make_settings(home))
-    job = defs.get_implicit_global_asset_job_def()
+    defs = build_definitions(make_settings(home, **env))
+    job = defs.resolve_implicit_global_asset_job_def()
     selection = dg.AssetSelection.assets(*ML_ASSET_KEYS)
     subjob = job.get_subset(asset_selection=set(selection.resolve(defs.resolve_asset_graph())))
     return subjob.execute_in_process(instance=instance, run_config=run_config or {}, raise_on_error=raise_on_error)

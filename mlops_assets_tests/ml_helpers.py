@@ -1,0 +1,29 @@
+"""Helpers for tests of the ML phase: MLflow counts and Dagster staleness."""
+
+import dagster as dg
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContextForTest
+
+from mlops_assets.resources.mlflow_registry import MlflowRegistry
+
+
+def registry_for(settings) -> MlflowRegistry:
+    return MlflowRegistry(tracking_uri=settings.tracking_uri, artifact_root=str(settings.artifact_root))
+
+
+def count_runs(registry: MlflowRegistry) -> int:
+    return len(registry.client().search_runs([registry.experiment_id()], max_results=1000))
+
+
+def count_versions(registry: MlflowRegistry, name: str) -> int:
+    return len(registry.client().search_model_versions(f"name = '{name}'"))
+
+
+def stale_keys(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[str]:
+    """Assets Dagster considers stale or missing (what the UI shows as out of date)."""
+    resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph(), LoadingContextForTest(instance))
+    return {
+        key.to_user_string()
+        for key in defs.resolve_asset_graph().materializable_asset_keys
+        if resolver.get_status(key) in (StaleStatus.STALE, StaleStatus.MISSING)
+    }

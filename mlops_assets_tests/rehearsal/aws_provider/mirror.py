@@ -1,0 +1,71 @@
+"""Serve the AWS provider test double to OpenTofu/Terraform from a filesystem mirror.
+
+`write_cli_config(dir)` lays out an unpacked mirror
+(`registry.terraform.io/hashicorp/aws/VERSION/linux_amd64/terraform-provider-aws_vVERSION`,
+a small script that starts this package with the current Python) and a CLI configuration
+that installs `hashicorp/aws` from it and never from the network. Point OpenTofu at it with
+`TF_CLI_CONFIG_FILE` (the OpenTofu resource's `cli_config_file`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+# A 5.x version so that infra_tf's `~> 5.0` constraint selects it.
+PROVIDER_VERSION = "5.99.0"
+PROVIDER_SOURCE = "registry.terraform.io/hashicorp/aws"
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+def _target() -> str:
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+    return f"{sys.platform if sys.platform != 'linux' else 'linux'}_{arch}"
+
+
+def write_cli_config(directory: Path, python: str | None = None) -> Path:
+    """Write the mirror and a CLI config under `directory`; return the CLI config's path.
+
+    The content depends only on the interpreter and the checkout's location, so rewriting it
+    leaves the provider's hash (recorded in .terraform.lock.hcl) unchanged."""
+    directory = Path(directory).resolve()
+    mirror = directory / "mirror"
+    package = mirror / PROVIDER_SOURCE / PROVIDER_VERSION / _target()
+    package.mkdir(parents=True, exist_ok=True)
+    executable = package / f"terraform-provider-aws_v{PROVIDER_VERSION}"
+    script = (
+        "#!/bin/sh\n"
+        "# TEST DOUBLE of hashicorp/aws (mlops_assets_tests/rehearsal/aws_provider), backed by moto.\n"
+        f"PYTHONPATH={shlex.quote(str(_PROJECT_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}} "
+        f"exec {shlex.quote(python or sys.executable)} -m mlops_assets_tests.rehearsal.aws_provider \"$@\"\n"
+    )
+    if not executable.exists() or executable.read_text() != script:
+        executable.write_text(script)
+    executable.chmod(0o755)
+    config = directory / "tofu.tfrc"
+    config.write_text(
+        "# CLI configuration of the offline rehearsal: hashicorp/aws is the test double.\n"
+        "provider_installation {\n"
+        "  filesystem_mirror {\n"
+        f"    path    = {_hcl_string(str(mirror))}\n"
+        f'    include = ["{PROVIDER_SOURCE}"]\n'
+        "  }\n"
+        "  direct {\n"
+        f'    exclude = ["{PROVIDER_SOURCE}"]\n'
+        "  }\n"
+        "}\n"
+    )
+    return config
+
+
+def _hcl_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: print the CLI config path
+    print(write_cli_config(Path(sys.argv[1] if len(sys.argv) > 1 else os.getcwd())))

@@ -1,0 +1,150 @@
+"""The EC2 API emulator of the offline rehearsal: a moto server on 127.0.0.1.
+
+`Ec2Emulator.start(state_dir)` runs `moto_server` on a free loopback port (or reuses the one
+recorded in `state_dir/emulator.json` if it still answers), and registers a Debian 12 AMI
+under Debian's publisher account so that infra_tf/'s `aws_ami` lookup finds it. The
+environment that OpenTofu and boto3 need to talk to it is `Ec2Emulator.env`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+DEBIAN_AMI_OWNER = "136693071363"
+DEBIAN_AMI_NAME = "debian-12-amd64-20250101-1000"
+REGION = "eu-west-1"
+# moto accepts any credentials; these make it obvious in logs that nothing real is used.
+_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "rehearsal", "AWS_SECRET_ACCESS_KEY": "rehearsal"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Ec2Emulator:
+    endpoint: str
+    pid: int
+    region: str = REGION
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What OpenTofu (and the provider test double under it) and boto3 need."""
+        return {
+            **_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ENDPOINT_URL_EC2": self.endpoint,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def client(self, service: str = "ec2"):
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def alive(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2):
+                return True
+        except Exception:
+            return False
+
+    @classmethod
+    def start(cls, state_dir: Path, timeout: float = 30.0) -> "Ec2Emulator":
+        state_dir = Path(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        record = state_dir / "emulator.json"
+        if record.exists():
+            previous = cls(**json.loads(record.read_text()))
+            if previous.alive():
+                return previous
+        port = free_port()
+        log = open(state_dir / "moto_server.log", "ab")
+        moto_server = Path(sys.executable).with_name("moto_server")
+        command = [str(moto_server)] if moto_server.exists() else [sys.executable, "-m", "moto.server"]
+        process = subprocess.Popen(
+            [*command, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # outlives the Dagster run that started it, like a cloud
+            env={**os.environ, **_CREDENTIALS},
+        )
+        emulator = cls(endpoint=f"http://127.0.0.1:{port}", pid=process.pid)
+        deadline = time.monotonic() + timeout
+        while not emulator.alive():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"moto_server did not start on 127.0.0.1:{port}; see {state_dir / 'moto_server.log'}")
+            time.sleep(0.2)
+        emulator.register_debian_ami()
+        record.write_text(json.dumps({"endpoint": emulator.endpoint, "pid": emulator.pid, "region": emulator.region}))
+        return emulator
+
+    def register_debian_ami(self) -> str:
+        """A Debian 12 AMI owned by Debian's account, as the real region has."""
+        ec2 = self.client()
+
+        def as_debian(request, **_):
+            request.headers["x-moto-account-id"] = DEBIAN_AMI_OWNER
+
+        ec2.meta.events.register("before-sign.ec2.*", as_debian)
+        found = ec2.describe_images(Owners=[DEBIAN_AMI_OWNER], Filters=[{"Name": "name", "Values": [DEBIAN_AMI_NAME]}])
+        if found["Images"]:
+            return found["Images"][0]["ImageId"]
+        return ec2.register_image(
+            Name=DEBIAN_AMI_NAME,
+            Description="Debian 12 (bookworm) amd64, registered in the EC2 emulator",
+            Architecture="x86_64",
+            RootDeviceName="/dev/xvda",
+            VirtualizationType="hvm",
+            BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}],
+        )["ImageId"]
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        for _ in range(50):
+            try:
+                if os.waitpid(self.pid, os.WNOHANG)[0]:  # our own child: reap it
+                    return
+            except ChildProcessError:  # started by another process: poll for its exit
+                try:
+                    os.kill(self.pid, 0)
+                except ProcessLookupError:
+                    return
+            time.sleep(0.1)
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    @classmethod
+    def stop_recorded(cls, state_dir: Path) -> bool:
+        record = Path(state_dir) / "emulator.json"
+        if not record.exists():
+            return False
+        cls(**json.loads(record.read_text())).stop()
+        record.unlink()
+        return True

@@ -1,0 +1,87 @@
+"""Code tests of loading, normalising and splitting (no Dagster, no MLflow)."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mlops_assets.ml import data as ml_data
+from mlops_assets.ml.data import DatasetError, SplitSpec, build_dataset
+
+
+def test_default_source_is_bundled_penguins_with_categoricals_and_missing_values():
+    dataset = build_dataset(ml_data.DEFAULT_SOURCE, "species", SplitSpec())
+    assert dataset.table.height == 344
+    assert set(dataset.categorical_features) == {"island", "sex"}
+    assert "bill_length_mm" in dataset.numeric_features
+    assert dataset.table.null_count().sum_horizontal()[0] > 0  # the real data has gaps
+    assert dataset.stratified
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda tmp: tmp / "nope.csv", ["does not exist", "MLOPS_DATASET"]),
+        (lambda tmp: tmp, ["is a folder", "MLOPS_DATASET"]),
+        (lambda tmp: _write(tmp / "empty.csv", b""), ["is empty", "MLOPS_DATASET"]),
+        (lambda tmp: _write(tmp / "header.csv", b"a,b,label\n"), ["has no rows", "MLOPS_DATASET"]),
+        (lambda tmp: _write(tmp / "broken.parquet", b"this is not parquet"), ["could not be read", "MLOPS_DATASET"]),
+        (lambda tmp: _write(tmp / "data.xlsx", b"x"), ["only .csv and .parquet", "MLOPS_DATASET"]),
+    ],
+    ids=["missing", "folder", "empty", "header-only", "unreadable", "wrong-suffix"],
+)
+def test_bad_sources_name_the_problem_and_the_setting(tmp_path, make, expected):
+    with pytest.raises(DatasetError) as error:
+        build_dataset(str(make(tmp_path)), "label", SplitSpec())
+    for fragment in expected:
+        assert fragment in str(error.value)
+
+
+def test_missing_target_column_names_the_setting(tmp_path):
+    path = _write(tmp_path / "d.csv", b"a,b\n1,2\n3,4\n")
+    with pytest.raises(DatasetError, match="target column 'label' is not in .*MLOPS_TARGET_COLUMN"):
+        build_dataset(str(path), "label", SplitSpec())
+
+
+def test_split_is_seeded_stratified_and_disjoint():
+    labels = np.array(["a"] * 60 + ["b"] * 30 + ["c"] * 10, dtype=object)
+    first = ml_data.split_indices(labels, SplitSpec(seed=7))
+    again = ml_data.split_indices(labels, SplitSpec(seed=7))
+    other = ml_data.split_indices(labels, SplitSpec(seed=8))
+    assert all(np.array_equal(x, y) for x, y in zip(first[:3], again[:3]))
+    assert not np.array_equal(first[2], other[2])
+    train, val, test, stratified = first
+    assert stratified
+    assert len(set(train) | set(val) | set(test)) == len(labels) == len(train) + len(val) + len(test)
+    # every part keeps the class balance (within one row per class)
+    for part, fraction in ((test, 0.2), (val, 0.2)):
+        counts = {c: int((labels[part] == c).sum()) for c in "abc"}
+        assert counts == {"a": 12, "b": 6, "c": 2}
+
+
+def test_tiny_class_falls_back_to_unstratified_split():
+    labels = np.array(["a"] * 20 + ["b"] * 2, dtype=object)
+    *_, stratified = ml_data.split_indices(labels, SplitSpec())
+    assert not stratified
+
+
+def test_content_hash_follows_content_not_row_identity(tmp_path):
+    frame = pl.DataFrame({"x": [1.0, 2.0, 3.0] * 10, "label": ["a", "b", "c"] * 10})
+    base = ml_data.content_hash(frame, "label", SplitSpec())
+    assert base == ml_data.content_hash(frame.clone(), "label", SplitSpec())
+    assert base != ml_data.content_hash(frame.with_columns(pl.col("x") * 2), "label", SplitSpec())
+    assert base != ml_data.content_hash(frame, "label", SplitSpec(seed=1))
+
+
+def test_parquet_and_csv_give_the_same_dataset(tmp_path):
+    frame = pl.DataFrame({"x": [float(i) for i in range(60)], "colour": ["red", None, "blue"] * 20, "label": ["a", "b"] * 30})
+    frame.write_csv(tmp_path / "d.csv")
+    frame.write_parquet(tmp_path / "d.parquet")
+    from_csv = build_dataset(str(tmp_path / "d.csv"), "label", SplitSpec())
+    from_parquet = build_dataset(str(tmp_path / "d.parquet"), "label", SplitSpec())
+    assert from_csv.content_hash == from_parquet.content_hash
+    assert from_csv.categorical_features == ["colour"]
+
+
+def _write(path, content: bytes):
+    path.write_bytes(content)
+    return path
