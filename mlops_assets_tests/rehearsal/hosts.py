@@ -1,0 +1,592 @@
+"""Test hosts for Ansible without a cloud: Debian 12 machines in namespaces, reached by real SSH.
+
+    with TestHosts([("api", "10.213.7.10"), ("monitoring", "10.213.7.11")]) as hosts:
+        hosts.ssh("api", "hostname")                    # over SSH, as root
+        hosts.exec("api", "cat /etc/os-release")        # nsenter, no SSH
+        inventory = hosts.inventory({"api": ["api"], "monitoring": ["monitoring"]})
+
+Each host has (FACTS.md, "Hosts for Ansible without a cloud"):
+- its own network namespace, joined by a veth pair to a bridge that this harness creates; the
+  bridge has an address on the hosts' /24 so the test runner reaches them. The hosts get no
+  default route, and a firewall chain of the harness drops anything the machine would forward
+  from or to the bridge: test traffic never leaves the test subnet;
+- its own mount, UTS, IPC and PID namespaces, with an overlay root (a per-host upper over the
+  cached layers of ``mlops_assets.offline_base``) entered by ``pivot_root`` (a plain chroot
+  leaks: `docker exec` inside escaped to the real root);
+- no systemd: PID 1 is ``tini`` supervising ``sshd -D``; services are started with SysV
+  scripts or ``start-stop-daemon`` (``ansible_service_mgr`` is not ``systemd``);
+- its own SSH host key, generated here and written to a private known_hosts, so host-key
+  checking stays strict; one client key pair for root and for ``admin`` (passwordless sudo,
+  like Debian's cloud images); keys live in a temporary folder, never in the work tree;
+- /var/lib/docker and /var/lib/containerd bind-mounted from plain directories, so the inner
+  dockerd's overlay2 driver never stacks overlay on overlay;
+- docker.io pre-installed and no apt sources: hosts need no network beyond the test subnet.
+
+Teardown kills every process of the hosts (their PID namespaces die with PID 1), closes the
+SSH control masters, removes namespaces, veths, the bridge, the firewall chain and the
+temporary folder; ``footprint()`` lists whatever is left and is asserted empty by the tests.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlops_assets.offline_base import HOST_ADMIN_UID, HOST_ADMIN_USER, ensure_host_layer
+
+# A range this harness owns; `free_subnet()` picks an unused /24 in it.
+DEFAULT_SUPERNET = ipaddress.ip_network("10.213.0.0/16")
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class HostsError(RuntimeError):
+    """A test host could not be brought up; the message says which and why."""
+
+
+@dataclass
+class Host:
+    name: str
+    address: str
+    netns: str
+    veth: str
+    dir: Path
+    process: subprocess.Popen | None = None
+    init_pid: int | None = None  # PID 1 of the host, as seen from the machine
+    host_public_key: str = ""
+
+
+@dataclass
+class Timings:
+    layers_s: float = 0.0
+    network_s: float = 0.0
+    hosts_s: float = 0.0
+    teardown_s: float = 0.0
+    per_host_s: dict[str, float] = field(default_factory=dict)
+
+
+def free_subnet(supernet: ipaddress.IPv4Network = DEFAULT_SUPERNET) -> ipaddress.IPv4Network:
+    """A /24 of `supernet` that no route or address on this machine touches."""
+    used = _routed_networks()
+    for candidate in supernet.subnets(new_prefix=24):
+        if not any(candidate.overlaps(net) for net in used):
+            return candidate
+    raise HostsError(f"every /24 of {supernet} is in use on this machine")
+
+
+class TestHosts:
+    """Bring up Debian 12 test hosts at the given addresses; a context manager."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        hosts: list[tuple[str, str]],
+        *,
+        bridge_address: str | None = None,
+        cache_dir: Path | None = None,
+        workdir_parent: Path | None = None,
+        ready_timeout_s: float = 30.0,
+    ):
+        if not hosts:
+            raise HostsError("TestHosts needs at least one (name, address) pair")
+        names = [name for name, _ in hosts]
+        if len(set(names)) != len(names):
+            raise HostsError(f"host names must be unique: {names}")
+        addresses = [ipaddress.ip_address(address) for _, address in hosts]
+        self.subnet = ipaddress.ip_network(f"{addresses[0]}/24", strict=False)
+        for address in addresses:
+            if address not in self.subnet or not address.is_private:
+                raise HostsError(
+                    f"{address}: every host address must be private and in {self.subnet} "
+                    "(one /24 per TestHosts; free_subnet() picks an unused one)"
+                )
+        if len(set(addresses)) != len(addresses):
+            raise HostsError(f"host addresses must be unique: {[str(a) for a in addresses]}")
+        if bridge_address is None:
+            bridge_address = next(str(a) for a in (self.subnet[1], self.subnet[254]) if a not in addresses)
+        self.bridge_address = bridge_address
+        self.cache_dir = cache_dir
+        self.workdir_parent = workdir_parent or Path("/var/tmp")
+        self.ready_timeout_s = ready_timeout_s
+        self.id = secrets.token_hex(3)
+        self.bridge = f"mlhbr{self.id}"
+        self.chain = f"MLOPS-HOSTS-{self.id}"
+        self.hosts: dict[str, Host] = {}
+        self._requested = hosts
+        self.workdir: Path | None = None
+        self.timings = Timings()
+        self._created: list[str] = []  # what teardown must undo, for footprint()
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    def __enter__(self) -> TestHosts:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def up(self) -> None:
+        if os.geteuid() != 0:
+            raise HostsError("test hosts need root (namespaces, mounts, bridges)")
+        for tool in ("unshare", "nsenter", "ip", "iptables", "ssh", "ssh-keygen"):
+            if not shutil.which(tool):
+                raise HostsError(f"{tool} is missing on this machine (apt-get install iproute2 iptables openssh-client)")
+        started = time.monotonic()
+        self.lowers, _ = ensure_host_layer(self.cache_dir)
+        self.timings.layers_s = time.monotonic() - started
+
+        self._check_subnet_is_free()
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"mlops-hosts-{self.id}-", dir=self.workdir_parent))
+        os.chmod(self.workdir, 0o700)
+        atexit.register(self.down)
+        for sub in ("keys", "cp", "hosts"):
+            (self.workdir / sub).mkdir(mode=0o700)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"mlops-test-{self.id}",
+              "-f", str(self.key_file)])
+
+        started = time.monotonic()
+        self._network_up()
+        self.timings.network_s = time.monotonic() - started
+
+        started = time.monotonic()
+        for index, (name, address) in enumerate(self._requested):
+            self.hosts[name] = Host(
+                name=name, address=address, netns=f"mlh-{self.id}-{name}",
+                veth=f"mlh{self.id}{index}", dir=self.workdir / "hosts" / name,
+            )
+        for host in self.hosts.values():
+            self._start_host(host)
+        known = [f"{h.address} {h.host_public_key}" for h in self.hosts.values()]
+        self.known_hosts_file.write_text("\n".join(known) + "\n")
+        for host in self.hosts.values():
+            self._wait_ready(host)
+            self.timings.per_host_s[host.name] = time.monotonic() - started
+        self.timings.hosts_s = time.monotonic() - started
+
+    def down(self) -> None:
+        """Undo everything up() did, in reverse; safe to call twice and after a failed up()."""
+        if self.workdir is None:
+            return
+        started = time.monotonic()
+        self._close_control_masters()
+        for host in self.hosts.values():
+            if host.process is not None and host.process.poll() is None:
+                # unshare --kill-child: its death SIGKILLs the host's PID 1, and the kernel then
+                # kills every process of the host's PID namespace.
+                host.process.kill()
+                host.process.wait(timeout=10)
+            if host.init_pid:
+                _wait_gone(host.init_pid)
+        for host in self.hosts.values():
+            subprocess.run(["ip", "netns", "delete", host.netns], capture_output=True)
+            subprocess.run(["ip", "link", "delete", host.veth], capture_output=True)
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
+        self._firewall_down()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        atexit.unregister(self.down)
+        self.workdir = None
+        self.timings.teardown_s = time.monotonic() - started
+
+    # --- using the hosts -----------------------------------------------------------------------
+
+    @property
+    def key_file(self) -> Path:
+        return self._require_workdir() / "keys" / "id_ed25519"
+
+    @property
+    def known_hosts_file(self) -> Path:
+        return self._require_workdir() / "keys" / "known_hosts"
+
+    @property
+    def control_path_dir(self) -> Path:
+        return self._require_workdir() / "cp"
+
+    def address(self, name: str) -> str:
+        return self.hosts[name].address
+
+    def ssh_options(self) -> list[str]:
+        """OpenSSH options that reach only the test hosts: no user config, private known_hosts
+        with the hosts' generated keys (strict checking), this harness's key only."""
+        return [
+            "-F", "/dev/null",
+            "-o", f"IdentityFile={self.key_file}",
+            "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts_file}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=10",
+        ]
+
+    def ssh(self, name: str, command: str, *, user: str = "root", check: bool = True,
+            timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run `command` on host `name` over real SSH (no connection sharing)."""
+        host = self.hosts[name]
+        cmd = ["ssh", *self.ssh_options(), "-o", "ControlMaster=no", "-o", "ControlPath=none",
+               f"{user}@{host.address}", command]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+        if check and result.returncode != 0:
+            raise HostsError(f"ssh {name}: `{command}` exited {result.returncode}\n{result.stderr}{result.stdout}")
+        return result
+
+    def exec(self, name: str, command: str, *, check: bool = True, timeout: float = 300,
+             input: str | None = None) -> subprocess.CompletedProcess:
+        """Run `command` as root inside host `name` through its namespaces (no SSH)."""
+        host = self.hosts[name]
+        cmd = ["nsenter", f"--target={host.init_pid}", "--mount", "--uts", "--ipc", "--net", "--pid",
+               "--root", "--wd=/", "env", "-i", f"PATH={_PATH}", "HOME=/root", "LANG=C.UTF-8",
+               "sh", "-c", command]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+        if check and result.returncode != 0:
+            raise HostsError(f"exec {name}: `{command}` exited {result.returncode}\n{result.stderr}{result.stdout}")
+        return result
+
+    def copy_in(self, name: str, source: Path, dest: str) -> None:
+        """Copy a file of the machine into host `name` at `dest` (e.g. an image archive)."""
+        with open(source, "rb") as handle:
+            subprocess.run(
+                ["nsenter", f"--target={self.hosts[name].init_pid}", "--mount", "--root", "--wd=/",
+                 "sh", "-c", f"cat > {shlex.quote(dest)}"],
+                stdin=handle, check=True, capture_output=True,
+            )
+
+    def start_docker(self, name: str, timeout_s: float = 60) -> float:
+        """Start dockerd in host `name` without systemd, the way the `docker` role does on these
+        hosts (start-stop-daemon); returns the seconds until `docker info` answered."""
+        started = time.monotonic()
+        self.exec(name, START_DOCKERD)
+        deadline = started + timeout_s
+        while time.monotonic() < deadline:
+            if self.exec(name, "docker info >/dev/null 2>&1", check=False).returncode == 0:
+                return time.monotonic() - started
+            time.sleep(0.3)
+        log = self.exec(name, "tail -n 30 /var/log/dockerd.log", check=False).stdout
+        raise HostsError(f"dockerd did not answer in {name} within {timeout_s:.0f} s:\n{log}")
+
+    def ansible_connection_vars(self, user: str = HOST_ADMIN_USER) -> dict[str, str]:
+        """Inventory variables that make Ansible's ssh plugin talk only to these hosts: private
+        key, strict host keys against the private known_hosts, and a private ControlPath
+        (ControlPersist kept short and every master closed by teardown)."""
+        return {
+            "ansible_user": user,
+            "ansible_become_method": "sudo",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_ssh_private_key_file": str(self.key_file),
+            "ansible_ssh_args": "-o ControlMaster=auto -o ControlPersist=30s",
+            "ansible_control_path_dir": str(self.control_path_dir),
+            "ansible_control_path": f"{self.control_path_dir}/%C",
+            "ansible_ssh_common_args": " ".join(shlex.quote(o) for o in self.ssh_options()
+                                                if o != "BatchMode=yes"),
+            "ansible_host_key_checking": "true",
+        }
+
+    def inventory(self, groups: dict[str, list[str]] | None = None, *,
+                  user: str = HOST_ADMIN_USER, extra_vars: dict | None = None) -> dict:
+        """An ansible-runner inventory (the YAML structure as a dict) naming only these hosts'
+        addresses; `groups` maps group name to host names (default: one group per host)."""
+        groups = groups if groups is not None else {name: [name] for name in self.hosts}
+        for members in groups.values():
+            unknown = set(members) - set(self.hosts)
+            if unknown:
+                raise HostsError(f"inventory groups name unknown hosts {sorted(unknown)}")
+        return {
+            "all": {
+                "hosts": {h.name: {"ansible_host": h.address} for h in self.hosts.values()},
+                "vars": {**self.ansible_connection_vars(user), **(extra_vars or {})},
+                "children": {g: {"hosts": {m: {} for m in members}} for g, members in groups.items()},
+            }
+        }
+
+    # --- what is left ----------------------------------------------------------------------------
+
+    def footprint(self) -> list[str]:
+        """Everything of this harness that exists on the machine now (empty after teardown)."""
+        left: list[str] = []
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        left += [f"netns {line.split()[0]}" for line in netns.splitlines() if f"mlh-{self.id}-" in line]
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        left += [f"link {line.split(':')[1].strip().split('@')[0]}" for line in links.splitlines()
+                 if f"mlh{self.id}" in line or self.bridge in line]
+        chains = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
+        left += [f"iptables {line}" for line in chains.splitlines() if self.chain in line]
+        with open("/proc/self/mountinfo") as handle:
+            left += [f"mount {line.split()[4]}" for line in handle if f"mlops-hosts-{self.id}-" in line]
+        for pid in _pids():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if f"mlops-hosts-{self.id}-" in cmdline or f"mlh-{self.id}-" in cmdline:
+                left.append(f"process {pid} {cmdline[:80]}")
+        for host in self.hosts.values():
+            if host.init_pid and _alive(host.init_pid):
+                left.append(f"process {host.init_pid} (PID 1 of {host.name})")
+        left += [f"folder {p}" for p in self.workdir_parent.glob(f"mlops-hosts-{self.id}-*")]
+        return left
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _require_workdir(self) -> Path:
+        if self.workdir is None:
+            raise HostsError("the test hosts are not up")
+        return self.workdir
+
+    def _check_subnet_is_free(self) -> None:
+        for net in _routed_networks():
+            if self.subnet.overlaps(net):
+                raise HostsError(
+                    f"{self.subnet} overlaps {net}, already routed on this machine: test hosts must "
+                    "use a subnet of their own (free_subnet() picks one)"
+                )
+
+    def _network_up(self) -> None:
+        prefix = self.subnet.prefixlen
+        _run(["ip", "link", "add", self.bridge, "type", "bridge"])
+        _run(["ip", "addr", "add", f"{self.bridge_address}/{prefix}", "dev", self.bridge])
+        _run(["ip", "link", "set", self.bridge, "up"])
+        # The machine forwards nothing from or to the test bridge (br_netfilter also sends
+        # bridged host-to-host frames through FORWARD: those stay allowed).
+        _run(["iptables", "-w", "-N", self.chain])
+        _run(["iptables", "-w", "-A", self.chain, "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"])
+        _run(["iptables", "-w", "-A", self.chain, "-i", self.bridge, "-j", "DROP"])
+        _run(["iptables", "-w", "-A", self.chain, "-o", self.bridge, "-j", "DROP"])
+        _run(["iptables", "-w", "-I", "FORWARD", "1", "-j", self.chain])
+
+    def _firewall_down(self) -> None:
+        while subprocess.run(["iptables", "-w", "-D", "FORWARD", "-j", self.chain],
+                             capture_output=True).returncode == 0:
+            pass
+        subprocess.run(["iptables", "-w", "-F", self.chain], capture_output=True)
+        subprocess.run(["iptables", "-w", "-X", self.chain], capture_output=True)
+
+    def _start_host(self, host: Host) -> None:
+        started = time.monotonic()
+        for sub in ("upper", "work", "root", "docker", "containerd"):
+            (host.dir / sub).mkdir(parents=True)
+        self._write_host_files(host)
+
+        _run(["ip", "netns", "add", host.netns])
+        _run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns])
+        _run(["ip", "link", "set", host.veth, "master", self.bridge, "up"])
+        inside = ["ip", "netns", "exec", host.netns]
+        _run([*inside, "ip", "addr", "add", f"{host.address}/{self.subnet.prefixlen}", "dev", "eth0"])
+        _run([*inside, "ip", "link", "set", "eth0", "up"])
+        _run([*inside, "ip", "link", "set", "lo", "up"])
+
+        script = _HOST_INIT.format(
+            root=host.dir / "root", upper=host.dir / "upper", work=host.dir / "work",
+            lower=":".join(str(p) for p in self.lowers), name=host.name,
+            docker=host.dir / "docker", containerd=host.dir / "containerd", path=_PATH,
+        )
+        log = open(host.dir / "console.log", "wb")
+        host.process = subprocess.Popen(
+            # nsenter joins the prepared network namespace (`unshare --net=FILE` would make a
+            # new one and bind it over FILE).
+            ["nsenter", f"--net=/run/netns/{host.netns}", "--",
+             "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child",
+             "--propagation", "private", "sh", "-euc", script],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 10
+        while host.init_pid is None and time.monotonic() < deadline:
+            children = Path(f"/proc/{host.process.pid}/task/{host.process.pid}/children")
+            try:
+                pids = children.read_text().split()
+            except OSError:
+                pids = []
+            if pids:
+                host.init_pid = int(pids[0])
+            elif host.process.poll() is not None:
+                break
+            else:
+                time.sleep(0.02)
+        if host.init_pid is None:
+            raise HostsError(f"host {host.name} did not start:\n{self._console(host)}")
+        self.timings.per_host_s[host.name] = time.monotonic() - started
+
+    def _write_host_files(self, host: Host) -> None:
+        upper = host.dir / "upper"
+        self._mkdirs_like_lower(upper, "etc/ssh/sshd_config.d", "root/.ssh",
+                                f"home/{HOST_ADMIN_USER}/.ssh")
+        hosts_lines = ["127.0.0.1 localhost", f"127.0.1.1 {host.name}"]
+        hosts_lines += [f"{address} {name}" for name, address in self._requested]
+        (upper / "etc/hostname").write_text(host.name + "\n")
+        (upper / "etc/hosts").write_text("\n".join(hosts_lines) + "\n")
+        (upper / "etc/resolv.conf").write_text("# rehearsal host: no DNS, no route off the test subnet\n")
+        key = upper / "etc/ssh/ssh_host_ed25519_key"
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(key)])
+        host.host_public_key = " ".join(key.with_suffix(".pub").read_text().split()[:2])
+        (upper / "etc/ssh/sshd_config.d/mlops-rehearsal.conf").write_text(
+            "HostKey /etc/ssh/ssh_host_ed25519_key\n"
+            "PermitRootLogin prohibit-password\n"
+            "PasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
+            "UseDNS no\n"
+        )
+        public = self.key_file.with_suffix(".pub").read_text()
+        for home, uid in (("root", 0), (f"home/{HOST_ADMIN_USER}", HOST_ADMIN_UID)):
+            authorized = upper / home / ".ssh/authorized_keys"
+            authorized.write_text(public)
+            authorized.chmod(0o600)
+            os.chown(authorized, uid, uid)
+            os.chown(authorized.parent, uid, uid)
+            authorized.parent.chmod(0o700)
+
+    def _mkdirs_like_lower(self, upper: Path, *relatives: str) -> None:
+        """Create directories in a host's upper layer with the owner and mode they have in the
+        lower layers (an upper directory's attributes win in the merged view)."""
+        for relative in relatives:
+            parts = Path(relative).parts
+            for depth in range(1, len(parts) + 1):
+                rel = Path(*parts[:depth])
+                target = upper / rel
+                if target.exists():
+                    continue
+                target.mkdir()
+                lower = next((layer / rel for layer in self.lowers if (layer / rel).exists()), None)
+                if lower is not None:
+                    info = lower.stat()
+                    os.chown(target, info.st_uid, info.st_gid)
+                    target.chmod(info.st_mode & 0o7777)
+
+    def _wait_ready(self, host: Host) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if host.process.poll() is not None:
+                raise HostsError(f"host {host.name} stopped during start:\n{self._console(host)}")
+            try:
+                with socket.create_connection((host.address, 22), timeout=1) as conn:
+                    if conn.recv(4).startswith(b"SSH-"):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise HostsError(f"sshd on {host.name} ({host.address}) did not answer within "
+                         f"{self.ready_timeout_s:.0f} s:\n{self._console(host)}")
+
+    def _close_control_masters(self) -> None:
+        control_dir = self.workdir / "cp"
+        for sock in control_dir.glob("*") if control_dir.is_dir() else []:
+            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "test-host"],
+                           capture_output=True, timeout=10)
+        marker = str(control_dir)
+        for pid in _pids():  # a master that ignored -O exit: only ours, found by its ControlPath
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.startswith("ssh") and marker in cmdline:
+                _kill(pid)
+
+    def _console(self, host: Host) -> str:
+        try:
+            return (host.dir / "console.log").read_text(errors="replace")[-3000:]
+        except OSError:
+            return "(no console log)"
+
+
+# Runs as PID 1 of the host's new PID namespace, with the machine's /bin/sh, until pivot_root.
+_HOST_INIT = r"""
+R={root}
+mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} "$R"
+mount -t proc proc "$R/proc"
+mount -t sysfs sysfs "$R/sys"
+mount --rbind /sys/fs/cgroup "$R/sys/fs/cgroup"
+mount -t tmpfs -o mode=755,nosuid tmpfs "$R/dev"
+for d in null zero full random urandom tty; do
+    touch "$R/dev/$d"
+    mount --bind "/dev/$d" "$R/dev/$d"
+done
+mkdir -p "$R/dev/pts" "$R/dev/shm" "$R/dev/mqueue"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5 devpts "$R/dev/pts"
+ln -s pts/ptmx "$R/dev/ptmx"
+ln -s /proc/self/fd "$R/dev/fd"
+ln -s /proc/self/fd/0 "$R/dev/stdin"
+ln -s /proc/self/fd/1 "$R/dev/stdout"
+ln -s /proc/self/fd/2 "$R/dev/stderr"
+mount -t tmpfs -o nosuid,nodev tmpfs "$R/dev/shm"
+mount -t mqueue mqueue "$R/dev/mqueue"
+mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$R/run"
+mkdir -p "$R/var/lib/docker" "$R/var/lib/containerd"
+mount --bind {docker} "$R/var/lib/docker"
+mount --bind {containerd} "$R/var/lib/containerd"
+hostname {name}
+cd "$R"
+pivot_root . mnt
+exec /usr/bin/env -i PATH={path} HOME=/root LANG=C.UTF-8 /bin/sh -euc '
+umount -l /mnt
+mkdir -p /run/sshd /run/lock
+exec /usr/bin/tini -s -g -- /usr/sbin/sshd -D -e
+'
+"""
+
+# dockerd without systemd. Debian's /etc/init.d/docker works too once its `ulimit` lines may
+# fail (no CAP_SYS_RESOURCE above the container limits); start-stop-daemon avoids the question.
+START_DOCKERD = (
+    "start-stop-daemon --start --background --no-close --make-pidfile "
+    "--pidfile /run/dockerd.pid --exec /usr/sbin/dockerd -- >>/var/log/dockerd.log 2>&1"
+)
+
+
+def _routed_networks() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 network this machine routes or has an address in, except the default route."""
+    nets: list[ipaddress.IPv4Network] = []
+    routes = subprocess.run(["ip", "-4", "-j", "route", "show", "table", "all"],
+                            capture_output=True, text=True).stdout
+    for route in json.loads(routes or "[]"):
+        dst = route.get("dst", "")
+        if dst in ("default", ""):
+            continue
+        try:
+            nets.append(ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False))
+        except ValueError:
+            continue
+    return nets
+
+
+def _run(cmd: list[str]) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise HostsError(f"`{' '.join(cmd)}` exited {result.returncode}: {result.stderr.strip()}")
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_gone(pid: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
