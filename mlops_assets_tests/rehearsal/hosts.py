@@ -18,6 +18,8 @@ Each host has (FACTS.md, "Hosts for Ansible without a cloud"):
 - its own SSH host key, generated here and written to a private known_hosts, so host-key
   checking stays strict; one client key pair for root and for ``admin`` (passwordless sudo,
   like Debian's cloud images); keys live in a temporary folder, never in the work tree;
+- its own cgroup namespace rooted at a cgroup of its own per hierarchy (under the harness's
+  cgroup), so the inner dockerd's cgroups live below it and teardown removes them all;
 - /var/lib/docker and /var/lib/containerd bind-mounted from plain directories, so the inner
   dockerd's overlay2 driver never stacks overlay on overlay;
 - docker.io pre-installed and no apt sources: hosts need no network beyond the test subnet.
@@ -62,6 +64,7 @@ class Host:
     netns: str
     veth: str
     dir: Path
+    cgroups: list[Path] = field(default_factory=list)  # the host's cgroup per hierarchy
     process: subprocess.Popen | None = None
     init_pid: int | None = None  # PID 1 of the host, as seen from the machine
     host_public_key: str = ""
@@ -195,6 +198,9 @@ class TestHosts:
             if host.init_pid:
                 _wait_gone(host.init_pid)
         for host in self.hosts.values():
+            _remove_cgroups(host.cgroups)
+        _remove_cgroups([top for top in self._cgroup_tops()])
+        for host in self.hosts.values():
             subprocess.run(["ip", "netns", "delete", host.netns], capture_output=True)
             subprocess.run(["ip", "link", "delete", host.veth], capture_output=True)
         subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
@@ -250,7 +256,7 @@ class TestHosts:
              input: str | None = None) -> subprocess.CompletedProcess:
         """Run `command` as root inside host `name` through its namespaces (no SSH)."""
         host = self.hosts[name]
-        cmd = ["nsenter", f"--target={host.init_pid}", "--mount", "--uts", "--ipc", "--net", "--pid",
+        cmd = ["nsenter", f"--target={host.init_pid}", "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup",
                "--root", "--wd=/", "env", "-i", f"PATH={_PATH}", "HOME=/root", "LANG=C.UTF-8",
                "sh", "-c", command]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
@@ -338,6 +344,7 @@ class TestHosts:
         for host in self.hosts.values():
             if host.init_pid and _alive(host.init_pid):
                 left.append(f"process {host.init_pid} (PID 1 of {host.name})")
+        left += [f"cgroup {top}" for top in self._cgroup_tops() if top.exists()]
         left += [f"folder {p}" for p in self.workdir_parent.glob(f"mlops-hosts-{self.id}-*")]
         return left
 
@@ -390,7 +397,9 @@ class TestHosts:
         _run([*inside, "ip", "link", "set", "eth0", "up"])
         _run([*inside, "ip", "link", "set", "lo", "up"])
 
+        host.cgroups = self._make_cgroups(host)
         script = _HOST_INIT.format(
+            cgroup_mounts=_cgroup_mount_script(),
             root=host.dir / "root", upper=host.dir / "upper", work=host.dir / "work",
             lower=":".join(str(p) for p in self.lowers), name=host.name,
             docker=host.dir / "docker", containerd=host.dir / "containerd", path=_PATH,
@@ -400,9 +409,11 @@ class TestHosts:
             # nsenter joins the prepared network namespace (`unshare --net=FILE` would make a
             # new one and bind it over FILE).
             ["nsenter", f"--net=/run/netns/{host.netns}", "--",
-             "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child",
+             "unshare", "--mount", "--uts", "--ipc", "--pid", "--cgroup", "--fork", "--kill-child",
              "--propagation", "private", "sh", "-euc", script],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # Into the host's cgroups before `unshare --cgroup`: they become its cgroup root.
+            preexec_fn=lambda: _join_cgroups(host.cgroups),
         )
         log.close()
         deadline = time.monotonic() + 10
@@ -495,6 +506,21 @@ class TestHosts:
             if cmdline.startswith("ssh") and marker in cmdline:
                 _kill(pid)
 
+    def _cgroup_tops(self) -> list[Path]:
+        return [mount / own.lstrip("/") / f"mlops-hosts-{self.id}" for mount, _, own in _cgroup_hierarchies()]
+
+    def _make_cgroups(self, host: Host) -> list[Path]:
+        made = []
+        for mount, options, own in _cgroup_hierarchies():
+            parent = mount / own.lstrip("/")
+            for path in (parent / f"mlops-hosts-{self.id}", parent / f"mlops-hosts-{self.id}" / host.name):
+                path.mkdir(exist_ok=True)
+                if "cpuset" in options.split(","):  # v1 cpuset: a new cgroup starts with no CPUs
+                    for knob in ("cpuset.cpus", "cpuset.mems"):
+                        (path / knob).write_text((path.parent / knob).read_text())
+            made.append(parent / f"mlops-hosts-{self.id}" / host.name)
+        return made
+
     def _console(self, host: Host) -> str:
         try:
             return (host.dir / "console.log").read_text(errors="replace")[-3000:]
@@ -508,7 +534,7 @@ R={root}
 mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} "$R"
 mount -t proc proc "$R/proc"
 mount -t sysfs sysfs "$R/sys"
-mount --rbind /sys/fs/cgroup "$R/sys/fs/cgroup"
+{cgroup_mounts}
 mount -t tmpfs -o mode=755,nosuid tmpfs "$R/dev"
 for d in null zero full random urandom tty; do
     touch "$R/dev/$d"
@@ -543,6 +569,71 @@ START_DOCKERD = (
     "start-stop-daemon --start --background --no-close --make-pidfile "
     "--pidfile /run/dockerd.pid --exec /usr/sbin/dockerd -- >>/var/log/dockerd.log 2>&1"
 )
+
+
+def _cgroup_hierarchies() -> list[tuple[Path, str, str]]:
+    """(mount point, mount options, this process's cgroup path) per cgroup hierarchy mounted
+    under /sys/fs/cgroup: v1 controllers, name=systemd, and the unified (v2) one."""
+    own: dict[str, str] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        own[controllers] = path
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mount_point = fields[4]
+        fstype, superopts = fields[fields.index("-") + 1], fields[fields.index("-") + 3]
+        if not mount_point.startswith("/sys/fs/cgroup") or fstype not in ("cgroup", "cgroup2"):
+            continue
+        options = ",".join(o for o in superopts.split(",") if o not in ("rw", "ro"))
+        if fstype == "cgroup2":
+            path = own.get("", "/")
+        else:
+            opts = set(options.split(","))
+            path = next((p for c, p in own.items() if c and set(c.split(",")) <= opts), "/")
+        found.append((Path(mount_point), options if fstype == "cgroup" else "", path))
+    return found
+
+
+def _cgroup_mount_script() -> str:
+    """Shell lines that mount, inside a host, the same hierarchies as the machine has; seen
+    through the host's cgroup namespace each shows the host's own cgroup as its root."""
+    lines = []
+    hierarchies = _cgroup_hierarchies()
+    if not any(mount == Path("/sys/fs/cgroup") for mount, _, _ in hierarchies):
+        lines.append('mount -t tmpfs -o mode=755,nosuid,nodev,noexec cgroup "$R/sys/fs/cgroup"')
+    for mount, options, _ in hierarchies:
+        target = '"$R' + str(mount) + '"'
+        lines.append(f"mkdir -p {target}")
+        if options:
+            lines.append(f"mount -t cgroup -o {options} cgroup {target}")
+        else:
+            lines.append(f"mount -t cgroup2 cgroup2 {target}")
+    for link in Path("/sys/fs/cgroup").iterdir():  # e.g. cpu -> cpu,cpuacct
+        if link.is_symlink():
+            lines.append(f'ln -s {os.readlink(link)} "$R{link}"')
+    return "\n".join(lines)
+
+
+def _join_cgroups(cgroups: list[Path]) -> None:
+    for cgroup in cgroups:
+        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def _remove_cgroups(cgroups: list[Path]) -> None:
+    """rmdir each cgroup tree bottom-up; the kernel refuses while a process is still in one."""
+    for top in cgroups:
+        if not top.is_dir():
+            continue
+        for _ in range(50):
+            for directory, _, _ in sorted(os.walk(top, topdown=False), key=lambda w: -len(w[0])):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass
+            if not top.exists():
+                break
+            time.sleep(0.1)
 
 
 def _routed_networks() -> list[ipaddress.IPv4Network]:
