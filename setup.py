@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "ray[serve]==2.60.0",
     "prometheus-client==0.26.0",
     "ansible-runner==2.4.3",
+    "ansible-core==2.19.14",  # ansible-runner drives it but does not install it
     "docker==7.2.0",
     "requests>=2.31",
 ]
