@@ -297,9 +297,8 @@ class TestHosts:
             "ansible_ssh_private_key_file": str(self.key_file),
             "ansible_ssh_args": "-o ControlMaster=auto -o ControlPersist=30s",
             "ansible_control_path_dir": str(self.control_path_dir),
-            "ansible_control_path": f"{self.control_path_dir}/%C",
-            "ansible_ssh_common_args": " ".join(shlex.quote(o) for o in self.ssh_options()
-                                                if o != "BatchMode=yes"),
+            "ansible_control_path": "%(directory)s/%%C",  # Ansible %-formats this value
+            "ansible_ssh_common_args": " ".join(shlex.quote(o) for o in self.ssh_options()),
             "ansible_host_key_checking": "true",
         }
 

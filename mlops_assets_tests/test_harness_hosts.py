@@ -1,0 +1,121 @@
+"""The rehearsal's test hosts (FACTS.md, "Hosts for Ansible without a cloud"): Debian 12 roots
+in namespaces, real SSH, Ansible through ansible-runner, a Docker engine inside a host, and a
+teardown that leaves nothing on the machine."""
+
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from mlops_assets.offline_base import BASE_IMAGE
+from mlops_assets_tests.rehearsal.hosts import TestHosts, free_subnet
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, mounts and bridges need root")
+
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    subnet = free_subnet()
+    started = time.monotonic()
+    with TestHosts([("api", str(subnet[10])), ("monitoring", str(subnet[11]))]) as test_hosts:
+        TIMINGS["host_layer_s"] = round(test_hosts.timings.layers_s, 2)
+        TIMINGS["hosts_up_s"] = round(test_hosts.timings.hosts_s + test_hosts.timings.network_s, 2)
+        TIMINGS["enter_total_s"] = round(time.monotonic() - started, 2)
+        yield test_hosts
+    TIMINGS["teardown_s"] = round(test_hosts.timings.teardown_s, 2)
+    leftovers = test_hosts.footprint()
+    assert leftovers == [], f"teardown left {leftovers}"
+    sys.stderr.write(f"\nharness timings: {json.dumps(TIMINGS)}\n")
+
+
+def test_each_host_has_its_own_root_name_and_address(hosts):
+    api = hosts.ssh("api", "hostname; cat /etc/debian_version; ip -4 -o addr show eth0")
+    monitoring = hosts.ssh("monitoring", "hostname; ip -4 -o addr show eth0")
+    assert api.stdout.splitlines()[0] == "api" and api.stdout.splitlines()[1].startswith("12.")
+    assert hosts.address("api") + "/24" in api.stdout
+    assert monitoring.stdout.splitlines()[0] == "monitoring"
+    # A file written on one host is on neither the other host nor the machine.
+    hosts.ssh("api", "echo api > /root/only-on-api")
+    assert hosts.ssh("monitoring", "test -e /root/only-on-api", check=False).returncode == 1
+    assert not os.path.exists("/root/only-on-api")
+    # Its own PID namespace: PID 1 is the host's init, and the machine's processes are not seen.
+    assert "tini" in hosts.exec("api", "cat /proc/1/cmdline").stdout
+    assert str(os.getpid()) not in hosts.exec("api", "ls /proc").stdout.split()
+    # admin logs in with the harness key and has passwordless sudo, like a cloud image.
+    assert hosts.ssh("api", "sudo -n id -u", user="admin").stdout.strip() == "0"
+
+
+def test_hosts_reach_each_other_and_nothing_else(hosts):
+    monitoring_to_api = f"timeout 3 bash -c 'exec 3<>/dev/tcp/{hosts.address('api')}/22 && head -c 4 <&3'"
+    assert hosts.ssh("monitoring", monitoring_to_api).stdout == "SSH-"
+    # No default route: any address off the test subnet is unreachable from a host.
+    routes = hosts.exec("api", "ip -4 route").stdout
+    assert "default" not in routes
+    assert hosts.exec("api", "ip route get 192.0.2.1", check=False).returncode != 0
+
+
+def test_ansible_ping_over_real_ssh(hosts, tmp_path, monkeypatch, record_property):
+    import ansible_runner
+
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    inventory = hosts.inventory({"api": ["api"], "monitoring": ["monitoring"]})
+    addresses = {h["ansible_host"] for h in inventory["all"]["hosts"].values()}
+    assert addresses == {hosts.address("api"), hosts.address("monitoring")}
+    started = time.monotonic()
+    result = ansible_runner.run(
+        private_data_dir=str(tmp_path), inventory=inventory, host_pattern="all",
+        module="ping", quiet=True, envvars={"ANSIBLE_HOME": str(tmp_path / "ansible")},
+    )
+    TIMINGS["ansible_ping_s"] = round(time.monotonic() - started, 2)
+    assert result.status == "successful", open(result.stdout.name).read()[-3000:]
+    assert set(result.stats["ok"]) == {"api", "monitoring"}
+    # Facts as the roles will see them: Debian 12, become through sudo, no systemd.
+    result = ansible_runner.run(
+        private_data_dir=str(tmp_path), inventory=inventory, host_pattern="api", module="setup",
+        module_args="gather_subset=!all,!min,distribution,service_mgr", quiet=True,
+        envvars={"ANSIBLE_HOME": str(tmp_path / "ansible"), "ANSIBLE_BECOME": "true"},
+    )
+    assert result.status == "successful"
+    facts = next(e["event_data"]["res"]["ansible_facts"] for e in result.events
+                 if e["event"] == "runner_on_ok")
+    assert facts["ansible_distribution_release"] == "bookworm"
+    assert facts["ansible_service_mgr"] != "systemd"
+    # Connection sharing stays in the harness's private ControlPath (closed by teardown).
+    assert any(hosts.control_path_dir.iterdir())
+
+
+def test_docker_runs_a_container_inside_the_api_host(hosts, tmp_path, record_property):
+    import docker
+    from mlops_assets.offline_base import ensure_base_image
+
+    # The archive a user ships to hosts without a registry: the offline base, saved by the
+    # machine's engine (Podman here).
+    engine = docker.from_env(timeout=300) if os.environ.get("DOCKER_HOST") else docker.DockerClient(
+        base_url="unix:///run/mlops-podman/podman.sock", timeout=300)
+    ensure_base_image(engine)
+    archive = tmp_path / "base.tar"
+    with open(archive, "wb") as handle:
+        for chunk in engine.images.get(BASE_IMAGE).save(named=True):
+            handle.write(chunk)
+    hosts.copy_in("api", archive, "/root/base.tar")
+
+    TIMINGS["dockerd_start_s"] = round(hosts.start_docker("api"), 2)
+    started = time.monotonic()
+    hosts.ssh("api", "docker load -i /root/base.tar")
+    TIMINGS["docker_load_s"] = round(time.monotonic() - started, 2)
+    probe = f"docker run --rm --network none {BASE_IMAGE} sh -c 'python3 -c \"print(1)\"; cat /proc/self/cgroup'"
+    output = hosts.ssh("api", probe).stdout
+    assert output.startswith("1\n")
+    # It ran under the api host's dockerd, in the host's own cgroup namespace ...
+    assert "\n0::/docker/" in output
+    assert hosts.ssh("api", "docker info --format '{{.Name}}'").stdout.strip() == "api"
+    assert "dockerd" not in hosts.exec("monitoring", "ps -e -o comm").stdout
+    # ... which the machine sees below the api host's cgroup, not among its own containers.
+    # A container left running is removed by teardown too (the fixture asserts it).
+    container = hosts.ssh("api", f"docker run -d --network none {BASE_IMAGE} sleep 600").stdout.strip()
+    assert any((cgroup / "docker" / container).is_dir() for cgroup in hosts.hosts["api"].cgroups)
+    assert container not in engine.api.containers(all=True, quiet=True).__repr__()
