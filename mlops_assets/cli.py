@@ -19,18 +19,38 @@ def _prepare_home() -> None:
     for path in (settings.home, settings.dagster_home, settings.mlflow_dir, settings.artifact_root, settings.io_dir):
         path.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
+    # An empty dagster.yaml: the default sqlite storage in DAGSTER_HOME, said explicitly.
+    (settings.dagster_home / "dagster.yaml").touch()
 
 
-def run(job_name: str) -> int:
+def run(job_name: str, everything: bool = False) -> int:
+    """Observe the data source, then materialize what Dagster finds missing or stale (or, with
+    `everything`, the whole job: each asset then returns early when its inputs are unchanged)."""
     _prepare_home()
     import dagster as dg
 
     from mlops_assets.definitions import defs
+    from mlops_assets.staleness import keys_to_run
 
     started = time.monotonic()
     job = defs.resolve_job_def(job_name)
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        observed = defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, raise_on_error=False)
+        if not observed.success:
+            failure = next(e for e in observed.all_events if e.event_type_value == "STEP_FAILURE")
+            print(f"observing the data source failed: {failure.event_specific_data.error.message.strip()}", file=sys.stderr)
+            return 1
+        job_keys = set(job.asset_layer.selected_asset_keys)
+        keys = job_keys if everything else keys_to_run(defs, instance, job_keys)
+        fresh = sorted(k.to_user_string() for k in job_keys - keys)
+        if fresh:
+            print(f"up to date (nothing changed in their inputs or code): {', '.join(fresh)}")
+        if not keys:
+            print(f"{job_name}: nothing to do in {time.monotonic() - started:.1f}s (`--all` re-materializes anyway)")
+            return 0
+        print(f"materializing: {', '.join(sorted(k.to_user_string() for k in keys))}", flush=True)
+        subset = job if keys == job_keys else job.get_subset(asset_selection=keys)
+        result = subset.execute_in_process(instance=instance, raise_on_error=False)
     elapsed = time.monotonic() - started
     print(f"\n{job_name}: {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s (run {result.run_id})")
     for event in result.all_events:
@@ -39,7 +59,38 @@ def run(job_name: str) -> int:
         if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
             data = event.event_specific_data
             print(f"  check {data.asset_key.to_user_string()}:{data.check_name} failed: {data.description}")
+    _print_api(result)
     return 0 if result.success else 1
+
+
+def _print_api(result) -> None:
+    """Where the API answers, after a run that deployed it."""
+    api = next(
+        (e.event_specific_data.materialization for e in result.all_events
+         if e.event_type_value == "ASSET_MATERIALIZATION"
+         and e.event_specific_data.materialization.asset_key.to_user_string() == "deployed_api"),
+        None,
+    )
+    if api is None:
+        return
+    meta = api.metadata
+    print(f"\nprediction API (model version {meta['model_version'].value}): {meta['url'].value}")
+    print(f"metrics: {meta['metrics'].value}   stop everything: make down")
+    print(meta["curl"].value.strip("`\n"))
+
+
+def down() -> int:
+    """Stop what `make run` started: the local Ray instance serving the API."""
+    from mlops_assets.settings import load_settings
+    from mlops_assets.targets import resources_for
+
+    ray_serve = resources_for(load_settings()).get("ray_serve")
+    if ray_serve is None:
+        print("nothing to stop for this target")
+        return 0
+    stopped = ray_serve.shutdown()
+    print(f"stopped the prediction API and its Ray instance ({stopped} processes)" if stopped else "nothing was running")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="materialize the whole asset graph for MLOPS_TARGET")
     run_parser.add_argument("--job", default="materialize_all")
+    run_parser.add_argument("--all", action="store_true", help="materialize every asset of the job, stale or not")
+    sub.add_parser("down", help="stop the prediction API and the local Ray instance that `run` started")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run(args.job)
+        return run(args.job, args.all)
+    if args.command == "down":
+        return down()
     return 2
 
 

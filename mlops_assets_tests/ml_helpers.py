@@ -1,10 +1,9 @@
 """Helpers for tests of the ML phase: MLflow counts and Dagster staleness."""
 
 import dagster as dg
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.loader import LoadingContextForTest
 
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.staleness import stale_or_missing
 
 
 def registry_for(settings) -> MlflowRegistry:
@@ -21,9 +20,4 @@ def count_versions(registry: MlflowRegistry, name: str) -> int:
 
 def stale_keys(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[str]:
     """Assets Dagster considers stale or missing (what the UI shows as out of date)."""
-    resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph(), LoadingContextForTest(instance))
-    return {
-        key.to_user_string()
-        for key in defs.resolve_asset_graph().materializable_asset_keys
-        if resolver.get_status(key) in (StaleStatus.STALE, StaleStatus.MISSING)
-    }
+    return {key.to_user_string() for key in stale_or_missing(defs, instance)}

@@ -26,7 +26,22 @@ class DatasetConfig(dg.Config):
     min_rows_per_class: int = 10
 
 
+@dg.observable_source_asset(
+    group_name="ml",
+    description="The raw file behind `dataset` (MLOPS_DATASET, default: palmerpenguins' CSV); "
+    "observed by hashing its bytes, so a new file makes `dataset` stale.",
+)
+def dataset_source() -> dg.DataVersion:
+    try:
+        return dg.DataVersion(
+            ml_data.source_fingerprint(_SETTINGS.dataset or ml_data.DEFAULT_SOURCE, DatasetConfig().target_column)
+        )
+    except ml_data.DatasetError as exc:
+        raise dg.Failure(description=str(exc)) from None
+
+
 @dg.asset(
+    deps=[dataset_source],
     code_version=code_version_of(ml_data),
     kinds={"polars"},
     group_name="ml",

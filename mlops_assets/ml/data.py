@@ -100,12 +100,28 @@ def read_table(source: str) -> pl.DataFrame:
     return frame
 
 
-def _read_palmerpenguins() -> pl.DataFrame:
+def _palmerpenguins_bytes() -> bytes:
     # The palmerpenguins package ships its CSV; nothing is downloaded.
     from importlib.resources import files
 
-    data = files("palmerpenguins").joinpath("data/penguins.csv")
-    frame = pl.read_csv(data.read_bytes(), null_values=["NA", ""])
+    return files("palmerpenguins").joinpath("data/penguins.csv").read_bytes()
+
+
+def source_fingerprint(source: str, target: str) -> str:
+    """A cheap hash of the raw source bytes and the target name, without parsing the table:
+    what Dagster observes to tell whether `dataset` is stale."""
+    if source == DEFAULT_SOURCE:
+        raw = _palmerpenguins_bytes()
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise DatasetError(f"data source {str(path)!r} does not exist or is not a file; set {SOURCE_SETTING}")
+        raw = path.read_bytes()
+    return hashlib.sha256(target.encode() + b"\0" + raw).hexdigest()[:16]
+
+
+def _read_palmerpenguins() -> pl.DataFrame:
+    frame = pl.read_csv(_palmerpenguins_bytes(), null_values=["NA", ""])
     # `year` is a collection date, not a property of the penguin.
     return frame.drop("year")
 
