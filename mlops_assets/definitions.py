@@ -8,16 +8,21 @@ import dagster as dg
 # "beta" for many releases. Say it once here instead of on every materialization.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-from mlops_assets.assets.data import dataset
+from mlops_assets.assets.data import dataset, dataset_source
 from mlops_assets.assets.training import candidate_models, selected_model
 from mlops_assets.checks import DATASET_CHECKS
 from mlops_assets.settings import load_settings
 from mlops_assets.targets import resources_for
 
-ASSETS = [dataset, candidate_models, selected_model]
+SOURCE_ASSETS = [dataset_source]
+ASSETS = [*SOURCE_ASSETS, dataset, candidate_models, selected_model]
 
 # `make run` materializes this job: the whole graph for the chosen target.
 materialize_all = dg.define_asset_job("materialize_all", selection=dg.AssetSelection.all())
+# Hash the raw data source: a changed file makes `dataset` stale (run first by `make run`).
+observe_sources = dg.define_asset_job("observe_sources", selection=dg.AssetSelection.assets(*(a.key for a in SOURCE_ASSETS)))
+# The ML phase alone: dataset -> candidate_models -> selected_model (and their checks).
+ml_phase = dg.define_asset_job("ml_phase", selection=dg.AssetSelection.groups("ml"))
 
 
 def build_definitions(settings=None) -> dg.Definitions:
@@ -25,7 +30,7 @@ def build_definitions(settings=None) -> dg.Definitions:
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=DATASET_CHECKS,
-        jobs=[materialize_all],
+        jobs=[materialize_all, ml_phase, observe_sources],
         resources=resources_for(settings),
         # Steps are small and the machine has 2 cores: one process avoids paying the
         # import of dagster, MLflow and scikit-learn once per step.
