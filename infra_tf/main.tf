@@ -1,0 +1,227 @@
+# Two Debian 12 hosts for the prediction API and its monitoring, with least-privilege
+# security groups: clients reach only the API port, the monitoring host alone scrapes the
+# metrics port, and SSH, Prometheus and Grafana answer only the admin network. Ray's
+# internal ports are never opened.
+
+provider "aws" {
+  region = var.region
+}
+
+locals {
+  tags = merge(var.tags, {
+    Project   = var.name
+    ManagedBy = "opentofu"
+  })
+  ami_id = var.ami_id != null ? var.ami_id : data.aws_ami.debian12[0].id
+}
+
+data "aws_ami" "debian12" {
+  count = var.ami_id == null ? 1 : 0
+
+  most_recent = true
+  owners      = [var.debian_ami_owner]
+
+  filter {
+    name   = "name"
+    values = ["debian-12-amd64-*"]
+  }
+
+  filter {
+    name   = "architecture"
+    values = ["x86_64"]
+  }
+
+  filter {
+    name   = "virtualization-type"
+    values = ["hvm"]
+  }
+}
+
+resource "aws_key_pair" "admin" {
+  key_name   = "${var.name}-admin"
+  public_key = trimspace(var.ssh_public_key)
+  tags       = merge(local.tags, { Name = "${var.name}-admin" })
+}
+
+################################################################################
+# Security groups
+################################################################################
+
+resource "aws_security_group" "api" {
+  name        = "${var.name}-api"
+  description = "Prediction API host: API port for clients, metrics port for the monitoring host, SSH for admins"
+  vpc_id      = var.vpc_id
+  tags        = merge(local.tags, { Name = "${var.name}-api" })
+}
+
+resource "aws_security_group" "monitoring" {
+  name        = "${var.name}-monitoring"
+  description = "Monitoring host: Prometheus, Grafana and SSH for admins only"
+  vpc_id      = var.vpc_id
+  tags        = merge(local.tags, { Name = "${var.name}-monitoring" })
+}
+
+resource "aws_vpc_security_group_ingress_rule" "api_clients" {
+  for_each = toset(var.api_client_cidrs)
+
+  security_group_id = aws_security_group.api.id
+  description       = "Prediction API from client network ${each.value}"
+  ip_protocol       = "tcp"
+  from_port         = var.api_port
+  to_port           = var.api_port
+  cidr_ipv4         = each.value
+  tags              = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "api_metrics_from_monitoring" {
+  security_group_id            = aws_security_group.api.id
+  description                  = "Prometheus metrics scraped by the monitoring host only"
+  ip_protocol                  = "tcp"
+  from_port                    = var.metrics_port
+  to_port                      = var.metrics_port
+  referenced_security_group_id = aws_security_group.monitoring.id
+  tags                         = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "api_ssh" {
+  security_group_id = aws_security_group.api.id
+  description       = "SSH from the admin network (Ansible)"
+  ip_protocol       = "tcp"
+  from_port         = 22
+  to_port           = 22
+  cidr_ipv4         = var.admin_cidr
+  tags              = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "monitoring_ssh" {
+  security_group_id = aws_security_group.monitoring.id
+  description       = "SSH from the admin network (Ansible)"
+  ip_protocol       = "tcp"
+  from_port         = 22
+  to_port           = 22
+  cidr_ipv4         = var.admin_cidr
+  tags              = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "monitoring_prometheus" {
+  security_group_id = aws_security_group.monitoring.id
+  description       = "Prometheus UI and API from the admin network"
+  ip_protocol       = "tcp"
+  from_port         = var.prometheus_port
+  to_port           = var.prometheus_port
+  cidr_ipv4         = var.admin_cidr
+  tags              = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "monitoring_grafana" {
+  security_group_id = aws_security_group.monitoring.id
+  description       = "Grafana from the admin network"
+  ip_protocol       = "tcp"
+  from_port         = var.grafana_port
+  to_port           = var.grafana_port
+  cidr_ipv4         = var.admin_cidr
+  tags              = local.tags
+}
+
+# Outbound: HTTPS and HTTP only (Debian packages, the Docker engine, container registries).
+# DNS, NTP and instance metadata go to Amazon's link-local services, which security
+# groups do not filter.
+resource "aws_vpc_security_group_egress_rule" "https" {
+  for_each = {
+    api        = aws_security_group.api.id
+    monitoring = aws_security_group.monitoring.id
+  }
+
+  security_group_id = each.value
+  description       = "HTTPS to package mirrors and container registries"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+  cidr_ipv4         = "0.0.0.0/0"
+  tags              = local.tags
+}
+
+resource "aws_vpc_security_group_egress_rule" "http" {
+  for_each = {
+    api        = aws_security_group.api.id
+    monitoring = aws_security_group.monitoring.id
+  }
+
+  security_group_id = each.value
+  description       = "HTTP to Debian package mirrors"
+  ip_protocol       = "tcp"
+  from_port         = 80
+  to_port           = 80
+  cidr_ipv4         = "0.0.0.0/0"
+  tags              = local.tags
+}
+
+resource "aws_vpc_security_group_egress_rule" "monitoring_scrape" {
+  security_group_id            = aws_security_group.monitoring.id
+  description                  = "Prometheus scrapes the API host's metrics port"
+  ip_protocol                  = "tcp"
+  from_port                    = var.metrics_port
+  to_port                      = var.metrics_port
+  referenced_security_group_id = aws_security_group.api.id
+  tags                         = local.tags
+}
+
+################################################################################
+# Instances
+################################################################################
+
+resource "aws_instance" "api" {
+  # checkov:skip=CKV2_AWS_41: the hosts call no AWS API (images are shipped by Ansible or pulled with registry credentials), so no instance profile is attached.
+  # checkov:skip=CKV_AWS_88: clients and admins reach the hosts over the Internet; the security groups restrict every port to its callers.
+  ami                         = local.ami_id
+  instance_type               = var.api_instance_type
+  key_name                    = aws_key_pair.admin.key_name
+  subnet_id                   = var.subnet_id
+  vpc_security_group_ids      = [aws_security_group.api.id]
+  associate_public_ip_address = var.associate_public_ip_address
+  monitoring                  = true
+  ebs_optimized               = true
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+
+  root_block_device {
+    encrypted             = true
+    volume_type           = "gp3"
+    volume_size           = var.root_volume_size
+    delete_on_termination = true
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-api", Role = "api" })
+}
+
+resource "aws_instance" "monitoring" {
+  # checkov:skip=CKV2_AWS_41: the hosts call no AWS API (Prometheus scrapes a static target), so no instance profile is attached.
+  # checkov:skip=CKV_AWS_88: admins reach Prometheus and Grafana over the Internet from admin_cidr only.
+  ami                         = local.ami_id
+  instance_type               = var.monitoring_instance_type
+  key_name                    = aws_key_pair.admin.key_name
+  subnet_id                   = var.subnet_id
+  vpc_security_group_ids      = [aws_security_group.monitoring.id]
+  associate_public_ip_address = var.associate_public_ip_address
+  monitoring                  = true
+  ebs_optimized               = true
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+
+  root_block_device {
+    encrypted             = true
+    volume_type           = "gp3"
+    volume_size           = var.root_volume_size
+    delete_on_termination = true
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-monitoring", Role = "monitoring" })
+}

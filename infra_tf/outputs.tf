@@ -1,0 +1,79 @@
+output "api_public_ip" {
+  description = "Public IPv4 address of the API host (null without associate_public_ip_address)."
+  value       = aws_instance.api.public_ip
+}
+
+output "api_private_ip" {
+  description = "Private IPv4 address of the API host."
+  value       = aws_instance.api.private_ip
+}
+
+output "monitoring_public_ip" {
+  description = "Public IPv4 address of the monitoring host (null without associate_public_ip_address)."
+  value       = aws_instance.monitoring.public_ip
+}
+
+output "monitoring_private_ip" {
+  description = "Private IPv4 address of the monitoring host."
+  value       = aws_instance.monitoring.private_ip
+}
+
+output "instance_ids" {
+  description = "EC2 instance ids by role."
+  value = {
+    api        = aws_instance.api.id
+    monitoring = aws_instance.monitoring.id
+  }
+}
+
+output "security_group_ids" {
+  description = "Security group ids by role."
+  value = {
+    api        = aws_security_group.api.id
+    monitoring = aws_security_group.monitoring.id
+  }
+}
+
+output "ami_id" {
+  description = "AMI both hosts run."
+  value       = local.ami_id
+}
+
+output "ansible_inventory" {
+  description = "Ansible inventory (YAML/JSON inventory structure): groups api and monitoring, one host each, with the ports the roles need. Write it as JSON or YAML and pass it to ansible-playbook -i."
+  value = {
+    all = {
+      vars = {
+        ansible_user = var.ssh_user
+        api_port     = var.api_port
+        metrics_port = var.metrics_port
+      }
+      children = {
+        api = {
+          hosts = {
+            "${var.name}-api" = {
+              ansible_host = var.inventory_address == "public" ? aws_instance.api.public_ip : aws_instance.api.private_ip
+              private_ip   = aws_instance.api.private_ip
+              public_ip    = aws_instance.api.public_ip
+              instance_id  = aws_instance.api.id
+            }
+          }
+        }
+        monitoring = {
+          vars = {
+            prometheus_port = var.prometheus_port
+            grafana_port    = var.grafana_port
+          }
+          hosts = {
+            "${var.name}-monitoring" = {
+              ansible_host = var.inventory_address == "public" ? aws_instance.monitoring.public_ip : aws_instance.monitoring.private_ip
+              private_ip   = aws_instance.monitoring.private_ip
+              public_ip    = aws_instance.monitoring.public_ip
+              instance_id  = aws_instance.monitoring.id
+            }
+          }
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,188 @@
+variable "region" {
+  description = "AWS region to create the hosts in."
+  type        = string
+  default     = "eu-west-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", var.region))
+    error_message = "region must be an AWS region name such as eu-west-1."
+  }
+}
+
+variable "name" {
+  description = "Name prefix of every resource (security groups, key pair, instances) and the value of the Project tag."
+  type        = string
+  default     = "mlops-assets"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}[a-z0-9]$", var.name))
+    error_message = "name must be 3-32 lowercase letters, digits or dashes, starting with a letter."
+  }
+}
+
+variable "tags" {
+  description = "Extra tags added to every resource."
+  type        = map(string)
+  default     = {}
+}
+
+variable "api_instance_type" {
+  description = "EC2 instance type of the API host (Ray Serve in a container)."
+  type        = string
+  default     = "t3.large"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.api_instance_type))
+    error_message = "api_instance_type must be an EC2 instance type such as t3.large."
+  }
+}
+
+variable "monitoring_instance_type" {
+  description = "EC2 instance type of the monitoring host (Prometheus and Grafana in containers)."
+  type        = string
+  default     = "t3.small"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.monitoring_instance_type))
+    error_message = "monitoring_instance_type must be an EC2 instance type such as t3.small."
+  }
+}
+
+variable "root_volume_size" {
+  description = "Size in GiB of each host's encrypted gp3 root volume."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.root_volume_size >= 8 && var.root_volume_size <= 1024
+    error_message = "root_volume_size must be between 8 and 1024 GiB."
+  }
+}
+
+variable "ami_id" {
+  description = "AMI of both hosts. Null: the newest official Debian 12 (bookworm) amd64 AMI, found by the aws_ami data source."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.ami_id == null || can(regex("^ami-[0-9a-f]{8,17}$", var.ami_id))
+    error_message = "ami_id must be null or an AMI id such as ami-0123456789abcdef0."
+  }
+}
+
+variable "debian_ami_owner" {
+  description = "Account that publishes the official Debian AMIs (used only when ami_id is null)."
+  type        = string
+  default     = "136693071363"
+}
+
+variable "subnet_id" {
+  description = "Subnet of both hosts. Null: the default subnet of the region's default VPC."
+  type        = string
+  default     = null
+}
+
+variable "vpc_id" {
+  description = "VPC of the security groups; must contain subnet_id. Null: the region's default VPC."
+  type        = string
+  default     = null
+}
+
+variable "admin_cidr" {
+  description = "The only network allowed to reach SSH, Prometheus and Grafana, e.g. your office or VPN egress as 203.0.113.7/32. Never the whole Internet."
+  type        = string
+
+  validation {
+    condition     = can(cidrhost(var.admin_cidr, 0)) && !contains(["0.0.0.0/0", "::/0"], var.admin_cidr)
+    error_message = "admin_cidr must be a CIDR block narrower than the whole Internet (0.0.0.0/0 is refused)."
+  }
+}
+
+variable "api_client_cidrs" {
+  description = "Networks allowed to call the prediction API port. Use [\"0.0.0.0/0\"] only for a deliberately public API."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.api_client_cidrs) > 0 && alltrue([for cidr in var.api_client_cidrs : can(cidrhost(cidr, 0))])
+    error_message = "api_client_cidrs must be a non-empty list of CIDR blocks."
+  }
+}
+
+variable "ssh_public_key" {
+  description = "OpenSSH public key installed for the hosts' admin user (the one Ansible connects with)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( .*)?$", trimspace(var.ssh_public_key)))
+    error_message = "ssh_public_key must be one OpenSSH public key line (ssh-ed25519, ssh-rsa or ecdsa)."
+  }
+}
+
+variable "ssh_user" {
+  description = "Login user of the AMI (Debian's cloud images use admin); written into the Ansible inventory."
+  type        = string
+  default     = "admin"
+}
+
+variable "inventory_address" {
+  description = "Which address the Ansible inventory connects to: public (from the admin network) or private (from inside the VPC, a bastion or a VPN)."
+  type        = string
+  default     = "public"
+
+  validation {
+    condition     = contains(["public", "private"], var.inventory_address)
+    error_message = "inventory_address must be public or private."
+  }
+}
+
+variable "associate_public_ip_address" {
+  description = "Give both hosts a public IPv4 address (needed when clients and the admin reach them over the Internet)."
+  type        = bool
+  default     = true
+}
+
+# Ports. Ray's own ports (GCS 6379, dashboard 8265, client 10001, agents 52365, 8076 object
+# manager) are never accepted: nothing but the API and metrics ports leaves the API host.
+variable "api_port" {
+  description = "TCP port of the prediction API on the API host."
+  type        = number
+  default     = 8000
+
+  validation {
+    condition     = var.api_port > 0 && var.api_port < 65536 && !contains([6379, 8076, 8265, 10001, 52365], var.api_port)
+    error_message = "api_port must be a TCP port and not one of Ray's internal ports."
+  }
+}
+
+variable "metrics_port" {
+  description = "TCP port of the Prometheus metrics endpoint on the API host (scraped by the monitoring host only)."
+  type        = number
+  default     = 8080
+
+  validation {
+    condition     = var.metrics_port > 0 && var.metrics_port < 65536 && !contains([6379, 8076, 8265, 10001, 52365], var.metrics_port)
+    error_message = "metrics_port must be a TCP port and not one of Ray's internal ports."
+  }
+}
+
+variable "prometheus_port" {
+  description = "TCP port of Prometheus on the monitoring host (admin network only)."
+  type        = number
+  default     = 9090
+
+  validation {
+    condition     = var.prometheus_port > 0 && var.prometheus_port < 65536
+    error_message = "prometheus_port must be a TCP port."
+  }
+}
+
+variable "grafana_port" {
+  description = "TCP port of Grafana on the monitoring host (admin network only)."
+  type        = number
+  default     = 3000
+
+  validation {
+    condition     = var.grafana_port > 0 && var.grafana_port < 65536
+    error_message = "grafana_port must be a TCP port."
+  }
+}
