@@ -1,7 +1,7 @@
 """The EC2 API emulator of the offline rehearsal: a moto server on 127.0.0.1.
 
 `Ec2Emulator.start(state_dir)` runs `moto_server` on a free loopback port (or reuses the one
-recorded in `state_dir/emulator.json` if it still answers), and registers a Debian 12 AMI
+recorded in `state_dir/emulator.json` if it still answers), loaded with one Debian 12 AMI
 under Debian's publisher account so that infra_tf/'s `aws_ami` lookup finds it. The
 environment that OpenTofu and boto3 need to talk to it is `Ec2Emulator.env`.
 """
@@ -21,9 +21,38 @@ from pathlib import Path
 
 DEBIAN_AMI_OWNER = "136693071363"
 DEBIAN_AMI_NAME = "debian-12-amd64-20250101-1000"
+DEBIAN_AMI_ID = "ami-0deb12b00c0ffee01"
 REGION = "eu-west-1"
 # moto accepts any credentials; these make it obvious in logs that nothing real is used.
 _CREDENTIALS = {"AWS_ACCESS_KEY_ID": "rehearsal", "AWS_SECRET_ACCESS_KEY": "rehearsal"}
+
+
+def _write_amis(state_dir: Path) -> Path:
+    """The emulator's only image: a Debian 12 AMI owned by Debian's publisher account, as in
+    a real region (moto loads it into every account and region at start)."""
+    path = state_dir / "amis.json"
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "ami_id": DEBIAN_AMI_ID,
+                    "name": DEBIAN_AMI_NAME,
+                    "description": "Debian 12 (bookworm) amd64, as registered in the EC2 emulator",
+                    "owner_id": DEBIAN_AMI_OWNER,
+                    "public": True,
+                    "state": "available",
+                    "architecture": "x86_64",
+                    "virtualization_type": "hvm",
+                    "root_device_type": "ebs",
+                    "root_device_name": "/dev/xvda",
+                    "image_type": "machine",
+                    "hypervisor": "xen",
+                    "creation_date": "2025-01-01T10:00:00.000Z",
+                }
+            ]
+        )
+    )
+    return path
 
 
 def free_port() -> int:
@@ -87,7 +116,7 @@ class Ec2Emulator:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # outlives the Dagster run that started it, like a cloud
-            env={**os.environ, **_CREDENTIALS},
+            env={**os.environ, **_CREDENTIALS, "MOTO_AMIS_PATH": str(_write_amis(state_dir))},
         )
         emulator = cls(endpoint=f"http://127.0.0.1:{port}", pid=process.pid)
         deadline = time.monotonic() + timeout
@@ -96,29 +125,8 @@ class Ec2Emulator:
                 process.kill()
                 raise RuntimeError(f"moto_server did not start on 127.0.0.1:{port}; see {state_dir / 'moto_server.log'}")
             time.sleep(0.2)
-        emulator.register_debian_ami()
         record.write_text(json.dumps({"endpoint": emulator.endpoint, "pid": emulator.pid, "region": emulator.region}))
         return emulator
-
-    def register_debian_ami(self) -> str:
-        """A Debian 12 AMI owned by Debian's account, as the real region has."""
-        ec2 = self.client()
-
-        def as_debian(request, **_):
-            request.headers["x-moto-account-id"] = DEBIAN_AMI_OWNER
-
-        ec2.meta.events.register("before-sign.ec2.*", as_debian)
-        found = ec2.describe_images(Owners=[DEBIAN_AMI_OWNER], Filters=[{"Name": "name", "Values": [DEBIAN_AMI_NAME]}])
-        if found["Images"]:
-            return found["Images"][0]["ImageId"]
-        return ec2.register_image(
-            Name=DEBIAN_AMI_NAME,
-            Description="Debian 12 (bookworm) amd64, registered in the EC2 emulator",
-            Architecture="x86_64",
-            RootDeviceName="/dev/xvda",
-            VirtualizationType="hvm",
-            BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}],
-        )["ImageId"]
 
     def stop(self) -> None:
         try:

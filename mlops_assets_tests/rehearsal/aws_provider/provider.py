@@ -8,6 +8,7 @@ read it (`AWS_ENDPOINT_URL_EC2` or `AWS_ENDPOINT_URL`), so infra_tf/'s HCL stays
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -65,6 +66,7 @@ class AwsTestDouble(Provider):
     def __init__(self) -> None:
         self.region: Optional[str] = None
         self._ec2 = None
+        self._lock = threading.Lock()
 
     def get_model_prefix(self) -> str:
         return "aws_"
@@ -74,6 +76,7 @@ class AwsTestDouble(Provider):
 
     def get_provider_schema(self, diags: Diagnostics) -> Schema:
         return Schema(
+            version=0,
             attributes=[
                 Attribute("region", String(), optional=True, description="AWS region (else AWS_REGION)."),
             ]
@@ -86,10 +89,12 @@ class AwsTestDouble(Provider):
         self.region = _known(config.get("region"))
 
     def ec2(self):
-        if self._ec2 is None:
-            import boto3
+        # OpenTofu calls in parallel (10 threads): build one client, once.
+        with self._lock:
+            if self._ec2 is None:
+                import boto3
 
-            self._ec2 = boto3.client("ec2", region_name=self.region)
+                self._ec2 = boto3.client("ec2", region_name=self.region)
         return self._ec2
 
     def get_data_sources(self) -> list:
@@ -140,6 +145,7 @@ class KeyPair(_Ec2Resource):
     @classmethod
     def get_schema(cls) -> Schema:
         return Schema(
+            version=0,
             attributes=[
                 _computed("id"),
                 Attribute("key_name", String(), required=True, requires_replace=True),
@@ -203,6 +209,7 @@ class SecurityGroup(_Ec2Resource):
     @classmethod
     def get_schema(cls) -> Schema:
         return Schema(
+            version=0,
             attributes=[
                 _computed("id"),
                 _computed("arn"),
@@ -284,6 +291,7 @@ class _SecurityGroupRule(_Ec2Resource):
             return Attribute(name, type_, optional=True, requires_replace=True)
 
         return Schema(
+            version=0,
             attributes=[
                 _computed("id"),
                 _computed("arn"),
@@ -422,6 +430,7 @@ class Instance(_Ec2Resource):
             return Attribute(name, type_, optional=True, requires_replace=True, **kw)
 
         return Schema(
+            version=0,
             attributes=[
                 _computed("id"),
                 _computed("arn"),
@@ -616,6 +625,7 @@ class AmiDataSource(DataSource):
     @classmethod
     def get_schema(cls) -> Schema:
         return Schema(
+            version=0,
             attributes=[
                 Attribute("most_recent", Bool(), optional=True),
                 Attribute("owners", List(String()), optional=True),
