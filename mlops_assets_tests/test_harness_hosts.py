@@ -4,13 +4,16 @@ teardown that leaves nothing on the machine."""
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
 
 from mlops_assets.offline_base import BASE_IMAGE
-from mlops_assets_tests.rehearsal.hosts import TestHosts, free_subnet
+from mlops_assets_tests.rehearsal.hosts import TestHosts, free_subnet, reap_stale
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, mounts and bridges need root")
 
@@ -18,7 +21,7 @@ TIMINGS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
-def hosts():
+def hosts(request):
     subnet = free_subnet()
     started = time.monotonic()
     with TestHosts([("api", str(subnet[10])), ("monitoring", str(subnet[11]))]) as test_hosts:
@@ -29,7 +32,9 @@ def hosts():
     TIMINGS["teardown_s"] = round(test_hosts.timings.teardown_s, 2)
     leftovers = test_hosts.footprint()
     assert leftovers == [], f"teardown left {leftovers}"
-    sys.stderr.write(f"\nharness timings: {json.dumps(TIMINGS)}\n")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\ntest-host timings (s): {json.dumps(TIMINGS)}")
 
 
 def test_each_host_has_its_own_root_name_and_address(hosts):
@@ -119,3 +124,42 @@ def test_docker_runs_a_container_inside_the_api_host(hosts, tmp_path, record_pro
     container = hosts.ssh("api", f"docker run -d --network none {BASE_IMAGE} sleep 600").stdout.strip()
     assert any((cgroup / "docker" / container).is_dir() for cgroup in hosts.hosts["api"].cgroups)
     assert container not in engine.api.containers(all=True, quiet=True).__repr__()
+
+
+def test_teardown_leaves_nothing_behind_busy_hosts():
+    subnet = free_subnet()
+    with TestHosts([("solo", str(subnet[20]))]) as busy:
+        busy.start_docker("solo")
+        busy.ssh("solo", "nohup sleep 600 >/dev/null 2>&1 &")
+        # An SSH control master like Ansible's, in the harness's private ControlPath.
+        master = ["ssh", *busy.ssh_options(), "-o", "ControlMaster=yes", "-o", "ControlPersist=600",
+                  "-o", f"ControlPath={busy.control_path_dir}/%C", "-f", "-N", f"root@{busy.address('solo')}"]
+        subprocess.run(master, check=True, timeout=30)
+        assert any(busy.control_path_dir.iterdir())
+        assert busy.footprint()  # the check below can see things
+    assert busy.footprint() == []
+    assert str(subnet) not in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+
+
+def test_a_killed_test_run_is_reaped_by_the_next_one(tmp_path):
+    """CI may kill a run mid-test: the next TestHosts removes what the dead one left."""
+    subnet = free_subnet()
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from mlops_assets_tests.rehearsal.hosts import TestHosts
+        hosts = TestHosts([("orphan", "{subnet[30]}")])
+        hosts.up()
+        print(hosts.id, flush=True)
+        time.sleep(600)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    hid = child.stdout.readline().strip()
+    assert hid, "the child harness did not come up"
+    probe = TestHosts([("probe", str(subnet[31]))])
+    probe.id = hid  # look at the orphan's footprint
+    assert probe.footprint()
+    child.send_signal(signal.SIGKILL)  # no teardown runs
+    child.wait()
+    assert hid in reap_stale()
+    assert probe.footprint() == []
