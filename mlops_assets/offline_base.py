@@ -98,7 +98,7 @@ def ensure_base_rootfs(
         if _is_current(rootfs, stamp):
             return BuildReport(rootfs, False, 0.0, _du(rootfs))
         _require_root("debootstrap")
-        _apt_install_on_machine(["debootstrap"], probe="debootstrap")
+        ensure_machine_tools()
         started = time.monotonic()
         tmp = rootfs.with_name("rootfs.partial")
         _rmtree(tmp)
@@ -243,11 +243,34 @@ def _require_root(what: str) -> None:
         raise OfflineBaseError(f"{what} needs root (debootstrap, chroot and overlay mounts)")
 
 
+# Commands the builds and the rehearsal hosts run on the machine, and their Debian packages.
+MACHINE_TOOLS = {
+    "debootstrap": "debootstrap",
+    "ip": "iproute2",
+    "iptables": "iptables",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "mkfs.ext4": "e2fsprogs",
+    "losetup": "mount",
+    "unshare": "util-linux",
+    "nsenter": "util-linux",
+}
+
+
+def ensure_machine_tools(tools: dict[str, str] = MACHINE_TOOLS) -> None:
+    """apt-get install the packages of whichever `tools` (command → package) are missing."""
+    missing = sorted({package for command, package in tools.items() if not shutil.which(command)})
+    if missing:
+        _require_root(f"installing {' '.join(missing)}")
+        _apt_install_on_machine(missing, probe="")
+
+
 def _apt_install_on_machine(packages: list[str], probe: str) -> None:
-    if shutil.which(probe):
+    if probe and shutil.which(probe):
         return
     if not shutil.which("apt-get"):
-        raise OfflineBaseError(f"{probe} is missing and there is no apt-get to install it; install {packages}")
+        raise OfflineBaseError(f"{probe or packages} missing and there is no apt-get to install it; "
+                               f"install {' '.join(packages)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     lock = ["-o", "DPkg::Lock::Timeout=600"]
     _run(["apt-get", *lock, "update", "-qq"], "apt-get update failed", env=env)

@@ -94,13 +94,12 @@ def test_ansible_ping_over_real_ssh(hosts, tmp_path, monkeypatch, record_propert
 
 
 def test_docker_runs_a_container_inside_the_api_host(hosts, tmp_path, record_property):
-    import docker
     from mlops_assets.offline_base import ensure_base_image
+    from mlops_assets_tests.rehearsal.engine import docker_client
 
     # The archive a user ships to hosts without a registry: the offline base, saved by the
     # machine's engine (Podman here).
-    engine = docker.from_env(timeout=300) if os.environ.get("DOCKER_HOST") else docker.DockerClient(
-        base_url="unix:///run/mlops-podman/podman.sock", timeout=300)
+    engine = docker_client()
     ensure_base_image(engine)
     archive = tmp_path / "base.tar"
     with open(archive, "wb") as handle:

@@ -8,24 +8,16 @@ import time
 import pytest
 
 from mlops_assets.offline_base import BASE_IMAGE, ensure_base_image
-from mlops_assets.settings import PROJECT_ROOT
+from mlops_assets_tests.rehearsal import engine as engine_setup
+from mlops_assets_tests.rehearsal.engine import SETUP_PODMAN
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sets up Podman and debootstraps: needs root")
-
-SETUP_PODMAN = PROJECT_ROOT / "scripts" / "setup_podman.sh"
 
 
 @pytest.fixture(scope="module")
 def docker_host() -> str:
     """The engine `make run` uses: set up (idempotently) by scripts/setup_podman.sh."""
-    result = subprocess.run(["bash", str(SETUP_PODMAN)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    if "nothing to set up" in result.stderr:  # an engine of the user's already answers
-        if "docker.sock" in result.stderr:
-            return "unix:///var/run/docker.sock"
-        return os.environ["DOCKER_HOST"]
-    return subprocess.run(["bash", str(SETUP_PODMAN), "--print-docker-host"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return engine_setup.docker_host()
 
 
 @pytest.fixture(scope="module")

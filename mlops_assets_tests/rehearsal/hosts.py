@@ -46,10 +46,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlops_assets.offline_base import HOST_ADMIN_UID, HOST_ADMIN_USER, ensure_host_layer
+from mlops_assets.offline_base import HOST_ADMIN_UID, HOST_ADMIN_USER, ensure_host_layer, ensure_machine_tools
 
 # A range this harness owns; `free_subnet()` picks an unused /24 in it.
 DEFAULT_SUPERNET = ipaddress.ip_network("10.213.0.0/16")
+_PRIVATE_BLOCKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -97,6 +98,7 @@ class TestHosts:
         self,
         hosts: list[tuple[str, str]],
         *,
+        subnet: str | None = None,
         bridge_address: str | None = None,
         cache_dir: Path | None = None,
         workdir_parent: Path | None = None,
@@ -108,17 +110,20 @@ class TestHosts:
         if len(set(names)) != len(names):
             raise HostsError(f"host names must be unique: {names}")
         addresses = [ipaddress.ip_address(address) for _, address in hosts]
-        self.subnet = ipaddress.ip_network(f"{addresses[0]}/24", strict=False)
-        for address in addresses:
-            if address not in self.subnet or not address.is_private:
-                raise HostsError(
-                    f"{address}: every host address must be private and in {self.subnet} "
-                    "(one /24 per TestHosts; free_subnet() picks an unused one)"
-                )
         if len(set(addresses)) != len(addresses):
             raise HostsError(f"host addresses must be unique: {[str(a) for a in addresses]}")
+        self.subnet = ipaddress.ip_network(subnet) if subnet else _covering_network(addresses)
+        for address in addresses:
+            if address not in self.subnet:
+                raise HostsError(f"{address} is not in the test subnet {self.subnet}")
+        if not any(self.subnet.subnet_of(block) for block in _PRIVATE_BLOCKS) or self.subnet.prefixlen < 16:
+            raise HostsError(
+                f"{self.subnet}: test hosts need a private subnet of /16 or smaller inside "
+                f"{', '.join(map(str, _PRIVATE_BLOCKS))} (an OpenTofu inventory for the rehearsal "
+                "must name private addresses; free_subnet() picks an unused /24)"
+            )
         if bridge_address is None:
-            bridge_address = next(str(a) for a in (self.subnet[1], self.subnet[254]) if a not in addresses)
+            bridge_address = str(next(a for a in self.subnet.hosts() if a not in addresses))
         self.bridge_address = bridge_address
         self.cache_dir = cache_dir
         self.workdir_parent = workdir_parent or Path("/var/tmp")
@@ -148,9 +153,7 @@ class TestHosts:
     def up(self) -> None:
         if os.geteuid() != 0:
             raise HostsError("test hosts need root (namespaces, mounts, bridges)")
-        for tool in ("unshare", "nsenter", "ip", "iptables", "ssh", "ssh-keygen"):
-            if not shutil.which(tool):
-                raise HostsError(f"{tool} is missing on this machine (apt-get install iproute2 iptables openssh-client)")
+        ensure_machine_tools()
         started = time.monotonic()
         self.lowers, _ = ensure_host_layer(self.cache_dir)
         self.timings.layers_s = time.monotonic() - started
@@ -293,6 +296,7 @@ class TestHosts:
             "ansible_python_interpreter": "/usr/bin/python3",
             "ansible_ssh_private_key_file": str(self.key_file),
             "ansible_ssh_args": "-o ControlMaster=auto -o ControlPersist=30s",
+            "ansible_pipelining": "true",  # one SSH round trip per task (sudo needs no tty here)
             "ansible_control_path_dir": str(self.control_path_dir),
             "ansible_control_path": "%(directory)s/%%C",  # Ansible %-formats this value
             "ansible_ssh_common_args": " ".join(shlex.quote(o) for o in self.ssh_options()),
@@ -302,8 +306,8 @@ class TestHosts:
     def inventory(self, groups: dict[str, list[str]] | None = None, *,
                   user: str = HOST_ADMIN_USER, extra_vars: dict | None = None) -> dict:
         """An ansible-runner inventory (the YAML structure as a dict) naming only these hosts'
-        addresses; `groups` maps group name to host names (default: one group per host)."""
-        groups = groups if groups is not None else {name: [name] for name in self.hosts}
+        addresses; `groups` maps group name to host names (default: only `all`)."""
+        groups = groups or {}
         for members in groups.values():
             unknown = set(members) - set(self.hosts)
             if unknown:
@@ -672,6 +676,15 @@ def _start_time(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return ""
+
+
+def _covering_network(addresses: list) -> ipaddress.IPv4Network:
+    """The /24 of the addresses, or the smallest network holding them all (for example two
+    emulated instances in different subnets of one VPC)."""
+    network = ipaddress.ip_network(f"{addresses[0]}/24", strict=False)
+    while not all(address in network for address in addresses) and network.prefixlen > 8:
+        network = network.supernet()
+    return network
 
 
 def _cgroup_hierarchies() -> list[tuple[Path, str, str]]:
