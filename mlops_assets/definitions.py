@@ -11,6 +11,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 from mlops_assets.assets.data import dataset, dataset_source
 from mlops_assets.assets.infrastructure import destroy_infrastructure, tofu_state
 from mlops_assets.assets.training import candidate_models, selected_model
+from mlops_assets.automation import build_automation
 from mlops_assets.checks import DATASET_CHECKS
 from mlops_assets.settings import load_settings
 from mlops_assets.targets import resources_for
@@ -28,10 +29,13 @@ ml_phase = dg.define_asset_job("ml_phase", selection=dg.AssetSelection.groups("m
 
 def build_definitions(settings=None) -> dg.Definitions:
     settings = settings or load_settings()
+    schedules, sensors = build_automation(settings)
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=DATASET_CHECKS,
         jobs=[materialize_all, ml_phase, observe_sources, destroy_infrastructure],
+        schedules=schedules,
+        sensors=sensors,
         resources=resources_for(settings),
         # Steps are small and the machine has 2 cores: one process avoids paying the
         # import of dagster, MLflow and scikit-learn once per step.

@@ -28,6 +28,12 @@ class Settings:
     tracking_uri: str
     mlflow_ui_url: str
     model_name: str
+    # Automation (schedules and sensors; see automation.py)
+    retrain_cron: str = "0 3 * * *"
+    prometheus_url: str = "http://127.0.0.1:9090"
+    drift_threshold: float = 0.25
+    drift_window: str = "1h"
+    drift_cooldown_minutes: float = 60.0
 
     @property
     def dagster_home(self) -> Path:
@@ -63,7 +69,22 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         tracking_uri=tracking_uri,
         mlflow_ui_url=(env.get("MLOPS_MLFLOW_UI_URL") or _default_ui_url(tracking_uri)).rstrip("/"),
         model_name=env.get("MLOPS_MODEL_NAME") or "mlops-assets-classifier",
+        retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * *",
+        prometheus_url=(env.get("MLOPS_PROMETHEUS_URL") or "http://127.0.0.1:9090").rstrip("/"),
+        drift_threshold=_number(env, "MLOPS_DRIFT_THRESHOLD", 0.25),
+        drift_window=env.get("MLOPS_DRIFT_WINDOW") or "1h",
+        drift_cooldown_minutes=_number(env, "MLOPS_DRIFT_COOLDOWN_MINUTES", 60.0),
     )
+
+
+def _number(env, name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number; set it to a number like {default}") from None
 
 
 def _default_ui_url(tracking_uri: str) -> str:

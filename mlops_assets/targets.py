@@ -10,6 +10,7 @@ from typing import Any
 import dagster as dg
 
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.resources.prometheus_api import PrometheusApi
 from mlops_assets.resources.opentofu import OpenTofu, RehearsalOpenTofu, ThisMachine
 from mlops_assets.settings import PROJECT_ROOT, Settings
 
@@ -22,6 +23,8 @@ def shared_resources(settings: Settings) -> dict[str, Any]:
             ui_url=settings.mlflow_ui_url,
         ),
         "io_manager": dg.FilesystemIOManager(base_dir=str(settings.io_dir)),
+        # What the drift sensor reads; the local target's Prometheus by default.
+        "prometheus_api": PrometheusApi(url=settings.prometheus_url),
     }
 
 

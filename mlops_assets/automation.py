@@ -1,0 +1,153 @@
+"""Schedules, sensors and automation conditions: how the pipeline keeps itself current.
+
+All are visible in `dagster dev` (Automation tab) and start switched off; README, Automation
+says how to turn them on. Runs they request go through the same in-asset short-circuits as
+`make run`: unchanged inputs train, build and deploy nothing.
+"""
+
+import json
+import time
+
+import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
+from mlops_assets.ml import data as ml_data
+from mlops_assets.ml import drift
+from mlops_assets.resources.prometheus_api import PrometheusApi, PrometheusQueryError
+from mlops_assets.settings import Settings
+
+RETRAIN_JOB = "materialize_all"
+SOURCE_KEY = dg.AssetKey("dataset_source")
+DATASET_KEY = dg.AssetKey("dataset")
+
+# PromQL of what the API served over the drift window (metrics: mlops_assets/serving/metrics.py).
+SERVED_CLASSES = "sum by (predicted_class) (increase(ray_mlops_api_predictions_total[{window}]))"
+SERVED_FEATURE_MEANS = (
+    "sum by (feature) (increase(ray_mlops_api_feature_value_sum[{window}]))"
+    " / sum by (feature) (increase(ray_mlops_api_feature_value_count[{window}]))"
+)
+
+
+def follows_upstream_data_versions() -> dg.AutomationCondition:
+    """Materialize when an upstream asset got a *new data version* (or this asset is missing).
+
+    Plain `eager()` fires on every upstream materialization, even one that kept its data
+    version (a retraining that kept the champion); this fires only on real changes."""
+    return (
+        (
+            dg.AutomationCondition.newly_missing()
+            | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+        ).since_last_handled()
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("follows upstream data versions")
+
+
+def build_automation(settings: Settings) -> tuple[list, list]:
+    """(schedules, sensors) for these settings."""
+
+    @dg.schedule(
+        name="retraining_schedule",
+        cron_schedule=settings.retrain_cron,
+        job_name=RETRAIN_JOB,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=f"Materialize the stale assets of the graph (cron {settings.retrain_cron!r}, MLOPS_RETRAIN_CRON).",
+    )
+    def retraining_schedule(context: dg.ScheduleEvaluationContext):
+        return dg.RunRequest(stale_assets_only=True, tags={"mlops/trigger": "schedule"})
+
+    @dg.sensor(
+        name="new_data_sensor",
+        job_name=RETRAIN_JOB,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Retrain when the bytes behind MLOPS_DATASET change (cursor: their hash).",
+    )
+    def new_data_sensor(context: dg.SensorEvaluationContext):
+        source = settings.dataset or ml_data.DEFAULT_SOURCE
+        target = settings.target_column or ml_data.DEFAULT_TARGET
+        try:
+            fingerprint = ml_data.source_fingerprint(source, target)
+        except ml_data.DatasetError as exc:
+            return dg.SkipReason(str(exc))
+        if fingerprint == context.cursor:
+            return dg.SkipReason(f"no new data in {source} (hash {fingerprint})")
+        observation = dg.AssetObservation(asset_key=SOURCE_KEY, tags={DATA_VERSION_TAG: fingerprint})
+        if context.cursor is None and _last_observed(context.instance) == fingerprint:
+            # First tick on data the pipeline already saw: remember it, request nothing.
+            return dg.SensorResult(cursor=fingerprint, skip_reason=dg.SkipReason("data already seen"))
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=f"data-{fingerprint}", tags={"mlops/trigger": "new_data", "mlops/data_hash": fingerprint})],
+            asset_events=[observation],
+            cursor=fingerprint,
+        )
+
+    @dg.sensor(
+        name="drift_sensor",
+        job_name=RETRAIN_JOB,
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        required_resource_keys={"prometheus_api"},
+        description=(
+            f"Retrain when served predictions drift from training (total variation > {settings.drift_threshold}, "
+            f"MLOPS_DRIFT_THRESHOLD) over {settings.drift_window}; cooldown {settings.drift_cooldown_minutes} min."
+        ),
+    )
+    def drift_sensor(context: dg.SensorEvaluationContext):
+        return evaluate_drift(context, context.resources.prometheus_api, settings, now=time.time())
+
+    return [retraining_schedule], [new_data_sensor, drift_sensor]
+
+
+MIN_SERVED_ROWS = 50  # below this, a distribution says more about chance than about drift
+
+
+def evaluate_drift(context, prometheus: PrometheusApi, settings: Settings, now: float):
+    state = json.loads(context.cursor) if context.cursor else {}
+    reference = _training_reference(context.instance)
+    if reference is None:
+        return dg.SkipReason("no materialized `dataset` yet: nothing to compare with")
+    class_counts, feature_stats = reference
+    try:
+        served = {labels.get("predicted_class", ""): value for labels, value in prometheus.vector(SERVED_CLASSES.format(window=settings.drift_window))}
+        means = {labels.get("feature", ""): value for labels, value in prometheus.vector(SERVED_FEATURE_MEANS.format(window=settings.drift_window))}
+    except PrometheusQueryError as exc:
+        return dg.SkipReason(f"cannot read served distributions: {exc}")
+    total = sum(served.values())
+    if total < MIN_SERVED_ROWS:
+        return dg.SkipReason(f"only {total:.0f} predictions in the last {settings.drift_window} (need {MIN_SERVED_ROWS})")
+    distance = drift.total_variation(served, class_counts)
+    shifts = {f: drift.mean_shift(m, feature_stats[f]["mean"], feature_stats[f]["std"]) for f, m in means.items() if f in feature_stats}
+    summary = f"prediction TVD {distance:.3f} (threshold {settings.drift_threshold})" + (
+        f", largest feature mean shift {max(shifts.values()):.2f} sd ({max(shifts, key=shifts.get)})" if shifts else ""
+    )
+    if distance <= settings.drift_threshold:
+        return dg.SkipReason(f"no drift: {summary}")
+    last = state.get("last_fired")
+    if last is not None and now - last < settings.drift_cooldown_minutes * 60:
+        return dg.SkipReason(f"drift ({summary}) but cooling down until {last + settings.drift_cooldown_minutes * 60:.0f}")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(run_key=f"drift-{int(now)}", tags={"mlops/trigger": "drift", "mlops/drift_tvd": f"{distance:.4f}"})
+        ],
+        cursor=json.dumps({"last_fired": now, "tvd": distance}),
+    )
+
+
+def _training_reference(instance: dg.DagsterInstance):
+    event = instance.get_latest_materialization_event(DATASET_KEY)
+    if event is None or event.asset_materialization is None:
+        return None
+    metadata = event.asset_materialization.metadata
+    if "class counts" not in metadata:
+        return None
+    stats = metadata["feature stats"].value if "feature stats" in metadata else {}
+    return metadata["class counts"].value, stats
+
+
+def _last_observed(instance: dg.DagsterInstance) -> str | None:
+    record = instance.get_latest_data_version_record(SOURCE_KEY, is_source=True)
+    if record is None:
+        return None
+    return record.asset_observation.tags.get(DATA_VERSION_TAG) if record.asset_observation else None

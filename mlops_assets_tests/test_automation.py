@@ -1,0 +1,232 @@
+"""Schedules, sensors and automation conditions, through Dagster's own evaluation contexts."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from mlops_assets.automation import build_automation, follows_upstream_data_versions
+from mlops_assets.resources.prometheus_api import PrometheusApi
+
+from .conftest import make_settings
+
+
+def _sensor(settings, name):
+    _, sensors = build_automation(settings)
+    return next(s for s in sensors if s.name == name)
+
+
+@pytest.fixture
+def instance(tmp_path):
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        yield instance
+
+
+# -- the retraining schedule ---------------------------------------------------------------
+
+def test_schedule_requests_only_stale_assets(tmp_path, instance):
+    settings = make_settings(tmp_path, MLOPS_RETRAIN_CRON="*/30 * * * *")
+    schedules, _ = build_automation(settings)
+    schedule = schedules[0]
+    assert schedule.cron_schedule == "*/30 * * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    request = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests[0]
+    assert request.stale_assets_only
+    assert request.tags["mlops/trigger"] == "schedule"
+
+
+# -- the new-data sensor -------------------------------------------------------------------
+
+def test_new_data_sensor_fires_once_per_content(tmp_path, instance):
+    data = tmp_path / "data.csv"
+    pl.DataFrame({"x": [1.0, 2.0], "label": ["a", "b"]}).write_csv(data)
+    settings = make_settings(tmp_path, MLOPS_DATASET=str(data), MLOPS_TARGET_COLUMN="label")
+    sensor = _sensor(settings, "new_data_sensor")
+
+    first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=None))
+    assert len(first.run_requests) == 1
+    key = first.run_requests[0].run_key
+    assert key.startswith("data-") and first.cursor == key.removeprefix("data-")
+    assert first.asset_events[0].asset_key == dg.AssetKey("dataset_source")
+
+    # the same bytes again: nothing, whatever the file's timestamp says
+    data.write_bytes(data.read_bytes())
+    same = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+    assert not same.run_requests and "no new data" in same.skip_message
+
+    # new bytes: a new request with a new run key
+    pl.DataFrame({"x": [1.0, 2.0, 3.0], "label": ["a", "b", "a"]}).write_csv(data)
+    changed = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+    assert len(changed.run_requests) == 1 and changed.run_requests[0].run_key != key
+    assert changed.cursor != first.cursor
+
+
+def test_new_data_sensor_does_not_refire_for_data_already_observed(tmp_path, instance):
+    data = tmp_path / "data.csv"
+    pl.DataFrame({"x": [1.0], "label": ["a"]}).write_csv(data)
+    settings = make_settings(tmp_path, MLOPS_DATASET=str(data), MLOPS_TARGET_COLUMN="label")
+    sensor = _sensor(settings, "new_data_sensor")
+    first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=None))
+    for event in first.asset_events:  # what the daemon records for the tick
+        instance.report_runless_asset_event(event)
+    # a sensor reset (cursor lost) on the same data requests nothing
+    again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=None))
+    assert not again.run_requests
+    assert again.cursor == first.cursor
+
+
+def test_new_data_sensor_skips_with_the_reason_when_the_file_is_gone(tmp_path, instance):
+    settings = make_settings(tmp_path, MLOPS_DATASET=str(tmp_path / "gone.csv"))
+    result = _sensor(settings, "new_data_sensor").evaluate_tick(dg.build_sensor_context(instance=instance))
+    assert not result.run_requests and "does not exist" in result.skip_message
+
+
+# -- the drift sensor ----------------------------------------------------------------------
+
+class FakePrometheus:
+    """A loopback stand-in for Prometheus's /api/v1/query answering canned vectors, to drive
+    the sensor through its cursor scenarios (the live queries are checked against a real
+    Prometheus in the monitoring tests)."""
+
+    def __init__(self):
+        self.classes: dict[str, float] = {}
+        self.means: dict[str, float] = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                query = parse_qs(urlparse(self.path).query)["query"][0]
+                if "predicted_class" in query:
+                    result = [{"metric": {"predicted_class": k}, "value": [0, str(v)]} for k, v in outer.classes.items()]
+                else:
+                    result = [{"metric": {"feature": k}, "value": [0, str(v)]} for k, v in outer.means.items()]
+                body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def prometheus():
+    fake = FakePrometheus()
+    yield fake
+    fake.close()
+
+
+def _materialize_dataset(tmp_path, instance):
+    from mlops_assets.definitions import build_definitions
+
+    defs = build_definitions(make_settings(tmp_path))
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("dataset")})
+    assert job.execute_in_process(instance=instance).success
+
+
+def test_drift_sensor_scenarios(tmp_path, instance, prometheus, monkeypatch):
+    settings = make_settings(tmp_path, MLOPS_DRIFT_THRESHOLD="0.2", MLOPS_DRIFT_COOLDOWN_MINUTES="10")
+    sensor = _sensor(settings, "drift_sensor")
+    resources = {"prometheus_api": PrometheusApi(url=prometheus.url)}
+    clock = {"now": 1_000_000.0}
+    monkeypatch.setattr("mlops_assets.automation.time.time", lambda: clock["now"])
+
+    def tick(cursor=None):
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+
+    assert "no materialized `dataset`" in tick().skip_message
+    _materialize_dataset(tmp_path, instance)  # penguins: Adelie 152, Gentoo 124, Chinstrap 68
+
+    prometheus.classes = {"Adelie": 10, "Gentoo": 5}
+    assert "only 15 predictions" in tick().skip_message
+
+    prometheus.classes = {"Adelie": 440, "Gentoo": 360, "Chinstrap": 200}  # like training
+    prometheus.means = {"bill_length_mm": 44.0}
+    calm = tick()
+    assert not calm.run_requests and "no drift" in calm.skip_message
+
+    prometheus.classes = {"Adelie": 900, "Gentoo": 50, "Chinstrap": 50}  # mostly one class
+    fired = tick()
+    assert len(fired.run_requests) == 1 and fired.run_requests[0].tags["mlops/trigger"] == "drift"
+    assert float(fired.run_requests[0].tags["mlops/drift_tvd"]) > 0.2
+
+    clock["now"] += 5 * 60  # within the cooldown: no storm
+    cooling = tick(fired.cursor)
+    assert not cooling.run_requests and "cooling down" in cooling.skip_message
+
+    clock["now"] += 6 * 60  # cooldown over, drift persists: fire again, with a new run key
+    again = tick(fired.cursor)
+    assert len(again.run_requests) == 1 and again.run_requests[0].run_key != fired.run_requests[0].run_key
+
+
+def test_drift_sensor_skips_when_prometheus_is_down(tmp_path, instance):
+    _materialize_dataset(tmp_path, instance)
+    sensor = _sensor(make_settings(tmp_path), "drift_sensor")
+    context = dg.build_sensor_context(instance=instance, resources={"prometheus_api": PrometheusApi(url="http://127.0.0.1:9")})
+    result = sensor.evaluate_tick(context)
+    assert not result.run_requests and "did not answer" in result.skip_message
+
+
+# -- automation conditions -----------------------------------------------------------------
+
+def _toy_defs(condition):
+    version = {"value": "A"}
+
+    @dg.asset
+    def upstream():
+        return dg.Output(version["value"], data_version=dg.DataVersion(version["value"]))
+
+    @dg.asset(deps=[upstream], automation_condition=condition)
+    def downstream():
+        return None
+
+    return dg.Definitions(assets=[upstream, downstream]), version
+
+
+@pytest.mark.parametrize("label, condition, refires_on_same_version", [
+    ("follows_upstream_data_versions", follows_upstream_data_versions(), False),
+    ("eager", dg.AutomationCondition.eager(), True),
+])
+def test_downstream_follows_data_versions_not_materializations(instance, label, condition, refires_on_same_version):
+    defs, version = _toy_defs(condition)
+    downstream = dg.AssetKey("downstream")
+
+    def evaluate(cursor):
+        return dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+
+    def materialize(*keys):
+        dg.materialize([defs.resolve_assets_def(k) for k in keys], instance=instance, selection=list(keys))
+
+    result = evaluate(None)  # the first tick only records the starting state
+    assert result.total_requested == 0
+    materialize("upstream")
+    result = evaluate(result.cursor)
+    assert result.get_requested_partitions(downstream) == {None}  # upstream updated, downstream missing
+    materialize("downstream")
+    result = evaluate(result.cursor)
+    assert result.total_requested == 0
+
+    materialize("upstream")  # same data version A
+    result = evaluate(result.cursor)
+    assert (result.total_requested == 1) is refires_on_same_version, label
+    if result.total_requested:
+        materialize("downstream")
+        result = evaluate(result.cursor)
+
+    version["value"] = "B"
+    materialize("upstream")  # a new data version: both conditions request downstream
+    result = evaluate(result.cursor)
+    assert result.get_requested_partitions(downstream) == {None}
