@@ -201,6 +201,7 @@ def ensure_base_image(
              "could not archive the base rootfs")
         # The Engine API takes "repo:tag" as the repository (Podman ignores a separate tag).
         answer = client.api.import_image_from_file(str(archive), repository=tag)
+        _remove_podman_import_leftovers(archive, since=started)
     try:
         image = client.images.get(tag)
     except docker.errors.ImageNotFound:
@@ -208,6 +209,19 @@ def ensure_base_image(
         client.api.tag(image_id, repository, version)
         image = client.images.get(tag)
     return tag, BuildReport(Path(tag), True, time.monotonic() - started, image.attrs.get("Size", 0))
+
+
+def _remove_podman_import_leftovers(archive: Path, since: float) -> None:
+    """Podman 4.3's compat import copies the upload to $TMPDIR (default /var/tmp) as
+    api_load.tar<random> and never deletes it: 200 MB per import. Remove exactly the copy of
+    this archive (same size, written during this call) when the engine runs on this machine."""
+    size = archive.stat().st_size
+    wall_start = time.time() - (time.monotonic() - since)
+    for folder in {Path(os.environ.get("TMPDIR", "/var/tmp")), Path("/var/tmp")}:
+        for leftover in folder.glob("api_load.tar*"):
+            info = leftover.stat()
+            if info.st_size == size and info.st_mtime >= wall_start - 1:
+                leftover.unlink(missing_ok=True)
 
 
 # --- helpers -----------------------------------------------------------------------------------
