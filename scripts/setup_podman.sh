@@ -72,6 +72,14 @@ fi
 if [ "$(id -u)" -ne 0 ]; then
     no_engine "setting up Podman here needs root"
 fi
+# One setter-upper at a time (parallel test sessions, `make run` beside CI).
+mkdir -p "$SOCKET_DIR"
+exec 9>"$SOCKET_DIR/.setup.lock"
+flock 9
+if ping "$PODMAN_DOCKER_HOST"; then
+    say "engine ready: export DOCKER_HOST=$PODMAN_DOCKER_HOST"
+    exit 0
+fi
 need=()
 for pkg in podman runc iptables catatonit curl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
