@@ -388,15 +388,16 @@ class TestHosts:
             scratch=host.dir / "scratch", image=host.dir / "scratch.img", path=_PATH,
         )
         log = open(host.dir / "console.log", "wb")
+        # A small shell moves itself into the host's cgroups (they become the host's cgroup
+        # root at `unshare --cgroup`), then nsenter joins the prepared network namespace
+        # (`unshare --net=FILE` would make a new one and bind it over FILE).
+        join_cgroups = " ".join(f"echo $$ > {shlex.quote(str(c / 'cgroup.procs'))};" for c in host.cgroups)
         host.process = subprocess.Popen(
-            # nsenter joins the prepared network namespace (`unshare --net=FILE` would make a
-            # new one and bind it over FILE).
-            ["nsenter", f"--net=/run/netns/{host.netns}", "--",
+            ["sh", "-ec", join_cgroups + ' exec "$@"', "sh",
+             "nsenter", f"--net=/run/netns/{host.netns}", "--",
              "unshare", "--mount", "--uts", "--ipc", "--pid", "--cgroup", "--fork", "--kill-child",
              "--propagation", "private", "sh", "-euc", script],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            # Into the host's cgroups before `unshare --cgroup`: they become its cgroup root.
-            preexec_fn=lambda: _join_cgroups(host.cgroups),
         )
         log.close()
         deadline = time.monotonic() + 10
@@ -729,11 +730,6 @@ def _cgroup_mount_script() -> str:
         if link.is_symlink():
             lines.append(f'ln -s {os.readlink(link)} "$R{link}"')
     return "\n".join(lines)
-
-
-def _join_cgroups(cgroups: list[Path]) -> None:
-    for cgroup in cgroups:
-        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
 
 def _remove_cgroups(cgroups: list[Path]) -> None:
