@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 
 import pytest
 
@@ -60,7 +61,8 @@ def test_hosts_reach_each_other_and_nothing_else(hosts):
     # No default route: any address off the test subnet is unreachable from a host.
     routes = hosts.exec("api", "ip -4 route").stdout
     assert "default" not in routes
-    assert hosts.exec("api", "ip route get 192.0.2.1", check=False).returncode != 0
+    # (`ip route get` only asks the routing table: no packet is sent anywhere.)
+    assert hosts.exec("api", "ip route get 198.51.100.1", check=False).returncode != 0
 
 
 def test_ansible_ping_over_real_ssh(hosts, tmp_path, monkeypatch, record_property):
@@ -120,9 +122,22 @@ def test_docker_runs_a_container_inside_the_api_host(hosts, tmp_path, record_pro
     assert "dockerd" not in hosts.exec("monitoring", "ps -e -o comm").stdout
     # ... which the machine sees below the api host's cgroup, not among its own containers.
     # A container left running is removed by teardown too (the fixture asserts it).
-    container = hosts.ssh("api", f"docker run -d --network none {BASE_IMAGE} sleep 600").stdout.strip()
+    container = hosts.ssh(
+        "api", f"docker run -d -p 8000:8000 {BASE_IMAGE} python3 -m http.server 8000").stdout.strip()
     assert any((cgroup / "docker" / container).is_dir() for cgroup in hosts.hosts["api"].cgroups)
-    assert container not in engine.api.containers(all=True, quiet=True).__repr__()
+    assert container not in repr(engine.api.containers(all=True, quiet=True))
+    # A published port answers on the api host's address, to the runner and to the other host
+    # (what the api role and Prometheus' scrape need).
+    url = f"http://{hosts.address('api')}:8000/"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            assert urllib.request.urlopen(url, timeout=2).status == 200
+            break
+        except OSError:
+            assert time.monotonic() < deadline, f"{url} did not answer"
+            time.sleep(0.3)
+    assert hosts.ssh("monitoring", f"curl -s -o /dev/null -w '%{{http_code}}' {url}").stdout == "200"
 
 
 def test_teardown_leaves_nothing_behind_busy_hosts():
