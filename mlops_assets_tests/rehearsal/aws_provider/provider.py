@@ -489,6 +489,12 @@ class Instance(_Ec2Resource):
             args["SecurityGroupIds"] = list(planned["vpc_security_group_ids"])
         if _known(planned.get("subnet_id")):
             args["SubnetId"] = planned["subnet_id"]
+        else:
+            # As EC2 does: no subnet given means the default subnet of the default VPC
+            # (moto alone would invent an address outside any subnet).
+            subnets = self.ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+            if subnets:
+                args["SubnetId"] = min(subnets, key=lambda s: s["AvailabilityZone"])["SubnetId"]
         if planned.get("monitoring") is not None:
             args["Monitoring"] = {"Enabled": bool(planned["monitoring"])}
         if _known(planned.get("ebs_optimized")) is not None:
