@@ -368,7 +368,7 @@ class TestHosts:
         image = host.dir / "scratch.img"
         with open(image, "wb") as handle:
             handle.truncate(_SCRATCH_BYTES)
-        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-N", "524288", "-O", "^has_journal",
+        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-N", "262144", "-O", "^has_journal",
               "-E", "nodiscard,lazy_itable_init=0", str(image)])
         self._write_host_files(host)
 
