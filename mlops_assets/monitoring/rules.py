@@ -1,0 +1,243 @@
+"""Prometheus recording and alert rules, in the kubernetes-mixin style: each alert has a
+readable `expr`, a `for`, `labels.severity`, and `annotations.summary` / `description`.
+
+- Availability SLO: the share of requests answered with a 5xx, from Ray Serve's ingress
+  counter (it also counts errors raised before the app's code runs). Multi-window
+  multi-burn-rate alerts (Google SRE workbook, as kubernetes-mixin's KubeAPIErrorBudgetBurn):
+  fast = 14.4x the budget over 1h and 5m, slow = 6x over 6h and 30m.
+- Latency SLO: p99 of POST /predict measured by the app.
+- The training reference (class shares, feature means and standard deviations) is rendered
+  from the `dataset` asset into `mlops_model:*` recording rules: Prometheus itself holds what
+  the served predictions and inputs are compared with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlops_assets.serving import APP_NAME, DEPLOYMENT_NAME
+
+from . import API_JOB
+from .profile import TrainingProfile
+
+API = f'job="{API_JOB}"'
+APP = f'{API}, application="{APP_NAME}"'
+BURN_WINDOWS = ("5m", "30m", "1h", "6h")
+DRIFT_TVD_THRESHOLD = 0.25
+DRIFT_MIN_PREDICTIONS = 100
+FEATURE_SHIFT_Z_THRESHOLD = 2.0
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """The objectives the alerts enforce (README, Monitoring)."""
+
+    availability_slo: float = 0.995  # share of requests not answered with a 5xx
+    latency_p99_slo_s: float = 0.25  # POST /predict, measured by the app
+    no_predictions_for: str = "30m"
+
+
+# -- recording rules ---------------------------------------------------------------------------
+def error_ratio_rules() -> list[dict]:
+    return [
+        {
+            "record": f"mlops_api:request_errors:ratio_rate{window}",
+            "expr": f'sum(rate(ray_serve_num_http_requests_total{{{APP}, status_code=~"5.."}}[{window}]))\n'
+            f"/\nsum(rate(ray_serve_num_http_requests_total{{{APP}}}[{window}]))",
+        }
+        for window in BURN_WINDOWS
+    ]
+
+
+def training_reference_rules(profile: TrainingProfile) -> list[dict]:
+    rules = [
+        {"record": "mlops_model:training_class_ratio", "expr": f"vector({ratio:.6g})", "labels": {"predicted_class": label}}
+        for label, ratio in profile.class_ratios.items()
+    ]
+    for feature in sorted(profile.feature_means):
+        rules.append({"record": "mlops_model:training_feature_mean", "expr": f"vector({profile.feature_means[feature]:.6g})", "labels": {"feature": feature}})
+        rules.append({"record": "mlops_model:training_feature_stddev", "expr": f"vector({profile.feature_stddevs[feature]:.6g})", "labels": {"feature": feature}})
+    return rules
+
+
+def served_distribution_rules() -> list[dict]:
+    return [
+        {
+            "record": "mlops_api:prediction_class_ratio:rate1h",
+            "expr": f"sum by (predicted_class) (rate(ray_mlops_api_predictions_total{{{API}}}[1h]))\n"
+            f"/ on() group_left\nsum(rate(ray_mlops_api_predictions_total{{{API}}}[1h]))",
+        },
+        {
+            # Total variation distance: half the summed absolute share differences; a class
+            # missing on one side counts as share 0 there.
+            "record": "mlops_api:prediction_class_drift:tvd1h",
+            "expr": "0.5 * sum(abs(\n"
+            "    (mlops_api:prediction_class_ratio:rate1h or on(predicted_class) (0 * mlops_model:training_class_ratio))\n"
+            "  - on(predicted_class)\n"
+            "    (mlops_model:training_class_ratio or on(predicted_class) (0 * mlops_api:prediction_class_ratio:rate1h))\n"
+            "))",
+        },
+        {
+            "record": "mlops_api:feature_mean:rate1h",
+            "expr": f"sum by (feature) (rate(ray_mlops_api_feature_value_sum{{{API}}}[1h]))\n"
+            f"/\nsum by (feature) (rate(ray_mlops_api_feature_value_count{{{API}}}[1h]))",
+        },
+        {
+            "record": "mlops_api:feature_mean_shift:zscore1h",
+            "expr": "(mlops_api:feature_mean:rate1h - on(feature) mlops_model:training_feature_mean)\n"
+            "/ on(feature) mlops_model:training_feature_stddev",
+        },
+    ]
+
+
+# -- alerts ------------------------------------------------------------------------------------
+def target_down() -> dict:
+    return {
+        "alert": "MlopsApiTargetDown",
+        "expr": f"up{{{API}}} == 0",
+        "for": "2m",
+        "labels": {"severity": "critical"},
+        "annotations": {
+            "summary": "The prediction API's metrics endpoint cannot be scraped.",
+            "description": "Prometheus has failed to scrape {{ $labels.instance }} (job {{ $labels.job }}) for 2 minutes: "
+            "the API host or its Ray instance is down, or the metrics port is blocked.",
+        },
+    }
+
+
+def target_absent() -> dict:
+    return {
+        "alert": "MlopsApiTargetAbsent",
+        "expr": f"absent(up{{{API}}})",
+        "for": "5m",
+        "labels": {"severity": "critical"},
+        "annotations": {
+            "summary": "No prediction API target is up.",
+            "description": f"Prometheus has had no target of job {API_JOB} for 5 minutes: "
+            "the API hosts disappeared from the scrape configuration.",
+        },
+    }
+
+
+def error_budget_burn(settings: AlertSettings) -> list[dict]:
+    budget = 1 - settings.availability_slo
+    pairs = [("fast", "1h", "5m", 14.4, "2m", "critical"), ("slow", "6h", "30m", 6, "15m", "warning")]
+    return [
+        {
+            "alert": "MlopsApiErrorBudgetBurn",
+            "expr": f"mlops_api:request_errors:ratio_rate{long} > ({factor} * {budget:.6g})\n"
+            f"and\nmlops_api:request_errors:ratio_rate{short} > ({factor} * {budget:.6g})",
+            "for": wait,
+            "labels": {"severity": severity, "long": long, "short": short},
+            "annotations": {
+                "summary": "The prediction API is burning its error budget too fast.",
+                "description": f"More than {factor * budget:.2%} of requests failed with a 5xx over both the last {long} "
+                f"and the last {short} ({speed} burn: {factor}x the rate that spends the whole "
+                f"{settings.availability_slo:.1%} availability budget).",
+            },
+        }
+        for speed, long, short, factor, wait, severity in pairs
+    ]
+
+
+def latency_p99_high(settings: AlertSettings) -> dict:
+    return {
+        "alert": "MlopsApiLatencyP99High",
+        "expr": "histogram_quantile(0.99,\n"
+        f'  sum by (le) (rate(ray_mlops_api_request_latency_seconds_bucket{{{API}, route="/predict"}}[5m]))\n'
+        f") > {settings.latency_p99_slo_s:g}",
+        "for": "10m",
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": "POST /predict is slower than its latency objective.",
+            "description": f"The 99th percentile of POST /predict latency has been above {settings.latency_p99_slo_s:g}s "
+            "for 10 minutes: add replicas, or look for a slower model version or bigger requests.",
+        },
+    }
+
+
+def no_predictions(settings: AlertSettings) -> dict:
+    window = settings.no_predictions_for
+    return {
+        "alert": "MlopsApiNoPredictions",
+        # `or vector(0)`: a counter that was never incremented does not exist yet.
+        "expr": f"(sum(increase(ray_mlops_api_predictions_total{{{API}}}[{window}])) or vector(0)) == 0\n"
+        f"and on()\nsum(up{{{API}}}) > 0",
+        "for": "5m",
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": "The prediction API has served no predictions for a while.",
+            "description": f"The API is up but predicted no row in the last {window}: its clients may be failing "
+            "to reach it, or sending only requests it rejects.",
+        },
+    }
+
+
+def no_replicas() -> dict:
+    # ray_serve_deployment_replica_healthy is not exported by Ray 2.60 here (see
+    # api_dashboard.REPLICAS): a replica that runs reports its processing-queries gauge.
+    return {
+        "alert": "MlopsApiNoReplicas",
+        "expr": f'(count(ray_serve_replica_processing_queries{{{APP}, deployment="{DEPLOYMENT_NAME}"}}) or vector(0)) < 1\n'
+        f"and on()\nsum(up{{{API}}}) > 0",
+        "for": "2m",
+        "labels": {"severity": "critical"},
+        "annotations": {
+            "summary": "The prediction deployment has no running replica.",
+            "description": f"Ray answers on the metrics port but no replica of {DEPLOYMENT_NAME} has reported for 2 minutes: "
+            "every request fails. See the replica logs in the Ray instance's session folder.",
+        },
+    }
+
+
+def prediction_drift() -> dict:
+    return {
+        "alert": "MlopsModelPredictionDrift",
+        "expr": f"mlops_api:prediction_class_drift:tvd1h > {DRIFT_TVD_THRESHOLD:g}\n"
+        f"and on()\nsum(increase(ray_mlops_api_predictions_total{{{API}}}[1h])) >= {DRIFT_MIN_PREDICTIONS}",
+        "for": "15m",
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": "The classes the model predicts no longer match the training distribution.",
+            "description": f"Over the last hour the predicted class shares are more than {DRIFT_TVD_THRESHOLD:g} "
+            "(total variation distance) away from the training split's: the inputs may have drifted. "
+            "Compare the Model dashboard's class shares and input panels, and consider retraining.",
+        },
+    }
+
+
+def rule_groups(profile: TrainingProfile, settings: AlertSettings = AlertSettings()) -> dict[str, dict]:
+    """rule file name -> its content (Prometheus' `groups:` document)."""
+    api = {
+        "groups": [
+            {"name": "mlops-api.rules", "rules": error_ratio_rules()},
+            {
+                "name": "mlops-api.alerts",
+                "rules": [
+                    target_down(),
+                    target_absent(),
+                    *error_budget_burn(settings),
+                    latency_p99_high(settings),
+                    no_predictions(settings),
+                    no_replicas(),
+                ],
+            },
+        ]
+    }
+    model = {
+        "groups": [
+            # One group: rules of a group are evaluated in order, so the served shares see the
+            # training reference of the same evaluation.
+            {"name": "mlops-model.rules", "rules": [*training_reference_rules(profile), *served_distribution_rules()]},
+            {"name": "mlops-model.alerts", "rules": [prediction_drift()]},
+        ]
+    }
+    return {"mlops-api.rules.yml": api, "mlops-model.rules.yml": model}
+
+
+def alert_names(groups: dict[str, dict]) -> set[str]:
+    return {r["alert"] for doc in groups.values() for g in doc["groups"] for r in g["rules"] if "alert" in r}
+
+
+def rule_count(groups: dict[str, dict]) -> int:
+    return sum(len(g["rules"]) for doc in groups.values() for g in doc["groups"])

@@ -1,0 +1,275 @@
+"""The local Prometheus, wrapped once: Debian's `prometheus` binary run as the current user.
+
+`make run` (local target) starts it on 127.0.0.1:9090 with the configuration and alert rules
+that the `dashboards` asset rendered, its data under MLOPS_HOME; re-rendering reloads it in
+place (`/-/reload`, enabled by --web.enable-lifecycle; SIGHUP as a fallback); `make down`
+stops it. `promtool` checks the configuration and the rules, and runs the rules' unit tests.
+
+The binary and promtool come from Debian's package (scripts/setup_prometheus.sh, called by
+`make run` and `make test`); the binary itself needs no root. The process is found again by
+its pid file and its command line (our config path), never by name, so another Prometheus on
+the machine is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+SETUP_HINT = "install it with scripts/setup_prometheus.sh (as root: Debian's `prometheus` package), then retry"
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus or promtool failed; the message says what to do."""
+
+
+class LocalPrometheus(dg.ConfigurableResource):
+    """A Prometheus server on `host:port`, configured from `config_file`, data in `state_dir`."""
+
+    state_dir: str  # data, pid file, log
+    # Run the server (local target). Container targets only check files with promtool here:
+    # the Ansible `prometheus` role runs Prometheus on the monitoring host.
+    serve: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9090
+    retention: str = "7d"
+    start_timeout_s: float = 30.0
+    prometheus_binary: str = "prometheus"
+    promtool_binary: str = "promtool"
+
+    # -- paths and addresses -----------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def _state(self) -> Path:
+        return Path(self.state_dir)
+
+    @property
+    def data_dir(self) -> Path:
+        return self._state / "data"
+
+    @property
+    def pid_file(self) -> Path:
+        return self._state / "prometheus.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self._state / "prometheus.log"
+
+    def _binary(self, name: str) -> str:
+        found = shutil.which(name)
+        if not found:
+            raise PrometheusError(f"`{name}` is not on PATH; {SETUP_HINT}")
+        return found
+
+    # -- promtool ----------------------------------------------------------------------------
+    def promtool(self, *args: str, cwd: str | Path | None = None) -> str:
+        """Run promtool; raise with its own output when it fails. Returns its output."""
+        result = subprocess.run(
+            [self._binary(self.promtool_binary), *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        )
+        output = (result.stdout + result.stderr).strip()
+        if result.returncode != 0:
+            raise PrometheusError(f"`promtool {' '.join(args)}` failed:\n{output}")
+        return output
+
+    def check_config(self, config_file: str | Path) -> str:
+        """`promtool check config` (also checks every rule file the config names)."""
+        return self.promtool("check", "config", str(config_file))
+
+    def check_rules(self, *rule_files: str | Path) -> str:
+        return self.promtool("check", "rules", *map(str, rule_files))
+
+    def test_rules(self, *test_files: str | Path) -> str:
+        """`promtool test rules`: alert unit tests; paths inside a test file are relative to it."""
+        return self.promtool("test", "rules", *map(str, test_files))
+
+    # -- the server --------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        """PID of our running Prometheus, if any (the pid file's process, still ours)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            return None
+        return pid if f"--storage.tsdb.path={self.data_dir}" in cmdline else None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def config_file_of_running(self) -> str | None:
+        pid = self.pid()
+        if pid is None:
+            return None
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        return next((a.split("=", 1)[1] for a in args if a.startswith("--config.file=")), None)
+
+    def command(self, config_file: str | Path) -> list[str]:
+        return [
+            self._binary(self.prometheus_binary),
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={self.data_dir}",
+            f"--storage.tsdb.retention.time={self.retention}",
+            f"--web.listen-address={self.host}:{self.port}",
+            "--web.enable-lifecycle",
+            # The Debian binary defaults to /usr/share/prometheus/console*: absent for a user run.
+            "--web.console.templates=",
+            "--web.console.libraries=",
+            "--log.level=warn",
+        ]
+
+    def ensure_running(self, config_file: str | Path, log=None) -> bool:
+        """Start Prometheus with `config_file` unless it runs already (then reload it if it
+        runs with this file, restart it if with another). Returns True if it was started."""
+        config_file = Path(config_file).resolve()
+        running_config = self.config_file_of_running()
+        if running_config == str(config_file):
+            self.reload()
+            if log:
+                log.info(f"Prometheus at {self.url} reloaded its configuration and rules")
+            return False
+        if running_config is not None:
+            self.stop()
+        self.start(config_file)
+        if log:
+            log.info(f"started Prometheus at {self.url} (config {config_file}, data {self.data_dir})")
+        return True
+
+    def start(self, config_file: str | Path) -> int:
+        if self.is_running():
+            raise PrometheusError(f"Prometheus (pid {self.pid()}) already runs for {self.state_dir}: stop it first")
+        if _port_open(self.host, self.port):
+            raise PrometheusError(
+                f"{self.host}:{self.port} is taken by another program; stop it or set the prometheus resource's port"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                self.command(config_file),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives the Dagster run: `make run` leaves it up
+            )
+        self.pid_file.write_text(str(process.pid))
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise PrometheusError(
+                    f"Prometheus exited with {process.returncode} at start: {self._log_tail()}\n"
+                    f"(log {self.log_file}; a port may be taken or the config invalid)"
+                )
+            if self._ready():
+                return process.pid
+            time.sleep(0.1)
+        self.stop()
+        raise PrometheusError(f"Prometheus did not become ready within {self.start_timeout_s:.0f}s: {self._log_tail()}")
+
+    def reload(self) -> None:
+        """Re-read the configuration and the rule files (lifecycle API; SIGHUP if it refuses)."""
+        import requests
+
+        pid = self.pid()
+        if pid is None:
+            raise PrometheusError(f"no Prometheus of ours runs for {self.state_dir}; start it first")
+        try:
+            response = requests.post(f"{self.url}/-/reload", timeout=30)
+            if response.status_code == 200:
+                return
+            raise PrometheusError(f"Prometheus refused to reload: {response.status_code} {response.text.strip()}")
+        except requests.ConnectionError:
+            os.kill(pid, signal.SIGHUP)
+
+    def stop(self, timeout_s: float = 15.0) -> bool:
+        """Stop our Prometheus (SIGTERM, then SIGKILL). Returns True if one was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            _reap(pid)
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    # -- the HTTP API ------------------------------------------------------------------------
+    def api(self, path: str, **params: Any) -> Any:
+        import requests
+
+        response = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=30)
+        body = response.json()
+        if body.get("status") != "success":
+            raise PrometheusError(f"GET /api/v1/{path} {params}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query; raises PrometheusError on a parse or evaluation error."""
+        data = self.api("query", query=expr)
+        result = data["result"]
+        return result if data["resultType"] == "vector" else [{"value": result}]
+
+    def series(self, selector: str, lookback_s: float = 600) -> list[dict[str, str]]:
+        now = time.time()
+        return self.api("series", **{"match[]": selector, "start": now - lookback_s, "end": now})
+
+    def targets(self) -> list[dict[str, Any]]:
+        return self.api("targets", state="active")["activeTargets"]
+
+    def targets_up(self, job: str | None = None) -> dict[str, bool]:
+        """scrape URL -> whether its last scrape succeeded (of `job`, or of every job)."""
+        return {t["scrapeUrl"]: t["health"] == "up" for t in self.targets() if job is None or t["labels"].get("job") == job}
+
+    def rule_groups(self) -> list[dict[str, Any]]:
+        return self.api("rules")["groups"]
+
+    def wait_until(self, predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval_s)
+        raise PrometheusError(f"Prometheus at {self.url}: timed out after {timeout_s:.0f}s waiting for {what}")
+
+    def _ready(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace").strip()[-1500:]
+        except OSError:
+            return "(no log)"
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the process is our child (started in this process)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -1,0 +1,167 @@
+"""Monitoring as code, without live services: the committed files equal a fresh render,
+promtool accepts the config and the rules and their unit tests pass, every alert is tested
+firing and not firing, the dashboards load back into grafana-foundation-sdk."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlops_assets.monitoring import API_JOB, promql, render
+from mlops_assets.monitoring import rule_tests
+from mlops_assets.monitoring.rules import alert_names, rule_groups
+from mlops_assets.resources.prometheus import LocalPrometheus
+from mlops_assets.settings import PROJECT_ROOT
+
+COMMITTED = PROJECT_ROOT / "grafana_dashboards"
+
+
+@pytest.fixture(scope="module")
+def profile():
+    return render.default_profile()
+
+
+@pytest.fixture(scope="module")
+def fresh(profile):
+    return render.render_all(profile)
+
+
+@pytest.fixture(scope="module")
+def promtool(tmp_path_factory):
+    return LocalPrometheus(state_dir=str(tmp_path_factory.mktemp("prometheus")))
+
+
+def test_committed_files_equal_a_fresh_render(fresh):
+    committed = {
+        str(p.relative_to(COMMITTED)): p.read_text()
+        for p in COMMITTED.rglob("*")
+        if p.is_file() and p.relative_to(COMMITTED).parts[0] in ("dashboards", "provisioning", "prometheus")
+    }
+    assert sorted(committed) == sorted(fresh), "run `make dashboards` and commit grafana_dashboards/"
+    stale = [path for path, text in fresh.items() if committed[path] != text]
+    assert not stale, f"grafana_dashboards/ differs from a fresh render in {stale}: run `make dashboards` and commit"
+
+
+def test_render_is_deterministic(profile, fresh):
+    assert render.content_hash(render.render_all(profile)) == render.content_hash(fresh)
+
+
+def test_promtool_accepts_the_config_and_rules(promtool):
+    out = promtool.check_config(COMMITTED / render.CONFIG_FILE)
+    assert "SUCCESS" in out
+    rules = sorted((COMMITTED / render.RULES_DIR).glob("*.yml"))
+    assert len(rules) == 2
+    assert "SUCCESS" in promtool.check_rules(*rules)
+
+
+def test_promtool_rule_unit_tests_pass(promtool):
+    assert "SUCCESS" in promtool.test_rules(COMMITTED / render.TESTS_FILE)
+
+
+def test_rule_unit_tests_catch_a_broken_threshold(promtool, tmp_path, fresh):
+    # The unit tests are only worth something if a wrong rule fails them.
+    render.write(fresh, tmp_path)
+    model_rules = tmp_path / render.RULES_DIR / "mlops-model.rules.yml"
+    model_rules.write_text(model_rules.read_text().replace("tvd1h > 0.25", "tvd1h > 0.99"))
+    with pytest.raises(Exception, match="MlopsModelPredictionDrift"):
+        promtool.test_rules(tmp_path / render.TESTS_FILE)
+
+
+def test_every_alert_is_tested_firing_and_not_firing(profile):
+    document = yaml.safe_load((COMMITTED / render.TESTS_FILE).read_text())
+    covered = rule_tests.tested_alerts(document)
+    for alert in alert_names(rule_groups(profile)):
+        assert covered.get(alert) == {"firing", "not firing"}, f"{alert}: tested {covered.get(alert)}"
+
+
+def test_alerts_follow_the_kubernetes_mixin_style():
+    for path in (COMMITTED / render.RULES_DIR).glob("*.yml"):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "alert" not in rule:
+                    assert ":" in rule["record"], f"recording rule {rule['record']} is not level:metric:operations"
+                    continue
+                assert rule["alert"][0].isupper() and rule["for"]
+                assert rule["labels"]["severity"] in ("critical", "warning", "info")
+                assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    api_alerts = yaml.safe_load((COMMITTED / render.RULES_DIR / "mlops-api.rules.yml").read_text())
+    assert any(r.get("expr", "").startswith("absent(") for g in api_alerts["groups"] for r in g["rules"])
+
+
+def test_training_class_ratios_come_from_the_dataset(profile):
+    model_rules = yaml.safe_load((COMMITTED / render.RULES_DIR / "mlops-model.rules.yml").read_text())
+    ratios = {
+        r["labels"]["predicted_class"]: float(r["expr"][len("vector(") : -1])
+        for g in model_rules["groups"]
+        for r in g["rules"]
+        if r.get("record") == "mlops_model:training_class_ratio"
+    }
+    assert set(ratios) == {"Adelie", "Chinstrap", "Gentoo"}  # palmerpenguins' species
+    assert sum(ratios.values()) == pytest.approx(1, abs=1e-4)
+    assert ratios == pytest.approx(profile.class_ratios, abs=1e-5)
+
+
+def test_scrape_config_comes_from_the_targets(profile):
+    files = render.render_all(profile, render.RenderSettings(api_targets=("10.0.0.5:8080", "10.0.0.6:8080"), host_targets=("10.0.0.5:9100",)))
+    config = yaml.safe_load(files[render.CONFIG_FILE])
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert jobs == {API_JOB: ["10.0.0.5:8080", "10.0.0.6:8080"], "node": ["10.0.0.5:9100"]}
+    assert config["rule_files"] == ["rules/*.yml"]
+
+
+def test_grafana_provisioning_points_at_prometheus_and_the_dashboards():
+    datasource = yaml.safe_load((COMMITTED / "provisioning/datasources/mlops-assets.yaml").read_text())
+    (ds,) = datasource["datasources"]
+    assert ds["type"] == "prometheus" and ds["uid"] == "mlops-prometheus" and ds["url"] == "http://127.0.0.1:9090"
+    provider = yaml.safe_load((COMMITTED / "provisioning/dashboards/mlops-assets.yaml").read_text())
+    (p,) = provider["providers"]
+    assert p["type"] == "file" and p["options"]["path"] == "/var/lib/grafana/dashboards/mlops-assets"
+
+
+@pytest.mark.parametrize("name", ["mlops-api.json", "mlops-model.json", "mlops-hosts.json"])
+def test_dashboard_json_loads_back_into_the_sdk(name):
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard, Panel, RowPanel
+
+    register_default_plugins()
+    text = (COMMITTED / "dashboards" / name).read_text()
+    raw = json.loads(text)
+    dashboard = Dashboard.from_json(raw)
+    # A round trip through the typed model loses nothing: every field is one the SDK knows.
+    assert json.loads(JSONEncoder(sort_keys=True).encode(dashboard)) == raw
+    assert text == json.dumps(raw, sort_keys=True, indent=2) + "\n"  # sorted keys
+    assert dashboard.uid == name.removesuffix(".json")
+    (variable,) = dashboard.templating.list_val
+    assert variable.name == "datasource" and variable.type_val == "datasource" and variable.query == "prometheus"
+    panels = [p for p in dashboard.panels if not isinstance(p, RowPanel)]
+    assert panels and all(isinstance(p, Panel) for p in panels)
+    assert [p.id_val for p in dashboard.panels] == list(range(1, len(dashboard.panels) + 1))
+    for panel in panels:
+        assert _uid(panel.datasource) == "${datasource}" and panel.title and panel.description
+        assert panel.targets, f"{panel.title} has no query"
+        for target in panel.targets:
+            assert _uid(target.datasource) == "${datasource}"
+            assert promql.metric_names(target.expr), f"{panel.title}: {target.expr} reads no metric"
+        grid = panel.grid_pos
+        assert grid.x + grid.w <= 24
+
+
+def _uid(datasource) -> str:
+    return datasource["uid"] if isinstance(datasource, dict) else datasource.uid
+
+
+def test_promql_selectors():
+    expr = (
+        'sum by (status_code) (rate(a_total{job="x", status_code=~"5.."}[$__rate_interval]))'
+        " / ignoring(status_code) group_left sum(rate(a_total[5m])) > 1e3 and on() b:c:d offset 5m"
+        ' or histogram_quantile(0.9, sum by (le) (rate(h_bucket{l="{}"}[1m]))) unless absent(up)'
+    )
+    assert [s.text() for s in promql.selectors(expr)] == [
+        'a_total{job="x", status_code=~"5.."}',
+        "a_total",
+        "b:c:d",
+        'h_bucket{l="{}"}',
+        "up",
+    ]
