@@ -19,9 +19,11 @@ install: $(VENV)/.installed
 	@mkdir -p $(DAGSTER_HOME)
 
 run: install ## materialize the whole asset graph for MLOPS_TARGET (default local)
+	@scripts/setup_prometheus.sh
 	$(BIN)/python -m mlops_assets.cli run
 
 test: install ## the whole test suite
+	@scripts/setup_prometheus.sh || echo 'without prometheus/promtool the monitoring tests fail' >&2
 	$(BIN)/python -m pytest mlops_assets_tests
 
 dev: install ## Dagster UI on http://127.0.0.1:3000 with this project loaded
@@ -29,6 +31,10 @@ dev: install ## Dagster UI on http://127.0.0.1:3000 with this project loaded
 
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 for the local tracking store
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db
+
+.PHONY: dashboards
+dashboards: install ## re-render grafana_dashboards/ (dashboards, provisioning, Prometheus config, rules, rule tests)
+	$(BIN)/python -m mlops_assets.monitoring.render --out grafana_dashboards
 
 bench: install ## benchmarks (see README, Performance)
 	$(BIN)/python bench/ml_phase.py
