@@ -123,3 +123,30 @@ def test_every_checkov_skip_is_justified():
             if "checkov:skip=" in line:
                 match = re.search(r"checkov:skip=(CKV2?_AWS_\d+):\s*(\S.{20,})", line)
                 assert match, f"{path.name}: a checkov skip without a justification: {line.strip()}"
+
+
+def test_engine_order_binary_then_tofu_then_terraform_then_embedded(tmp_path, monkeypatch):
+    import dagster as dg
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("tofu", "terraform", "custom-tofu"):
+        (bin_dir / name).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / name).chmod(0o755)
+    tofu = OpenTofu(module_dir=str(INFRA_DIR), work_dir=str(tmp_path / "w"))
+    configured = OpenTofu(module_dir=str(INFRA_DIR), work_dir=str(tmp_path / "w"), binary=str(bin_dir / "custom-tofu"))
+
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert configured.command() == [str(bin_dir / "custom-tofu")]
+    assert tofu.command() == [str(bin_dir / "tofu")]
+    (bin_dir / "tofu").unlink()
+    assert tofu.command() == [str(bin_dir / "terraform")]
+    (bin_dir / "terraform").unlink()
+    embedded = tofu.command()
+    assert embedded[-2:] == ["-m", "mlops_assets.resources.embedded_terraform"]
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert "Terraform" in tofu.model_copy(update={"engine": "embedded"}).engine_description()
+
+    missing = OpenTofu(module_dir=str(INFRA_DIR), work_dir=str(tmp_path / "w"), binary=str(tmp_path / "nope"))
+    with pytest.raises(dg.Failure, match="not an executable file"):
+        missing.command()
