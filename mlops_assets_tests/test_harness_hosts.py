@@ -177,3 +177,30 @@ def test_a_killed_test_run_is_reaped_by_the_next_one(tmp_path):
     child.wait()
     assert hid in reap_stale()
     assert probe.footprint() == []
+
+
+def test_hosts_with_a_state_file_outlive_their_creator_until_torn_down(tmp_path):
+    """The rehearsal target's mode: one Dagster run brings hosts up, later runs reuse them."""
+    subnet = free_subnet()
+    state_file = tmp_path / "hosts.json"
+    pairs = [("api", str(subnet[40])), ("monitoring", str(subnet[41]))]
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from mlops_assets_tests.rehearsal.hosts import TestHosts
+        hosts = TestHosts.ensure({pairs!r}, Path({str(state_file)!r}))
+        print(hosts.id)
+    """)
+    created = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert created.returncode == 0, created.stderr
+    hosts = TestHosts.attach(state_file)
+    try:
+        assert hosts.id == created.stdout.strip()
+        assert hosts.running()
+        reap_stale()  # its creator is gone, but the state file says it is wanted
+        assert hosts.ssh("monitoring", "hostname").stdout.strip() == "monitoring"
+        assert TestHosts.ensure(pairs, state_file).id == hosts.id  # reused, not rebuilt
+    finally:
+        hosts.down()
+    assert hosts.footprint() == []
+    assert not state_file.exists()

@@ -66,7 +66,8 @@ class Host:
     veth: str
     dir: Path
     cgroups: list[Path] = field(default_factory=list)  # the host's cgroup per hierarchy
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen | None = None  # `unshare`, when this process started the host
+    unshare_pid: int | None = None
     init_pid: int | None = None  # PID 1 of the host, as seen from the machine
     host_public_key: str = ""
 
@@ -103,7 +104,12 @@ class TestHosts:
         cache_dir: Path | None = None,
         workdir_parent: Path | None = None,
         ready_timeout_s: float = 30.0,
+        state_file: Path | None = None,
     ):
+        """`state_file`: keep the hosts running after this process exits (a rehearsal target
+        whose hosts must outlive one Dagster run); `TestHosts.attach(state_file)` finds them
+        again in any process, and its `down()` removes them. Without it, the hosts live as
+        long as this object: the context manager, or at the latest this process's exit."""
         if not hosts:
             raise HostsError("TestHosts needs at least one (name, address) pair")
         names = [name for name, _ in hosts]
@@ -135,7 +141,7 @@ class TestHosts:
         self._requested = hosts
         self.workdir: Path | None = None
         self.timings = Timings()
-        self._created: list[str] = []  # what teardown must undo, for footprint()
+        self.state_file = Path(state_file) if state_file else None
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -163,10 +169,11 @@ class TestHosts:
         _STATE_DIR.mkdir(parents=True, exist_ok=True)
         (_STATE_DIR / self.id).write_text(json.dumps(
             {"owner": os.getpid(), "owner_start": _start_time(os.getpid()),
-             "workdir_parent": str(self.workdir_parent)}))
+             "workdir_parent": str(self.workdir_parent),
+             "state_file": str(self.state_file) if self.state_file else None}))
         self.workdir = Path(tempfile.mkdtemp(prefix=f"mlops-hosts-{self.id}-", dir=self.workdir_parent))
         os.chmod(self.workdir, 0o700)
-        atexit.register(self.down)
+        atexit.register(self.down)  # until up() succeeds, even for hosts that outlive us
         for sub in ("keys", "cp", "hosts"):
             (self.workdir / sub).mkdir(mode=0o700)
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"mlops-test-{self.id}",
@@ -190,6 +197,86 @@ class TestHosts:
             self._wait_ready(host)
             self.timings.per_host_s[host.name] = time.monotonic() - started
         self.timings.hosts_s = time.monotonic() - started
+        if self.state_file:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            self.state_file.write_text(json.dumps(self._state(), indent=1))
+            atexit.unregister(self.down)
+
+    @classmethod
+    def attach(cls, state_file: Path) -> TestHosts:
+        """The hosts that a `TestHosts(..., state_file=state_file)` brought up, maybe in
+        another process: ssh, exec, inventory and down work as on the original."""
+        state = json.loads(Path(state_file).read_text())
+        self = cls.__new__(cls)
+        self.id = state["id"]
+        self.subnet = ipaddress.ip_network(state["subnet"])
+        self.bridge_address = state["bridge_address"]
+        self.bridge, self.chain = f"mlhbr{self.id}", f"MLOPS-HOSTS-{self.id}"
+        self.cache_dir = None
+        self.workdir_parent = Path(state["workdir_parent"])
+        self.workdir = Path(state["workdir"])
+        self.lowers = [Path(p) for p in state["lowers"]]
+        self.ready_timeout_s = 30.0
+        self.timings = Timings()
+        self.state_file = Path(state_file)
+        self._requested = [(h["name"], h["address"]) for h in state["hosts"]]
+        self.hosts = {
+            h["name"]: Host(name=h["name"], address=h["address"], netns=h["netns"], veth=h["veth"],
+                            dir=Path(h["dir"]), cgroups=[Path(c) for c in h["cgroups"]],
+                            unshare_pid=h["unshare_pid"], init_pid=h["init_pid"],
+                            host_public_key=h["host_public_key"])
+            for h in state["hosts"]
+        }
+        return self
+
+    @classmethod
+    def ensure(cls, hosts: list[tuple[str, str]], state_file: Path, **options) -> TestHosts:
+        """The hosts recorded in `state_file` when they are exactly `hosts` and all running;
+        otherwise whatever is recorded there is removed and `hosts` are brought up anew."""
+        state_file = Path(state_file)
+        if state_file.exists():
+            try:
+                existing = cls.attach(state_file)
+            except (OSError, ValueError, KeyError):
+                state_file.unlink()
+            else:
+                if existing._requested == list(hosts) and existing.running():
+                    return existing
+                existing.down()
+        fresh = cls(hosts, state_file=state_file, **options)
+        try:
+            fresh.up()
+        except BaseException:
+            fresh.down()
+            raise
+        return fresh
+
+    def running(self) -> bool:
+        """Every host's PID 1 is alive and its sshd answers."""
+        for host in self.hosts.values():
+            if not (host.init_pid and _alive(host.init_pid)):
+                return False
+            try:
+                with socket.create_connection((host.address, 22), timeout=2) as conn:
+                    if not conn.recv(4).startswith(b"SSH-"):
+                        return False
+            except OSError:
+                return False
+        return True
+
+    def _state(self) -> dict:
+        return {
+            "id": self.id, "subnet": str(self.subnet), "bridge_address": self.bridge_address,
+            "workdir_parent": str(self.workdir_parent), "workdir": str(self.workdir),
+            "lowers": [str(p) for p in self.lowers],
+            "hosts": [
+                {"name": h.name, "address": h.address, "netns": h.netns, "veth": h.veth,
+                 "dir": str(h.dir), "cgroups": [str(c) for c in h.cgroups],
+                 "unshare_pid": h.unshare_pid, "init_pid": h.init_pid,
+                 "host_public_key": h.host_public_key}
+                for h in self.hosts.values()
+            ],
+        }
 
     def down(self) -> None:
         """Undo everything up() did, in reverse; safe to call twice and after a failed up()."""
@@ -199,14 +286,19 @@ class TestHosts:
         atexit.unregister(self.down)
         self._close_control_masters()
         for host in self.hosts.values():
-            if host.process is not None and host.process.poll() is None:
-                # unshare --kill-child: its death SIGKILLs the host's PID 1, and the kernel then
-                # kills every process of the host's PID namespace.
-                host.process.kill()
-                host.process.wait(timeout=10)
+            # unshare --kill-child: its death SIGKILLs the host's PID 1, and the kernel then
+            # kills every process of the host's PID namespace.
+            if host.process is not None:
+                if host.process.poll() is None:
+                    host.process.kill()
+                    host.process.wait(timeout=10)
+            elif host.unshare_pid and _start_time(host.unshare_pid) and _is_unshare(host.unshare_pid):
+                _kill(host.unshare_pid)
             if host.init_pid:
                 _wait_gone(host.init_pid)
         _sweep(self.id, self.workdir_parent)
+        if self.state_file:
+            self.state_file.unlink(missing_ok=True)
         self.workdir = None
         self.timings.teardown_s = time.monotonic() - started
 
@@ -400,6 +492,7 @@ class TestHosts:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
+        host.unshare_pid = host.process.pid  # the shell execs nsenter, which execs unshare
         deadline = time.monotonic() + 10
         while host.init_pid is None and time.monotonic() < deadline:
             children = Path(f"/proc/{host.process.pid}/task/{host.process.pid}/children")
@@ -571,6 +664,9 @@ def reap_stale() -> list[str]:
         owner = state.get("owner", 0)
         if _alive(owner) and _start_time(owner) == state.get("owner_start"):
             continue
+        detached = state.get("state_file")
+        if detached and Path(detached).exists():
+            continue  # outlives its creator on purpose, until its state file is gone
         _sweep(state_file.name, Path(state.get("workdir_parent", "/var/tmp")))
         reaped.append(state_file.name)
     return reaped
@@ -670,6 +766,13 @@ def _cgroup_pids(top: Path) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def _is_unshare(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "unshare"
+    except OSError:
+        return False
 
 
 def _start_time(pid: int) -> str:
