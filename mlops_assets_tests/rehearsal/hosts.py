@@ -7,7 +7,7 @@
 
 Each host has (FACTS.md, "Hosts for Ansible without a cloud"):
 - its own network namespace, joined by a veth pair to a bridge that this harness creates; the
-  bridge has an address on the hosts' /24 so the test runner reaches them. The hosts get no
+  bridge has an address on the hosts' subnet so the test runner reaches them. The hosts get no
   default route, and a firewall chain of the harness drops anything the machine would forward
   from or to the bridge: test traffic never leaves the test subnet;
 - its own mount, UTS, IPC and PID namespaces, with an overlay root (a per-host upper over the
@@ -20,13 +20,15 @@ Each host has (FACTS.md, "Hosts for Ansible without a cloud"):
   like Debian's cloud images); keys live in a temporary folder, never in the work tree;
 - its own cgroup namespace rooted at a cgroup of its own per hierarchy (under the harness's
   cgroup), so the inner dockerd's cgroups live below it and teardown removes them all;
-- /var/lib/docker and /var/lib/containerd bind-mounted from plain directories, so the inner
-  dockerd's overlay2 driver never stacks overlay on overlay;
+- /var/lib/docker and /var/lib/containerd on a sparse ext4 image (loop device) of its own, so
+  the inner dockerd's overlay2 driver never stacks overlay on overlay;
 - docker.io pre-installed and no apt sources: hosts need no network beyond the test subnet.
 
 Teardown kills every process of the hosts (their PID namespaces die with PID 1), closes the
-SSH control masters, removes namespaces, veths, the bridge, the firewall chain and the
-temporary folder; ``footprint()`` lists whatever is left and is asserted empty by the tests.
+SSH control masters, removes cgroups, loop devices, namespaces, veths, the bridge, the
+firewall chain and the temporary folder; ``footprint()`` lists whatever is left and is
+asserted empty by the tests. ``TestHosts.ensure/attach`` keep hosts across processes (the
+rehearsal target); ``reap_stale()`` removes what a killed run left. See README.md beside this.
 """
 
 from __future__ import annotations
