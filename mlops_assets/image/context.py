@@ -1,0 +1,212 @@
+"""The API image's build context and the content tag that names it.
+
+The tag is a hash of everything that goes into the image: the model (name, version and the
+bytes of its files), the serving code copied into it, the Dockerfile, the pinned
+requirements and the base image. Same inputs, same tag: an engine that already has the tag
+needs no build. Different inputs, a new tag: the old image is never overwritten.
+
+`python -m mlops_assets.image.context MODEL_DIR OUT_DIR` writes a context by hand (then
+`docker build OUT_DIR`), with the wheels from this machine's pip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlops_assets.settings import PROJECT_ROOT
+
+from .requirements import closure, requirements_text
+
+DOCKERFILE = PROJECT_ROOT / "docker" / "api.Dockerfile"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # mlops_assets/
+SERVING_DIR = PACKAGE_DIR / "serving"
+DEFAULT_REPOSITORY = "mlops-api"
+
+
+class ContextError(RuntimeError):
+    """The build context could not be assembled; the message says what to do."""
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+
+
+def hash_files(root: Path, files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(root)).encode() + b"\0")
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def app_files(serving_dir: Path = SERVING_DIR) -> list[tuple[Path, Path]]:
+    """(source, path inside app/) of the code the image runs: the serving package and the
+    package's __init__ (which imports nothing)."""
+    package = serving_dir.parent
+    pairs = [(package / "__init__.py", Path("mlops_assets/__init__.py"))]
+    pairs += [(f, Path("mlops_assets/serving") / f.relative_to(serving_dir)) for f in _files(serving_dir)]
+    return pairs
+
+
+def serving_code_hash(serving_dir: Path = SERVING_DIR) -> str:
+    digest = hashlib.sha256()
+    for source, inside in app_files(serving_dir):
+        digest.update(str(inside).encode() + b"\0" + hashlib.sha256(source.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """What goes into one image; `tag` is their hash."""
+
+    model_dir: Path
+    model_name: str
+    model_version: str
+    base_image: str
+    requirements: str
+    dockerfile: Path = DOCKERFILE
+    serving_dir: Path = SERVING_DIR
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str:
+        return hashlib.sha256(json.dumps(self.hashes, sort_keys=True).encode()).hexdigest()[:16]
+
+    def build_args(self) -> dict[str, str]:
+        return {
+            "BASE_IMAGE": self.base_image,
+            "MODEL_NAME": self.model_name,
+            "MODEL_VERSION": self.model_version,
+            "IMAGE_TAG": self.tag,
+        }
+
+
+def image_inputs(
+    model_dir: Path,
+    model_name: str,
+    model_version: str,
+    base_image: str,
+    dockerfile: Path = DOCKERFILE,
+    serving_dir: Path = SERVING_DIR,
+    requirements: str | None = None,
+) -> ImageInputs:
+    """Hash the inputs (cheap: no wheel is fetched, nothing is copied)."""
+    if not (model_dir / "MLmodel").is_file():
+        raise ContextError(f"{model_dir} is not an MLflow model folder (no MLmodel file)")
+    if not dockerfile.is_file():
+        raise ContextError(f"the Dockerfile {dockerfile} is missing")
+    requirements = requirements if requirements is not None else requirements_text(closure())
+    hashes = {
+        "model": f"{model_name}/{model_version}/{hash_files(model_dir, _files(model_dir))}",
+        "serving_code": serving_code_hash(serving_dir),
+        "dockerfile": hashlib.sha256(dockerfile.read_bytes()).hexdigest(),
+        "requirements": hashlib.sha256(requirements.encode()).hexdigest(),
+        "base_image": base_image,
+    }
+    return ImageInputs(model_dir, model_name, model_version, base_image, requirements, dockerfile, serving_dir, hashes)
+
+
+def pins_of(requirements: str) -> dict[str, str]:
+    pins = {}
+    for line in requirements.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name] = version
+    return pins
+
+
+def ensure_wheels(pins: dict[str, str], cache_dir: Path, log=None) -> dict[str, Path]:
+    """A wheel per pin in `cache_dir`, fetched by this machine's pip (its indexes, cache and
+    certificates: the build container then needs no network). Returns {name: wheel}."""
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def present() -> dict[str, Path]:
+        found = {}
+        for wheel in cache_dir.glob("*.whl"):
+            try:
+                name, version, _, _ = parse_wheel_filename(wheel.name)
+            except ValueError:
+                continue
+            if pins.get(str(name)) == str(version):
+                found[str(name)] = wheel
+        return found
+
+    pins = {str(canonicalize_name(k)): v for k, v in pins.items()}
+    have = present()
+    missing = [f"{name}=={version}" for name, version in pins.items() if name not in have]
+    if missing:
+        if log:
+            log.info(f"fetching {len(missing)} wheels into {cache_dir} with this machine's pip")
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                   "--no-deps", "--only-binary=:all:", "--dest", str(cache_dir), *missing]
+        result = subprocess.run(command, capture_output=True, text=True)
+        have = present()
+        still = [m for m in missing if m.partition("==")[0] not in have]
+        if result.returncode != 0 or still:
+            tail = "\n".join(result.stderr.strip().splitlines()[-10:])
+            raise ContextError(f"pip could not fetch the wheels {', '.join(still) or missing}: {tail}\n"
+                               "Check that this machine's pip reaches its package index (pip config list).")
+    return have
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def write_context(inputs: ImageInputs, dest: Path, wheel_cache: Path, log=None) -> Path:
+    """The build context in `dest` (created empty): Dockerfile, requirements, wheels, app, model."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    shutil.copy2(inputs.dockerfile, dest / "Dockerfile")
+    (dest / "requirements.txt").write_text(inputs.requirements)
+    for name, wheel in ensure_wheels(pins_of(inputs.requirements), wheel_cache, log).items():
+        _link_or_copy(wheel, dest / "wheels" / wheel.name)
+    for source, inside in app_files(inputs.serving_dir):
+        _link_or_copy(source, dest / "app" / inside)
+    for file in _files(inputs.model_dir):
+        _link_or_copy(file, dest / "model" / file.relative_to(inputs.model_dir))
+    (dest / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")
+    return dest
+
+
+def default_wheel_cache() -> Path:
+    """Shared by `make run` and the tests of this machine, beside the offline base's cache."""
+    from mlops_assets.offline_base import default_cache_dir
+
+    return default_cache_dir() / "wheels"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the API image's build context by hand.")
+    parser.add_argument("model_dir", type=Path, help="an MLflow model folder (MLmodel, model.skops)")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--name", default="model")
+    parser.add_argument("--version", default="0")
+    parser.add_argument("--base-image", default="python:3.11-slim")
+    args = parser.parse_args(argv)
+    inputs = image_inputs(args.model_dir, args.name, args.version, args.base_image)
+    write_context(inputs, args.out_dir, default_wheel_cache())
+    build_args = " ".join(f"--build-arg {k}={v}" for k, v in inputs.build_args().items())
+    print(f"docker build {build_args} -t {DEFAULT_REPOSITORY}:{inputs.tag} {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""A Docker-compatible container engine, wrapped once: build, inspect, save, push.
+
+Talks the Docker Engine API through the Python `docker` SDK to whatever engine the user has:
+the configured `docker_host`, else DOCKER_HOST, else Docker's own socket, else the Podman
+service that scripts/setup_podman.sh starts (DOCKER_HOST=unix:///run/mlops-podman/podman.sock).
+When none answers, the error says how to get one.
+
+Pushing: to `registry` (for example an ECR registry `ACCOUNT.dkr.ecr.REGION.amazonaws.com`);
+for ECR the login token comes from boto3 with the usual AWS credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+PODMAN_DOCKER_HOST = "unix:///run/mlops-podman/podman.sock"  # scripts/setup_podman.sh
+DOCKER_SOCKET = "unix:///var/run/docker.sock"
+
+HOW_TO_GET_AN_ENGINE = (
+    "Get one of: Docker Engine (https://docs.docker.com/engine/install/); or, as root on "
+    "Debian/Ubuntu, `bash scripts/setup_podman.sh` (`make run` calls it), which installs Podman and "
+    f"serves its Docker-compatible API on {PODMAN_DOCKER_HOST}; or point DOCKER_HOST at any engine socket."
+)
+
+
+class EngineUnavailableError(RuntimeError):
+    """No Docker-compatible engine answers."""
+
+
+class ImageBuildError(RuntimeError):
+    """The engine refused the build; `log_tail` holds the builder's last lines."""
+
+    def __init__(self, message: str, log_tail: list[str]) -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    ref: str
+    image_id: str
+    size_bytes: int
+    seconds: float
+    log_lines: int
+
+
+class ContainerEngine(dg.ConfigurableResource):
+    """The engine that builds the API image (and pushes it where a registry is configured)."""
+
+    docker_host: str | None = Field(
+        default=None, description="Engine API address; default: DOCKER_HOST, Docker's socket, Podman's (setup_podman.sh)."
+    )
+    repository: str = Field(default="mlops-api", description="Local image repository (name) of the API image.")
+    registry: str | None = Field(
+        default=None, description="Registry to push to (e.g. ACCOUNT.dkr.ecr.REGION.amazonaws.com); none: no push."
+    )
+    registry_repository: str | None = Field(default=None, description="Repository in the registry (default: `repository`).")
+    aws_region: str | None = Field(default=None, description="ECR region (default: read from the registry address).")
+    timeout_s: int = Field(default=1800, description="Engine API timeout (a cold build takes minutes).")
+    base_image: str = Field(
+        default="python:3.11-slim",
+        description="BASE_IMAGE of docker/api.Dockerfile; when it can be neither found nor pulled, the offline "
+        "Debian base (mlops_assets/offline_base.py) is built and used instead.",
+    )
+    required: bool = Field(
+        default=True, description="No engine fails the asset (container targets); False: a labelled skip (local)."
+    )
+    save_archive: bool = Field(default=False, description="Also `docker save` the image under MLOPS_HOME/images/.")
+
+    # -- connection ----------------------------------------------------------------------------
+    def candidates(self) -> list[str]:
+        if self.docker_host:
+            return [self.docker_host]
+        found = [os.environ["DOCKER_HOST"]] if os.environ.get("DOCKER_HOST") else []
+        return [*found, *(h for h in (DOCKER_SOCKET, PODMAN_DOCKER_HOST) if h not in found)]
+
+    def reachable_host(self) -> str | None:
+        """The first candidate address whose engine answers a ping (None: no engine)."""
+        import docker
+
+        for host in self.candidates():
+            if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
+                continue
+            try:
+                with docker.DockerClient(base_url=host, timeout=10) as client:
+                    if client.ping():
+                        return host
+            except Exception:
+                continue
+        return None
+
+    def client(self):
+        import docker
+
+        host = self.reachable_host()
+        if host is None:
+            raise EngineUnavailableError(
+                f"no Docker-compatible engine answers (tried {', '.join(self.candidates())}). {HOW_TO_GET_AN_ENGINE}"
+            )
+        return docker.DockerClient(base_url=host, timeout=self.timeout_s)
+
+    # -- images --------------------------------------------------------------------------------
+    def ref(self, tag: str) -> str:
+        return f"{self.repository}:{tag}"
+
+    def image(self, ref: str):
+        """The engine's image `ref`, or None."""
+        import docker
+
+        with self.client() as client:
+            try:
+                return client.images.get(ref)
+            except docker.errors.ImageNotFound:
+                return None
+
+    def exists(self, ref: str) -> bool:
+        return self.image(ref) is not None
+
+    def ensure_base_image(self, preferred: str, log=None) -> str:
+        """`preferred` if the engine has it or can pull it; else the offline Debian base
+        (debootstrapped and imported; needs root), for machines where no registry answers."""
+        import docker
+
+        from mlops_assets import offline_base
+
+        with self.client() as client:
+            try:
+                client.images.get(preferred)
+                return preferred
+            except docker.errors.ImageNotFound:
+                pass
+            try:
+                repository, _, tag = preferred.rpartition(":") if ":" in preferred.split("/")[-1] else (preferred, "", "latest")
+                client.images.pull(repository, tag=tag)
+                return preferred
+            except docker.errors.APIError as exc:
+                if log:
+                    log.warning(f"cannot pull {preferred} ({str(exc)[:200]}); using the offline Debian base instead")
+            try:
+                tag, report = offline_base.ensure_base_image(client)
+            except offline_base.OfflineBaseError as exc:
+                raise EngineUnavailableError(
+                    f"no base image: {preferred} cannot be pulled (no registry answers) and the offline base "
+                    f"could not be built: {exc}"
+                ) from None
+            if log and report.built:
+                log.info(f"imported the offline base {tag} in {report.seconds:.1f}s")
+            return tag
+
+    def build(self, context_dir: Path, tag: str, build_args: dict[str, str], log=None, progress_every_s: float = 5.0) -> BuiltImage:
+        """Build `context_dir` into `repository:tag` only (no other tag is touched), streaming
+        the builder's lines to `log` (debug; a progress line at info every few seconds)."""
+        ref = self.ref(tag)
+        tail: deque[str] = deque(maxlen=40)
+        lines = 0
+        started = last_progress = time.monotonic()
+        error = None
+        with self.client() as client:
+            try:
+                stream = client.api.build(
+                    path=str(context_dir), tag=ref, buildargs=build_args, rm=True, forcerm=True, decode=True, pull=False
+                )
+                for chunk in stream:
+                    if "error" in chunk or "errorDetail" in chunk:
+                        error = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
+                        tail.append(str(error))
+                        continue
+                    for line in str(chunk.get("stream") or chunk.get("status") or "").splitlines():
+                        if not line.strip():
+                            continue
+                        lines += 1
+                        tail.append(line)
+                        if log:
+                            log.debug(line)
+                            now = time.monotonic()
+                            if line.lstrip().startswith(("STEP", "[", "Step")) or now - last_progress > progress_every_s:
+                                log.info(f"build {now - started:5.0f}s: {line[:200]}")
+                                last_progress = now
+            except Exception as exc:  # the engine gave up (API error, broken stream)
+                error = error or f"{type(exc).__name__}: {exc}"
+                tail.append(str(exc))
+            seconds = time.monotonic() - started
+            try:
+                image = client.images.get(ref)
+            except Exception:
+                image = None
+            if error or image is None:
+                raise ImageBuildError(
+                    f"building {ref} failed after {seconds:.0f}s: {error or 'the engine reported no image'}\n"
+                    "last lines of the build log:\n" + "\n".join(tail),
+                    list(tail),
+                )
+            return BuiltImage(ref, image.id, int(image.attrs.get("Size") or 0), seconds, lines)
+
+    def save(self, ref: str, archive: Path) -> Path:
+        """`docker save` of `ref` into `archive` (written beside, then renamed: never half)."""
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        partial = archive.with_name(archive.name + ".partial")
+        with self.client() as client:
+            image = client.images.get(ref)
+            with open(partial, "wb") as handle:
+                for chunk in image.save(named=ref):
+                    handle.write(chunk)
+        partial.replace(archive)
+        return archive
+
+    # -- registry ------------------------------------------------------------------------------
+    def remote_ref(self, tag: str) -> str:
+        if not self.registry:
+            raise ValueError("no registry configured")
+        return f"{self.registry.rstrip('/')}/{self.registry_repository or self.repository}:{tag}"
+
+    def _auth_config(self) -> dict[str, str] | None:
+        """ECR: a login token from boto3 (the usual AWS credentials chain). Other registries:
+        the engine's own credentials (docker login)."""
+        registry = self.registry or ""
+        if ".dkr.ecr." not in registry or not registry.endswith(".amazonaws.com"):
+            return None
+        import boto3
+
+        region = self.aws_region or registry.split(".dkr.ecr.")[1].split(".")[0]
+        answer = boto3.client("ecr", region_name=region).get_authorization_token()
+        token = answer["authorizationData"][0]["authorizationToken"]
+        username, password = base64.b64decode(token).decode().split(":", 1)
+        return {"username": username, "password": password}
+
+    def push(self, tag: str, log=None) -> str:
+        """Tag `repository:tag` as `registry/repository:tag` (a new name for the same image;
+        nothing else is re-tagged) and push it. Returns the remote reference."""
+        remote = self.remote_ref(tag)
+        repository, _, remote_tag = remote.rpartition(":")
+        with self.client() as client:
+            client.images.get(self.ref(tag)).tag(repository, remote_tag)
+            errors = []
+            for chunk in client.api.push(repository, tag=remote_tag, auth_config=self._auth_config(), stream=True, decode=True):
+                if "error" in chunk:
+                    errors.append(chunk["error"])
+                elif log and chunk.get("status") and not chunk.get("progressDetail"):
+                    log.debug(f"push: {chunk['status']}")
+        if errors:
+            raise ImageBuildError(f"pushing {remote} failed: {errors[-1]}", errors)
+        return remote
