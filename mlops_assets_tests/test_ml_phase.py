@@ -39,7 +39,7 @@ def _metadata(result, asset: str) -> dict:
 def test_lineage_is_as_declared():
     graph = build_definitions().resolve_asset_graph()
     parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys} for key in graph.materializable_asset_keys}
-    assert parents["dataset"] == set()
+    assert parents["dataset"] == {"dataset_source"}
     assert parents["candidate_models"] == {"dataset"}
     assert parents["selected_model"] == {"dataset", "candidate_models"}
     for key in ("dataset", "candidate_models", "selected_model"):
