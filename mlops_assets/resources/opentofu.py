@@ -49,6 +49,17 @@ class OpenTofuError(RuntimeError):
 
 
 @dataclass
+class CommandRun:
+    """One OpenTofu command: exit code, output, duration, and its JSON messages (-json)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    messages: list[dict] = field(default_factory=list)
+
+
+@dataclass
 class ProvisionResult:
     """What `tofu_state` records: the outputs and how they came about."""
 
@@ -217,15 +228,7 @@ class OpenTofu(Infrastructure):
             shutil.copy2(self.var_file, workspace / f"user.auto.tfvars{suffix}")
         return workspace
 
-    @dataclass
-    class _Run:
-        returncode: int
-        stdout: str
-        stderr: str
-        seconds: float
-        messages: list[dict] = field(default_factory=list)
-
-    def _run(self, args: list[str], log: Log | None, check: bool = True, ok_codes=(0,), json_lines=False) -> "_Run":
+    def _run(self, args: list[str], log: Log | None, check: bool = True, ok_codes=(0,), json_lines=False) -> CommandRun:
         """Run one command in the workspace; stream progress to `log`."""
         argv = [*self.command(), *args]
         started = time.monotonic()
@@ -264,7 +267,7 @@ class OpenTofu(Infrastructure):
             process.kill()
             raise OpenTofuError(" ".join(args[:1]), [f"timed out after {self.timeout_seconds}s"]) from None
         reader.join(timeout=5)
-        run = self._Run(process.returncode, "".join(stdout_lines), "".join(stderr_lines), time.monotonic() - started, messages)
+        run = CommandRun(process.returncode, "".join(stdout_lines), "".join(stderr_lines), time.monotonic() - started, messages)
         if check and run.returncode not in ok_codes:
             raise OpenTofuError(args[0], _errors_of(run), run.stderr or run.stdout)
         return run
@@ -419,7 +422,7 @@ def _ensure_ssh_key(directory: Path) -> Path:
     return private
 
 
-def _errors_of(run: "OpenTofu._Run") -> list[str]:
+def _errors_of(run: CommandRun) -> list[str]:
     """OpenTofu's error diagnostics, each prefixed with the resource it concerns."""
     errors = []
     for message in run.messages:

@@ -22,7 +22,6 @@ from tf.iface import (  # noqa: E402
     DeleteContext,
     PlanContext,
     Provider,
-    ReadContext,
     ReadDataContext,
     Resource,
     State,
