@@ -7,7 +7,7 @@ export MLOPS_HOME ?= $(CURDIR)/.mlops
 export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test dev mlflow-ui bench clean
+.PHONY: install run test dev mlflow-ui bench clean down bench-serving
 
 # Re-install only when setup.py changes.
 $(VENV)/.installed: setup.py
@@ -35,6 +35,13 @@ mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 for the local tracking 
 .PHONY: dashboards
 dashboards: install ## re-render grafana_dashboards/ (dashboards, provisioning, Prometheus config, rules, rule tests)
 	$(BIN)/python -m mlops_assets.monitoring.render --out grafana_dashboards
+
+down: install ## stop the prediction API and the Ray instance that `make run` started
+	$(BIN)/python -m mlops_assets.cli down
+
+bench-serving: install ## prediction API vs bare FastAPI vs `mlflow models serve`, with wrk (README, Performance)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/serving_bench.py
 
 bench: install ## benchmarks (see README, Performance)
 	$(BIN)/python bench/ml_phase.py

@@ -12,6 +12,7 @@ import dagster as dg
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.prometheus_api import PrometheusApi
 from mlops_assets.resources.opentofu import OpenTofu, RehearsalOpenTofu, ThisMachine
+from mlops_assets.resources.ray_serve import RayServe
 from mlops_assets.settings import PROJECT_ROOT, Settings
 
 
@@ -45,4 +46,7 @@ def resources_for(settings: Settings) -> dict[str, Any]:
     resources = shared_resources(settings)
     # Later stages add their per-target resources here (container engine, OpenTofu, Ansible).
     resources["infrastructure"] = infrastructure_for(settings)
+    # The prediction API: a local Ray instance on loopback (API :8000, metrics :8080); the
+    # container targets replace it with the image on the hosts.
+    resources["ray_serve"] = RayServe(state_dir=str(settings.home / "serving"))
     return resources

@@ -1,6 +1,9 @@
 """Shared fixtures. Every test runs against a state folder in a temporary directory: the
 user's .mlops/ is never touched."""
 
+# Fixtures of other areas, shared by their test files (one Ray Serve instance per session).
+pytest_plugins = ["mlops_assets_tests.serving_fixtures"]
+
 import os
 import tempfile
 from pathlib import Path

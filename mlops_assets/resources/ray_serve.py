@@ -1,0 +1,267 @@
+"""The local Ray instance and the prediction API on it, wrapped once.
+
+Starts (or reuses) a single-node Ray instance whose every listener is on loopback, with the
+metrics export port fixed, its state under MLOPS_HOME, no dashboard; deploys the Serve
+application of `mlops_assets.serving`, waits for `/readyz` to report the expected model
+version, and stops everything it started (`make down`).
+
+The Ray instance outlives the Dagster run on purpose: `make run` ends with the API serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from mlops_assets.serving import deploy as serve_deploy
+from mlops_assets.serving.runtime import RayServeRuntime, instance_processes, stop_instance
+
+
+class RayServeError(RuntimeError):
+    """The Ray instance or the API did not come up as asked."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What `deploy` did: the served version and whether anything changed."""
+
+    name: str
+    version: str
+    action: str  # "unchanged", "reconfigured" (hot swap), "deployed" (first or rebuilt)
+    started_ray: bool
+    seconds: float
+
+
+class RayServe(dg.ConfigurableResource):
+    """A local Ray instance serving the prediction API on `host:api_port`."""
+
+    state_dir: str
+    host: str = "127.0.0.1"
+    api_port: int = 8000
+    metrics_port: int = 8080
+    gcs_port: int = 6379
+    client_port: int = 10001
+    haproxy_metrics_port: int = 9101
+    haproxy_stats_port: int = 8404
+    fallback_proxy_port: int = 8500
+    replica_port_min: int = 30000
+    replica_port_max: int = 31000
+    num_cpus: int = 2
+    num_replicas: int = 2
+    throughput_optimized: bool = True
+    haproxy: bool = True
+    batch_max_size: int = 16
+    batch_wait_s: float = 0.002
+    max_rows: int = 1000
+    max_body_bytes: int = 1024 * 1024
+    ready_timeout_s: float = 240.0
+    metrics_report_interval_ms: int = 10000
+
+    # -- the Ray instance --------------------------------------------------------------------
+    def runtime(self) -> RayServeRuntime:
+        return RayServeRuntime(
+            state_dir=Path(self.state_dir),
+            host=self.host,
+            api_port=self.api_port,
+            metrics_port=self.metrics_port,
+            gcs_port=self.gcs_port,
+            client_port=self.client_port,
+            haproxy_metrics_port=self.haproxy_metrics_port,
+            haproxy_stats_port=self.haproxy_stats_port,
+            fallback_proxy_port=self.fallback_proxy_port,
+            num_cpus=self.num_cpus,
+            throughput_optimized=self.throughput_optimized,
+            haproxy=self.haproxy,
+            replica_port_min=self.replica_port_min,
+            replica_port_max=self.replica_port_max,
+            metrics_report_interval_ms=self.metrics_report_interval_ms,
+        )
+
+    @property
+    def api_url(self) -> str:
+        return self.runtime().api_url
+
+    @property
+    def metrics_url(self) -> str:
+        return self.runtime().metrics_url
+
+    def is_running(self) -> bool:
+        return bool(instance_processes(self.runtime())) and _port_open(self.host, self.gcs_port)
+
+    def ensure_started(self, log=None) -> bool:
+        """Start the Ray instance unless it runs already. Returns True if it was started."""
+        runtime = self.runtime()
+        if self.is_running():
+            return False
+        if _port_open(self.host, self.gcs_port):
+            raise RayServeError(
+                f"port {self.gcs_port} on {self.host} is taken by another program (another Ray?); "
+                "stop it or set the ray_serve resource's gcs_port"
+            )
+        stop_instance(runtime)  # leftovers of a crashed instance of ours
+        runtime.state_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **runtime.environment()}
+        started = time.monotonic()
+        result = subprocess.run(runtime.start_command(), env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RayServeError(
+                f"`ray start` failed ({result.returncode}): {result.stderr.strip()[-2000:]}\n"
+                f"Ray's logs are in {runtime.ray_dir}; a port may be taken (gcs {self.gcs_port}, "
+                f"metrics {self.metrics_port}, client {self.client_port})"
+            )
+        if log:
+            log.info(f"started Ray on {runtime.address} in {time.monotonic() - started:.1f}s (state {runtime.ray_dir})")
+        return True
+
+    def shutdown(self) -> int:
+        """Stop the Ray instance, the API and its haproxy. Returns how many processes ended."""
+        stopped = stop_instance(self.runtime())
+        state = self._state_file()
+        if state.exists():
+            state.unlink()
+        return stopped
+
+    # -- the application ---------------------------------------------------------------------
+    def app_args(self, features: list[dict[str, str]]) -> dict[str, Any]:
+        return {
+            "features": features,
+            "max_rows": self.max_rows,
+            "max_body_bytes": self.max_body_bytes,
+            "batch_max_size": self.batch_max_size,
+            "batch_wait_s": self.batch_wait_s,
+            "bind_host": self.host,
+        }
+
+    def deploy(
+        self,
+        model_uri: str,
+        expected_version: str,
+        tracking_uri: str | None = None,
+        features: list[dict[str, str]] | None = None,
+        log=None,
+    ) -> Deployment:
+        """Serve `model_uri` (an MLflow URI pinned to a version, or a model folder) and wait
+        until the API reports `expected_version`. Same model and settings as the running API:
+        nothing is touched. Same signature, other version: replicas reconfigure in place."""
+        from mlops_assets.serving import model as model_lib
+
+        started = time.monotonic()
+        source = model_lib.ModelSource(model_uri, tracking_uri)
+        if features is None:
+            features = [{"name": f.name, "type": f.type} for f in model_lib.features_of(source)]
+        config = serve_deploy.serve_config(
+            self.app_args(features),
+            source.to_config(),
+            self.runtime().http_options(),
+            num_replicas=self.num_replicas,
+        )
+        started_ray = self.ensure_started(log)
+        previous = self._read_state()
+        if not started_ray and previous.get("config") == config and self._serves(expected_version):
+            if log:
+                log.info(f"the API already serves version {expected_version} with these settings: nothing to do")
+            return Deployment(*self._model_ref(), "unchanged", False, time.monotonic() - started)
+        action = "deployed"
+        if not started_ray and previous.get("config"):
+            same_app = previous["config"]["applications"][0]["args"] == config["applications"][0]["args"]
+            action = "reconfigured" if same_app else "deployed"
+        self._apply(config)
+        self._write_state({"config": config, "version": expected_version})
+        self.wait_ready(expected_version)
+        name, version = self._model_ref()
+        if log:
+            log.info(f"{action}: the API at {self.api_url} serves {name} version {version}")
+        return Deployment(name, version, action, started_ray, time.monotonic() - started)
+
+    def _apply(self, config: dict[str, Any]) -> None:
+        path = Path(self.state_dir) / "serve-config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2, sort_keys=True))
+        env = {**os.environ, **self.runtime().environment()}
+        result = subprocess.run(
+            [sys.executable, "-m", "mlops_assets.serving.deploy", self.runtime().address, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if result.returncode != 0:
+            raise RayServeError(f"deploying the Serve application failed: {result.stderr.strip()[-3000:]}")
+
+    # -- readiness ---------------------------------------------------------------------------
+    def readyz(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        import requests
+
+        try:
+            response = requests.get(f"{self.api_url}/readyz", timeout=timeout)
+        except requests.RequestException:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    def _serves(self, version: str) -> bool:
+        ready = self.readyz()
+        return bool(ready) and ready["model"]["version"] == version
+
+    def _model_ref(self) -> tuple[str, str]:
+        ready = self.readyz() or {"model": {"name": "", "version": ""}}
+        return ready["model"]["name"], ready["model"]["version"]
+
+    def wait_ready(self, expected_version: str, timeout_s: float | None = None) -> None:
+        """Until /readyz reports `expected_version` on several consecutive calls (with
+        several replicas behind haproxy, one answer may come from a replica not yet swapped)."""
+        deadline = time.monotonic() + (timeout_s or self.ready_timeout_s)
+        streak, last = 0, None
+        while time.monotonic() < deadline:
+            ready = self.readyz()
+            last = ready
+            if ready and ready["model"]["version"] == expected_version:
+                streak += 1
+                if streak >= 4 * self.num_replicas:
+                    return
+            else:
+                streak = 0
+            time.sleep(0.25)
+        raise RayServeError(
+            f"the API at {self.api_url} did not report model version {expected_version} within "
+            f"{timeout_s or self.ready_timeout_s:.0f}s (last /readyz: {last}); see the replica logs in "
+            f"{self.runtime().ray_dir}/session_latest/logs/serve"
+        )
+
+    def predict(self, instances: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
+        """One POST /predict. Returns (answer, seconds)."""
+        import requests
+
+        started = time.perf_counter()
+        response = requests.post(f"{self.api_url}/predict", json={"instances": instances}, timeout=30)
+        seconds = time.perf_counter() - started
+        if response.status_code != 200:
+            raise RayServeError(f"POST /predict answered {response.status_code}: {response.text[:1000]}")
+        return response.json(), seconds
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _state_file(self) -> Path:
+        return Path(self.state_dir) / "deployed.json"
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self._state_file().read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        self._state_file().write_text(json.dumps(state, indent=2, sort_keys=True))
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0

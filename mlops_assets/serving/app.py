@@ -1,0 +1,309 @@
+"""The prediction API: a Ray Serve deployment with a FastAPI ingress.
+
+    POST /predict   {"instances": [{feature: value, ...}, ...]}
+                    -> {"predictions": [...], "probabilities": [{class: p}, ...], "model": {name, version}}
+    GET  /healthz   alive
+    GET  /readyz    model loaded: its name and version (503 until then)
+    GET  /openapi.json, /docs   the real feature names and types, from the model's signature
+
+Built by `build_app(args)` (an application builder: `serve run mlops_assets.serving.app:build_app
+model_uri=/models/champion`, or the `import_path` of a Serve config). The model to serve is the
+deployment's `user_config` (`{"model_uri": ..., "tracking_uri": ...}`): changing only that
+calls `reconfigure` on the running replicas, which load the new model beside the old one and
+swap it in between two batches, so no request fails and later answers carry the new version.
+
+Importable without Dagster: the container image ships this package and its dependencies only.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the request model built in
+# build_app() as a real annotation, not a string it cannot resolve.
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from . import APP_NAME, DEPLOYMENT_NAME  # noqa: F401  (re-exported)
+from . import model as model_lib
+from .schema import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_ROWS,
+    ErrorResponse,
+    PredictResponse,
+    ReadyResponse,
+    error_details,
+    request_model,
+)
+
+logger = logging.getLogger("ray.serve")
+
+KNOWN_ROUTES = frozenset({"/predict", "/healthz", "/readyz", "/openapi.json", "/docs"})
+# Batching: requests that arrive within BATCH_WAIT_S of each other share one DataFrame and one
+# model call (FACTS.md: most of the win comes from building one frame per batch).
+DEFAULT_BATCH_MAX_SIZE = 16
+DEFAULT_BATCH_WAIT_S = 0.002
+
+
+class ApiMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware overhead): refuses bodies over the limit with 413 and
+    records every request's status and latency."""
+
+    def __init__(self, app, max_body_bytes: int, record) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.record = record
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        path = scope.get("path", "")
+        route = path if path in KNOWN_ROUTES else "other"
+        status = 500
+        limit = self.max_body_bytes
+
+        declared = next((value for key, value in scope.get("headers", ()) if key == b"content-length"), None)
+        if declared is not None:
+            # The server reads exactly Content-Length bytes: the header is the size.
+            too_large = declared.isdigit() and int(declared) > limit
+            body_receive = receive
+        else:
+            # Chunked: read up to the limit here. (A limit error raised while FastAPI reads
+            # the body would become its generic 400.)
+            body, more = bytearray(), True
+            while more and len(body) <= limit:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+            too_large = len(body) > limit
+            body_receive = _replay(bytes(body), receive)
+        if too_large:
+            await _send_json(send, 413, {"detail": [_too_large_detail(limit)]})
+            self.record(route, 413, time.perf_counter() - started)
+            return
+
+        async def recording_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, body_receive, recording_send)
+        finally:
+            self.record(route, status, time.perf_counter() - started)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _too_large_detail(limit: int) -> dict[str, str]:
+    return {"field": "body", "message": f"request body is larger than {limit} bytes", "type": "body_too_large"}
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    import json
+
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _bind_internal_grpc_to(host: str) -> None:
+    """Ray 2.60 binds each replica's inter-deployment gRPC server to "[::]:0" (all interfaces),
+    whatever the node address. Called in the replica before Serve starts that server, this
+    makes it bind to `host` instead (a single-node instance reaches it on loopback)."""
+    from ray.serve._private import replica as replica_module
+
+    original = replica_module.add_port_to_grpc_server
+    if getattr(original, "_mlops_host", None) == host:
+        return
+
+    def bind_to_host(server, address):
+        if address.startswith("[::]:"):
+            address = f"{host}:{address.rsplit(':', 1)[1]}"
+        return original(server, address)
+
+    bind_to_host._mlops_host = host  # type: ignore[attr-defined]
+    replica_module.add_port_to_grpc_server = bind_to_host
+
+
+def _features_from_args(args: dict[str, Any]) -> list[model_lib.Feature]:
+    if args.get("features"):
+        return [model_lib.Feature(f["name"], f["type"]) for f in args["features"]]
+    if not args.get("model_uri"):
+        raise model_lib.ModelSourceError("build_app needs `features` or a `model_uri` to read the signature from")
+    return model_lib.features_of(model_lib.ModelSource(args["model_uri"], args.get("tracking_uri")))
+
+
+def build_app(args: dict[str, Any]):
+    """The Serve application. `args` (all optional but one of features / model_uri):
+
+    features          [{"name", "type"}...] the input schema (else read from model_uri's signature)
+    model_uri         the initial model (MLflow URI or folder) when no user_config is given
+    tracking_uri      MLflow tracking URI for `models:/` URIs
+    max_rows          most instances per request (default 1000)
+    max_body_bytes    largest request body (default 1 MiB)
+    batch_max_size    most requests per model call (default 16; 1 disables batching)
+    batch_wait_s      how long a batch waits to fill (default 0.002)
+    title             OpenAPI title
+    bind_host         bind the replicas' internal gRPC server to this address (e.g. 127.0.0.1)
+    """
+    features = _features_from_args(args)
+    max_rows = int(args.get("max_rows", DEFAULT_MAX_ROWS))
+    max_body_bytes = int(args.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+    batch_max_size = int(args.get("batch_max_size", DEFAULT_BATCH_MAX_SIZE))
+    batch_wait_s = float(args.get("batch_wait_s", DEFAULT_BATCH_WAIT_S))
+    names = [f.name for f in features]
+    PredictRequest = request_model(features, max_rows)
+
+    app = FastAPI(
+        title=str(args.get("title", "mlops-assets prediction API")),
+        description="Predictions of the champion model. Feature names and types come from its MLflow signature; "
+        "null means missing (imputed by the model's pipeline).",
+        version="1",
+    )
+    errors = {422: {"model": ErrorResponse, "description": "invalid input"}, 413: {"model": ErrorResponse}}
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": error_details(list(exc.errors()))}, status_code=422)
+
+    @serve.deployment(
+        name=DEPLOYMENT_NAME,
+        # Batching needs several requests in flight per replica.
+        max_ongoing_requests=max(64, 4 * batch_max_size),
+        ray_actor_options={"num_cpus": 0.1},
+        health_check_period_s=2,
+        health_check_timeout_s=10,
+    )
+    @serve.ingress(app)
+    class PredictionAPI:
+        def __init__(self) -> None:
+            from .metrics import ApiMetrics
+
+            model_lib.limit_threads()
+            if args.get("bind_host"):
+                _bind_internal_grpc_to(str(args["bind_host"]))
+            self._model: model_lib.LoadedModel | None = None
+            self._source: model_lib.ModelSource | None = None
+            self._metrics = ApiMetrics(features)
+            app.add_middleware(ApiMiddleware, max_body_bytes=max_body_bytes, record=self._metrics.request)
+            if args.get("model_uri"):
+                # Without a user_config (plain `serve run`), serve the builder's model.
+                self._load_sync(model_lib.ModelSource(args["model_uri"], args.get("tracking_uri")))
+
+        # -- model lifecycle ---------------------------------------------------------------
+        async def reconfigure(self, user_config: dict[str, Any]) -> None:
+            source = model_lib.ModelSource.from_config(user_config)
+            if source == self._source and self._model is not None:
+                return
+            # Load off the event loop: requests keep being answered by the current model.
+            loaded = await asyncio.to_thread(model_lib.load, source)
+            self._swap(source, loaded)
+
+        def _load_sync(self, source: model_lib.ModelSource) -> None:
+            self._swap(source, model_lib.load(source))
+
+        def _swap(self, source: model_lib.ModelSource, loaded: model_lib.LoadedModel) -> None:
+            if [f.name for f in loaded.features] != names or loaded.features != features:
+                raise model_lib.ModelSourceError(
+                    f"model {loaded.name} v{loaded.version} takes {[(f.name, f.type) for f in loaded.features]}, "
+                    f"but this application was built for {[(f.name, f.type) for f in features]}; "
+                    "redeploy the application (build_app) for a model with another signature"
+                )
+            previous = (self._model.name, self._model.version) if self._model else None
+            self._model, self._source = loaded, source
+            self._metrics.serving(loaded.name, loaded.version, previous)
+            logger.info(f"serving model {loaded.name} version {loaded.version} from {source.model_uri}")
+
+        def check_health(self) -> None:
+            if self._model is None:
+                raise RuntimeError("no model loaded")
+            self._metrics.heartbeat()
+
+        # -- routes ------------------------------------------------------------------------
+        @app.get("/healthz", summary="Liveness")
+        async def healthz(self) -> dict[str, str]:
+            return {"status": "alive"}
+
+        @app.get(
+            "/readyz",
+            summary="Readiness: the model is loaded",
+            response_model=ReadyResponse,
+            responses={503: {"model": ErrorResponse}},
+        )
+        async def readyz(self):
+            if self._model is None:
+                return JSONResponse({"detail": "model not loaded yet"}, status_code=503)
+            return {"status": "ready", "model": {"name": self._model.name, "version": self._model.version}}
+
+        @app.post(
+            "/predict",
+            summary="Predict the class of each instance",
+            response_model=PredictResponse,
+            responses=errors,
+        )
+        async def predict(self, body: PredictRequest):  # type: ignore[valid-type]
+            instances = body.instances
+            columns = {name: [getattr(row, name) for row in instances] for name in names}
+            if batch_max_size > 1:
+                result = await self._predict_batched(columns)
+            else:
+                result = self._predict_columns([columns])[0]
+            # A ready-made response: FastAPI would otherwise re-validate the output model.
+            return JSONResponse(result)
+
+        @serve.batch(max_batch_size=batch_max_size, batch_wait_timeout_s=batch_wait_s)
+        async def _predict_batched(self, batch: list[dict[str, list]]) -> list[dict[str, Any]]:
+            return self._predict_columns(batch)
+
+        def _predict_columns(self, batch: list[dict[str, list]]) -> list[dict[str, Any]]:
+            loaded = self._model  # one model for the whole batch, even if a swap lands meanwhile
+            if loaded is None:
+                raise RuntimeError("no model loaded")
+            columns = batch[0] if len(batch) == 1 else {n: [v for part in batch for v in part[n]] for n in names}
+            labels, proba = model_lib.predict(loaded, model_lib.frame(features, columns))
+            try:
+                self._metrics.batch(columns, labels, loaded.version, loaded.categories)
+            except Exception:  # a metric must never fail a prediction
+                logger.exception("recording the input summary failed")
+            ref = {"name": loaded.name, "version": loaded.version}
+            results, start = [], 0
+            for part in batch:
+                end = start + len(part[names[0]])
+                result: dict[str, Any] = {"predictions": labels[start:end], "model": ref}
+                if proba is not None:
+                    result["probabilities"] = [dict(zip(loaded.classes, p)) for p in proba[start:end]]
+                results.append(result)
+                start = end
+            return results
+
+    deployment = PredictionAPI
+    if args.get("model_uri"):
+        deployment = deployment.options(
+            user_config=model_lib.ModelSource(args["model_uri"], args.get("tracking_uri")).to_config()
+        )
+    return deployment.bind()

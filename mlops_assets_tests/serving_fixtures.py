@@ -1,0 +1,163 @@
+"""One real Ray Serve instance per test session, serving the session's trained champion.
+
+Ports are picked free at start, outside Ray's worker port range (10002-19999) and each
+instance's replica range, so a developer's `make run` on :8000/:8080 is left alone. Every
+request goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+import requests
+
+REPLICAS = 2
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, low: int = 20100, high: int = 29900) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randint(low, high)
+        if port not in ports and _free(port):
+            ports.append(port)
+    return ports
+
+
+@dataclass
+class ServingApi:
+    resource: object  # RayServe
+    url: str
+    metrics_url: str
+    features: list[str]
+    model_name: str
+    tracking_uri: str
+    versions: list[str] = field(default_factory=list)
+
+    def predict(self, instances, timeout: float = 30) -> requests.Response:
+        return requests.post(f"{self.url}/predict", json={"instances": instances}, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def serving_api(trained_home):
+    from mlops_assets.resources.ray_serve import RayServe
+
+    settings = trained_home["settings"]
+    selected = trained_home["selected"]
+    api_port, metrics_port, gcs_port, client_port, hap_metrics, hap_stats, fallback = free_ports(7)
+    replica_low = random.randrange(32000, 38000, 100)
+    resource = RayServe(
+        state_dir=str(trained_home["home"] / "serving"),
+        api_port=api_port,
+        metrics_port=metrics_port,
+        gcs_port=gcs_port,
+        client_port=client_port,
+        haproxy_metrics_port=hap_metrics,
+        haproxy_stats_port=hap_stats,
+        fallback_proxy_port=fallback,
+        replica_port_min=replica_low,
+        replica_port_max=replica_low + 99,
+        num_replicas=REPLICAS,
+        metrics_report_interval_ms=1000,
+    )
+    try:
+        resource.deploy(selected.model_uri, selected.version, tracking_uri=settings.tracking_uri)
+        yield ServingApi(
+            resource=resource,
+            url=resource.api_url,
+            metrics_url=resource.metrics_url,
+            features=list(selected.features),
+            model_name=selected.name,
+            tracking_uri=settings.tracking_uri,
+            versions=[selected.version],
+        )
+    finally:
+        resource.shutdown()
+
+
+@pytest.fixture(scope="session")
+def test_split(trained_home):
+    """The session dataset's test split (features frame, labels)."""
+    from mlops_assets.ml.data import SplitSpec, build_dataset
+
+    data = build_dataset("palmerpenguins", "species", SplitSpec())
+    return data.xy("test")
+
+
+def as_instances(frame) -> list[dict]:
+    import math
+
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in frame.to_dict(orient="records")
+    ]
+
+
+class Load:
+    """Closed-loop load from `workers` threads until stopped: counts answers by outcome."""
+
+    def __init__(self, url: str, body: dict, workers: int = 8) -> None:
+        self.url, self.body, self.workers = url, body, workers
+        self.statuses: dict[str, int] = {}
+        self.versions: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
+
+    def _count(self, outcome: str, version: str | None = None) -> None:
+        with self._lock:
+            self.statuses[outcome] = self.statuses.get(outcome, 0) + 1
+            if version:
+                self.versions[version] = self.versions.get(version, 0) + 1
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            try:
+                response = session.post(self.url, json=self.body, timeout=30)
+                version = response.json()["model"]["version"] if response.status_code == 200 else None
+                self._count(str(response.status_code), version)
+            except Exception as exc:  # a failed request is what the tests count
+                self._count(type(exc).__name__)
+                session = requests.Session()
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def failed(self) -> int:
+        return self.total - self.statuses.get("200", 0)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition", last=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"; last: {last()}" if last else ""))
