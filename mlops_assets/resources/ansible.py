@@ -1,0 +1,329 @@
+"""Ansible, wrapped once: run a playbook of ansible_roles/ against the hosts of an inventory
+through ansible-runner, stream its progress to a log function, and count per host.
+
+    ansible = Ansible(playbook_dir="ansible_roles", work_dir=".mlops/ansible/aws",
+                      private_key_file="~/.ssh/mlops", known_hosts_file=".mlops/known_hosts")
+    result = ansible.run_playbook(tofu_outputs["ansible_inventory"], tags=["hosts"], log=print)
+    result.per_host   # {"mlops-api": {"ok": 12, "changed": 0, "failed": 0, ...}, ...}
+
+SSH is made safe here, not left to the user's ~/.ssh/config (FACTS.md, the ControlPersist
+danger): no user config file; the given private key only; host keys checked against the
+project's known_hosts (strict, or `accept-new` to record keys on first contact, e.g. fresh
+cloud or rehearsal hosts); connection sharing in a private ControlPath of this run, whose
+masters are closed when the run ends. Only the inventory's own hosts are contacted, an SSH
+host on a loopback address is refused (it would be this machine), and `limit` can narrow
+the run further.
+
+In the `local` target there are no hosts to configure: `enabled=False` and the assets record
+that the hosts are this machine without running Ansible.
+"""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import dagster as dg
+from pydantic import Field
+
+Log = Callable[[str], None]
+COUNTS = ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored")
+
+
+class AnsibleError(RuntimeError):
+    """A playbook failed; the message names each failed host, its task and Ansible's message."""
+
+    def __init__(self, message: str, result: "PlaybookResult | None" = None):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class TaskFailure:
+    host: str
+    task: str
+    message: str
+    unreachable: bool = False
+
+    def __str__(self) -> str:
+        kind = "unreachable" if self.unreachable else "failed"
+        return f"{self.host} {kind} at task '{self.task}': {self.message}"
+
+
+@dataclass
+class PlaybookResult:
+    playbook: str
+    status: str
+    rc: int
+    per_host: dict[str, dict[str, int]]
+    failures: list[TaskFailure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> int:
+        return sum(counts.get("changed", 0) for counts in self.per_host.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful" and not self.failures
+
+
+class Ansible(dg.ConfigurableResource):
+    """Runs ansible_roles/ playbooks over SSH with safe settings (see the module docstring)."""
+
+    enabled: bool = Field(default=True, description="False in the local target: no hosts to configure, Ansible never runs.")
+    playbook_dir: str = Field(default="", description="The folder with site.yml and the roles (ansible_roles/).")
+    work_dir: str = Field(default="", description="ansible-runner's private data folders and the written inventories.")
+    private_key_file: str | None = Field(default=None, description="SSH private key for the hosts (else the ssh-agent's keys).")
+    ssh_user: str | None = Field(default=None, description="Overrides the inventory's ansible_user.")
+    known_hosts_file: str = Field(default="", description="The project's known_hosts (default: work_dir/known_hosts).")
+    host_key_checking: Literal["strict", "accept-new"] = Field(
+        default="accept-new",
+        description="strict: only keys already in known_hosts; accept-new: record a new host's key, refuse a changed one.",
+    )
+    extra_vars: dict[str, Any] = Field(default_factory=dict, description="Extra vars for every run (e.g. image sources).")
+    secret_extra_vars_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra vars read from environment variables at run time, e.g. "
+        "{'grafana_admin_password': 'MLOPS_GRAFANA_ADMIN_PASSWORD'}; never written to run config.",
+    )
+    forks: int = Field(default=5, description="Hosts configured in parallel.")
+    timeout_s: int = Field(default=1800, description="Whole-run timeout in seconds.")
+
+    # --- the inventory ---------------------------------------------------------------------------
+
+    def ssh_common_args(self, control_dir: Path) -> str:
+        known_hosts = Path(self.known_hosts_file or Path(self.work_dir) / "known_hosts")
+        known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        known_hosts.touch(exist_ok=True)
+        options = [
+            "-F", "/dev/null",  # never the user's ssh config (ProxyJump, ControlPersist, ...)
+            "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=" + ("yes" if self.host_key_checking == "strict" else "accept-new"),
+            "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=15",
+        ]
+        if self.private_key_file:
+            options += ["-o", f"IdentityFile={Path(self.private_key_file).expanduser()}", "-o", "IdentitiesOnly=yes"]
+        return " ".join(shlex.quote(o) for o in options)
+
+    def build_inventory(self, inventory: dict, control_dir: Path) -> dict:
+        """The inventory to run with: `inventory` (e.g. tofu_state's `ansible_inventory`) plus
+        the connection settings of this resource in all.vars. Raises when a host would be
+        reached by SSH on a loopback address."""
+        if not isinstance(inventory, dict) or "all" not in inventory:
+            raise AnsibleError("the inventory must be a YAML-style structure with an `all` group (tofu_state's ansible_inventory)")
+        merged = json.loads(json.dumps(inventory))
+        hosts = inventory_hosts(merged)
+        if not hosts:
+            raise AnsibleError("the inventory names no hosts")
+        for name, host_vars in hosts.items():
+            address = str(host_vars.get("ansible_host") or name)
+            if host_vars.get("ansible_connection") == "local":
+                continue
+            try:
+                loopback = ip_address(address).is_loopback
+            except ValueError:
+                loopback = address == "localhost"
+            if loopback:
+                raise AnsibleError(
+                    f"host {name} would be reached by SSH at {address}, which is this machine; refusing "
+                    "(FACTS.md, the SSH multiplexing danger). Use the host's own address."
+                )
+            if not host_vars.get("ansible_host"):
+                raise AnsibleError(f"host {name} has no ansible_host address in the inventory")
+        connection = {
+            "ansible_ssh_common_args": self.ssh_common_args(control_dir),
+            # Connection sharing only in this run's private folder, closed when the run ends.
+            "ansible_ssh_args": "-o ControlMaster=auto -o ControlPersist=60s",
+            "ansible_control_path_dir": str(control_dir),
+            "ansible_control_path": "%(directory)s/%%C",
+            "ansible_pipelining": True,
+            "ansible_python_interpreter": "/usr/bin/python3",
+        }
+        if self.private_key_file:
+            connection["ansible_ssh_private_key_file"] = str(Path(self.private_key_file).expanduser())
+        if self.ssh_user:
+            connection["ansible_user"] = self.ssh_user
+        all_group = merged["all"]
+        all_group["vars"] = {**(all_group.get("vars") or {}), **connection}
+        return merged
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def run_playbook(
+        self,
+        inventory: dict,
+        playbook: str = "site.yml",
+        *,
+        tags: list[str] | None = None,
+        extra_vars: dict[str, Any] | None = None,
+        limit: str | None = None,
+        log: Log | None = None,
+        raise_on_failure: bool = True,
+    ) -> PlaybookResult:
+        """Run `playbook` of playbook_dir on the inventory's hosts; per-host counts in the result.
+        A failed run raises AnsibleError naming each failed host, its task and Ansible's message."""
+        import ansible_runner
+
+        if not self.enabled:
+            raise AnsibleError("Ansible is disabled for this target (local): the hosts are this machine")
+        log = log or (lambda message: None)
+        playbook_dir = Path(self.playbook_dir).resolve()
+        if not (playbook_dir / playbook).is_file():
+            raise AnsibleError(f"no playbook {playbook} in {playbook_dir}")
+        Path(self.work_dir).mkdir(parents=True, exist_ok=True)
+        private_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.work_dir))
+        control_dir = Path(tempfile.mkdtemp(prefix="mlops-ansible-cp-"))  # short: unix socket paths
+        os.chmod(control_dir, 0o700)
+        variables = {**self.extra_vars, **(extra_vars or {})}
+        secret_names = set()
+        for name, env_name in self.secret_extra_vars_env.items():
+            if os.environ.get(env_name):
+                variables[name] = os.environ[env_name]
+                secret_names.add(name)
+        failures: list[TaskFailure] = []
+        started = time.monotonic()
+
+        def on_event(event: dict) -> bool:
+            data = event.get("event_data", {})
+            kind = event.get("event", "")
+            host = data.get("host", "")
+            task = data.get("task", "")
+            if kind == "playbook_on_play_start":
+                log(f"ansible: play '{data.get('play', '')}'")
+            elif kind == "runner_on_ok":
+                changed = data.get("res", {}).get("changed", False)
+                if changed:
+                    log(f"ansible: {host} changed: {task}")
+            elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+                message = _failure_message(data.get("res", {}))
+                failures.append(TaskFailure(host, task, message))
+                log(f"ansible: {host} FAILED at '{task}': {message}")
+            elif kind == "runner_on_unreachable":
+                message = _failure_message(data.get("res", {}))
+                failures.append(TaskFailure(host, task, message, unreachable=True))
+                log(f"ansible: {host} UNREACHABLE at '{task}': {message}")
+            elif kind == "playbook_on_stats":
+                log("ansible: play recap " + json.dumps(_per_host(data)))
+            return True
+
+        try:
+            runner = ansible_runner.run(
+                private_data_dir=str(private_dir),
+                project_dir=str(playbook_dir),
+                playbook=playbook,
+                inventory=self.build_inventory(inventory, control_dir),
+                extravars=variables,
+                tags=",".join(tags) if tags else None,
+                limit=limit,
+                forks=self.forks,
+                timeout=self.timeout_s,
+                quiet=True,
+                event_handler=on_event,
+                envvars=self._envvars(private_dir, playbook_dir),
+            )
+        finally:
+            close_control_masters(control_dir)
+            shutil.rmtree(control_dir, ignore_errors=True)
+            # The private data folder holds the extra vars (secrets included): keep only the
+            # output and the events for debugging.
+            for sensitive in ("env/extravars", "inventory/hosts", "inventory/hosts.json"):
+                (private_dir / sensitive).unlink(missing_ok=True)
+        stats = runner.stats or {}
+        result = PlaybookResult(
+            playbook=playbook,
+            status=runner.status,
+            rc=runner.rc,
+            per_host=_per_host(stats),
+            failures=failures,
+            seconds=round(time.monotonic() - started, 2),
+        )
+        if raise_on_failure and not result.ok:
+            raise AnsibleError(describe_failure(result, private_dir, secret_names), result)
+        return result
+
+    def _envvars(self, private_dir: Path, playbook_dir: Path) -> dict[str, str]:
+        return {
+            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+            "ANSIBLE_HOME": str(private_dir / "ansible-home"),
+            "ANSIBLE_LOCAL_TEMP": str(private_dir / "ansible-tmp"),
+            "ANSIBLE_ROLES_PATH": str(playbook_dir),
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_GALAXY_SERVER_LIST": "",
+            "ANSIBLE_TIMEOUT": "30",
+        }
+
+
+def inventory_hosts(inventory: dict) -> dict[str, dict]:
+    """host name -> its variables (own ones merged over groups' hosts entries), every group."""
+    found: dict[str, dict] = {}
+
+    def walk(group: dict) -> None:
+        for name, host_vars in (group.get("hosts") or {}).items():
+            found.setdefault(name, {}).update(host_vars or {})
+        for child in (group.get("children") or {}).values():
+            walk(child or {})
+
+    for group in inventory.values():
+        walk(group or {})
+    return found
+
+
+def close_control_masters(control_dir: Path) -> None:
+    """Close every SSH control master whose socket is in control_dir (and only those)."""
+    for socket_path in control_dir.glob("*") if control_dir.is_dir() else []:
+        subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "mlops-host"],
+                       capture_output=True, timeout=10)
+
+
+def describe_failure(result: PlaybookResult, private_dir: Path | None = None, secret_names: set[str] = frozenset()) -> str:
+    lines = [f"Ansible playbook {result.playbook} failed ({result.status}, rc={result.rc}):"]
+    lines += [f"- {failure}" for failure in result.failures]
+    if not result.failures:
+        tail = ""
+        stdout = private_dir / "artifacts" if private_dir else None
+        if stdout and stdout.is_dir():
+            outputs = sorted(stdout.glob("*/stdout"))
+            if outputs:
+                tail = outputs[-1].read_text(errors="replace")[-2000:]
+        lines.append(tail.strip() or "no task failed: see ansible-runner's output in the run folder")
+    if secret_names:
+        lines.append(f"(secret variables given: {', '.join(sorted(secret_names))})")
+    return "\n".join(lines)
+
+
+def _failure_message(res: dict) -> str:
+    message = str(res.get("msg") or "").strip()
+    for key in ("stderr", "module_stderr", "stdout"):
+        extra = str(res.get(key) or "").strip()
+        if extra and extra not in message:
+            message = f"{message} | {key}: {extra[-600:]}" if message else extra[-600:]
+    return message or json.dumps(res)[:600]
+
+
+def _per_host(stats: dict) -> dict[str, dict[str, int]]:
+    per_host: dict[str, dict[str, int]] = {}
+    for name in ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored", "processed"):
+        for host, count in (stats.get(name) or {}).items():
+            key = {"failures": "failed", "dark": "unreachable"}.get(name, name)
+            if key == "processed":
+                per_host.setdefault(host, {})
+                continue
+            per_host.setdefault(host, {})[key] = int(count)
+    for counts in per_host.values():
+        for key in COUNTS:
+            counts.setdefault(key, 0)
+    return per_host

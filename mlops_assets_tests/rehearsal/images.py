@@ -1,0 +1,158 @@
+"""Images the Ansible role tests load from archives, built locally from the offline Debian base
+(no registry is reachable, FACTS.md):
+
+- a stand-in API: a few lines of Python's http.server answering the real API's routes with the
+  same shapes (/readyz with the model version from MLOPS_MODEL_VERSION, /predict, /metrics on
+  the metrics port); `broken=True` makes one whose /readyz never becomes ready (rollback tests);
+- Prometheus from Debian's `prometheus` package, with prom/prometheus's layout (entrypoint the
+  binary, user nobody, data in /prometheus), so the `prometheus` role runs it exactly as it
+  would run the official image, through the same variables.
+
+Images are built once per engine (the tag is a hash of the build context) and saved as
+archives under the cache folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+from mlops_assets.offline_base import BASE_IMAGE, default_cache_dir, ensure_base_image
+
+TEST_API_REPOSITORY = "localhost/mlops-test-api"
+PROMETHEUS_REPOSITORY = "localhost/mlops-prometheus"
+
+_TEST_API_SERVER = r'''
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from threading import Thread
+
+VERSION = os.environ.get("MLOPS_MODEL_VERSION", "0")
+BROKEN = os.environ.get("TEST_API_BROKEN") == "1"
+COUNT = {"n": 0}
+
+class Api(BaseHTTPRequestHandler):
+    def _send(self, status, body, kind="application/json"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/healthz":
+            return self._send(200, {"status": "alive"})
+        if self.path == "/readyz":
+            if BROKEN:
+                return self._send(503, {"detail": "model not loaded yet"})
+            return self._send(200, {"status": "ready", "model": {"name": "test-model", "version": VERSION}})
+        return self._send(404, {"detail": "not found"})
+
+    def do_POST(self):
+        if self.path != "/predict":
+            return self._send(404, {"detail": "not found"})
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        COUNT["n"] += len(body.get("instances", []))
+        labels = ["Adelie" for _ in body.get("instances", [])]
+        return self._send(200, {"predictions": labels, "model": {"name": "test-model", "version": VERSION}})
+
+    def log_message(self, *args):
+        pass
+
+class Metrics(BaseHTTPRequestHandler):
+    def do_GET(self):
+        text = ("# TYPE ray_mlops_predictions_total counter\n"
+                f'ray_mlops_predictions_total{{model_version="{VERSION}"}} {COUNT["n"]}\n')
+        data = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+Thread(target=ThreadingHTTPServer(("0.0.0.0", 8080), Metrics).serve_forever, daemon=True).start()
+ThreadingHTTPServer(("0.0.0.0", 8000), Api).serve_forever()
+'''
+
+_TEST_API_DOCKERFILE = """\
+FROM {base}
+COPY server.py /srv/server.py
+ENV TEST_API_BROKEN={broken}
+USER nobody
+EXPOSE 8000 8080
+CMD ["python3", "/srv/server.py"]
+"""
+
+_PROMETHEUS_DOCKERFILE = """\
+FROM {base}
+RUN apt-get update -qq \\
+ && apt-get install -y -qq --no-install-recommends prometheus \\
+ && rm -rf /var/lib/apt/lists/* \\
+ && mkdir -p /prometheus /etc/prometheus \\
+ && chown nobody:nogroup /prometheus
+USER nobody
+WORKDIR /prometheus
+EXPOSE 9090
+ENTRYPOINT ["/usr/bin/prometheus"]
+CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
+"""
+
+
+def _context(files: dict[str, str]) -> tuple[bytes, str]:
+    """A build context tar and the hash of its files."""
+    buffer = io.BytesIO()
+    digest = hashlib.sha256()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, text in sorted(files.items()):
+            data = text.encode()
+            digest.update(name.encode() + b"\0" + data)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue(), digest.hexdigest()[:12]
+
+
+def _build(engine, repository: str, files: dict[str, str], tag: str | None = None) -> str:
+    context, digest = _context(files)
+    reference = f"{repository}:{tag or digest}"
+    try:
+        engine.images.get(reference)
+        return reference
+    except Exception:  # docker.errors.ImageNotFound; build below
+        pass
+    engine.images.build(fileobj=io.BytesIO(context), custom_context=True, tag=reference, rm=True, network_mode="host")
+    return reference
+
+
+def build_test_api_image(engine, *, broken: bool = False, tag: str | None = None) -> str:
+    """The stand-in API image; returns repository:tag."""
+    ensure_base_image(engine)
+    files = {"Dockerfile": _TEST_API_DOCKERFILE.format(base=BASE_IMAGE, broken=int(broken)), "server.py": _TEST_API_SERVER}
+    return _build(engine, TEST_API_REPOSITORY, files, tag)
+
+
+def build_prometheus_image(engine) -> str:
+    """Prometheus from Debian's package, laid out like prom/prometheus; returns repository:tag."""
+    ensure_base_image(engine)
+    return _build(engine, PROMETHEUS_REPOSITORY, {"Dockerfile": _PROMETHEUS_DOCKERFILE.format(base=BASE_IMAGE)}, "debian-bookworm")
+
+
+def save_archive(engine, reference: str, directory: Path | None = None) -> Path:
+    """`docker save` of `reference` into directory (default: the cache folder), once."""
+    directory = directory or default_cache_dir() / "images"
+    directory.mkdir(parents=True, exist_ok=True)
+    image = engine.images.get(reference)
+    archive = directory / f"{reference.rsplit('/', 1)[-1].replace(':', '-')}-{image.id.split(':')[-1][:12]}.tar"
+    if not archive.exists():
+        partial = archive.with_suffix(".partial")
+        with open(partial, "wb") as handle:
+            for chunk in image.save(named=True):
+                handle.write(chunk)
+        partial.rename(archive)
+    return archive

@@ -1,0 +1,233 @@
+"""The Ansible roles, tested the Molecule way on real Debian 12 hosts over real SSH (the
+rehearsal harness: network namespaces, own root, own sshd, no systemd): converge, converge
+again and fail on any change, verify.
+
+Everything goes through the `Ansible` resource (the one deployed_hosts uses), with an
+inventory shaped like tofu_state's `ansible_inventory`. Tests talk only to the test hosts'
+addresses. Images come from archives built locally from the offline Debian base (no registry
+is reachable): a stand-in API, and Prometheus from Debian's package loaded through the
+`prometheus` role's own variables, exactly as a user would set them. No Grafana image exists
+offline: the `grafana` role runs in render-only mode and its files are checked on the host.
+"""
+
+import json
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mlops_assets.resources.ansible import Ansible, AnsibleError
+from mlops_assets.settings import PROJECT_ROOT
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="test hosts need root (namespaces, mounts, bridges)"),
+    pytest.mark.timeout(900),
+]
+
+TIMINGS: dict[str, float] = {}
+GRAFANA_PASSWORD = "rehearsal-" + os.urandom(6).hex()
+
+
+@pytest.fixture(scope="module")
+def hosts(request):
+    from mlops_assets_tests.rehearsal.hosts import TestHosts, free_subnet
+
+    subnet = free_subnet()
+    started = time.monotonic()
+    with TestHosts([("api", str(subnet[10])), ("monitoring", str(subnet[11]))]) as test_hosts:
+        TIMINGS["hosts_up_s"] = round(time.monotonic() - started, 2)
+        yield test_hosts
+    TIMINGS["teardown_s"] = round(test_hosts.timings.teardown_s, 2)
+    assert test_hosts.footprint() == [], f"teardown left {test_hosts.footprint()}"
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\nansible role timings (s): {json.dumps(TIMINGS)}")
+
+
+@pytest.fixture(scope="module")
+def inventory(hosts):
+    """The shape of tofu_state's ansible_inventory output, with the test hosts' addresses."""
+
+    def host(name):
+        return {name: {"ansible_host": hosts.address(name), "private_ip": hosts.address(name)}}
+
+    return {
+        "all": {
+            "vars": {"ansible_user": "admin", "api_port": 8000, "metrics_port": 8080},
+            "children": {
+                "api": {"hosts": host("api")},
+                "monitoring": {"vars": {"prometheus_port": 9090, "grafana_port": 3000}, "hosts": host("monitoring")},
+            },
+        }
+    }
+
+
+@pytest.fixture(scope="module")
+def ansible(hosts, tmp_path_factory):
+    return Ansible(
+        playbook_dir=str(PROJECT_ROOT / "ansible_roles"),
+        work_dir=str(tmp_path_factory.mktemp("ansible")),
+        private_key_file=str(hosts.key_file),
+        known_hosts_file=str(hosts.known_hosts_file),
+        host_key_checking="strict",
+    )
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from mlops_assets_tests.rehearsal.engine import docker_client
+
+    return docker_client()
+
+
+def converge_twice(ansible, inventory, playbook, name, **extra_vars):
+    """Converge, converge again: the second run must change nothing on any host."""
+    started = time.monotonic()
+    first = ansible.run_playbook(inventory, playbook, extra_vars=extra_vars)
+    TIMINGS[f"{name}_converge_s"] = round(time.monotonic() - started, 2)
+    started = time.monotonic()
+    second = ansible.run_playbook(inventory, playbook, extra_vars=extra_vars)
+    TIMINGS[f"{name}_idempotence_s"] = round(time.monotonic() - started, 2)
+    changed = {host: counts["changed"] for host, counts in second.per_host.items() if counts["changed"]}
+    assert changed == {}, f"{playbook}: the second converge changed something: {changed}"
+    return first, second
+
+
+def http_json(url, data=None, timeout=5):
+    body = json.dumps(data).encode() if data is not None else None
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_docker_role(hosts, ansible, inventory):
+    first, _ = converge_twice(ansible, inventory, "tests/docker.yml", "docker")
+    assert set(first.per_host) == {"api", "monitoring"}
+    for name in ("api", "monitoring"):
+        # Verify: the engine answers, started by Debian's init script (no systemd here).
+        assert hosts.ssh(name, "docker info --format '{{.Name}}'").stdout.strip() == name
+        assert hosts.exec(name, "test -s /var/run/docker-ssd.pid && /etc/init.d/docker status", check=False).returncode == 0
+        assert "|| true" in hosts.exec(name, "grep 'ulimit -n' /etc/init.d/docker").stdout
+
+
+def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, inventory, engine):
+    from mlops_assets_tests.rehearsal.images import build_test_api_image, save_archive
+
+    good = build_test_api_image(engine)
+    broken = build_test_api_image(engine, broken=True)
+    started = time.monotonic()
+    good_archive, broken_archive = save_archive(engine, good), save_archive(engine, broken)
+    TIMINGS["api_archives_s"] = round(time.monotonic() - started, 2)
+    repository, good_tag = good.rsplit(":", 1)
+
+    variables = {"api_image_repository": repository, "api_image_tag": good_tag, "api_image_source": "archive",
+                 "api_image_archive": str(good_archive), "api_model_version": "1", "api_ready_timeout": 30}
+    converge_twice(ansible, inventory, "tests/api.yml", "api", **variables)
+    api = hosts.address("api")
+    # Verify through the API host's address: ready with the expected version, predicts.
+    assert http_json(f"http://{api}:8000/readyz") == (200, {"status": "ready", "model": {"name": "test-model", "version": "1"}})
+    status, answer = http_json(f"http://{api}:8000/predict", {"instances": [{"bill_length_mm": 39.1}]})
+    assert status == 200 and answer["model"]["version"] == "1" and len(answer["predictions"]) == 1
+    inspect = hosts.ssh("api", "sudo docker inspect mlops-api --format '{{.HostConfig.RestartPolicy.Name}} {{.Config.Image}}'", user="admin")
+    assert inspect.stdout.split() == ["unless-stopped", good]
+
+    # A new image whose /readyz never reports ready: the previous one comes back, the role fails.
+    _, broken_tag = broken.rsplit(":", 1)
+    started = time.monotonic()
+    with pytest.raises(AnsibleError) as failure:
+        ansible.run_playbook(inventory, "tests/api.yml", extra_vars={
+            **variables, "api_image_tag": broken_tag, "api_image_archive": str(broken_archive),
+            "api_model_version": "2", "api_ready_timeout": 10})
+    TIMINGS["api_rollback_s"] = round(time.monotonic() - started, 2)
+    message = str(failure.value)
+    assert "api failed at task" in message
+    assert f"{repository}:{broken_tag} did not become ready" in message
+    assert f"Rolled back to the previous image {good} (ready again)" in message
+    assert "expected model version 2" in message
+    assert http_json(f"http://{api}:8000/readyz")[1]["model"]["version"] == "1"
+    assert hosts.ssh("api", "docker inspect mlops-api --format '{{.Config.Image}}'").stdout.strip() == good
+
+
+def rendered_monitoring_files(tmp_path: Path) -> Path:
+    """The tree the monitoring code renders (rules under prometheus/rules, dashboards/): what
+    the `dashboards` asset provisions and the roles copy."""
+    out = tmp_path / "rendered"
+    try:
+        from mlops_assets.monitoring import render
+    except ImportError as exc:  # the monitoring package mid-change: a minimal tree of the same shape
+        print(f"monitoring renderer unavailable ({exc}); using a minimal rule file and dashboard")
+        (out / "prometheus/rules").mkdir(parents=True)
+        (out / "dashboards").mkdir(parents=True)
+        (out / "prometheus/rules/api.rules.yml").write_text(
+            "groups:\n- name: mlops-api\n  rules:\n  - alert: MlopsApiAbsent\n"
+            "    expr: absent(up{job=\"mlops-api\"} == 1)\n    for: 1m\n    labels: {severity: critical}\n")
+        (out / "dashboards/mlops-api.json").write_text('{"uid": "mlops-api", "title": "API", "panels": []}\n')
+        return out
+    render.write(render.render_all(render.default_profile()), out)
+    return out
+
+
+def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine, tmp_path):
+    from mlops_assets_tests.rehearsal.images import build_prometheus_image, save_archive
+
+    started = time.monotonic()
+    image = build_prometheus_image(engine)
+    archive = save_archive(engine, image)
+    TIMINGS["prometheus_image_s"] = round(time.monotonic() - started, 2)
+    repository, tag = image.rsplit(":", 1)
+    rules_dir = rendered_monitoring_files(tmp_path) / "prometheus/rules"
+    rule_files = sorted(p.name for p in rules_dir.glob("*.yml"))
+    assert rule_files
+    # The variables a user sets to load Prometheus from an archive instead of pulling it.
+    variables = {"prometheus_image_source": "archive", "prometheus_image_repository": repository,
+                 "prometheus_image_tag": tag, "prometheus_image_archive": str(archive),
+                 "prometheus_rule_files_dir": str(rules_dir), "prometheus_scrape_interval": "2s"}
+    converge_twice(ansible, inventory, "tests/prometheus.yml", "prometheus", **variables)
+
+    config = hosts.exec("monitoring", "cat /etc/mlops-assets/prometheus/prometheus.yml").stdout
+    assert f'"{hosts.address("api")}:8080"' in config
+    assert sorted(hosts.exec("monitoring", "ls /etc/mlops-assets/prometheus/rules").stdout.split()) == rule_files
+    prometheus = f"http://{hosts.address('monitoring')}:9090"
+    deadline, up = time.monotonic() + 60, []
+    while time.monotonic() < deadline:
+        _, answer = http_json(f"{prometheus}/api/v1/query?query=up%7Bjob%3D%22mlops-api%22%7D")
+        up = answer["data"]["result"]
+        if up and up[0]["value"][1] == "1":
+            break
+        time.sleep(1)
+    assert up and up[0]["value"][1] == "1", f"the api target is not up: {up}"
+    assert up[0]["metric"]["instance"] == f"{hosts.address('api')}:8080"
+    _, rules = http_json(f"{prometheus}/api/v1/rules")
+    assert rules["data"]["groups"], "no rule group loaded"
+
+
+def test_grafana_role_renders_its_configuration(hosts, ansible, inventory, tmp_path):
+    rendered = rendered_monitoring_files(tmp_path)
+    dashboards = sorted(p.name for p in (rendered / "dashboards").glob("*.json"))
+    variables = {"grafana_render_only": True, "grafana_admin_password": GRAFANA_PASSWORD,
+                 "grafana_dashboards_src_dir": str(rendered / "dashboards")}
+
+    with pytest.raises(AnsibleError) as failure:  # no password: a clear refusal, nothing written
+        ansible.run_playbook(inventory, "tests/grafana.yml", extra_vars={"grafana_render_only": True})
+    assert "monitoring failed at task 'Check that the admin password is set from a secret'" in str(failure.value)
+    assert hosts.exec("monitoring", "test -e /etc/mlops-assets/grafana/grafana.ini", check=False).returncode == 1
+
+    converge_twice(ansible, inventory, "tests/grafana.yml", "grafana", **variables)
+    base = "/etc/mlops-assets/grafana"
+    ini = hosts.exec("monitoring", f"cat {base}/grafana.ini").stdout
+    assert "[auth.anonymous]\nenabled = false" in ini
+    assert "allow_sign_up = false" in ini
+    assert "admin_password = $__file{/etc/grafana/admin_password}" in ini
+    assert GRAFANA_PASSWORD not in ini
+    secret = hosts.exec("monitoring", f"stat -c '%a %u' {base}/admin_password; cat {base}/admin_password").stdout
+    assert secret.splitlines() == ["400 472", GRAFANA_PASSWORD]
+    datasource = hosts.exec("monitoring", f"cat {base}/provisioning/datasources/mlops-assets.yaml").stdout
+    assert f'url: "http://{hosts.address("monitoring")}:9090"' in datasource
+    assert 'uid: "mlops-prometheus"' in datasource
+    provider = hosts.exec("monitoring", f"cat {base}/provisioning/dashboards/mlops-assets.yaml").stdout
+    assert "path: /var/lib/grafana/dashboards/mlops-assets" in provider
+    assert sorted(hosts.exec("monitoring", f"ls {base}/dashboards").stdout.split()) == dashboards
+    # Render only: no Grafana container, no image was asked for.
+    assert "grafana" not in hosts.exec("monitoring", "docker ps -a --format '{{.Names}}'").stdout
