@@ -431,8 +431,8 @@ def _errors_of(run: CommandRun) -> list[str]:
     if errors:
         return errors
     # Text output (init, output): "Error: summary" blocks, with the "with ADDRESS," line.
-    text = run.stderr + "\n" + run.stdout
-    blocks = [b for b in text.split("Error: ")[1:]]
+    text = run.stderr if "Error: " in run.stderr else run.stdout
+    blocks = text.split("Error: ")[1:]
     for block in blocks:
         lines = [line.strip(" │╵╷") for line in block.splitlines()]
         summary = lines[0].strip()
