@@ -18,6 +18,8 @@ INSTALL_REQUIRES = [
     "prometheus-client==0.26.0",
     "ansible-runner==2.4.3",
     "ansible-core==2.19.14",  # ansible-runner drives it but does not install it
+    # The full package: the roles use community.docker and ansible.posix (Galaxy is unreachable).
+    "ansible==12.3.0",
     "docker==7.2.0",
     "requests>=2.31",
     # Dashboards as code (mlops_assets/monitoring); the odd version is the SDK's own scheme:
@@ -32,12 +34,14 @@ DEV_REQUIRES = [
     "pytest==9.2.*",
     "pytest-timeout>=2.3",
     "httpx>=0.27",
-    # Property-based requests against the prediction API's /openapi.json.
-    "schemathesis==4.32.5",
     # Offline rehearsal (sim target) and infra tests: EC2 emulator, HCL parsing. checkov runs
     # from its own venv (its pins clash with ray and pytest): see test_infra_checkov.py.
     "moto[server]==5.2.5",
     "python-hcl2==8.1.4",
+    # Property-based requests against the prediction API's /openapi.json.
+    "schemathesis==4.32.5",
+    # Lints ansible_roles/ (test_ansible_lint.py).
+    "ansible-lint==26.10.1",
 ]
 
 setup(
