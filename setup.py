@@ -34,12 +34,12 @@ DEV_REQUIRES = [
     "pytest==9.2.*",
     "pytest-timeout>=2.3",
     "httpx>=0.27",
+    # Property-based requests against the prediction API's /openapi.json.
+    "schemathesis==4.32.5",
     # Offline rehearsal (sim target) and infra tests: EC2 emulator, HCL parsing. checkov runs
     # from its own venv (its pins clash with ray and pytest): see test_infra_checkov.py.
     "moto[server]==5.2.5",
     "python-hcl2==8.1.4",
-    # Property-based requests against the prediction API's /openapi.json.
-    "schemathesis==4.32.5",
     # Lints ansible_roles/ (test_ansible_lint.py).
     "ansible-lint==26.10.1",
 ]
