@@ -9,6 +9,7 @@ from typing import Any
 
 import dagster as dg
 
+from mlops_assets.resources.ansible import Ansible, RehearsalAnsible
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.prometheus_api import PrometheusApi
 from mlops_assets.resources.opentofu import OpenTofu, RehearsalOpenTofu, ThisMachine
@@ -42,10 +43,37 @@ def infrastructure_for(settings: Settings):
     return OpenTofu(**common, target="aws", var_file=str(settings.home / "aws.tfvars"))
 
 
+def ansible_for(settings: Settings) -> Ansible:
+    """deployed_hosts' and deployed_api's configuration tool: none in `local` (the hosts are
+    this machine); ansible_roles/ over SSH in `aws` (key MLOPS_SSH_PRIVATE_KEY, known_hosts in
+    MLOPS_HOME, accept-new for fresh instances) and `sim` (the rehearsal's key, local images).
+    Grafana's admin password comes from MLOPS_GRAFANA_ADMIN_PASSWORD (generated once for sim)."""
+    if settings.target == "local":
+        return Ansible(enabled=False, target="local")
+    import os
+
+    common = {
+        "playbook_dir": str(PROJECT_ROOT / "ansible_roles"),
+        "work_dir": str(settings.home / "ansible" / settings.target),
+        "known_hosts_file": str(settings.home / "ansible" / settings.target / "known_hosts"),
+        "host_key_checking": "accept-new",
+        "secret_extra_vars_env": {"grafana_admin_password": "MLOPS_GRAFANA_ADMIN_PASSWORD"},
+    }
+    if settings.target == "sim":
+        return RehearsalAnsible(
+            **common, private_key_file=str(settings.home / "rehearsal" / "ssh" / "id_ed25519"),
+            generated_secrets_dir=str(settings.home / "rehearsal" / "secrets"),
+            project_root=str(PROJECT_ROOT), images_dir=str(settings.home / "rehearsal" / "images"),
+        )
+    return Ansible(**common, target="aws", private_key_file=os.environ.get("MLOPS_SSH_PRIVATE_KEY") or None)
+
+
 def resources_for(settings: Settings) -> dict[str, Any]:
     resources = shared_resources(settings)
     # Later stages add their per-target resources here (container engine, OpenTofu, Ansible).
     resources["infrastructure"] = infrastructure_for(settings)
+    # Configures the hosts tofu_state describes (deployed_hosts, and deployed_api in container targets).
+    resources["ansible"] = ansible_for(settings)
     # The prediction API: a local Ray instance on loopback (API :8000, metrics :8080); the
     # container targets replace it with the image on the hosts.
     resources["ray_serve"] = RayServe(state_dir=str(settings.home / "serving"))

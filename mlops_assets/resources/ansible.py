@@ -80,6 +80,7 @@ class Ansible(dg.ConfigurableResource):
     """Runs ansible_roles/ playbooks over SSH with safe settings (see the module docstring)."""
 
     enabled: bool = Field(default=True, description="False in the local target: no hosts to configure, Ansible never runs.")
+    target: str = Field(default="aws", description="The target these hosts belong to (for messages and metadata).")
     playbook_dir: str = Field(default="", description="The folder with site.yml and the roles (ansible_roles/).")
     work_dir: str = Field(default="", description="ansible-runner's private data folders and the written inventories.")
     private_key_file: str | None = Field(default=None, description="SSH private key for the hosts (else the ssh-agent's keys).")
@@ -94,6 +95,11 @@ class Ansible(dg.ConfigurableResource):
         default_factory=dict,
         description="Extra vars read from environment variables at run time, e.g. "
         "{'grafana_admin_password': 'MLOPS_GRAFANA_ADMIN_PASSWORD'}; never written to run config.",
+    )
+    generated_secrets_dir: str = Field(
+        default="",
+        description="When set, a secret of secret_extra_vars_env whose variable is unset is generated once "
+        "and kept here (mode 0600): for the offline rehearsal only.",
     )
     forks: int = Field(default=5, description="Hosts configured in parallel.")
     timeout_s: int = Field(default=1800, description="Whole-run timeout in seconds.")
@@ -185,11 +191,12 @@ class Ansible(dg.ConfigurableResource):
         private_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.work_dir))
         control_dir = Path(tempfile.mkdtemp(prefix="mlops-ansible-cp-"))  # short: unix socket paths
         os.chmod(control_dir, 0o700)
-        variables = {**self.extra_vars, **(extra_vars or {})}
+        variables = {**self.prepare(log), **self.extra_vars, **(extra_vars or {})}
         secret_names = set()
         for name, env_name in self.secret_extra_vars_env.items():
-            if os.environ.get(env_name):
-                variables[name] = os.environ[env_name]
+            value = os.environ.get(env_name) or self._generated_secret(name)
+            if value:
+                variables[name] = value
                 secret_names.add(name)
         failures: list[TaskFailure] = []
         started = time.monotonic()
@@ -251,6 +258,22 @@ class Ansible(dg.ConfigurableResource):
         if raise_on_failure and not result.ok:
             raise AnsibleError(describe_failure(result, private_dir, secret_names), result)
         return result
+
+    def prepare(self, log: Log) -> dict[str, Any]:
+        """Extra vars that need work before a run (subclasses: the rehearsal's local images)."""
+        return {}
+
+    def _generated_secret(self, name: str) -> str | None:
+        if not self.generated_secrets_dir:
+            return None
+        import secrets
+
+        path = Path(self.generated_secrets_dir) / name
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(18))
+        return path.read_text().strip()
 
     def _envvars(self, private_dir: Path, playbook_dir: Path) -> dict[str, str]:
         return {
@@ -327,3 +350,34 @@ def _per_host(stats: dict) -> dict[str, dict[str, int]]:
         for key in COUNTS:
             counts.setdefault(key, 0)
     return per_host
+
+
+class RehearsalAnsible(Ansible):
+    """`sim`: the same playbooks, with the images a registry would serve built locally from the
+    offline Debian base (mlops_assets_tests/rehearsal/images.py) and loaded from archives
+    through the roles' own variables; Grafana is rendered only (no Grafana image offline)."""
+
+    target: str = "sim"
+    project_root: str = Field(default="", description="The checkout that holds mlops_assets_tests/ (the image builders).")
+    images_dir: str = Field(default="", description="Where the rehearsal's image archives are saved.")
+
+    def prepare(self, log: Log) -> dict[str, Any]:
+        if self.project_root and self.project_root not in sys.path:
+            sys.path.insert(0, self.project_root)
+        try:
+            from mlops_assets_tests.rehearsal.engine import docker_client
+            from mlops_assets_tests.rehearsal.images import build_prometheus_image, save_archive
+        except ImportError as exc:
+            raise AnsibleError(f"the sim target needs mlops_assets_tests/ from a source checkout ({exc})") from None
+        engine = docker_client()
+        image = build_prometheus_image(engine)
+        archive = save_archive(engine, image, Path(self.images_dir) if self.images_dir else None)
+        log(f"sim: Prometheus image {image} from Debian's package, archive {archive}")
+        repository, _, tag = image.rpartition(":")
+        return {
+            "prometheus_image_source": "archive",
+            "prometheus_image_repository": repository,
+            "prometheus_image_tag": tag,
+            "prometheus_image_archive": str(archive),
+            "grafana_render_only": True,
+        }
