@@ -40,15 +40,14 @@ def test_local_target_records_this_machine_and_provisions_nothing(tmp_path):
         assert result.success
         outputs = result.output_for_node("tofu_state")
         metadata = _materialization(result).metadata
-    assert outputs["api_private_ip"] == outputs["monitoring_private_ip"] == "127.0.0.1"
-    hosts = outputs["ansible_inventory"]["all"]["children"]["api"]["hosts"]
-    assert hosts["localhost"]["ansible_connection"] == "local"
-    assert metadata["applied"].value is False
-    assert metadata["plan summary"].value == "OpenTofu did not run"
-    assert "nothing was provisioned" in metadata["note"].value
-    assert not (tmp_path / "tofu").exists(), "the local target must not run OpenTofu"
+        assert outputs["api_private_ip"] == outputs["monitoring_private_ip"] == "127.0.0.1"
+        hosts = outputs["ansible_inventory"]["all"]["children"]["api"]["hosts"]
+        assert hosts["localhost"]["ansible_connection"] == "local"
+        assert metadata["applied"].value is False
+        assert metadata["plan summary"].value == "OpenTofu did not run"
+        assert "nothing was provisioned" in metadata["note"].value
+        assert not (tmp_path / "tofu").exists(), "the local target must not run OpenTofu"
 
-    with dg.instance_for_test() as instance:
         refused = _destroy(defs, instance, confirm="aws")
         assert not refused.success
         done = _destroy(defs, instance, confirm="local")
