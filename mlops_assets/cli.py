@@ -84,6 +84,7 @@ def down() -> int:
     from mlops_assets.settings import load_settings
     from mlops_assets.targets import resources_for
 
+    _stop_prometheus()
     ray_serve = resources_for(load_settings()).get("ray_serve")
     if ray_serve is None:
         print("nothing to stop for this target")
@@ -91,6 +92,16 @@ def down() -> int:
     stopped = ray_serve.shutdown()
     print(f"stopped the prediction API and its Ray instance ({stopped} processes)" if stopped else "nothing was running")
     return 0
+
+
+def _stop_prometheus() -> None:
+    """The local Prometheus that the `dashboards` asset started (local target)."""
+    from mlops_assets.settings import load_settings
+    from mlops_assets.targets import resources_for
+
+    prometheus = resources_for(load_settings()).get("prometheus")
+    if prometheus is not None and prometheus.stop():
+        print(f"stopped Prometheus ({prometheus.url})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from mlops_assets.resources.ansible import Ansible, RehearsalAnsible
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.prometheus_api import PrometheusApi
 from mlops_assets.resources.opentofu import OpenTofu, RehearsalOpenTofu, ThisMachine
+from mlops_assets.resources.prometheus import LocalPrometheus
 from mlops_assets.resources.ray_serve import RayServe
 from mlops_assets.settings import PROJECT_ROOT, Settings
 
@@ -77,4 +78,7 @@ def resources_for(settings: Settings) -> dict[str, Any]:
     # The prediction API: a local Ray instance on loopback (API :8000, metrics :8080); the
     # container targets replace it with the image on the hosts.
     resources["ray_serve"] = RayServe(state_dir=str(settings.home / "serving"))
+    # Prometheus on 127.0.0.1:9090 with the `dashboards` asset's rules (local target); the
+    # container targets only check the files here, the Ansible roles run them on a host.
+    resources["prometheus"] = LocalPrometheus(state_dir=str(settings.home / "prometheus"), serve=settings.target == "local")
     return resources

@@ -165,3 +165,18 @@ def test_promql_selectors():
         'h_bucket{l="{}"}',
         "up",
     ]
+
+
+def test_training_feature_reference_uses_rays_bucket_midpoints():
+    # Ray's metrics agent exports histogram sums rebuilt from bucket midpoints; the training
+    # reference must bin the same way, or live means never match training means.
+    from ray._private.telemetry.open_telemetry_metric_recorder import OpenTelemetryMetricRecorder
+
+    from mlops_assets.monitoring.profile import as_exported, ray_bucket_midpoints
+    from mlops_assets.serving.metrics import FEATURE_VALUE_BUCKETS
+
+    recorder = OpenTelemetryMetricRecorder()
+    recorder.register_histogram_metric("mlops_test_feature_value", "test", FEATURE_VALUE_BUCKETS)
+    assert ray_bucket_midpoints(FEATURE_VALUE_BUCKETS) == recorder.get_histogram_bucket_midpoints("mlops_test_feature_value")
+    exported = as_exported([-3, 0.01, 0.011, 200, 201, 1e9], [0.01, 0.02, 200, 500])
+    assert list(exported) == pytest.approx([0.005, 0.005, 0.015, 100.01, 350, 1000])

@@ -29,7 +29,9 @@ def target_up():
 # Ray 2.60 declares ray_serve_deployment_replica_healthy, but its exporter drops the series
 # (measured: never exported by this app); a replica that runs reports its processing-queries
 # gauge every few seconds, and a dead replica's series ages out within two export intervals.
-REPLICAS = f"count by (deployment) (ray_serve_replica_processing_queries{{{DEPLOYMENT}}})"
+# Ray's exporter drops a gauge not refreshed within two export intervals and replicas refresh
+# some gauges only every few seconds: `last_over_time` bridges the gaps between refreshes.
+REPLICAS = f"count by (deployment) (last_over_time(ray_serve_replica_processing_queries{{{DEPLOYMENT}}}[1m]))"
 
 
 def healthy_replicas():
@@ -164,7 +166,7 @@ def replicas_over_time():
         units.Short,
         [
             query(REPLICAS, "replicas {{deployment}}"),
-            query(f"max by (replica) (ray_serve_replica_utilization_percent{{{DEPLOYMENT}}})", "utilization % {{replica}}"),
+            query(f"max by (replica) (max_over_time(ray_serve_replica_utilization_percent{{{DEPLOYMENT}}}[1m]))", "utilization % {{replica}}"),
         ],
         span=12,
     )

@@ -89,7 +89,8 @@ def feature_mean_shift():
     return timeseries(
         "Input drift: feature mean shift (1h, in training standard deviations)",
         "(mean of the values received over the last hour - training mean) / training standard deviation, "
-        f"per numeric feature; beyond ±{FEATURE_SHIFT_Z_THRESHOLD} the inputs no longer look like the training data.",
+        f"per numeric feature; beyond ±{FEATURE_SHIFT_Z_THRESHOLD} the inputs no longer look like the training data. "
+        "Both sides are binned through the API's histogram buckets (Ray exports bucket midpoints, not exact sums).",
         units.Short,
         [query("mlops_api:feature_mean_shift:zscore1h", "{{feature}}")],
     )
@@ -98,7 +99,8 @@ def feature_mean_shift():
 def feature_means():
     return timeseries(
         "Feature means received",
-        "Mean value received per numeric feature (histogram _sum / _count).",
+        "Mean value received per numeric feature (histogram _sum / _count; approximate: Ray's metrics agent "
+        "rebuilds the sum from bucket midpoints).",
         units.Short,
         [
             query(

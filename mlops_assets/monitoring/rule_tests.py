@@ -167,9 +167,9 @@ def replica_cases(expect: _Expect) -> list[dict]:
     replica = "ray_serve_replica_processing_queries"
     return [
         _case(
-            "API host up, replicas stop reporting: fires 2m after their series go stale (5m)",
+            "API host up, replicas stop reporting: fires 2m after their last report is 1m old",
             [_series("up", "1x20", **target), _series(replica, "0x3", replica="a", **labels), _series(replica, "1x3", replica="b", **labels)],
-            [("9m", "MlopsApiNoReplicas", []), ("12m", "MlopsApiNoReplicas", [expect.alert("MlopsApiNoReplicas")])],
+            [("4m", "MlopsApiNoReplicas", []), ("9m", "MlopsApiNoReplicas", [expect.alert("MlopsApiNoReplicas")])],
         ),
         _case(
             "two replicas reporting: no alert",

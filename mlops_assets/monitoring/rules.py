@@ -42,7 +42,8 @@ def error_ratio_rules() -> list[dict]:
     return [
         {
             "record": f"mlops_api:request_errors:ratio_rate{window}",
-            "expr": f'sum(rate(ray_serve_num_http_requests_total{{{APP}, status_code=~"5.."}}[{window}]))\n'
+            # `or vector(0)`: with traffic and no 5xx the ratio is 0, not absent.
+            "expr": f'(sum(rate(ray_serve_num_http_requests_total{{{APP}, status_code=~"5.."}}[{window}])) or vector(0))\n'
             f"/\nsum(rate(ray_serve_num_http_requests_total{{{APP}}}[{window}]))",
         }
         for window in BURN_WINDOWS
@@ -178,7 +179,7 @@ def no_replicas() -> dict:
     # api_dashboard.REPLICAS): a replica that runs reports its processing-queries gauge.
     return {
         "alert": "MlopsApiNoReplicas",
-        "expr": f'(count(ray_serve_replica_processing_queries{{{APP}, deployment="{DEPLOYMENT_NAME}"}}) or vector(0)) < 1\n'
+        "expr": f'(count(last_over_time(ray_serve_replica_processing_queries{{{APP}, deployment="{DEPLOYMENT_NAME}"}}[1m])) or vector(0)) < 1\n'
         f"and on()\nsum(up{{{API}}}) > 0",
         "for": "2m",
         "labels": {"severity": "critical"},

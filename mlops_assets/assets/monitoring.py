@@ -1,0 +1,132 @@
+"""`dashboards`: the monitoring of the deployed API as files, checked, and (local target) live
+in the local Prometheus."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dagster as dg
+from pydantic import Field
+
+from mlops_assets import monitoring
+from mlops_assets import settings as settings_module
+from mlops_assets.ml.data import Dataset
+from mlops_assets.monitoring import render as render_module
+from mlops_assets.monitoring.profile import training_profile
+from mlops_assets.monitoring.rules import AlertSettings, alert_names, rule_count, rule_groups
+from mlops_assets.resources import prometheus as prometheus_module
+from mlops_assets.resources.prometheus import LocalPrometheus, PrometheusError
+from mlops_assets.versioning import code_version_of
+
+from .deployment import DeployedApi
+
+_SETTINGS = settings_module.load_settings()
+MONITORING_CODE_VERSION = code_version_of(Path(monitoring.__file__).parent, prometheus_module)
+
+
+class DashboardsConfig(dg.Config):
+    out_dir: str = Field(
+        default=str(_SETTINGS.home / "monitoring"),
+        description="Where the rendered tree goes (same layout as grafana_dashboards/); the local Prometheus reads it.",
+    )
+    availability_slo: float = Field(default=0.995, description="Share of requests not answered with a 5xx.")
+    latency_p99_slo_s: float = Field(default=0.25, description="p99 objective of POST /predict, in seconds.")
+    scrape_interval: str = "15s"
+    evaluation_interval: str = "15s"
+    targets_up_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """The `dashboards` asset's value: where the rendered files are and what serves them."""
+
+    out_dir: str
+    files: list[str]
+    content_hash: str
+    prometheus_url: str | None
+    targets_up: dict[str, bool]
+
+
+def metrics_target(metrics_url: str) -> str:
+    """host:port of the API's metrics endpoint (what Prometheus scrapes)."""
+    parsed = urlparse(metrics_url)
+    return f"{parsed.hostname}:{parsed.port or 80}"
+
+
+@dg.asset(
+    code_version=MONITORING_CODE_VERSION,
+    kinds={"prometheus", "grafana"},
+    group_name="monitoring",
+    # Runs on every `make run` (cheap when nothing changed): Prometheus may be down while fresh.
+    tags={"mlops/always_check": "true"},
+    description="Grafana dashboards, Prometheus scrape config and alert rules for the deployed API: "
+    "rendered, checked with promtool, and loaded into the local Prometheus (local target).",
+)
+def dashboards(
+    context: dg.AssetExecutionContext,
+    config: DashboardsConfig,
+    prometheus: LocalPrometheus,
+    deployed_api: DeployedApi,
+    dataset: Dataset,
+) -> dg.Output[Monitoring]:
+    # What an operator looks at once the API serves: its traffic, errors, latency, and whether
+    # predictions still look like the training data (the reference comes from `dataset`).
+    alerts = AlertSettings(availability_slo=config.availability_slo, latency_p99_slo_s=config.latency_p99_slo_s)
+    settings = render_module.RenderSettings(
+        api_targets=(metrics_target(deployed_api.metrics_url),),
+        prometheus_url=prometheus.url,
+        scrape_interval=config.scrape_interval,
+        evaluation_interval=config.evaluation_interval,
+        alerts=alerts,
+    )
+    profile = training_profile(dataset)
+    files = render_module.render_all(profile, settings)
+    out = Path(config.out_dir)
+    render_module.write(files, out)
+    config_file = out / render_module.CONFIG_FILE
+    try:
+        prometheus.check_config(config_file)  # also checks every rule file it loads
+        prometheus.test_rules(out / render_module.TESTS_FILE)
+    except PrometheusError as exc:
+        raise dg.Failure(description=f"the rendered monitoring files in {out} failed promtool: {exc}") from None
+    groups = rule_groups(profile, alerts)
+    expected_rules = rule_count(groups)
+    targets_up: dict[str, bool] = {}
+    if prometheus.serve:
+        try:
+            prometheus.ensure_running(config_file, log=context.log)
+            prometheus.wait_until(
+                lambda: sum(len(g["rules"]) for g in prometheus.rule_groups()) == expected_rules,
+                timeout_s=30,
+                what=f"{expected_rules} rules to be loaded",
+            )
+            targets_up = prometheus.wait_until(
+                lambda: (up := prometheus.targets_up(monitoring.API_JOB)) and all(up.values()) and up,
+                timeout_s=config.targets_up_timeout_s,
+                what=f"the API metrics target {settings.api_targets[0]} to be up",
+            )
+        except PrometheusError as exc:
+            raise dg.Failure(description=f"{exc} (Prometheus log: {prometheus.log_file})") from None
+        context.log.info(f"Prometheus at {prometheus.url}: {expected_rules} rules loaded, targets up: {targets_up}")
+    value = Monitoring(
+        out_dir=str(out),
+        files=sorted(files),
+        content_hash=render_module.content_hash(files),
+        prometheus_url=prometheus.url if prometheus.serve else None,
+        targets_up=targets_up,
+    )
+    return dg.Output(
+        value,
+        data_version=dg.DataVersion(value.content_hash),
+        metadata={
+            "out_dir": dg.MetadataValue.path(str(out)),
+            "files": dg.MetadataValue.json(value.files),
+            "rule_count": expected_rules,
+            "alerts": ", ".join(sorted(alert_names(groups))),
+            "dashboards": ", ".join(p for p in value.files if p.startswith("dashboards/")),
+            "prometheus_url": dg.MetadataValue.url(prometheus.url) if prometheus.serve else "not run (container targets: Ansible roles)",
+            "targets_up": dg.MetadataValue.json(targets_up),
+            "training_class_ratios": dg.MetadataValue.json({k: round(v, 4) for k, v in profile.class_ratios.items()}),
+            "content_hash": value.content_hash,
+        },
+    )

@@ -1,0 +1,250 @@
+"""Live verification of the monitoring, instead of a Grafana server (none can run here): the
+`dashboards` asset renders and checks the files and starts a real Prometheus (Debian's, as
+the current user, on a free loopback port) scraping the session's real Ray Serve API; under a
+short bounded load to 127.0.0.1, every PromQL expression of every dashboard panel and every
+rule runs against it:
+
+- panel queries of the API and model dashboards parse and return data;
+- rule expressions evaluate without error and each of their selectors matches live series
+  (except the 5xx selectors: a healthy API answers none; the same metric must exist);
+- no expression names a metric the API did not export during the test (recording-rule
+  outputs `level:metric:op` and Prometheus' own `up` aside; the hosts dashboard reads
+  node_exporter's `node_*` metrics, which no local target exports: its queries must parse).
+"""
+
+import json
+import random
+import re
+import threading
+import time
+
+import dagster as dg
+import pytest
+import requests
+import yaml
+
+from mlops_assets.monitoring import API_JOB, promql, render
+from mlops_assets_tests.serving_fixtures import as_instances, free_ports
+
+pytestmark = pytest.mark.timeout(600)
+
+RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval becomes (scrapes here are every second)
+LOAD_SECONDS = 20
+# Matchers that select nothing in a healthy API; the selector is checked without them.
+EMPTY_WHEN_HEALTHY = ['status_code=~"5.."']
+# Documented by the serving issue but evicted by Ray's exporter when set only once (a Ray
+# gauge not re-set within two export intervals disappears): checked when exported.
+GAUGES_SET_ONCE = {"ray_mlops_api_model_info"}
+
+
+class BoundedLoad:
+    """A few threads sending good, rejected and probe requests to 127.0.0.1 for `seconds`."""
+
+    def __init__(self, api_url: str, rows: list[dict], seconds: float, workers: int = 3) -> None:
+        self.api_url, self.rows, self.seconds = api_url, rows, seconds
+        self.statuses: dict[int | str, int] = {}
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(seed,), daemon=True) for seed in range(workers)]
+
+    def _send(self, session: requests.Session, rnd: random.Random, n: int) -> int:
+        if n % 20 == 7:
+            return session.post(f"{self.api_url}/predict", json={"instances": [{"no_such_feature": 1}]}, timeout=30).status_code
+        if n % 97 == 13:
+            body = b'{"instances": [' + b" " * (1024 * 1024 + 10) + b"]}"
+            headers = {"Content-Type": "application/json"}
+            return session.post(f"{self.api_url}/predict", data=body, headers=headers, timeout=30).status_code
+        if n % 25 == 3:
+            return session.get(f"{self.api_url}/readyz", timeout=30).status_code
+        batch = rnd.sample(self.rows, k=rnd.randint(1, 5))
+        return session.post(f"{self.api_url}/predict", json={"instances": batch}, timeout=30).status_code
+
+    def _run(self, seed: int) -> None:
+        rnd, session, n = random.Random(seed), requests.Session(), seed
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            n += 1
+            try:
+                status = self._send(session, rnd, n)
+            except requests.RequestException as exc:  # counted: the test asserts on them
+                status, session = type(exc).__name__, requests.Session()
+            with self._lock:
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+            time.sleep(0.01)  # a modest load: the 2 cores are shared with the API
+
+    def start(self) -> "BoundedLoad":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def join(self) -> dict[int, int]:
+        for thread in self._threads:
+            thread.join(timeout=self.seconds + 60)
+        return self.statuses
+
+
+@pytest.fixture(scope="module")
+def live(serving_api, test_split, tmp_path_factory):
+    """The `dashboards` asset run against the session API, its Prometheus, and load."""
+    from mlops_assets.assets.deployment import DeployedApi
+    from mlops_assets.assets.monitoring import DashboardsConfig, dashboards
+    from mlops_assets.ml.data import DEFAULT_SOURCE, DEFAULT_TARGET, SplitSpec, build_dataset
+    from mlops_assets.resources.prometheus import LocalPrometheus
+
+    (port,) = free_ports(1)
+    prometheus = LocalPrometheus(state_dir=str(tmp_path_factory.mktemp("prometheus")), port=port)
+    out = tmp_path_factory.mktemp("monitoring")
+    api = DeployedApi(
+        url=serving_api.url,
+        metrics_url=serving_api.metrics_url,
+        model_name=serving_api.model_name,
+        model_version=serving_api.versions[-1],
+        action="deployed",
+    )
+    dataset = build_dataset(DEFAULT_SOURCE, DEFAULT_TARGET, SplitSpec())
+    config = DashboardsConfig(out_dir=str(out), scrape_interval="1s", evaluation_interval="1s")
+    x_test, _ = test_split
+    load = BoundedLoad(serving_api.url, as_instances(x_test), LOAD_SECONDS).start()
+    try:
+        started = time.monotonic()
+        output = dashboards(dg.build_asset_context(), config=config, prometheus=prometheus, deployed_api=api, dataset=dataset)
+        asset_seconds = time.monotonic() - started
+        statuses = load.join()
+        # Ray's exporter lags the app by a few seconds: wait until the app's own series and
+        # the recording rules built on them are in Prometheus.
+        prometheus.wait_until(
+            lambda: prometheus.query(f'sum(ray_mlops_api_predictions_total{{job="{API_JOB}"}})')
+            and prometheus.query("mlops_api:prediction_class_drift:tvd1h")
+            and prometheus.query("mlops_api:feature_mean_shift:zscore1h")
+            and prometheus.query('ray_serve_num_http_requests_total{status_code="422"}'),
+            timeout_s=90,
+            what="the API's series and the recording rules",
+        )
+        time.sleep(3)  # a few more scrapes and rule evaluations after the last request
+        yield {"output": output, "prometheus": prometheus, "out": out, "statuses": statuses, "asset_seconds": asset_seconds}
+    finally:
+        load.join()
+        prometheus.stop()
+
+
+def _panel_queries(out) -> dict[str, list[tuple[str, str]]]:
+    """dashboard file -> [(panel title, expr)], $__rate_interval substituted."""
+    found = {}
+    for path in sorted((out / "dashboards").glob("*.json")):
+        panels = json.loads(path.read_text())["panels"]
+        found[path.name] = [
+            (panel["title"], target["expr"].replace("$__rate_interval", RATE_INTERVAL))
+            for panel in panels
+            for target in panel.get("targets", [])
+        ]
+    return found
+
+
+def _rules(out) -> list[dict]:
+    return [
+        rule
+        for path in sorted((out / render.RULES_DIR).glob("*.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
+
+
+def _exported_names(prometheus) -> set[str]:
+    """Every metric name Prometheus scraped from the API during the test."""
+    return {s["__name__"] for s in prometheus.series(f'{{job="{API_JOB}"}}', lookback_s=900)}
+
+
+def _recorded_names(out) -> set[str]:
+    return {rule["record"] for rule in _rules(out) if "record" in rule}
+
+
+def test_the_asset_provisions_prometheus(live):
+    output, prometheus = live["output"], live["prometheus"]
+    meta = output.metadata
+    assert meta["rule_count"].value == len(_rules(live["out"])) > 10
+    assert meta["prometheus_url"].value == prometheus.url
+    assert meta["targets_up"].data and all(meta["targets_up"].data.values())
+    assert output.data_version.value == render.content_hash({p: (live["out"] / p).read_text() for p in output.value.files})
+    loaded = {rule["name"] for group in prometheus.rule_groups() for rule in group["rules"]}
+    assert {r.get("alert") or r["record"] for r in _rules(live["out"])} == loaded
+    # The load produced what the panels need: answers, rejected inputs, an oversized body.
+    statuses = live["statuses"]
+    assert statuses.get(200, 0) > 50 and statuses.get(422) and statuses.get(413), statuses
+    assert set(statuses) <= {200, 413, 422}, f"failed requests or server errors: {statuses}"
+
+
+@pytest.mark.parametrize("dashboard", ["mlops-api.json", "mlops-model.json"])
+def test_every_panel_query_returns_data(live, dashboard):
+    prometheus = live["prometheus"]
+    exported = _exported_names(prometheus)
+    allowed = exported | _recorded_names(live["out"]) | {"up"}
+    empty, foreign, skipped = [], [], []
+    for title, expr in _panel_queries(live["out"])[dashboard]:
+        names = promql.metric_names(expr)
+        if names & GAUGES_SET_ONCE - exported:
+            skipped.append(title)
+            continue
+        foreign += [f"{title}: {name}" for name in names - allowed]
+        if not prometheus.query(expr):  # raises on a parse or evaluation error
+            empty.append(f"{title}: {expr}")
+    assert not foreign, f"panels name metrics the API does not export: {foreign}"
+    assert not empty, f"panel queries with no data: {empty}"
+    assert len(skipped) <= 1, skipped
+
+
+def test_hosts_dashboard_queries_parse(live):
+    # No node_exporter is scraped locally (README, Monitoring): the queries must still be valid
+    # PromQL, read only node_exporter's metrics and `up`, and filter on the `node` job.
+    for title, expr in _panel_queries(live["out"])["mlops-hosts.json"]:
+        live["prometheus"].query(expr)
+        for selector in promql.selectors(expr):
+            assert selector.name.startswith("node_") or selector.name == "up", (title, selector)
+            assert 'job="node"' in selector.matchers, (title, selector)
+
+
+def test_every_rule_evaluates_and_its_selectors_match_live_series(live):
+    prometheus = live["prometheus"]
+    exported = _exported_names(prometheus)
+    allowed = exported | _recorded_names(live["out"]) | {"up"}
+    unmatched, foreign = [], []
+    for rule in _rules(live["out"]):
+        name = rule.get("alert") or rule["record"]
+        prometheus.query(rule["expr"])  # raises on a parse or evaluation error
+        for selector in promql.selectors(rule["expr"]):
+            foreign += [f"{name}: {selector.name}"] if selector.name not in allowed else []
+            matchers = selector.matchers
+            for empty in EMPTY_WHEN_HEALTHY:
+                matchers = re.sub(r",?\s*" + re.escape(empty), "", matchers).strip(", ")
+            text = f"{selector.name}{{{matchers}}}" if matchers else selector.name
+            if not prometheus.series(text, lookback_s=900):
+                unmatched.append(f"{name}: {text}")
+    assert not foreign, f"rules name metrics the API does not export: {foreign}"
+    assert not unmatched, f"rule selectors matching no live series: {unmatched}"
+
+
+def test_recorded_training_reference_and_served_distribution(live):
+    prometheus = live["prometheus"]
+    training = {r["metric"]["predicted_class"]: float(r["value"][1]) for r in prometheus.query("mlops_model:training_class_ratio")}
+    assert set(training) == {"Adelie", "Chinstrap", "Gentoo"} and sum(training.values()) == pytest.approx(1, abs=1e-4)
+    served = {r["metric"]["predicted_class"]: float(r["value"][1]) for r in prometheus.query("mlops_api:prediction_class_ratio:rate1h")}
+    assert served and sum(served.values()) == pytest.approx(1, abs=1e-6)
+    (tvd,) = prometheus.query("mlops_api:prediction_class_drift:tvd1h")
+    # Test rows are a stratified sample: the served classes are close to the training shares.
+    assert 0 <= float(tvd["value"][1]) < 0.25
+    shifts = {r["metric"]["feature"]: float(r["value"][1]) for r in prometheus.query("mlops_api:feature_mean_shift:zscore1h")}
+    assert shifts and all(abs(z) < 2 for z in shifts.values()), shifts
+
+
+def test_model_info_gauge_is_exported(live):
+    """The model-version panel reads ray_mlops_api_model_info; Ray drops a gauge that is not
+    re-set within two export intervals, so the app must refresh it (serving issue)."""
+    if "ray_mlops_api_model_info" not in _exported_names(live["prometheus"]):
+        pytest.xfail("ray_mlops_api_model_info is not exported: the app sets the gauge once, Ray evicts it")
+    (info,) = live["prometheus"].query(f'max by (model_version) (ray_mlops_api_model_info{{job="{API_JOB}"}}) == 1')
+    assert info["metric"]["model_version"]
+
+
+def test_reload_keeps_the_same_server(live):
+    prometheus = live["prometheus"]
+    pid = prometheus.pid()
+    assert prometheus.ensure_running(live["out"] / render.CONFIG_FILE) is False
+    assert prometheus.pid() == pid and prometheus._ready()
