@@ -43,11 +43,14 @@ output "ansible_inventory" {
   description = "Ansible inventory (YAML/JSON inventory structure): groups api and monitoring, one host each, with the ports the roles need. Write it as JSON or YAML and pass it to ansible-playbook -i."
   value = {
     all = {
-      vars = {
-        ansible_user = var.ssh_user
-        api_port     = var.api_port
-        metrics_port = var.metrics_port
-      }
+      vars = merge(
+        {
+          ansible_user = var.ssh_user
+          api_port     = var.api_port
+          metrics_port = var.metrics_port
+        },
+        var.ssh_private_key_file == null ? {} : { ansible_ssh_private_key_file = var.ssh_private_key_file },
+      )
       children = {
         api = {
           hosts = {

@@ -124,6 +124,12 @@ variable "ssh_user" {
   default     = "admin"
 }
 
+variable "ssh_private_key_file" {
+  description = "Path of the private key that matches ssh_public_key on the machine that runs Ansible; written into the inventory as ansible_ssh_private_key_file when set. Null: Ansible's default keys or agent."
+  type        = string
+  default     = null
+}
+
 variable "inventory_address" {
   description = "Which address the Ansible inventory connects to: public (from the admin network) or private (from inside the VPC, a bastion or a VPN)."
   type        = string

@@ -77,7 +77,9 @@ def test_sim_target_applies_to_the_emulator_then_changes_nothing_then_destroys(s
         # The rehearsal inventory connects to the private addresses the emulator reports.
         api_host = next(iter(outputs["ansible_inventory"]["all"]["children"]["api"]["hosts"].values()))
         assert api_host["ansible_host"] == outputs["api_private_ip"]
-        assert (sim_home / "rehearsal" / "ssh" / "id_ed25519").stat().st_mode & 0o077 == 0
+        key = sim_home / "rehearsal" / "ssh" / "id_ed25519"
+        assert key.stat().st_mode & 0o077 == 0
+        assert outputs["ansible_inventory"]["all"]["vars"]["ansible_ssh_private_key_file"] == str(key)
 
         second = _materialize(defs, instance)
         second_md = _materialization(second).metadata

@@ -84,6 +84,7 @@ def test_apply_no_change_plan_outputs_drift_and_destroy(emulator, tmp_path):
     api_host = next(iter(inventory["children"]["api"]["hosts"].values()))
     assert api_host["ansible_host"] == outputs["api_public_ip"] and api_host["private_ip"] == outputs["api_private_ip"]
     assert inventory["vars"]["ansible_user"] == "admin"
+    assert "ansible_ssh_private_key_file" not in inventory["vars"]
 
     second = tofu.provision(log.append)
     assert second.applied is False and second.plan_summary == {"add": 0, "change": 0, "remove": 0}

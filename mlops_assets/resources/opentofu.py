@@ -387,6 +387,7 @@ class RehearsalOpenTofu(OpenTofu):
             "admin_cidr": "127.0.0.1/32",
             "api_client_cidrs": ["127.0.0.0/8"],
             "ssh_public_key": key.with_suffix(".pub").read_text().strip(),
+            "ssh_private_key_file": str(key),
             "inventory_address": "private",
         }
 
