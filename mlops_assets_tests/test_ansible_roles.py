@@ -231,3 +231,64 @@ def test_grafana_role_renders_its_configuration(hosts, ansible, inventory, tmp_p
     assert sorted(hosts.exec("monitoring", f"ls {base}/dashboards").stdout.split()) == dashboards
     # Render only: no Grafana container, no image was asked for.
     assert "grafana" not in hosts.exec("monitoring", "docker ps -a --format '{{.Names}}'").stdout
+
+
+def test_unreachable_host_is_named_with_its_task(hosts, ansible):
+    """An address of the test subnet where no host answers: the failure names it."""
+    ghost = str(hosts.subnet[99])
+    inventory = {"all": {"vars": {"ansible_user": "admin"}, "children": {"api": {"hosts": {"ghost": {"ansible_host": ghost}}}}}}
+    with pytest.raises(AnsibleError) as failure:
+        ansible.run_playbook(inventory, "tests/docker.yml", extra_vars={"ansible_ssh_timeout": 3})
+    assert "ghost unreachable at task 'Gathering Facts'" in str(failure.value)
+    assert failure.value.result.per_host["ghost"]["unreachable"] == 1
+    assert not list(Path(ansible.work_dir).glob("run-*/env/extravars"))  # extra vars (secrets) not left behind
+
+
+def test_deployed_hosts_then_the_api_through_the_asset_code(hosts, ansible, inventory, engine, tmp_path):
+    """deployed_hosts runs site.yml's base plays (the sim target's settings: Prometheus from the
+    local archive, Grafana rendered only); a second materialization changes nothing and keeps
+    the data version. Then deploy_api_to_hosts ships the image and predicts through the API
+    host's address."""
+    import dagster as dg
+
+    from mlops_assets.assets.hosts import deploy_api_to_hosts, deployed_hosts
+    from mlops_assets.resources.ansible import RehearsalAnsible
+    from mlops_assets_tests.rehearsal.images import build_test_api_image, save_archive
+
+    rendered = rendered_monitoring_files(tmp_path)
+    resource = RehearsalAnsible(
+        playbook_dir=ansible.playbook_dir, work_dir=ansible.work_dir, private_key_file=ansible.private_key_file,
+        known_hosts_file=ansible.known_hosts_file, host_key_checking="strict", project_root=str(PROJECT_ROOT),
+        secret_extra_vars_env={"grafana_admin_password": "MLOPS_TEST_UNSET_GRAFANA_PASSWORD"},
+        generated_secrets_dir=str(tmp_path / "secrets"),
+        extra_vars={"prometheus_rule_files_dir": str(rendered / "prometheus/rules"),
+                    "grafana_dashboards_src_dir": str(rendered / "dashboards")},
+    )
+    @dg.asset(name="tofu_state")
+    def fake_tofu_state() -> dict:
+        return {"ansible_inventory": inventory}
+
+    versions, per_host = [], []
+    with dg.instance_for_test() as instance:
+        for attempt in ("first", "second"):
+            started = time.monotonic()
+            result = dg.materialize([fake_tofu_state, deployed_hosts], resources={"ansible": resource}, instance=instance)
+            TIMINGS[f"deployed_hosts_{attempt}_s"] = round(time.monotonic() - started, 2)
+            assert result.success
+            materialization = result.asset_materializations_for_node("deployed_hosts")[0]
+            versions.append(materialization.tags["dagster/data_version"])
+            per_host.append(materialization.metadata["per_host"].value)
+            kept = materialization.metadata["data_version_kept"].value
+            value = result.output_for_node("deployed_hosts")
+    assert set(per_host[1]) == {"api", "monitoring"}
+    assert all(counts["changed"] == 0 and counts["failed"] == 0 for counts in per_host[1].values()), per_host[1]
+    assert kept and versions[1] == versions[0]  # changed=0: the data version stays
+    assert value.prometheus_url == f"http://{hosts.address('monitoring')}:9090"
+
+    image = build_test_api_image(engine)
+    started = time.monotonic()
+    deployed = deploy_api_to_hosts(resource, value, image_ref=image, model_version="1", image_archive=str(save_archive(engine, image)),
+                                   instances=[{"bill_length_mm": 39.1}], log=print)
+    TIMINGS["deploy_api_s"] = round(time.monotonic() - started, 2)
+    assert deployed.url == f"http://{hosts.address('api')}:8000"
+    assert deployed.smoke_answer["model"]["version"] == "1"
