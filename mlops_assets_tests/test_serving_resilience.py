@@ -36,8 +36,10 @@ def test_champion_switch_under_load_fails_no_request(serving_api, body):
     version = _new_champion_version(serving_api)
     with Load(f"{serving_api.url}/predict", body, workers=8) as load:
         time.sleep(2)
+        # Replicas resolve this one through MLflow themselves (the fixture deployed a folder).
         deployment = serving_api.resource.deploy(
-            f"models:/{serving_api.model_name}/{version}", version, tracking_uri=serving_api.tracking_uri
+            f"models:/{serving_api.model_name}/{version}", version, tracking_uri=serving_api.tracking_uri,
+            transport="registry",
         )
         time.sleep(2)
     serving_api.versions.append(version)

@@ -46,19 +46,32 @@ class ModelSource:
 
     model_uri: str  # an MLflow URI or a local folder
     tracking_uri: str | None = None  # for `models:/` and `runs:/` URIs
+    # For a folder: the registry name and version it holds (else read from the folder's
+    # registered_model_meta, which names the version the artifacts were first registered as).
+    name: str | None = None
+    version: str | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ModelSource":
         if not config or not config.get("model_uri"):
             raise ModelSourceError("user_config needs `model_uri`: an MLflow model URI or a model folder")
-        return cls(model_uri=str(config["model_uri"]), tracking_uri=config.get("tracking_uri") or None)
+        return cls(
+            model_uri=str(config["model_uri"]),
+            tracking_uri=config.get("tracking_uri") or None,
+            name=config.get("model_name") or None,
+            version=str(config["model_version"]) if config.get("model_version") is not None else None,
+        )
 
     @property
     def is_folder(self) -> bool:
         return "://" not in self.model_uri and ":/" not in self.model_uri
 
     def to_config(self) -> dict[str, Any]:
-        return {"model_uri": self.model_uri, **({"tracking_uri": self.tracking_uri} if self.tracking_uri else {})}
+        config: dict[str, Any] = {"model_uri": self.model_uri}
+        for key, value in (("tracking_uri", self.tracking_uri), ("model_name", self.name), ("model_version", self.version)):
+            if value:
+                config[key] = value
+        return config
 
 
 @dataclass
@@ -197,7 +210,7 @@ def load(source: ModelSource, cache_dir: str | Path | None = None) -> LoadedMode
     if source.is_folder:
         if not Path(source.model_uri).is_dir():
             raise ModelSourceError(f"model folder {source.model_uri!r} does not exist")
-        return load_folder(source.model_uri)
+        return load_folder(source.model_uri, source.name, source.version)
     import shutil
 
     destination = Path(tempfile.mkdtemp(prefix="mlops-model-", dir=cache_dir))

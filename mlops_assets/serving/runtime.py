@@ -104,6 +104,9 @@ class RayServeRuntime:
             **({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if self.host in ("127.0.0.1", "localhost") else {}),
             # One OpenMP thread per process (see model.limit_threads) from the very start.
             "OMP_NUM_THREADS": "1",
+            # Ray processes run many threads; glibc gives each its own malloc arena (up to 8
+            # per core), most of it never returned. Two arenas keep the stack under 1 GiB PSS.
+            "MALLOC_ARENA_MAX": "2",
             # No idle Python workers waiting for tasks that never come: ~100 MB each.
             "RAY_enable_worker_prestart": "0",
             "RAY_prestart_worker_first_driver": "0",
@@ -163,6 +166,10 @@ class RayServeRuntime:
             f"--ray-client-server-port={self.client_port}",
             f"--metrics-export-port={self.metrics_port}",
             "--include-dashboard=false",
+            # Single node: no autoscaler monitor, no log forwarding to drivers (the logs stay
+            # in files under ray_dir). About 100 MiB less.
+            "--no-monitor",
+            "--include-log-monitor=false",
             f"--dashboard-host={self.host}",
             f"--num-cpus={self.num_cpus}",
             f"--temp-dir={self.ray_dir}",
@@ -226,7 +233,7 @@ def _signal(pids: list[int], sig: int) -> None:
             pass
 
 
-def stop_instance(runtime: RayServeRuntime, timeout_s: float = 15.0) -> int:
+def stop_instance(runtime: RayServeRuntime, timeout_s: float = 8.0) -> int:
     """Stop the instance's processes: SIGTERM, then SIGKILL what is left. Returns how many."""
     import signal
     import time
