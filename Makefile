@@ -20,6 +20,9 @@ install: $(VENV)/.installed
 
 run: install ## materialize the whole asset graph for MLOPS_TARGET (default local)
 	@scripts/setup_prometheus.sh
+	@# A Docker-compatible engine for container_image (Podman on Debian as root); without
+	@# one the asset records a labelled skip that says how to get one.
+	@bash scripts/setup_podman.sh || echo "make run: no container engine; container_image will be skipped (see above)"
 	$(BIN)/python -m mlops_assets.cli run
 
 test: install ## the whole test suite

@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     # The full package: the roles use community.docker and ansible.posix (Galaxy is unreachable).
     "ansible==12.3.0",
     "docker==7.2.0",
+    "boto3==1.44.8",  # ECR login when container_image pushes the API image (aws target)
     "requests>=2.31",
     # Dashboards as code (mlops_assets/monitoring); the odd version is the SDK's own scheme:
     # build timestamp as epoch, then the Grafana version it was generated for.

@@ -25,7 +25,7 @@ RUN python3 -m venv /opt/venv \
  && rm -rf jars rllib dashboard/client/build
 
 FROM ${BASE_IMAGE}
-RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/api --shell /usr/sbin/nologin api
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/api --shell /usr/sbin/nologin api
 COPY --from=builder /opt/venv /opt/venv
 COPY app/ /opt/app/
 COPY model/ /opt/model/

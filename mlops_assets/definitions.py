@@ -12,6 +12,7 @@ from mlops_assets.assets.data import dataset, dataset_source
 from mlops_assets.assets.deployment import deployed_api
 from mlops_assets.assets.hosts import deployed_hosts
 from mlops_assets.assets.infrastructure import destroy_infrastructure, tofu_state
+from mlops_assets.assets.packaging import container_image
 from mlops_assets.assets.monitoring import dashboards
 from mlops_assets.assets.training import candidate_models, selected_model
 from mlops_assets.automation import build_automation
@@ -20,7 +21,7 @@ from mlops_assets.settings import load_settings
 from mlops_assets.targets import resources_for
 
 SOURCE_ASSETS = [dataset_source]
-ASSETS = [*SOURCE_ASSETS, dataset, candidate_models, selected_model, tofu_state, deployed_hosts, deployed_api, dashboards]
+ASSETS = [*SOURCE_ASSETS, dataset, candidate_models, selected_model, container_image, tofu_state, deployed_hosts, deployed_api, dashboards]
 
 # `make run` materializes this job: the whole graph for the chosen target.
 materialize_all = dg.define_asset_job("materialize_all", selection=dg.AssetSelection.all())

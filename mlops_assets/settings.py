@@ -34,6 +34,8 @@ class Settings:
     drift_threshold: float = 0.25
     drift_window: str = "1h"
     drift_cooldown_minutes: float = 60.0
+    # Container image (assets/packaging.py): registry to push to in the aws target, e.g. ECR.
+    image_registry: str | None = None
 
     @property
     def dagster_home(self) -> Path:
@@ -74,6 +76,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         drift_threshold=_number(env, "MLOPS_DRIFT_THRESHOLD", 0.25),
         drift_window=env.get("MLOPS_DRIFT_WINDOW") or "1h",
         drift_cooldown_minutes=_number(env, "MLOPS_DRIFT_COOLDOWN_MINUTES", 60.0),
+        image_registry=env.get("MLOPS_IMAGE_REGISTRY") or None,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import dagster as dg
 
 from mlops_assets.resources.ansible import Ansible, RehearsalAnsible
+from mlops_assets.resources.container_engine import ContainerEngine
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.prometheus_api import PrometheusApi
 from mlops_assets.resources.opentofu import OpenTofu, RehearsalOpenTofu, ThisMachine
@@ -75,6 +76,14 @@ def resources_for(settings: Settings) -> dict[str, Any]:
     resources["infrastructure"] = infrastructure_for(settings)
     # Configures the hosts tofu_state describes (deployed_hosts, and deployed_api in container targets).
     resources["ansible"] = ansible_for(settings)
+    # The API image: built wherever an engine answers; the local target can do without it
+    # (a labelled skip), sim saves an archive for its registry-less hosts, aws pushes to
+    # MLOPS_IMAGE_REGISTRY (or saves an archive when none is set).
+    resources["container_engine"] = ContainerEngine(
+        required=settings.target != "local",
+        save_archive=settings.target == "sim" or (settings.target == "aws" and not settings.image_registry),
+        registry=settings.image_registry if settings.target == "aws" else None,
+    )
     # The prediction API: a local Ray instance on loopback (API :8000, metrics :8080); the
     # container targets replace it with the image on the hosts.
     resources["ray_serve"] = RayServe(state_dir=str(settings.home / "serving"))

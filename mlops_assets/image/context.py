@@ -49,8 +49,7 @@ def hash_files(root: Path, files: list[Path]) -> str:
 def app_files(serving_dir: Path = SERVING_DIR) -> list[tuple[Path, Path]]:
     """(source, path inside app/) of the code the image runs: the serving package and the
     package's __init__ (which imports nothing)."""
-    package = serving_dir.parent
-    pairs = [(package / "__init__.py", Path("mlops_assets/__init__.py"))]
+    pairs = [(PACKAGE_DIR / "__init__.py", Path("mlops_assets/__init__.py"))]
     pairs += [(f, Path("mlops_assets/serving") / f.relative_to(serving_dir)) for f in _files(serving_dir)]
     return pairs
 

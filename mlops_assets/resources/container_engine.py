@@ -12,6 +12,7 @@ for ECR the login token comes from boto3 with the usual AWS credentials.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import time
 from collections import deque
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 PODMAN_DOCKER_HOST = "unix:///run/mlops-podman/podman.sock"  # scripts/setup_podman.sh
 DOCKER_SOCKET = "unix:///var/run/docker.sock"
@@ -75,6 +76,8 @@ class ContainerEngine(dg.ConfigurableResource):
     )
     save_archive: bool = Field(default=False, description="Also `docker save` the image under MLOPS_HOME/images/.")
 
+    _last_error: str | None = PrivateAttr(default=None)
+
     # -- connection ----------------------------------------------------------------------------
     def candidates(self) -> list[str]:
         if self.docker_host:
@@ -89,13 +92,29 @@ class ContainerEngine(dg.ConfigurableResource):
         for host in self.candidates():
             if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
                 continue
-            try:
-                with docker.DockerClient(base_url=host, timeout=10) as client:
-                    if client.ping():
-                        return host
-            except Exception:
-                continue
+            # A busy engine (an import or a save in progress on a loaded machine) may answer
+            # slowly: a few tries before calling it absent.
+            for attempt in range(3):
+                try:
+                    client = docker.DockerClient(base_url=host, timeout=30)
+                    try:
+                        if client.ping():
+                            return host
+                    finally:
+                        client.close()
+                except Exception as exc:
+                    self._last_error = f"{host}: {type(exc).__name__}: {str(exc)[:300]}"
+                    time.sleep(1 + attempt)
         return None
+
+    @contextlib.contextmanager
+    def connected(self):
+        """A client of the engine, closed afterwards."""
+        client = self.client()
+        try:
+            yield client
+        finally:
+            client.close()
 
     def client(self):
         import docker
@@ -103,7 +122,8 @@ class ContainerEngine(dg.ConfigurableResource):
         host = self.reachable_host()
         if host is None:
             raise EngineUnavailableError(
-                f"no Docker-compatible engine answers (tried {', '.join(self.candidates())}). {HOW_TO_GET_AN_ENGINE}"
+                f"no Docker-compatible engine answers (tried {', '.join(self.candidates())}"
+                f"{'; last error ' + self._last_error if self._last_error else ''}). {HOW_TO_GET_AN_ENGINE}"
             )
         return docker.DockerClient(base_url=host, timeout=self.timeout_s)
 
@@ -115,7 +135,7 @@ class ContainerEngine(dg.ConfigurableResource):
         """The engine's image `ref`, or None."""
         import docker
 
-        with self.client() as client:
+        with self.connected() as client:
             try:
                 return client.images.get(ref)
             except docker.errors.ImageNotFound:
@@ -131,7 +151,7 @@ class ContainerEngine(dg.ConfigurableResource):
 
         from mlops_assets import offline_base
 
-        with self.client() as client:
+        with self.connected() as client:
             try:
                 client.images.get(preferred)
                 return preferred
@@ -163,7 +183,7 @@ class ContainerEngine(dg.ConfigurableResource):
         lines = 0
         started = last_progress = time.monotonic()
         error = None
-        with self.client() as client:
+        with self.connected() as client:
             try:
                 stream = client.api.build(
                     path=str(context_dir), tag=ref, buildargs=build_args, rm=True, forcerm=True, decode=True, pull=False
@@ -204,7 +224,7 @@ class ContainerEngine(dg.ConfigurableResource):
         """`docker save` of `ref` into `archive` (written beside, then renamed: never half)."""
         archive.parent.mkdir(parents=True, exist_ok=True)
         partial = archive.with_name(archive.name + ".partial")
-        with self.client() as client:
+        with self.connected() as client:
             image = client.images.get(ref)
             with open(partial, "wb") as handle:
                 for chunk in image.save(named=ref):
@@ -237,7 +257,7 @@ class ContainerEngine(dg.ConfigurableResource):
         nothing else is re-tagged) and push it. Returns the remote reference."""
         remote = self.remote_ref(tag)
         repository, _, remote_tag = remote.rpartition(":")
-        with self.client() as client:
+        with self.connected() as client:
             client.images.get(self.ref(tag)).tag(repository, remote_tag)
             errors = []
             for chunk in client.api.push(repository, tag=remote_tag, auth_config=self._auth_config(), stream=True, decode=True):

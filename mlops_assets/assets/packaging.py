@@ -1,0 +1,209 @@
+"""`container_image`: the prediction API as a container image, with the champion baked in.
+
+docker/api.Dockerfile, built through the `container_engine` resource (the Docker Engine API of
+Docker or Podman). The image's tag is a hash of what goes in (model name, version and files,
+serving code, Dockerfile, pinned requirements, base image; see mlops_assets/image/context.py),
+and it is the asset's data version: when the engine already has the tag nothing is built.
+A build only ever creates the new tag, so a failed build leaves the last good image as it was.
+
+Per target (targets.py): `local` builds when an engine answers and otherwise records a
+labelled skip saying how to get one (the local API runs on Ray directly and does not need the
+image); `sim` and `aws` need the image: no engine fails the asset. `sim` saves the image to an
+archive under MLOPS_HOME/images/ for hosts without a registry; `aws` pushes it to the
+configured registry (MLOPS_IMAGE_REGISTRY, e.g. ECR), or saves an archive when none is set.
+"""
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import yaml
+from pydantic import Field
+
+from mlops_assets import image as image_package
+from mlops_assets import serving
+from mlops_assets.image import context as image_context
+from mlops_assets.image.context import ContextError
+from mlops_assets.resources import container_engine as container_engine_module
+from mlops_assets.resources.container_engine import ContainerEngine, EngineUnavailableError, ImageBuildError
+from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.serving import model as model_lib
+from mlops_assets.settings import load_settings
+from mlops_assets.staleness import ALWAYS_CHECK_TAG
+from mlops_assets.versioning import code_version_of
+
+from .training import SelectedModel
+
+# The Dockerfile, the code the image runs and the code that assembles and builds it.
+IMAGE_CODE_VERSION = code_version_of(
+    image_context.DOCKERFILE, Path(serving.__file__).parent, Path(image_package.__file__).parent, container_engine_module
+)
+ARCHIVE_PREFIX = "mlops-api-"
+
+
+class ContainerImageConfig(dg.Config):
+    serving_dir: str | None = Field(
+        default=None,
+        description="Build from this copy of the mlops_assets/serving package instead of the installed one.",
+    )
+    dockerfile: str | None = Field(default=None, description="Build with this Dockerfile instead of docker/api.Dockerfile.")
+
+
+@dataclass(frozen=True)
+class ContainerImage:
+    """The `container_image` asset's value: the image that serves `model_version`."""
+
+    ref: str | None  # repository:tag in the engine; None when skipped
+    tag: str | None
+    model_name: str
+    model_version: str
+    base_image: str | None = None
+    image_id: str | None = None
+    size_bytes: int = 0
+    archive: str | None = None  # `docker load -i` this on a host without a registry
+    remote_ref: str | None = None  # where it was pushed
+    built: bool = False
+    skipped: str | None = None  # why nothing was built
+
+
+def _model_folder(selected: SelectedModel, tracking_uri: str, dest: Path) -> Path:
+    """The champion's MLflow model folder, with the registry name and version recorded in it
+    (`registered_model_meta`, which the API reports)."""
+    folder, _, _ = model_lib.download(model_lib.ModelSource(selected.model_uri, tracking_uri), dest)
+    meta = folder / "registered_model_meta"
+    wanted = {"model_name": selected.name, "model_version": str(selected.version)}
+    current = yaml.safe_load(meta.read_text()) if meta.is_file() else None
+    if current != wanted:
+        meta.write_text(yaml.safe_dump(wanted, sort_keys=True))
+    return folder
+
+
+def _prune_archives(folder: Path, keep: Path) -> None:
+    for old in folder.glob(f"{ARCHIVE_PREFIX}*.tar"):
+        if old != keep:
+            old.unlink(missing_ok=True)
+
+
+@dg.asset(
+    code_version=IMAGE_CODE_VERSION,
+    kinds={"docker", "podman"},
+    group_name="serving",
+    # Cheap when the tag exists; runs on every `make run` so that an engine that appeared
+    # since a skip (or an image removed by hand) is noticed.
+    tags={ALWAYS_CHECK_TAG: "true"},
+    description="The prediction API image with the champion baked in, tagged by a hash of its inputs.",
+)
+def container_image(
+    context: dg.AssetExecutionContext,
+    config: ContainerImageConfig,
+    container_engine: ContainerEngine,
+    mlflow: MlflowRegistry,
+    selected_model: SelectedModel,
+) -> dg.Output[ContainerImage]:
+    # What the container targets ship to their hosts. Nothing is rebuilt when the tag (the
+    # hash of what goes in) exists; a failed build never touches the previous image.
+    settings = load_settings()
+    images_dir = settings.home / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    if container_engine.reachable_host() is None:
+        message = (
+            f"no Docker-compatible engine answers (tried {', '.join(container_engine.candidates())}"
+            f"{'; last error ' + container_engine._last_error if container_engine._last_error else ''}). "
+            f"{container_engine_module.HOW_TO_GET_AN_ENGINE}"
+        )
+        if container_engine.required:
+            raise dg.Failure(description=f"container_image needs an engine in this target: {message}")
+        context.log.warning(f"SKIPPED building the API image: {message}")
+        return dg.Output(
+            ContainerImage(None, None, selected_model.name, selected_model.version, skipped=message),
+            data_version=dg.DataVersion(f"skipped:{selected_model.name}/{selected_model.version}"),
+            metadata={"status": "SKIPPED: no container engine", "how_to_get_an_engine": message},
+        )
+
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=images_dir))
+    try:
+        model_dir = _model_folder(selected_model, mlflow.tracking_uri, work / "download")
+        try:
+            base_image = container_engine.ensure_base_image(container_engine.base_image, log=context.log)
+            inputs = image_context.image_inputs(
+                model_dir,
+                selected_model.name,
+                str(selected_model.version),
+                base_image,
+                dockerfile=Path(config.dockerfile) if config.dockerfile else image_context.DOCKERFILE,
+                serving_dir=Path(config.serving_dir) if config.serving_dir else image_context.SERVING_DIR,
+            )
+        except (EngineUnavailableError, ContextError) as exc:
+            raise dg.Failure(description=str(exc)) from None
+        ref = container_engine.ref(inputs.tag)
+        existing = container_engine.image(ref)
+        if existing is not None:
+            context.log.info(f"{ref} exists (same model, code, Dockerfile, requirements and base): nothing to build")
+            built, build_seconds = False, 0.0
+            image_id, size = existing.id, int(existing.attrs.get("Size") or 0)
+        else:
+            context.log.info(f"building {ref} for {selected_model.name} version {selected_model.version} on {base_image}")
+            try:
+                context_dir = image_context.write_context(inputs, work / "context", image_context.default_wheel_cache(), context.log)
+                result = container_engine.build(context_dir, inputs.tag, inputs.build_args(), log=context.log)
+            except ContextError as exc:
+                raise dg.Failure(description=str(exc)) from None
+            except ImageBuildError as exc:
+                raise dg.Failure(
+                    description=f"{exc}\nThe previous image, if any, is unchanged.",
+                    metadata={"build_log_tail": dg.MetadataValue.md("```\n" + "\n".join(exc.log_tail) + "\n```")},
+                ) from None
+            built, build_seconds, image_id, size = True, result.seconds, result.image_id, result.size_bytes
+            context.log.info(f"built {ref} in {build_seconds:.0f}s: {size / 1e6:.0f} MB")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    archive = None
+    if container_engine.save_archive:
+        archive = images_dir / f"{ARCHIVE_PREFIX}{inputs.tag}.tar"
+        if not archive.is_file():
+            container_engine.save(ref, archive)
+            context.log.info(f"saved {ref} to {archive} ({archive.stat().st_size / 1e6:.0f} MB)")
+        _prune_archives(images_dir, archive)
+    remote = None
+    if container_engine.registry:
+        try:
+            remote = container_engine.push(inputs.tag, log=context.log)
+        except ImageBuildError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        context.log.info(f"pushed {remote}")
+
+    value = ContainerImage(
+        ref=ref,
+        tag=inputs.tag,
+        model_name=selected_model.name,
+        model_version=str(selected_model.version),
+        base_image=base_image,
+        image_id=image_id,
+        size_bytes=size,
+        archive=str(archive) if archive else None,
+        remote_ref=remote,
+        built=built,
+    )
+    metadata = {
+        "image": ref,
+        "tag": inputs.tag,
+        "status": "built" if built else "already built: nothing to do",
+        "rebuilt": built,
+        "size_mb": round(size / 1e6, 1),
+        "build_seconds": round(build_seconds, 1),
+        "total_seconds": round(time.monotonic() - started, 1),
+        "base_image": base_image,
+        "model_version": str(selected_model.version),
+        "inputs": dg.MetadataValue.json(inputs.hashes),
+        "engine": container_engine.reachable_host() or "",
+    }
+    if archive:
+        metadata["archive"] = dg.MetadataValue.path(str(archive))
+    if remote:
+        metadata["pushed"] = remote
+    return dg.Output(value, data_version=dg.DataVersion(inputs.tag), metadata=metadata)

@@ -1,0 +1,310 @@
+"""The prediction API inside a container: `python -m mlops_assets.serving.container` (the
+entrypoint of docker/api.Dockerfile); `... container healthcheck` is its HEALTHCHECK.
+
+Starts a single-node Ray instance (runtime.py: the same fast-path settings as the local
+target) whose every listener is on loopback, serves the MLflow model folder baked into the
+image, and opens exactly two ports on MLOPS_API_HOST (default 0.0.0.0, so that published
+ports work): the API, which is haproxy's frontend (the haproxy shim moves only that one bind
+off loopback), and the metrics, a small TCP forwarder to Ray's exporter on loopback. GCS,
+raylet, workers, replicas, haproxy's stats and metrics stay on 127.0.0.1.
+
+Stays in the foreground while Ray runs and exits when Ray exits (the container's restart
+policy takes over); SIGTERM stops Ray and exits 0. As PID 1 it forks once and reaps the
+orphans that Ray's daemons leave, so the image needs no init binary.
+
+Settings (environment; the image sets the first one):
+
+    MLOPS_MODEL_DIR             the MLflow model folder to serve (/opt/model in the image)
+    MLOPS_MODEL_VERSION         if set, the version the folder must hold (exit 2 otherwise)
+    MLOPS_API_HOST              address of the two public ports (0.0.0.0)
+    MLOPS_API_PORT              API port (8000)
+    MLOPS_METRICS_PORT          metrics port (8080): Prometheus text, Ray's and the API's series
+    MLOPS_RAY_METRICS_PORT      Ray's own exporter on loopback, behind the forwarder (9180)
+    MLOPS_NUM_REPLICAS          Serve replicas (2)
+    MLOPS_NUM_CPUS              CPUs Ray may use (the container's count)
+    MLOPS_MAX_ROWS, MLOPS_MAX_BODY_BYTES, MLOPS_BATCH_MAX_SIZE, MLOPS_BATCH_WAIT_S   see app.py
+    MLOPS_HAPROXY               1 (default): haproxy in front of the replicas; 0: Serve's proxy
+    MLOPS_OBJECT_STORE_BYTES    Ray's object store (128 MiB; the API passes no large objects)
+    MLOPS_STATE_DIR             Ray's and haproxy's files (/tmp/mlops-serving)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import deploy as serve_deploy
+from . import model as model_lib
+from .runtime import RayServeRuntime, stop_instance
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ContainerSettings:
+    model_dir: Path
+    expected_version: str | None
+    public_host: str
+    api_port: int
+    metrics_port: int
+    ray_metrics_port: int
+    num_replicas: int
+    num_cpus: int
+    haproxy: bool
+    object_store_bytes: int
+    state_dir: Path
+    app_options: dict
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "ContainerSettings":
+        def number(name: str, default, kind=int):
+            raw = env.get(name)
+            try:
+                return kind(raw) if raw not in (None, "") else default
+            except ValueError:
+                raise SystemExit(f"{name}={raw!r} is not a number (default {default})") from None
+
+        options = {
+            "max_rows": number("MLOPS_MAX_ROWS", 1000),
+            "max_body_bytes": number("MLOPS_MAX_BODY_BYTES", 1024 * 1024),
+            "batch_max_size": number("MLOPS_BATCH_MAX_SIZE", 16),
+            "batch_wait_s": number("MLOPS_BATCH_WAIT_S", 0.002, float),
+        }
+        return cls(
+            model_dir=Path(env.get("MLOPS_MODEL_DIR") or "/opt/model"),
+            expected_version=env.get("MLOPS_MODEL_VERSION") or None,
+            public_host=env.get("MLOPS_API_HOST") or "0.0.0.0",
+            api_port=number("MLOPS_API_PORT", 8000),
+            metrics_port=number("MLOPS_METRICS_PORT", 8080),
+            ray_metrics_port=number("MLOPS_RAY_METRICS_PORT", 9180),
+            num_replicas=number("MLOPS_NUM_REPLICAS", 2),
+            num_cpus=number("MLOPS_NUM_CPUS", os.cpu_count() or 1),
+            haproxy=(env.get("MLOPS_HAPROXY") or "1") not in ("0", "false", "no"),
+            object_store_bytes=number("MLOPS_OBJECT_STORE_BYTES", 128 * 1024 * 1024),
+            state_dir=Path(env.get("MLOPS_STATE_DIR") or "/tmp/mlops-serving"),
+            app_options=options,
+        )
+
+    @property
+    def internal_api_port(self) -> int:
+        """Where Serve's own proxy listens when haproxy is off (then forwarded like metrics)."""
+        return self.api_port if self.haproxy else self.api_port + 10000
+
+
+@dataclass(frozen=True)
+class ContainerRuntime(RayServeRuntime):
+    """RayServeRuntime with one public bind: haproxy's API frontend on `public_host`."""
+
+    public_host: str = "0.0.0.0"
+
+    def write_haproxy_shim(self) -> Path:
+        shim = super().write_haproxy_shim()
+        # After the shim's own rewrite (every `bind *:PORT` to loopback), move the API
+        # frontend's bind, and only it, to the public address.
+        public = (
+            f"    sed -i -E 's/^([[:space:]]*bind[[:space:]]+){self.host}:{self.api_port}([^0-9]|$)/"
+            f"\\1{self.public_host}:{self.api_port}\\2/' \"$arg\"\n"
+        )
+        lines = shim.read_text().splitlines(keepends=True)
+        at = next(i for i, line in enumerate(lines) if line.strip().startswith("sed -i"))
+        lines.insert(at + 1, public)
+        shim.write_text("".join(lines))
+        return shim
+
+
+def runtime_for(settings: ContainerSettings) -> ContainerRuntime:
+    return ContainerRuntime(
+        state_dir=settings.state_dir,
+        host=LOOPBACK,
+        api_port=settings.internal_api_port,
+        metrics_port=settings.ray_metrics_port,
+        num_cpus=settings.num_cpus,
+        haproxy=settings.haproxy,
+        public_host=settings.public_host,
+    )
+
+
+def serve_config_for(settings: ContainerSettings, runtime: RayServeRuntime) -> dict:
+    features = [{"name": f.name, "type": f.type} for f in model_lib.features_of_folder(settings.model_dir)]
+    args = {"features": features, "bind_host": LOOPBACK, **settings.app_options}
+    return serve_deploy.serve_config(
+        args,
+        model_lib.ModelSource(str(settings.model_dir)).to_config(),
+        runtime.http_options(),
+        num_replicas=settings.num_replicas,
+    )
+
+
+class Forwarder:
+    """TCP forwarding from a public port to a loopback one (the metrics port; the API too when
+    haproxy is off). Threads: scrapes are few and small."""
+
+    def __init__(self, host: str, port: int, target_port: int) -> None:
+        self.target_port = target_port
+        self.server = socket.create_server((host, port), reuse_port=False, backlog=128)
+        self.thread = threading.Thread(target=self._accept, daemon=True, name=f"forward-{port}")
+
+    def start(self) -> "Forwarder":
+        self.thread.start()
+        return self
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.server.accept()
+            threading.Thread(target=self._pair, args=(client,), daemon=True).start()
+
+    def _pair(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection((LOOPBACK, self.target_port), timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+        _pipe(client, upstream)
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+def _log(message: str) -> None:
+    print(f"mlops-api: {message}", file=sys.stderr, flush=True)
+
+
+def _wait_port(port: int, timeout_s: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"Ray exited with status {process.returncode} while starting")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((LOOPBACK, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"Ray's GCS did not open port {port} within {timeout_s:.0f}s")
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT arrived."""
+
+
+def serve(settings: ContainerSettings) -> int:
+    loaded = model_lib.load_folder(settings.model_dir)
+    if settings.expected_version and loaded.version != settings.expected_version:
+        _log(f"the image holds model {loaded.name} version {loaded.version}, not MLOPS_MODEL_VERSION="
+             f"{settings.expected_version}: run the image built for that version")
+        return 2
+    _log(f"serving {loaded.name} version {loaded.version} from {settings.model_dir}")
+    del loaded
+
+    runtime = runtime_for(settings)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **runtime.environment()}
+    command = [*runtime.start_command(), "--block", f"--object-store-memory={settings.object_store_bytes}"]
+    started = time.monotonic()
+    ray = subprocess.Popen(command, env=env)
+
+    def stop(signum, _frame) -> None:
+        # Not `ray start`'s own SIGTERM handling: it drains for 30 s, longer than an engine's
+        # default stop timeout (10 s). The replicas hold no state worth draining. Raised, so
+        # that a stop during start-up (waiting for GCS, deploying) is not delayed either.
+        _log(f"signal {signum}: stopping Ray")
+        raise _Stopped()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        _wait_port(runtime.gcs_port, 120, ray)
+        config = serve_config_for(settings, runtime)
+        path = settings.state_dir / "serve-config.json"
+        path.write_text(json.dumps(config, indent=2))
+        deployed = subprocess.run(
+            [sys.executable, "-m", "mlops_assets.serving.deploy", runtime.address, str(path)], env=env
+        )
+        if deployed.returncode != 0:
+            _log("deploying the application failed (see above)")
+            return 1
+        Forwarder(settings.public_host, settings.metrics_port, settings.ray_metrics_port).start()
+        if not settings.haproxy:
+            Forwarder(settings.public_host, settings.api_port, settings.internal_api_port).start()
+        _log(f"deployed in {time.monotonic() - started:.1f}s: API http://{settings.public_host}:{settings.api_port} "
+             f"(/readyz once the replicas have loaded the model), metrics :{settings.metrics_port}/metrics")
+        while ray.poll() is None:
+            time.sleep(0.5)
+        _log(f"Ray exited with status {ray.returncode}")
+        return 1
+    except _Stopped:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop_instance(runtime, timeout_s=5)
+        if ray.poll() is None:
+            ray.kill()
+            ray.wait()
+
+
+def healthcheck(env=os.environ) -> int:
+    """Exit 0 when /readyz answers 200 on loopback (the HEALTHCHECK of the image)."""
+    port = env.get("MLOPS_API_PORT") or "8000"
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/readyz", timeout=3) as response:
+            return 0 if response.status == 200 else 1
+    except OSError:
+        return 1
+
+
+def _as_init(main) -> int:
+    """PID 1 in a container: run `main` in a child, reap every orphan, pass signals on."""
+    child = os.fork()
+    if child == 0:
+        os._exit(main())
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda s, _f: os.kill(child, s))
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+        if pid == child:
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["healthcheck"]:
+        return healthcheck()
+    if argv:
+        print("usage: python -m mlops_assets.serving.container [healthcheck]", file=sys.stderr)
+        return 2
+    settings = ContainerSettings.from_env()
+    if os.getpid() == 1:
+        return _as_init(lambda: serve(settings))
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

