@@ -60,6 +60,7 @@ def run(job_name: str, everything: bool = False) -> int:
             data = event.event_specific_data
             print(f"  check {data.asset_key.to_user_string()}:{data.check_name} failed: {data.description}")
     _print_api(result)
+    _print_prometheus(result)
     return 0 if result.success else 1
 
 
@@ -77,6 +78,21 @@ def _print_api(result) -> None:
     print(f"\nprediction API (model version {meta['model_version'].value}): {meta['url'].value}")
     print(f"metrics: {meta['metrics'].value}   stop everything: make down")
     print(meta["curl"].value.strip("`\n"))
+
+
+def _print_prometheus(result) -> None:
+    """Where the local Prometheus answers, after a run that provisioned it."""
+    monitoring = next(
+        (e.event_specific_data.materialization for e in result.all_events
+         if e.event_type_value == "ASSET_MATERIALIZATION"
+         and e.event_specific_data.materialization.asset_key.to_user_string() == "dashboards"),
+        None,
+    )
+    if monitoring is None or not monitoring.metadata["targets_up"].data:
+        return
+    meta = monitoring.metadata
+    print(f"Prometheus: {meta['prometheus_url'].value} ({meta['rule_count'].value} rules; "
+          f"targets up: {', '.join(meta['targets_up'].data)}); dashboards for Grafana: {meta['out_dir'].value}")
 
 
 def down() -> int:

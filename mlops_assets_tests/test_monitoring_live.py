@@ -32,9 +32,6 @@ RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval becomes (scrapes here ar
 LOAD_SECONDS = 20
 # Matchers that select nothing in a healthy API; the selector is checked without them.
 EMPTY_WHEN_HEALTHY = ['status_code=~"5.."']
-# Documented by the serving issue but evicted by Ray's exporter when set only once (a Ray
-# gauge not re-set within two export intervals disappears): checked when exported.
-GAUGES_SET_ONCE = {"ray_mlops_api_model_info"}
 
 
 class BoundedLoad:
@@ -177,18 +174,14 @@ def test_every_panel_query_returns_data(live, dashboard):
     prometheus = live["prometheus"]
     exported = _exported_names(prometheus)
     allowed = exported | _recorded_names(live["out"]) | {"up"}
-    empty, foreign, skipped = [], [], []
+    empty, foreign = [], []
     for title, expr in _panel_queries(live["out"])[dashboard]:
         names = promql.metric_names(expr)
-        if names & GAUGES_SET_ONCE - exported:
-            skipped.append(title)
-            continue
         foreign += [f"{title}: {name}" for name in names - allowed]
         if not prometheus.query(expr):  # raises on a parse or evaluation error
             empty.append(f"{title}: {expr}")
     assert not foreign, f"panels name metrics the API does not export: {foreign}"
     assert not empty, f"panel queries with no data: {empty}"
-    assert len(skipped) <= 1, skipped
 
 
 def test_hosts_dashboard_queries_parse(live):
@@ -234,13 +227,11 @@ def test_recorded_training_reference_and_served_distribution(live):
     assert shifts and all(abs(z) < 2 for z in shifts.values()), shifts
 
 
-def test_model_info_gauge_is_exported(live):
-    """The model-version panel reads ray_mlops_api_model_info; Ray drops a gauge that is not
-    re-set within two export intervals, so the app must refresh it (serving issue)."""
-    if "ray_mlops_api_model_info" not in _exported_names(live["prometheus"]):
-        pytest.xfail("ray_mlops_api_model_info is not exported: the app sets the gauge once, Ray evicts it")
-    (info,) = live["prometheus"].query(f'max by (model_version) (ray_mlops_api_model_info{{job="{API_JOB}"}}) == 1')
-    assert info["metric"]["model_version"]
+def test_the_model_version_in_service_is_the_champion(live, serving_api):
+    (info,) = live["prometheus"].query(
+        f'max by (model_version) (last_over_time(ray_mlops_api_model_info{{job="{API_JOB}"}}[1m])) == 1'
+    )
+    assert info["metric"]["model_version"] == serving_api.versions[-1]
 
 
 def test_reload_keeps_the_same_server(live):

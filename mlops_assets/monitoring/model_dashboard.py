@@ -17,9 +17,15 @@ UID = "mlops-model"
 def model_version_in_service():
     return stat(
         "Model version in service",
-        "The model name and version the replicas serve (ray_mlops_api_model_info == 1).",
+        "The model name and version the replicas serve (ray_mlops_api_model_info == 1; the replicas "
+        "refresh it at each health check, `last_over_time` bridges the refreshes).",
         units.Short,
-        [query(f"max by (model_name, model_version) (ray_mlops_api_model_info{{{API}}}) == 1", "{{model_name}} v{{model_version}}")],
+        [
+            query(
+                f"max by (model_name, model_version) (last_over_time(ray_mlops_api_model_info{{{API}}}[1m])) == 1",
+                "{{model_name}} v{{model_version}}",
+            )
+        ],
         span=12,
     )
 
