@@ -369,9 +369,15 @@ class RehearsalAnsible(Ansible):
             from mlops_assets_tests.rehearsal.images import build_prometheus_image, save_archive
         except ImportError as exc:
             raise AnsibleError(f"the sim target needs mlops_assets_tests/ from a source checkout ({exc})") from None
-        engine = docker_client()
-        image = build_prometheus_image(engine)
-        archive = save_archive(engine, image, Path(self.images_dir) if self.images_dir else None)
+        try:
+            engine = docker_client()
+            image = build_prometheus_image(engine)
+            archive = save_archive(engine, image, Path(self.images_dir) if self.images_dir else None)
+        except Exception as exc:  # no engine, no Debian mirror for the build: say what failed
+            raise AnsibleError(
+                "sim: could not build the local Prometheus image that replaces prom/prometheus offline "
+                f"(needs a Docker-compatible engine, see scripts/setup_podman.sh): {exc}"
+            ) from None
         log(f"sim: Prometheus image {image} from Debian's package, archive {archive}")
         repository, _, tag = image.rpartition(":")
         return {
