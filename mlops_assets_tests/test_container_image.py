@@ -294,3 +294,17 @@ def test_failed_build_fails_with_the_builders_error_and_keeps_the_previous_image
     assert docker_client.images.get(image.ref).id == image.image_id
     tags = [t for i in docker_client.images.list(name=TEST_REPOSITORY) for t in i.tags]
     assert len([t for t in tags if t.endswith(image.tag)]) == 1
+
+
+def test_ecr_login_token_and_remote_reference(monkeypatch):
+    """The push path's ECR login (no registry is reachable here: the push itself is not run)."""
+    from moto import mock_aws
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "eu-west-1"}.items():
+        monkeypatch.setenv(name, value)
+    engine = ContainerEngine(registry="123456789012.dkr.ecr.eu-west-1.amazonaws.com", repository="mlops-api")
+    assert engine.remote_ref("abc") == "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlops-api:abc"
+    with mock_aws():
+        auth = engine._auth_config()
+    assert auth["username"] == "AWS" and auth["password"]
+    assert ContainerEngine(registry="registry.example.com:5000")._auth_config() is None  # docker login's credentials
