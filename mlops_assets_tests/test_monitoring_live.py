@@ -8,8 +8,8 @@ rule runs against it:
 - rule expressions evaluate without error and each of their selectors matches live series
   (except the 5xx selectors: a healthy API answers none; the same metric must exist);
 - no expression names a metric the API did not export during the test (recording-rule
-  outputs `level:metric:op` and Prometheus' own `up` aside; the hosts dashboard reads
-  node_exporter's `node_*` metrics, which no local target exports: its queries must parse).
+  outputs `level:metric:op` and Prometheus' own `up` aside); the hosts dashboard reads only
+  what the local node_exporter exported, and returns data too.
 """
 
 import json
@@ -87,8 +87,8 @@ def live(serving_api, test_split, tmp_path_factory):
     from mlops_assets.ml.data import DEFAULT_SOURCE, DEFAULT_TARGET, SplitSpec, build_dataset
     from mlops_assets.resources.prometheus import LocalPrometheus
 
-    (port,) = free_ports(1)
-    prometheus = LocalPrometheus(state_dir=str(tmp_path_factory.mktemp("prometheus")), port=port)
+    port, node_port = free_ports(2)
+    prometheus = LocalPrometheus(state_dir=str(tmp_path_factory.mktemp("prometheus")), port=port, node_exporter_port=node_port)
     out = tmp_path_factory.mktemp("monitoring")
     api = DeployedApi(
         url=serving_api.url,
@@ -159,7 +159,7 @@ def test_the_asset_provisions_prometheus(live):
     meta = output.metadata
     assert meta["rule_count"].value == len(_rules(live["out"])) > 10
     assert meta["prometheus_url"].value == prometheus.url
-    assert meta["targets_up"].data and all(meta["targets_up"].data.values())
+    assert len(meta["targets_up"].data) == 2 and all(meta["targets_up"].data.values())  # API + node_exporter
     assert output.data_version.value == render.content_hash({p: (live["out"] / p).read_text() for p in output.value.files})
     loaded = {rule["name"] for group in prometheus.rule_groups() for rule in group["rules"]}
     assert {r.get("alert") or r["record"] for r in _rules(live["out"])} == loaded
@@ -184,14 +184,18 @@ def test_every_panel_query_returns_data(live, dashboard):
     assert not empty, f"panel queries with no data: {empty}"
 
 
-def test_hosts_dashboard_queries_parse(live):
-    # No node_exporter is scraped locally (README, Monitoring): the queries must still be valid
-    # PromQL, read only node_exporter's metrics and `up`, and filter on the `node` job.
+def test_hosts_dashboard_queries_return_node_exporter_data(live):
+    # The local target runs a node_exporter on loopback beside Prometheus (job `node`).
+    prometheus = live["prometheus"]
+    exported = {s["__name__"] for s in prometheus.series('{job="node"}', lookback_s=900)}
+    empty = []
     for title, expr in _panel_queries(live["out"])["mlops-hosts.json"]:
-        live["prometheus"].query(expr)
         for selector in promql.selectors(expr):
-            assert selector.name.startswith("node_") or selector.name == "up", (title, selector)
+            assert selector.name in exported | {"up"}, (title, selector)
             assert 'job="node"' in selector.matchers, (title, selector)
+        if not prometheus.query(expr):
+            empty.append(f"{title}: {expr}")
+    assert not empty, f"hosts panel queries with no data: {empty}"
 
 
 def test_every_rule_evaluates_and_its_selectors_match_live_series(live):
@@ -239,3 +243,12 @@ def test_reload_keeps_the_same_server(live):
     pid = prometheus.pid()
     assert prometheus.ensure_running(live["out"] / render.CONFIG_FILE) is False
     assert prometheus.pid() == pid and prometheus._ready()
+
+
+def test_stop_ends_prometheus_and_node_exporter(live):
+    prometheus = live["prometheus"]
+    pids = [prometheus.pid(), prometheus.node_exporter_pid()]
+    assert all(pids)
+    assert prometheus.stop() is True
+    assert prometheus.pid() is None and prometheus.node_exporter_pid() is None
+    assert not [p for p in pids if __import__("os").path.exists(f"/proc/{p}/cmdline") and open(f"/proc/{p}/cmdline").read()]

@@ -74,6 +74,9 @@ def dashboards(
     alerts = AlertSettings(availability_slo=config.availability_slo, latency_p99_slo_s=config.latency_p99_slo_s)
     settings = render_module.RenderSettings(
         api_targets=(metrics_target(deployed_api.metrics_url),),
+        # The local target's node_exporter (this machine is the API host); container targets
+        # get theirs from the Ansible roles.
+        host_targets=tuple(t for t in [prometheus.node_exporter_target] if t),
         prometheus_url=prometheus.url,
         scrape_interval=config.scrape_interval,
         evaluation_interval=config.evaluation_interval,
@@ -107,9 +110,9 @@ def dashboards(
                 what=f"{expected_rules} rules to be loaded",
             )
             targets_up = prometheus.wait_until(
-                lambda: (up := prometheus.targets_up(monitoring.API_JOB)) and all(up.values()) and up,
+                lambda: (up := prometheus.targets_up()) and all(up.values()) and up,
                 timeout_s=config.targets_up_timeout_s,
-                what=f"the API metrics target {settings.api_targets[0]} to be up",
+                what=f"the scrape targets {', '.join((*settings.api_targets, *settings.host_targets))} to be up",
             )
         except PrometheusError as exc:
             raise dg.Failure(description=f"{exc} (Prometheus log: {prometheus.log_file})") from None

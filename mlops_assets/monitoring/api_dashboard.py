@@ -29,9 +29,13 @@ def target_up():
 # Ray 2.60 declares ray_serve_deployment_replica_healthy, but its exporter drops the series
 # (measured: never exported by this app); a replica that runs reports its processing-queries
 # gauge every few seconds, and a dead replica's series ages out within two export intervals.
-# Ray's exporter drops a gauge not refreshed within two export intervals and replicas refresh
-# some gauges only every few seconds: `last_over_time` bridges the gaps between refreshes.
-REPLICAS = f"count by (deployment) (last_over_time(ray_serve_replica_processing_queries{{{DEPLOYMENT}}}[1m]))"
+# Ray's exporter drops a gauge not refreshed within two export intervals, and Serve refreshes
+# some gauges only every few seconds or on change: `last_over_time` bridges the gaps.
+def last(gauge: str) -> str:
+    return f"last_over_time({gauge}{{{DEPLOYMENT}}}[1m])"
+
+
+REPLICAS = f"count by (deployment) ({last('ray_serve_replica_processing_queries')})"
 
 
 def healthy_replicas():
@@ -142,8 +146,8 @@ def ongoing_requests():
         "Requests being processed by each replica, and requests Serve's router has assigned to replicas.",
         units.Short,
         [
-            query(f"sum by (replica) (ray_serve_replica_processing_queries{{{DEPLOYMENT}}})", "replica {{replica}}"),
-            query(f"sum(ray_serve_num_ongoing_requests_at_replicas{{{DEPLOYMENT}}})", "assigned by the router"),
+            query(f"sum by (replica) ({last('ray_serve_replica_processing_queries')})", "replica {{replica}}"),
+            query(f"sum({last('ray_serve_num_ongoing_requests_at_replicas')})", "assigned by the router"),
         ],
         span=12,
     )
@@ -154,7 +158,7 @@ def queued_requests():
         "Queued requests",
         "Requests waiting in Serve's router for a replica to accept them: a queue that grows means too few replicas.",
         units.Short,
-        [query(f"sum by (deployment) (ray_serve_deployment_queued_queries{{{DEPLOYMENT}}})", "{{deployment}}")],
+        [query(f"sum by (deployment) ({last('ray_serve_deployment_queued_queries')})", "{{deployment}}")],
         span=12,
     )
 

@@ -44,6 +44,12 @@ class LocalPrometheus(dg.ConfigurableResource):
     start_timeout_s: float = 30.0
     prometheus_binary: str = "prometheus"
     promtool_binary: str = "promtool"
+    # A node_exporter on loopback beside it (local target): this machine is the API host, and
+    # the hosts dashboard needs node metrics. Only the cpu, meminfo, filesystem, netdev and
+    # loadavg collectors: what the dashboard reads.
+    node_exporter: bool = True
+    node_exporter_port: int = 9100
+    node_exporter_binary: str = "prometheus-node-exporter"
 
     # -- paths and addresses -----------------------------------------------------------------
     @property
@@ -65,6 +71,11 @@ class LocalPrometheus(dg.ConfigurableResource):
     @property
     def log_file(self) -> Path:
         return self._state / "prometheus.log"
+
+    @property
+    def node_exporter_target(self) -> str | None:
+        """host:port of the node_exporter this resource runs, if it runs one."""
+        return f"{self.host}:{self.node_exporter_port}" if self.serve and self.node_exporter else None
 
     def _binary(self, name: str) -> str:
         found = shutil.which(name)
@@ -97,12 +108,7 @@ class LocalPrometheus(dg.ConfigurableResource):
     # -- the server --------------------------------------------------------------------------
     def pid(self) -> int | None:
         """PID of our running Prometheus, if any (the pid file's process, still ours)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError):
-            return None
-        return pid if f"--storage.tsdb.path={self.data_dir}" in cmdline else None
+        return _running_pid(self.pid_file, f"--storage.tsdb.path={self.data_dir}")
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -134,12 +140,14 @@ class LocalPrometheus(dg.ConfigurableResource):
         config_file = Path(config_file).resolve()
         running_config = self.config_file_of_running()
         if running_config == str(config_file):
+            self.ensure_node_exporter(log)
             self.reload()
             if log:
                 log.info(f"Prometheus at {self.url} reloaded its configuration and rules")
             return False
+        self.ensure_node_exporter(log)
         if running_config is not None:
-            self.stop()
+            _terminate(self.pid(), 15.0)
         self.start(config_file)
         if log:
             log.info(f"started Prometheus at {self.url} (config {config_file}, data {self.data_dir})")
@@ -153,27 +161,42 @@ class LocalPrometheus(dg.ConfigurableResource):
                 f"{self.host}:{self.port} is taken by another program; stop it or set the prometheus resource's port"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(
-                self.command(config_file),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # outlives the Dagster run: `make run` leaves it up
+        return _spawn(self.command(config_file), self.pid_file, self.log_file, self._ready, self.start_timeout_s, "Prometheus")
+
+    # -- node_exporter -----------------------------------------------------------------------
+    def node_exporter_command(self) -> list[str]:
+        return [
+            self._binary(self.node_exporter_binary),
+            f"--web.listen-address={self.node_exporter_target}",
+            "--collector.disable-defaults",
+            *(f"--collector.{name}" for name in ("cpu", "meminfo", "filesystem", "netdev", "loadavg")),
+            "--log.level=warn",
+        ]
+
+    def node_exporter_pid(self) -> int | None:
+        return _running_pid(self._state / "node-exporter.pid", f"--web.listen-address={self.node_exporter_target}")
+
+    def ensure_node_exporter(self, log=None) -> bool:
+        """Start the node_exporter unless it runs. Returns True if it was started."""
+        if self.node_exporter_target is None or self.node_exporter_pid() is not None:
+            return False
+        if _port_open(self.host, self.node_exporter_port):
+            raise PrometheusError(
+                f"{self.node_exporter_target} is taken by another program; stop it or set the prometheus "
+                "resource's node_exporter_port (or node_exporter=False)"
             )
-        self.pid_file.write_text(str(process.pid))
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise PrometheusError(
-                    f"Prometheus exited with {process.returncode} at start: {self._log_tail()}\n"
-                    f"(log {self.log_file}; a port may be taken or the config invalid)"
-                )
-            if self._ready():
-                return process.pid
-            time.sleep(0.1)
-        self.stop()
-        raise PrometheusError(f"Prometheus did not become ready within {self.start_timeout_s:.0f}s: {self._log_tail()}")
+        self._state.mkdir(parents=True, exist_ok=True)
+        _spawn(
+            self.node_exporter_command(),
+            self._state / "node-exporter.pid",
+            self._state / "node-exporter.log",
+            lambda: _http_ok(f"http://{self.node_exporter_target}/metrics"),
+            self.start_timeout_s,
+            "node_exporter",
+        )
+        if log:
+            log.info(f"started node_exporter on {self.node_exporter_target}")
+        return True
 
     def reload(self) -> None:
         """Re-read the configuration and the rule files (lifecycle API; SIGHUP if it refuses)."""
@@ -191,21 +214,16 @@ class LocalPrometheus(dg.ConfigurableResource):
             os.kill(pid, signal.SIGHUP)
 
     def stop(self, timeout_s: float = 15.0) -> bool:
-        """Stop our Prometheus (SIGTERM, then SIGKILL). Returns True if one was running."""
+        """Stop our Prometheus and node_exporter. Returns True if Prometheus was running."""
+        exporter = self.node_exporter_pid() if self.node_exporter_target else None
+        if exporter is not None:
+            _terminate(exporter, timeout_s)
+        (self._state / "node-exporter.pid").unlink(missing_ok=True)
         pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            _reap(pid)
-            time.sleep(0.1)
-        if Path(f"/proc/{pid}").exists():
-            os.kill(pid, signal.SIGKILL)
-            _reap(pid)
+        if pid is not None:
+            _terminate(pid, timeout_s)
         self.pid_file.unlink(missing_ok=True)
-        return True
+        return pid is not None
 
     # -- the HTTP API ------------------------------------------------------------------------
     def api(self, path: str, **params: Any) -> Any:
@@ -247,24 +265,84 @@ class LocalPrometheus(dg.ConfigurableResource):
         raise PrometheusError(f"Prometheus at {self.url}: timed out after {timeout_s:.0f}s waiting for {what}")
 
     def _ready(self) -> bool:
-        import requests
-
-        try:
-            return requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def _log_tail(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace").strip()[-1500:]
-        except OSError:
-            return "(no log)"
-
+        return _http_ok(f"{self.url}/-/ready")
 
 def _port_open(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def _http_ok(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _running_pid(pid_file: Path, marker: str) -> int | None:
+    """The pid file's process if it still runs with `marker` in its command line."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    return pid if marker in cmdline else None
+
+
+def _spawn(command: list[str], pid_file: Path, log_file: Path, ready, timeout_s: float, what: str) -> int:
+    """Start a daemon that outlives this process (`make run` leaves it up); wait until ready."""
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    pid_file.write_text(str(process.pid))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pid_file.unlink(missing_ok=True)
+            raise PrometheusError(
+                f"{what} exited with {process.returncode} at start: {_tail(log_file)}\n"
+                f"(log {log_file}; a port may be taken or the configuration invalid)"
+            )
+        if ready():
+            return process.pid
+        time.sleep(0.1)
+    _terminate(process.pid, 5)
+    pid_file.unlink(missing_ok=True)
+    raise PrometheusError(f"{what} did not become ready within {timeout_s:.0f}s: {_tail(log_file)}")
+
+
+def _terminate(pid: int | None, timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `timeout_s`."""
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan's exit status may never be collected here)."""
+    _reap(pid)
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _tail(log_file: Path) -> str:
+    try:
+        return log_file.read_text(errors="replace").strip()[-1500:]
+    except OSError:
+        return "(no log)"
 
 
 def _reap(pid: int) -> None:
