@@ -201,6 +201,15 @@ def running_api(first_build, docker_client):
 
 
 @needs_root
+def test_a_base_that_cannot_be_pulled_falls_back_to_the_offline_base(test_engine, docker_client):
+    # What `make run` does on a machine where no registry answers (the default base is the
+    # official slim image); where the registry answers, the official image is used.
+    base = test_engine.ensure_base_image("python:3.11-slim")
+    assert base in (BASE_IMAGE, "python:3.11-slim")
+    assert docker_client.images.get(base)
+
+
+@needs_root
 def test_image_is_built_with_its_metadata(first_build, docker_client):
     image, event = first_build
     assert image.tag and image.ref == f"{TEST_REPOSITORY}:{image.tag}"
