@@ -71,8 +71,6 @@ def dataset(context: dg.AssetExecutionContext, config: DatasetConfig) -> dg.Outp
             "categorical_features": ", ".join(data.categorical_features),
             "missing values": int(sum(data.table.null_count().row(0))),
             "class counts": dg.MetadataValue.json(data.class_counts()),
-            # The training reference of the drift sensor and the drift alert rules.
-            "feature stats": dg.MetadataValue.json(data.feature_stats()),
             "content_hash": data.content_hash,
             "preview": dg.MetadataValue.md(markdown_table(data.table.columns, data.table.head(5).iter_rows())),
         },

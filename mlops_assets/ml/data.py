@@ -62,14 +62,6 @@ class Dataset:
         counts = self.table.get_column(self.target).cast(pl.String).value_counts(sort=True)
         return {str(row[0]): int(row[1]) for row in counts.iter_rows()}
 
-    def feature_stats(self) -> dict[str, dict[str, float]]:
-        """Mean and standard deviation of each numeric feature on the train split."""
-        stats = {}
-        for name in self.numeric_features:
-            column = self.train.get_column(name).drop_nulls()
-            stats[name] = {"mean": float(column.mean() or 0.0), "std": float(column.std() or 0.0)}
-        return stats
-
     def xy(self, part: str):
         """Features as a pandas frame (what scikit-learn and MLflow take) and labels as numpy."""
         frame = getattr(self, part)

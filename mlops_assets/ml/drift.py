@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 
 def total_variation(observed: dict[str, float], reference: dict[str, float]) -> float:
     """Total variation distance between two class distributions given as counts (0 = same,
@@ -13,11 +11,3 @@ def total_variation(observed: dict[str, float], reference: dict[str, float]) -> 
         raise ValueError("both distributions need at least one count")
     classes = set(observed) | set(reference)
     return 0.5 * sum(abs(observed.get(c, 0) / observed_total - reference.get(c, 0) / reference_total) for c in classes)
-
-
-def mean_shift(served_mean: float, train_mean: float, train_std: float) -> float:
-    """How many training standard deviations the served mean moved (0 when the feature is
-    constant in training and unchanged)."""
-    if train_std <= 0 or math.isnan(train_std):
-        return 0.0 if served_mean == train_mean else math.inf
-    return abs(served_mean - train_mean) / train_std
