@@ -100,7 +100,11 @@ def docker_client(engine_host):
 
     client = docker.DockerClient(base_url=engine_host, timeout=600)
     yield client
-    # Everything these tests built, and nothing else.
+    # Everything these tests built and saved, and nothing else.
+    from mlops_assets.settings import load_settings
+
+    for archive in (load_settings().home / "images").glob("mlops-api-*.tar"):
+        archive.unlink()
     for image in client.images.list(name=TEST_REPOSITORY):
         try:
             client.images.remove(image.id, force=True)
