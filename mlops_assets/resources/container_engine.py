@@ -162,8 +162,8 @@ class ContainerEngine(dg.ConfigurableResource):
                 client.images.pull(repository, tag=tag)
                 return preferred
             except docker.errors.APIError as exc:
-                if log:
-                    log.warning(f"cannot pull {preferred} ({str(exc)[:200]}); using the offline Debian base instead")
+                if log:  # expected where no registry answers: info, not a warning on every run
+                    log.info(f"cannot pull {preferred} ({str(exc)[:200]}); using the offline Debian base instead")
             try:
                 tag, report = offline_base.ensure_base_image(client)
             except offline_base.OfflineBaseError as exc:
