@@ -81,6 +81,16 @@ def _model_folder(selected: SelectedModel, tracking_uri: str, dest: Path) -> Pat
     return folder
 
 
+def _skipped(context, selected_model: SelectedModel, reason: str, message: str) -> dg.Output:
+    """The local target's labelled skip: nothing built, the run says why and what to do."""
+    context.log.warning(f"SKIPPED building the API image ({reason}): {message}")
+    return dg.Output(
+        ContainerImage(None, None, selected_model.name, selected_model.version, skipped=message),
+        data_version=dg.DataVersion(f"skipped:{selected_model.name}/{selected_model.version}"),
+        metadata={"status": f"SKIPPED: {reason}", "how_to_get_an_engine": message},
+    )
+
+
 def _prune_archives(folder: Path, keep: Path) -> None:
     for old in folder.glob(f"{ARCHIVE_PREFIX}*.tar"):
         if old != keep:
@@ -116,19 +126,19 @@ def container_image(
         )
         if container_engine.required:
             raise dg.Failure(description=f"container_image needs an engine in this target: {message}")
-        context.log.warning(f"SKIPPED building the API image: {message}")
-        return dg.Output(
-            ContainerImage(None, None, selected_model.name, selected_model.version, skipped=message),
-            data_version=dg.DataVersion(f"skipped:{selected_model.name}/{selected_model.version}"),
-            metadata={"status": "SKIPPED: no container engine", "how_to_get_an_engine": message},
-        )
+        return _skipped(context, selected_model, "no container engine", message)
 
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="build-", dir=images_dir))
     try:
         model_dir = _model_folder(selected_model, mlflow.tracking_uri, work / "download")
         try:
-            base_image = container_engine.ensure_base_image(container_engine.base_image, log=context.log)
+            try:
+                base_image = container_engine.ensure_base_image(container_engine.base_image, log=context.log)
+            except EngineUnavailableError as exc:
+                if container_engine.required:
+                    raise
+                return _skipped(context, selected_model, "no base image", str(exc))
             inputs = image_context.image_inputs(
                 model_dir,
                 selected_model.name,
