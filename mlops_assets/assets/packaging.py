@@ -183,8 +183,12 @@ def container_image(
     if container_engine.registry:
         try:
             remote = container_engine.push(inputs.tag, log=context.log)
-        except ImageBuildError as exc:
-            raise dg.Failure(description=str(exc)) from None
+        except Exception as exc:  # engine, registry or AWS credentials: say which and what to check
+            raise dg.Failure(
+                description=f"pushing {ref} to {container_engine.registry} failed: {type(exc).__name__}: {exc}\n"
+                "Check the registry address (MLOPS_IMAGE_REGISTRY), and for ECR the AWS credentials "
+                "(AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and that the repository exists."
+            ) from None
         context.log.info(f"pushed {remote}")
 
     value = ContainerImage(
