@@ -18,6 +18,6 @@ def count_versions(registry: MlflowRegistry, name: str) -> int:
     return len(registry.client().search_model_versions(f"name = '{name}'"))
 
 
-def stale_keys(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[str]:
-    """Assets Dagster considers stale or missing (what the UI shows as out of date)."""
-    return {key.to_user_string() for key in stale_or_missing(defs, instance)}
+def stale_keys(defs: dg.Definitions, instance: dg.DagsterInstance, keys: list[str]) -> set[str]:
+    """Those of `keys` that Dagster considers stale or missing (what the UI shows as out of date)."""
+    return {key.to_user_string() for key in stale_or_missing(defs, instance, {dg.AssetKey(k) for k in keys})}
