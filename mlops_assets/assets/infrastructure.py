@@ -18,6 +18,7 @@ from pydantic import Field
 from mlops_assets.resources import opentofu as opentofu_module
 from mlops_assets.resources.opentofu import Infrastructure, OpenTofuError, ProvisionResult
 from mlops_assets.settings import PROJECT_ROOT
+from mlops_assets.retries import EXTERNAL_STEP_RETRY
 from mlops_assets.versioning import code_version_of, stable_hash
 
 from .metadata import markdown_table
@@ -65,6 +66,7 @@ def _metadata(result: ProvisionResult, total_seconds: float) -> dict:
 
 
 @dg.asset(
+    retry_policy=EXTERNAL_STEP_RETRY,
     code_version=_infra_code_version(),
     kinds={"opentofu", "aws"},
     group_name="infrastructure",

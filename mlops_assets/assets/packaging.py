@@ -33,6 +33,7 @@ from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.serving import model as model_lib
 from mlops_assets.settings import load_settings
 from mlops_assets.staleness import ALWAYS_CHECK_TAG
+from mlops_assets.retries import EXTERNAL_STEP_RETRY, permanent
 from mlops_assets.versioning import code_version_of
 
 from .training import SelectedModel
@@ -98,6 +99,7 @@ def _prune_archives(folder: Path, keep: Path) -> None:
 
 
 @dg.asset(
+    retry_policy=EXTERNAL_STEP_RETRY,
     code_version=IMAGE_CODE_VERSION,
     kinds={"docker", "podman"},
     group_name="serving",
@@ -124,7 +126,7 @@ def container_image(
             f"{'; last error ' + container_engine._last_error if container_engine._last_error else ''}). "
             f"{container_engine_module.HOW_TO_GET_AN_ENGINE}"
         )
-        if container_engine.required:
+        if container_engine.required:  # the engine may be starting: retried
             raise dg.Failure(description=f"container_image needs an engine in this target: {message}")
         return _skipped(context, selected_model, "no container engine", message)
 
@@ -147,8 +149,10 @@ def container_image(
                 dockerfile=Path(config.dockerfile) if config.dockerfile else image_context.DOCKERFILE,
                 serving_dir=Path(config.serving_dir) if config.serving_dir else image_context.SERVING_DIR,
             )
-        except (EngineUnavailableError, ContextError) as exc:
+        except EngineUnavailableError as exc:
             raise dg.Failure(description=str(exc)) from None
+        except ContextError as exc:
+            raise permanent(str(exc)) from None
         ref = container_engine.ref(inputs.tag)
         existing = container_engine.image(ref)
         if existing is not None:
@@ -161,10 +165,10 @@ def container_image(
                 context_dir = image_context.write_context(inputs, work / "context", image_context.default_wheel_cache(), context.log)
                 result = container_engine.build(context_dir, inputs.tag, inputs.build_args(), log=context.log)
             except ContextError as exc:
-                raise dg.Failure(description=str(exc)) from None
-            except ImageBuildError as exc:
-                raise dg.Failure(
-                    description=f"{exc}\nThe previous image, if any, is unchanged.",
+                raise permanent(str(exc)) from None
+            except ImageBuildError as exc:  # an offline build fails the same way twice
+                raise permanent(
+                    f"{exc}\nThe previous image, if any, is unchanged.",
                     metadata={"build_log_tail": dg.MetadataValue.md("```\n" + "\n".join(exc.log_tail) + "\n```")},
                 ) from None
             built, build_seconds, image_id, size = True, result.seconds, result.image_id, result.size_bytes
