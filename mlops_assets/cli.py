@@ -100,6 +100,8 @@ def down() -> int:
     from mlops_assets.settings import load_settings
     from mlops_assets.targets import resources_for
 
+    if load_settings().target == "sim":
+        return down_sim()
     _stop_prometheus()
     ray_serve = resources_for(load_settings()).get("ray_serve")
     if ray_serve is None:
@@ -108,6 +110,36 @@ def down() -> int:
     stopped = ray_serve.shutdown()
     print(f"stopped the prediction API and its Ray instance ({stopped} processes)" if stopped else "nothing was running")
     return 0
+
+
+def down_sim() -> int:
+    """The offline rehearsal, removed: the destroy_infrastructure job (OpenTofu destroy against
+    the emulator, recorded in Dagster), then the test hosts and the EC2 emulator
+    (mlops_assets_tests/rehearsal/sim_hosts.py). Images stay in the engine, like a registry."""
+    _prepare_home()
+    import dagster as dg
+
+    from mlops_assets.definitions import defs
+    from mlops_assets.settings import PROJECT_ROOT, load_settings
+
+    settings = load_settings()
+    started = time.monotonic()
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def("destroy_infrastructure").execute_in_process(
+            instance=instance, raise_on_error=False,
+            run_config={"ops": {"destroy_hosts": {"config": {"confirm_target": "sim"}}}},
+        )
+    if result.success:
+        print(f"sim: OpenTofu destroy: {result.output_for_node('destroy_hosts')}")
+    else:
+        print("sim: OpenTofu destroy FAILED (removing the hosts and the emulator anyway)", file=sys.stderr)
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))
+    from mlops_assets_tests.rehearsal.sim_hosts import teardown_sim
+
+    done = teardown_sim(settings.home)
+    print(f"sim: down in {time.monotonic() - started:.1f}s")
+    return 0 if result.success and not done["hosts_left"] else 1
 
 
 def _stop_prometheus() -> None:

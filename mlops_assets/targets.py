@@ -60,12 +60,22 @@ def ansible_for(settings: Settings) -> Ansible:
         "known_hosts_file": str(settings.home / "ansible" / settings.target / "known_hosts"),
         "host_key_checking": "accept-new",
         "secret_extra_vars_env": {"grafana_admin_password": "MLOPS_GRAFANA_ADMIN_PASSWORD"},
+        # The rules and dashboards the `dashboards` asset renders for these hosts (its default
+        # out_dir): deployed_hosts and dashboards provision the same files, so a second run
+        # changes nothing. Before the first `dashboards` run the folders are empty.
+        "extra_vars": {
+            "prometheus_rule_files_dir": str(settings.home / "monitoring" / "prometheus" / "rules"),
+            "grafana_dashboards_src_dir": str(settings.home / "monitoring" / "dashboards"),
+        },
     }
     if settings.target == "sim":
+        # The hosts: test hosts (namespaces, own Debian root, sshd) brought up at the emulator's
+        # instances' addresses before each Ansible run, from mlops_assets_tests/rehearsal/.
         return RehearsalAnsible(
             **common, private_key_file=str(settings.home / "rehearsal" / "ssh" / "id_ed25519"),
             generated_secrets_dir=str(settings.home / "rehearsal" / "secrets"),
             project_root=str(PROJECT_ROOT), images_dir=str(settings.home / "rehearsal" / "images"),
+            hosts_state_file=str(settings.home / "rehearsal" / "hosts.json"),
         )
     return Ansible(**common, target="aws", private_key_file=os.environ.get("MLOPS_SSH_PRIVATE_KEY") or None)
 
@@ -79,10 +89,15 @@ def resources_for(settings: Settings) -> dict[str, Any]:
     # The API image: built wherever an engine answers; the local target can do without it
     # (a labelled skip), sim saves an archive for its registry-less hosts, aws pushes to
     # MLOPS_IMAGE_REGISTRY (or saves an archive when none is set).
+    save_archive = settings.target == "sim" or (settings.target == "aws" and not settings.image_registry)
     resources["container_engine"] = ContainerEngine(
         required=settings.target != "local",
-        save_archive=settings.target == "sim" or (settings.target == "aws" and not settings.image_registry),
+        save_archive=save_archive,
         registry=settings.image_registry if settings.target == "aws" else None,
+        # An archive for the hosts' Docker carries a qualified name: a short one is saved by
+        # Podman as docker.io/library/NAME, which Docker loads as NAME and Ansible's
+        # docker_image then refuses as a different image.
+        **({"repository": "localhost/mlops-api"} if save_archive else {}),
     )
     # The prediction API: a local Ray instance on loopback (API :8000, metrics :8080); the
     # container targets replace it with the image on the hosts.

@@ -24,6 +24,7 @@ import requests
 import yaml
 
 from mlops_assets.monitoring import API_JOB, promql, render
+from mlops_assets.resources.ansible import Ansible
 from mlops_assets_tests.serving_fixtures import as_instances, free_ports
 
 pytestmark = pytest.mark.timeout(600)
@@ -103,7 +104,8 @@ def live(serving_api, test_split, tmp_path_factory):
     load = BoundedLoad(serving_api.url, as_instances(x_test), LOAD_SECONDS).start()
     try:
         started = time.monotonic()
-        output = dashboards(dg.build_asset_context(), config=config, prometheus=prometheus, deployed_api=api, dataset=dataset)
+        output = dashboards(dg.build_asset_context(), config=config, prometheus=prometheus,
+                            ansible=Ansible(enabled=False, target="local"), deployed_api=api, dataset=dataset)
         asset_seconds = time.monotonic() - started
         statuses = load.join()
         # Ray's exporter lags the app by a few seconds: wait until the app's own series and

@@ -239,6 +239,7 @@ def test_deployed_api_asset_with_the_same_champion_restarts_nothing(serving_api,
 
     from mlops_assets.assets.deployment import deployed_api
     from mlops_assets.ml.data import SplitSpec, build_dataset
+    from mlops_assets.resources.ansible import Ansible
     from mlops_assets.resources.mlflow_registry import MlflowRegistry
     from mlops_assets.serving.runtime import _processes, instance_processes
 
@@ -254,6 +255,10 @@ def test_deployed_api_asset_with_the_same_champion_restarts_nothing(serving_api,
         mlflow=MlflowRegistry(tracking_uri=serving_api.tracking_uri),
         selected_model=selected,
         dataset=build_dataset("palmerpenguins", "species", SplitSpec()),
+        # The local target: no hosts to configure, the image is not used by the local API.
+        ansible=Ansible(enabled=False, target="local"),
+        container_image=None,
+        deployed_hosts=None,
     )
     assert output.value.action == "unchanged"
     assert output.data_version == dg.DataVersion(f"{selected.name}/{selected.version}")

@@ -1,5 +1,6 @@
-"""`dashboards`: the monitoring of the deployed API as files, checked, and (local target) live
-in the local Prometheus."""
+"""`dashboards`: the monitoring of the deployed API as files, checked, and live: in the local
+Prometheus (local target), or provisioned by the Ansible `prometheus` and `grafana` roles on the
+monitoring host (aws, sim), then read back from that Prometheus (rules loaded, api target up)."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from mlops_assets.monitoring import render as render_module
 from mlops_assets.monitoring.profile import training_profile
 from mlops_assets.monitoring.rules import AlertSettings, alert_names, rule_count, rule_groups
 from mlops_assets.resources import prometheus as prometheus_module
+from mlops_assets.resources.ansible import Ansible, AnsibleError
 from mlops_assets.resources.prometheus import LocalPrometheus, PrometheusError
 from mlops_assets.versioning import code_version_of
 
@@ -66,6 +68,7 @@ def dashboards(
     context: dg.AssetExecutionContext,
     config: DashboardsConfig,
     prometheus: LocalPrometheus,
+    ansible: Ansible,
     deployed_api: DeployedApi,
     dataset: Dataset,
 ) -> dg.Output[Monitoring]:
@@ -77,7 +80,8 @@ def dashboards(
         # The local target's node_exporter (this machine is the API host); container targets
         # get theirs from the Ansible roles.
         host_targets=tuple(t for t in [prometheus.node_exporter_target] if t),
-        prometheus_url=prometheus.url,
+        # Grafana's datasource: the monitoring host's Prometheus in container targets.
+        prometheus_url=deployed_api.prometheus_url or prometheus.url,
         scrape_interval=config.scrape_interval,
         evaluation_interval=config.evaluation_interval,
         alerts=alerts,
@@ -117,11 +121,17 @@ def dashboards(
         except PrometheusError as exc:
             raise dg.Failure(description=f"{exc} (Prometheus log: {prometheus.log_file})") from None
         context.log.info(f"Prometheus at {prometheus.url}: {expected_rules} rules loaded, targets up: {targets_up}")
+    provisioned: dict = {}
+    live = prometheus if prometheus.serve else None
+    if ansible.enabled and deployed_api.inventory:  # aws, sim: the roles provision the files
+        live, targets_up, provisioned = _provision_on_hosts(
+            context, ansible, deployed_api, out, prometheus, expected_rules, config.targets_up_timeout_s
+        )
     value = Monitoring(
         out_dir=str(out),
         files=sorted(files),
         content_hash=content_hash,
-        prometheus_url=prometheus.url if prometheus.serve else None,
+        prometheus_url=live.url if live else None,
         targets_up=targets_up,
     )
     return dg.Output(
@@ -133,9 +143,47 @@ def dashboards(
             "rule_count": expected_rules,
             "alerts": ", ".join(sorted(alert_names(groups))),
             "dashboards": ", ".join(p for p in value.files if p.startswith("dashboards/")),
-            "prometheus_url": dg.MetadataValue.url(prometheus.url) if prometheus.serve else "not run (container targets: Ansible roles)",
+            "prometheus_url": dg.MetadataValue.url(live.url) if live else "not run",
+            **provisioned,
             "targets_up": dg.MetadataValue.json(targets_up),
             "training_class_ratios": dg.MetadataValue.json({k: round(v, 4) for k, v in profile.class_ratios.items()}),
             "content_hash": value.content_hash,
         },
     )
+
+
+def _provision_on_hosts(context, ansible: Ansible, deployed_api: DeployedApi, out: Path, prometheus: LocalPrometheus,
+                        expected_rules: int, timeout_s: float):
+    """Container targets: site.yml's monitoring plays (tag `hosts`) on the monitoring host with
+    the rules and dashboards just rendered (the same folders deployed_hosts passes by default,
+    so a run with nothing new changes nothing); then the monitoring host's Prometheus must have
+    loaded every rule and scrape the api host's metrics port with success."""
+    try:
+        result = ansible.run_playbook(
+            deployed_api.inventory, "site.yml", tags=["hosts"], limit="monitoring", log=context.log.info,
+            extra_vars={"prometheus_rule_files_dir": str(out / render_module.RULES_DIR),
+                        "grafana_dashboards_src_dir": str(out / "dashboards")},
+        )
+    except AnsibleError as exc:
+        raise dg.Failure(description=f"provisioning the monitoring host failed: {exc}") from None
+    parsed = urlparse(deployed_api.prometheus_url or "")
+    remote = LocalPrometheus(state_dir=prometheus.state_dir, serve=False, host=parsed.hostname or "", port=parsed.port or 9090)
+    api_target = metrics_target(deployed_api.metrics_url)
+    try:
+        remote.wait_until(
+            lambda: sum(len(g["rules"]) for g in remote.rule_groups()) == expected_rules,
+            timeout_s=60, what=f"{expected_rules} rules to be loaded",
+        )
+        targets_up = remote.wait_until(
+            lambda: (up := remote.targets_up()) and any(api_target in url for url in up) and all(up.values()) and up,
+            timeout_s=max(timeout_s, 60), what=f"the api host's metrics ({api_target}) to be scraped",
+        )
+    except (PrometheusError, OSError) as exc:
+        raise dg.Failure(description=f"the monitoring host's Prometheus at {remote.url}: {exc}") from None
+    context.log.info(f"{remote.url}: {expected_rules} rules loaded, targets up: {targets_up} (changed={result.changed})")
+    return remote, targets_up, {
+        "provisioned_by": "ansible (site.yml, tag hosts, monitoring host)",
+        "changed": result.changed,
+        "per_host": dg.MetadataValue.json(result.per_host),
+        "grafana": "render only (no Grafana image offline)" if getattr(ansible, "target", "") == "sim" else "container",
+    }

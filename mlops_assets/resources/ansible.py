@@ -360,10 +360,44 @@ class RehearsalAnsible(Ansible):
     target: str = "sim"
     project_root: str = Field(default="", description="The checkout that holds mlops_assets_tests/ (the image builders).")
     images_dir: str = Field(default="", description="Where the rehearsal's image archives are saved.")
+    hosts_state_file: str = Field(
+        default="",
+        description="When set, every run first brings up (or reuses) a rehearsal test host at each address of the "
+        "inventory (mlops_assets_tests/rehearsal/sim_hosts.py), recorded in this file; `make down` removes them.",
+    )
 
-    def prepare(self, log: Log) -> dict[str, Any]:
+    def run_playbook(self, inventory: dict, playbook: str = "site.yml", **kwargs) -> PlaybookResult:
+        # What the cloud does in `aws` (instances boot with sshd and the key pair): the hosts
+        # at the emulator's instances' private addresses, accepting tofu_state's SSH key.
+        if self.hosts_state_file and self.enabled:
+            self.ensure_hosts(inventory, kwargs.get("log"))
+        return super().run_playbook(inventory, playbook, **kwargs)
+
+    def ensure_hosts(self, inventory: dict, log: Log | None = None):
+        """The rehearsal's test hosts for `inventory` (run-time import from mlops_assets_tests/)."""
+        self._import_path()
+        try:
+            from mlops_assets_tests.rehearsal.sim_hosts import ensure_sim_hosts
+        except ImportError as exc:
+            raise AnsibleError(f"the sim target needs mlops_assets_tests/ from a source checkout ({exc})") from None
+        if not self.private_key_file:
+            raise AnsibleError("sim: no private_key_file (tofu_state's generated rehearsal key)")
+        try:
+            return ensure_sim_hosts(
+                inventory, Path(self.hosts_state_file),
+                public_key_file=Path(self.private_key_file).with_suffix(".pub"),
+                known_hosts_file=Path(self.known_hosts_file or Path(self.work_dir) / "known_hosts"),
+                log=log,
+            )
+        except Exception as exc:
+            raise AnsibleError(f"sim: could not bring up the rehearsal hosts of the inventory: {exc}") from None
+
+    def _import_path(self) -> None:
         if self.project_root and self.project_root not in sys.path:
             sys.path.insert(0, self.project_root)
+
+    def prepare(self, log: Log) -> dict[str, Any]:
+        self._import_path()
         try:
             from mlops_assets_tests.rehearsal.engine import docker_client
             from mlops_assets_tests.rehearsal.images import build_prometheus_image, save_archive

@@ -226,8 +226,11 @@ class ContainerEngine(dg.ConfigurableResource):
         partial = archive.with_name(archive.name + ".partial")
         with self.connected() as client:
             image = client.images.get(ref)
+            # Podman names short references localhost/NAME:TAG; the archive carries the
+            # engine's own name (a `docker load` gives the image that name).
+            named = ref if ref in image.tags else next((t for t in image.tags if t.endswith("/" + ref)), ref)
             with open(partial, "wb") as handle:
-                for chunk in image.save(named=ref):
+                for chunk in image.save(named=named):
                     handle.write(chunk)
         partial.replace(archive)
         return archive

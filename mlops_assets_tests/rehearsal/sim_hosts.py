@@ -1,0 +1,104 @@
+"""The `sim` target's hosts at run time: for each instance the EC2 emulator reports (the
+addresses in tofu_state's `ansible_inventory`), a test host of the harness (hosts.py) at that
+address, reachable with the SSH key tofu_state generated, its host key in the project's
+known_hosts. And `teardown_sim(home)`: everything the rehearsal started, gone.
+
+Imported at run time by the sim target's `RehearsalAnsible` (mlops_assets/resources/ansible.py)
+and by `python -m mlops_assets.cli down` for sim: the rehearsal's machinery lives here, under
+mlops_assets_tests/, like the AWS provider test double, so that the installed package never
+ships namespaces, bridges or a fake cloud.
+
+    hosts = ensure_sim_hosts(inventory, home / "rehearsal" / "hosts.json",
+                             public_key_file=..., known_hosts_file=..., log=print)
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+from typing import Callable
+
+from mlops_assets.offline_base import HOST_ADMIN_USER
+
+from .hosts import TestHosts
+
+Log = Callable[[str], None]
+
+
+def inventory_pairs(inventory: dict) -> list[tuple[str, str]]:
+    """(host name, address) of every host of an inventory, sorted: the hosts to bring up."""
+    from mlops_assets.resources.ansible import inventory_hosts
+
+    pairs = []
+    for name, host_vars in inventory_hosts(inventory).items():
+        address = host_vars.get("ansible_host")
+        if not address:
+            raise ValueError(f"host {name} of the sim inventory has no ansible_host")
+        pairs.append((name, str(address)))
+    return sorted(pairs)
+
+
+def ensure_sim_hosts(
+    inventory: dict,
+    state_file: Path,
+    *,
+    public_key_file: Path,
+    known_hosts_file: Path,
+    log: Log | None = None,
+) -> TestHosts:
+    """The test hosts of `inventory` (reused when they already run at those addresses, else
+    brought up anew), each accepting `public_key_file` for root and admin, each host key
+    recorded in `known_hosts_file` (replacing older keys of the same addresses)."""
+    log = log or (lambda message: None)
+    pairs = inventory_pairs(inventory)
+    started = time.monotonic()
+    hosts = TestHosts.ensure(pairs, Path(state_file))
+    seconds = time.monotonic() - started
+    fresh = hosts.timings.hosts_s > 0  # ensure() reports up() timings only for new hosts
+    log(f"sim: test hosts {', '.join(f'{n}={a}' for n, a in pairs)} "
+        f"{'brought up' if fresh else 'already running'} in {seconds:.1f}s (state {state_file})")
+    key = Path(public_key_file).read_text().strip()
+    quoted = shlex.quote(key)
+    for name in hosts.hosts:
+        for home, owner in (("/root", "root"), (f"/home/{HOST_ADMIN_USER}", HOST_ADMIN_USER)):
+            keys = f"{home}/.ssh/authorized_keys"
+            hosts.exec(name, f"grep -qxF {quoted} {keys} 2>/dev/null || "
+                             f"{{ echo {quoted} >> {keys}; chown {owner}: {keys}; chmod 600 {keys}; }}")
+    _record_host_keys(hosts, Path(known_hosts_file))
+    return hosts
+
+
+def _record_host_keys(hosts: TestHosts, known_hosts_file: Path) -> None:
+    addresses = {h.address for h in hosts.hosts.values()}
+    known_hosts_file.parent.mkdir(parents=True, exist_ok=True)
+    kept = []
+    if known_hosts_file.exists():
+        kept = [line for line in known_hosts_file.read_text().splitlines()
+                if line.strip() and line.split()[0] not in addresses]
+    lines = kept + [f"{h.address} {h.host_public_key}" for h in hosts.hosts.values()]
+    text = "\n".join(lines) + "\n"
+    if not known_hosts_file.exists() or known_hosts_file.read_text() != text:
+        known_hosts_file.write_text(text)
+
+
+def teardown_sim(home: Path, log: Log = print) -> dict[str, object]:
+    """Undo the rehearsal of MLOPS_HOME `home`: the test hosts (namespaces, processes, mounts,
+    bridge, firewall chain), then the EC2 emulator. OpenTofu's destroy is the caller's job
+    (the destroy_infrastructure job) and must run first, while the emulator answers."""
+    from .emulator import Ec2Emulator
+
+    home = Path(home)
+    done: dict[str, object] = {"hosts_left": []}
+    state_file = home / "rehearsal" / "hosts.json"
+    if state_file.exists():
+        hosts = TestHosts.attach(state_file)
+        hosts.down()
+        done["hosts_left"] = hosts.footprint()
+        log(f"sim: test hosts {', '.join(hosts.hosts)} removed"
+            + (f"; LEFT: {done['hosts_left']}" if done["hosts_left"] else ""))
+    else:
+        log("sim: no test hosts recorded")
+    done["emulator_stopped"] = Ec2Emulator.stop_recorded(home / "rehearsal" / "emulator")
+    log("sim: EC2 emulator stopped" if done["emulator_stopped"] else "sim: no EC2 emulator recorded")
+    return done
