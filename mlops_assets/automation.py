@@ -97,7 +97,16 @@ def build_automation(settings: Settings) -> tuple[list, list]:
     def drift_sensor(context: dg.SensorEvaluationContext):
         return evaluate_drift(context, context.resources.prometheus_api, settings, now=time.time())
 
-    return [retraining_schedule], [new_data_sensor, drift_sensor]
+    # Evaluates every asset's automation condition (follows_upstream_data_versions): off until
+    # switched on in the UI, so `dagster dev` never starts deployments by surprise.
+    automation_sensor = dg.AutomationConditionSensorDefinition(
+        "automation_sensor",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=60,
+        description="Materializes assets whose inputs got a new data version (see automation.py).",
+    )
+    return [retraining_schedule], [new_data_sensor, drift_sensor, automation_sensor]
 
 
 MIN_SERVED_ROWS = 50  # below this, a distribution says more about chance than about drift

@@ -6,7 +6,7 @@ import pytest
 from mlops_assets.definitions import defs
 from mlops_assets.retries import EXTERNAL_STEP_RETRY, permanent
 
-EXTERNAL_STEPS = ["container_image", "tofu_state"]
+EXTERNAL_STEPS = ["container_image", "tofu_state", "deployed_hosts", "deployed_api"]
 
 
 @pytest.mark.parametrize("key", EXTERNAL_STEPS)

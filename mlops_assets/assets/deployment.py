@@ -17,11 +17,13 @@ from typing import Optional
 import dagster as dg
 
 from mlops_assets import serving
+from mlops_assets.automation import follows_upstream_data_versions
 from mlops_assets.ml.data import Dataset
 from mlops_assets.resources import ray_serve as ray_serve_module
 from mlops_assets.resources.ansible import Ansible, AnsibleError
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.ray_serve import RayServe
+from mlops_assets.retries import EXTERNAL_STEP_RETRY
 from mlops_assets.versioning import code_version_of, stable_hash
 
 from .hosts import DeployedHosts, deploy_api_to_hosts
@@ -66,6 +68,8 @@ def smoke_instances(dataset: Dataset, rows: int = SMOKE_ROWS) -> tuple[list[dict
 
 
 @dg.asset(
+    automation_condition=follows_upstream_data_versions(),
+    retry_policy=EXTERNAL_STEP_RETRY,
     code_version=SERVING_CODE_VERSION,
     kinds={"ray", "fastapi"},
     group_name="serving",

@@ -21,6 +21,8 @@ import dagster as dg
 
 from mlops_assets.resources import ansible as ansible_module
 from mlops_assets.resources.ansible import Ansible, AnsibleError, PlaybookResult, inventory_hosts
+from mlops_assets.automation import follows_upstream_data_versions
+from mlops_assets.retries import EXTERNAL_STEP_RETRY
 from mlops_assets.settings import PROJECT_ROOT
 from mlops_assets.versioning import code_version_of, stable_hash
 
@@ -86,6 +88,8 @@ def _previous_data_version(context: dg.AssetExecutionContext) -> str | None:
 
 
 @dg.asset(
+    automation_condition=follows_upstream_data_versions(),
+    retry_policy=EXTERNAL_STEP_RETRY,
     code_version=ROLES_CODE_VERSION,
     kinds={"ansible", "docker", "prometheus"},
     group_name="infrastructure",

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from mlops_assets import monitoring
 from mlops_assets import settings as settings_module
+from mlops_assets.automation import follows_upstream_data_versions
 from mlops_assets.ml.data import Dataset
 from mlops_assets.monitoring import render as render_module
 from mlops_assets.monitoring.profile import training_profile
@@ -56,6 +57,7 @@ def metrics_target(metrics_url: str) -> str:
 
 
 @dg.asset(
+    automation_condition=follows_upstream_data_versions(),
     code_version=MONITORING_CODE_VERSION,
     kinds={"prometheus", "grafana"},
     group_name="monitoring",

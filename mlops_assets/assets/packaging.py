@@ -33,6 +33,7 @@ from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.serving import model as model_lib
 from mlops_assets.settings import load_settings
 from mlops_assets.staleness import ALWAYS_CHECK_TAG
+from mlops_assets.automation import follows_upstream_data_versions
 from mlops_assets.retries import EXTERNAL_STEP_RETRY, permanent
 from mlops_assets.versioning import code_version_of
 
@@ -99,6 +100,7 @@ def _prune_archives(folder: Path, keep: Path) -> None:
 
 
 @dg.asset(
+    automation_condition=follows_upstream_data_versions(),
     retry_policy=EXTERNAL_STEP_RETRY,
     code_version=IMAGE_CODE_VERSION,
     kinds={"docker", "podman"},

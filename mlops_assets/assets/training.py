@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from mlops_assets import settings as settings_module
+from mlops_assets.automation import follows_upstream_data_versions
 from mlops_assets.ml import metrics as ml_metrics
 from mlops_assets.ml import models as ml_models
 from mlops_assets.ml import training as ml_training
@@ -72,6 +73,7 @@ class CandidateSet:
 
 
 @dg.asset(
+    automation_condition=follows_upstream_data_versions(),
     code_version=TRAINING_CODE_VERSION,
     kinds={"scikit-learn", "mlflow"},
     group_name="ml",
@@ -154,6 +156,7 @@ QUALITY_FLOOR_CHECK = dg.AssetCheckSpec(
 
 
 @dg.asset(
+    automation_condition=follows_upstream_data_versions(),
     code_version=TRAINING_CODE_VERSION,
     kinds={"mlflow", "scikit-learn"},
     group_name="ml",
