@@ -1,0 +1,221 @@
+"""The offline rehearsal of the `aws` target, end to end through Dagster (`MLOPS_TARGET=sim`).
+
+From scratch (a fresh MLOPS_HOME): `python -m mlops_assets.cli run` (what `make run` calls)
+materializes the whole graph: dataset -> candidate_models -> selected_model -> container_image
+(built with podman, saved as an archive); tofu_state (infra_tf/ applied to the EC2 emulator
+through the provider test double) -> deployed_hosts (test hosts at the instances' private
+addresses, Ansible over real SSH: Docker, Prometheus from a locally built image, Grafana
+rendered only) -> deployed_api (the image shipped to the api host and run by the `api` role)
+-> dashboards (rules and dashboards provisioned on the monitoring host).
+
+Then: a prediction through the api host's address answers like the pipeline's champion;
+Prometheus on the monitoring host has the api target up and served-prediction series. A second
+materialization of everything (`run --all`) applies nothing, builds nothing, and Ansible
+changes nothing on any host. `make down`'s code path (`cli down`) destroys the emulated
+infrastructure, removes the hosts and stops the emulator: nothing is left behind.
+
+Needs root (namespaces, bridges, podman); CI runs as root, so it runs there. Phase times are
+printed at the end.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mlops_assets.settings import PROJECT_ROOT
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the rehearsal needs root (namespaces, bridges, podman)"),
+    pytest.mark.timeout(1800),
+]
+
+PHASES: dict[str, float] = {}
+ASSETS = ["dataset", "candidate_models", "selected_model", "container_image", "tofu_state", "deployed_hosts",
+          "deployed_api", "dashboards"]
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLOPS_DATASET", "MLOPS_TARGET_COLUMN")}
+    env.update(MLOPS_HOME=str(home), MLOPS_TARGET="sim", DAGSTER_HOME=str(home / "dagster"), PYTHONUNBUFFERED="1")
+    return env
+
+
+def _cli(home: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "mlops_assets.cli", *args], cwd=PROJECT_ROOT, env=_env(home),
+                            capture_output=True, text=True, timeout=timeout)
+    (home / f"cli-{'-'.join(a.strip('-') for a in args)}.log").write_text(result.stdout + result.stderr)
+    return result
+
+
+def _tail(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if " - DEBUG - " not in line]
+    return "\n".join(lines[-60:])
+
+
+def _latest(home: Path) -> dict[str, tuple[str, dict]]:
+    """asset -> (run id, metadata values) of its latest materialization."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        found = {}
+        for name in ASSETS:
+            event = instance.get_latest_materialization_event(dg.AssetKey(name))
+            if event is not None:
+                metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+                found[name] = (event.run_id, metadata)
+        return found
+
+
+def _get_json(url: str, data=None, timeout: float = 30):
+    body = json.dumps(data).encode() if data is not None else None
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _query(prometheus: str, promql: str) -> list[dict]:
+    answer = _get_json(f"{prometheus}/api/v1/query?query={urllib.parse.quote(promql)}")
+    return answer["data"]["result"]
+
+
+def _api_images() -> set[str]:
+    from mlops_assets_tests.rehearsal.engine import docker_client
+
+    client = docker_client()
+    try:
+        return {tag for image in client.images.list() for tag in image.tags if "mlops-api:" in tag}
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    """The first materialization from scratch; teardown (cli down) at the end, whatever happens."""
+    from mlops_assets_tests.rehearsal.hosts import TestHosts
+    from mlops_assets_tests.rehearsal.sim_hosts import teardown_sim
+
+    home = tmp_path_factory.mktemp("sim-home")
+    images_before = _api_images()
+    started = time.monotonic()
+    first = _cli(home, "run")
+    PHASES["1 first materialization (from scratch)"] = round(time.monotonic() - started, 1)
+    hosts_state = home / "rehearsal" / "hosts.json"
+    hosts = TestHosts.attach(hosts_state) if hosts_state.exists() else None
+    state = {"home": home, "first": first, "hosts": hosts, "images_before": images_before, "down": None}
+    try:
+        yield state
+    finally:
+        if state["down"] is None:  # a failure before the teardown test: clean up anyway
+            _cli(home, "down", timeout=600)
+            teardown_sim(home)
+        for tag in _api_images() - images_before:  # the API image this test built
+            subprocess.run(["podman", "rmi", "-f", tag], capture_output=True)
+        (home / "phase-times.json").write_text(json.dumps(PHASES, indent=1))
+
+
+def test_first_materialization_serves_the_champion_on_the_api_host(rehearsal):
+    first = rehearsal["first"]
+    assert first.returncode == 0, _tail(first)
+    latest = _latest(rehearsal["home"])
+    assert set(latest) == set(ASSETS), f"not materialized: {set(ASSETS) - set(latest)}"
+    tofu = latest["tofu_state"][1]
+    assert tofu["applied"] is True
+    api_address = tofu["ansible_inventory"]["all"]["children"]["api"]["hosts"]["mlops-assets-api"]["ansible_host"]
+    assert latest["container_image"][1]["rebuilt"] is True or latest["container_image"][1]["status"]
+    api = latest["deployed_api"][1]
+    assert api["url"].startswith(f"http://{api_address}:8000")
+    PHASES.update({
+        "  tofu_state (emulator, init, plan, apply)": tofu["timings (s)"]["total"],
+        "  container_image (build + archive)": latest["container_image"][1]["total_seconds"],
+        "  deployed_hosts (hosts up + Ansible)": latest["deployed_hosts"][1]["ansible_seconds"],
+        "  deployed_api (Ansible api role + smoke)": api["ansible_seconds"],
+    })
+
+    from mlops_assets.ml.data import DEFAULT_SOURCE, DEFAULT_TARGET, SplitSpec, build_dataset
+    from mlops_assets.resources.mlflow_registry import MlflowRegistry
+
+    x_test, _ = build_dataset(DEFAULT_SOURCE, DEFAULT_TARGET, SplitSpec()).xy("test")
+    rows = x_test.head(20)
+    instances = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                 for row in rows.to_dict(orient="records")]
+    started = time.monotonic()
+    answer = _get_json(f"http://{api_address}:8000/predict", {"instances": instances})
+    PHASES["prediction through the api host (20 rows)"] = round(time.monotonic() - started, 3)
+    model = answer["model"]
+    assert str(model["version"]) == str(api["model_version"])
+    registry = MlflowRegistry(tracking_uri=f"sqlite:///{rehearsal['home'] / 'mlflow' / 'mlflow.db'}")
+    expected = [str(v) for v in registry.load_model(f"models:/{model['name']}/{model['version']}").predict(rows)]
+    assert answer["predictions"] == expected
+
+
+def test_prometheus_on_the_monitoring_host_scrapes_the_api(rehearsal):
+    assert rehearsal["first"].returncode == 0, _tail(rehearsal["first"])
+    latest = _latest(rehearsal["home"])
+    inventory = latest["tofu_state"][1]["ansible_inventory"]["all"]["children"]
+    api_address = inventory["api"]["hosts"]["mlops-assets-api"]["ansible_host"]
+    monitoring_address = inventory["monitoring"]["hosts"]["mlops-assets-monitoring"]["ansible_host"]
+    prometheus = f"http://{monitoring_address}:9090"
+    assert latest["dashboards"][1]["prometheus_url"].startswith(prometheus)
+    started = time.monotonic()
+    deadline, up, served = started + 120, [], []
+    while time.monotonic() < deadline:
+        up = _query(prometheus, 'up{job="mlops-api"}')
+        served = _query(prometheus, "ray_mlops_api_predictions_total")
+        if up and up[0]["value"][1] == "1" and served:
+            break
+        time.sleep(2)
+    PHASES["wait for served-prediction series in Prometheus"] = round(time.monotonic() - started, 1)
+    assert up and up[0]["value"][1] == "1", f"the api target is not up: {up}"
+    assert up[0]["metric"]["instance"] == f"{api_address}:8080"
+    assert served, "no ray_mlops_api_predictions_total series on the monitoring host's Prometheus"
+    rules = _get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
+    assert sum(len(g["rules"]) for g in rules) == latest["dashboards"][1]["rule_count"]
+
+
+def test_second_materialization_changes_nothing(rehearsal):
+    assert rehearsal["first"].returncode == 0, _tail(rehearsal["first"])
+    home = rehearsal["home"]
+    before = _latest(home)
+    started = time.monotonic()
+    second = _cli(home, "run", "--all")
+    PHASES["2 second materialization (--all, no change)"] = round(time.monotonic() - started, 1)
+    assert second.returncode == 0, _tail(second)
+    after = _latest(home)
+    for name in ASSETS:
+        assert after[name][0] != before[name][0], f"{name} was not materialized again"
+    assert after["tofu_state"][1]["applied"] is False
+    assert after["tofu_state"][1]["plan summary"] == "0 to add, 0 to change, 0 to destroy"
+    assert after["container_image"][1]["rebuilt"] is False
+    for name in ("deployed_hosts", "deployed_api", "dashboards"):
+        per_host = after[name][1]["per_host"]
+        assert per_host and all(c["changed"] == 0 and c["failed"] == 0 for c in per_host.values()), (name, per_host)
+    assert set(after["deployed_hosts"][1]["per_host"]) == {"mlops-assets-api", "mlops-assets-monitoring"}
+    assert after["deployed_hosts"][1]["data_version_kept"] is True
+
+
+def test_teardown_leaves_nothing_behind(rehearsal, capsys):
+    home, hosts = rehearsal["home"], rehearsal["hosts"]
+    emulator = json.loads((home / "rehearsal" / "emulator" / "emulator.json").read_text())
+    started = time.monotonic()
+    down = _cli(home, "down", timeout=600)
+    rehearsal["down"] = down
+    PHASES["3 teardown (make down: destroy, hosts, emulator)"] = round(time.monotonic() - started, 1)
+    assert down.returncode == 0, _tail(down)
+    assert "resources_destroyed" in down.stdout
+    assert hosts is not None and hosts.footprint() == [], hosts and hosts.footprint()
+    assert not (home / "rehearsal" / "hosts.json").exists()
+    assert not Path(f"/proc/{emulator['pid']}").exists() or b"moto" not in Path(f"/proc/{emulator['pid']}/cmdline").read_bytes()
+    containers = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    assert "mlops" not in containers, containers
+    with capsys.disabled():
+        print("\nrehearsal e2e phase times (s):")
+        for phase, seconds in PHASES.items():
+            print(f"  {phase}: {seconds}")
