@@ -35,10 +35,6 @@ dev: install ## Dagster UI on http://127.0.0.1:3000 with this project loaded
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 for the local tracking store
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db
 
-.PHONY: dashboards
-dashboards: install ## re-render grafana_dashboards/ (dashboards, provisioning, Prometheus config, rules, rule tests)
-	$(BIN)/python -m mlops_assets.monitoring.render --out grafana_dashboards
-
 down: install ## stop the prediction API and the Ray instance that `make run` started
 	$(BIN)/python -m mlops_assets.cli down
 
@@ -46,8 +42,13 @@ bench-serving: install ## prediction API vs bare FastAPI vs `mlflow models serve
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/serving_bench.py
 
+.PHONY: dashboards
+dashboards: install ## re-render grafana_dashboards/ (dashboards, provisioning, Prometheus config, rules, rule tests)
+	$(BIN)/python -m mlops_assets.monitoring.render --out grafana_dashboards
+
 bench: install ## benchmarks (see README, Performance)
 	$(BIN)/python bench/ml_phase.py
 
-clean: ## remove the state folder and the virtual environment
+clean: ## stop what `make run` started, then remove the state folder and the virtual environment
+	@if test -x $(BIN)/python; then $(BIN)/python -m mlops_assets.cli down || true; fi
 	rm -rf $(MLOPS_HOME) $(VENV) *.egg-info
