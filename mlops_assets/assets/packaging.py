@@ -128,8 +128,8 @@ def container_image(
             f"{'; last error ' + container_engine._last_error if container_engine._last_error else ''}). "
             f"{container_engine_module.HOW_TO_GET_AN_ENGINE}"
         )
-        if container_engine.required:  # the engine may be starting: retried
-            raise dg.Failure(description=f"container_image needs an engine in this target: {message}")
+        if container_engine.required:  # waiting does not install an engine: not retried
+            raise permanent(f"container_image needs an engine in this target: {message}")
         return _skipped(context, selected_model, "no container engine", message)
 
     started = time.monotonic()
