@@ -355,7 +355,10 @@ def _per_host(stats: dict) -> dict[str, dict[str, int]]:
 class RehearsalAnsible(Ansible):
     """`sim`: the same playbooks, with the images a registry would serve built locally from the
     offline Debian base (mlops_assets_tests/rehearsal/images.py) and loaded from archives
-    through the roles' own variables; Grafana is rendered only (no Grafana image offline)."""
+    through the roles' own variables; Grafana is rendered only (no Grafana image offline).
+    Before each run, the hosts themselves: a rehearsal test host (network namespace, own
+    Debian root, sshd) at each address of the inventory, accepting tofu_state's generated key
+    (`hosts_state_file`; mlops_assets_tests/rehearsal/sim_hosts.py, imported at run time)."""
 
     target: str = "sim"
     project_root: str = Field(default="", description="The checkout that holds mlops_assets_tests/ (the image builders).")
