@@ -45,6 +45,9 @@ ASSETS = ["dataset", "candidate_models", "selected_model", "container_image", "t
 def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLOPS_DATASET", "MLOPS_TARGET_COLUMN")}
     env.update(MLOPS_HOME=str(home), MLOPS_TARGET="sim", DAGSTER_HOME=str(home / "dagster"), PYTHONUNBUFFERED="1")
+    from mlops_assets_tests.rehearsal.engine import docker_host
+
+    env["DOCKER_HOST"] = docker_host()  # Podman set up when no engine answers (scripts/setup_podman.sh)
     return env
 
 
@@ -86,14 +89,18 @@ def _query(prometheus: str, promql: str) -> list[dict]:
     return answer["data"]["result"]
 
 
-def _api_images() -> set[str]:
+def _engine(action):
     from mlops_assets_tests.rehearsal.engine import docker_client
 
     client = docker_client()
     try:
-        return {tag for image in client.images.list() for tag in image.tags if "mlops-api:" in tag}
+        return action(client)
     finally:
         client.close()
+
+
+def _api_images() -> set[str]:
+    return _engine(lambda c: {tag for image in c.images.list() for tag in image.tags if "mlops-api:" in tag})
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +124,7 @@ def rehearsal(tmp_path_factory):
             _cli(home, "down", timeout=600)
             teardown_sim(home)
         for tag in _api_images() - images_before:  # the API image this test built
-            subprocess.run(["podman", "rmi", "-f", tag], capture_output=True)
+            _engine(lambda c: c.images.remove(tag, force=True))
         (home / "phase-times.json").write_text(json.dumps(PHASES, indent=1))
 
 
@@ -213,8 +220,8 @@ def test_teardown_leaves_nothing_behind(rehearsal, capsys):
     assert hosts is not None and hosts.footprint() == [], hosts and hosts.footprint()
     assert not (home / "rehearsal" / "hosts.json").exists()
     assert not Path(f"/proc/{emulator['pid']}").exists() or b"moto" not in Path(f"/proc/{emulator['pid']}/cmdline").read_bytes()
-    containers = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
-    assert "mlops" not in containers, containers
+    containers = _engine(lambda c: [x.name for x in c.containers.list(all=True)])
+    assert not [name for name in containers if "mlops" in name], containers  # builds leave no container
     with capsys.disabled():
         print("\nrehearsal e2e phase times (s):")
         for phase, seconds in PHASES.items():
