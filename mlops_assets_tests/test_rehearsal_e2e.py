@@ -185,6 +185,12 @@ def test_prometheus_on_the_monitoring_host_scrapes_the_api(rehearsal):
     assert served, "no ray_mlops_api_predictions_total series on the monitoring host's Prometheus"
     rules = _get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
     assert sum(len(g["rules"]) for g in rules) == latest["dashboards"][1]["rule_count"]
+    # Grafana, render only: its configuration and the rendered dashboards are on the host, no container.
+    hosts, grafana = rehearsal["hosts"], "/etc/mlops-assets/grafana"
+    rendered = sorted(p.name for p in (rehearsal["home"] / "monitoring" / "dashboards").glob("*.json"))
+    assert rendered and hosts.exec("mlops-assets-monitoring", f"ls {grafana}/dashboards").stdout.split() == rendered
+    assert "[auth.anonymous]\nenabled = false" in hosts.exec("mlops-assets-monitoring", f"cat {grafana}/grafana.ini").stdout
+    assert hosts.exec("mlops-assets-monitoring", "docker ps -a --format '{{.Names}}'").stdout.split() == ["prometheus"]
 
 
 def test_second_materialization_changes_nothing(rehearsal):
