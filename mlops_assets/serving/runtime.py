@@ -210,8 +210,15 @@ def instance_processes(runtime: RayServeRuntime) -> list[int]:
     haproxy): found by the state folder in their command line, never by name, so another Ray
     instance on the machine is left alone."""
     marks = (str(runtime.ray_dir) + "/", str(runtime.haproxy_dir) + "/")
+    # Ray's client server is re-parented to init and names no folder, only the GCS address
+    # (one instance per GCS port: while ours runs, that address is ours).
+    client_server = ("ray.util.client.server", f"--address={runtime.address} ")
     table = _processes()
-    roots = {pid for pid, (_, cmd) in table.items() if any(m in cmd for m in marks) and pid != os.getpid()}
+    roots = {
+        pid
+        for pid, (_, cmd) in table.items()
+        if (any(m in cmd for m in marks) or all(m in cmd + " " for m in client_server)) and pid != os.getpid()
+    }
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
