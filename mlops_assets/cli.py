@@ -64,14 +64,19 @@ def run(job_name: str, everything: bool = False) -> int:
     return 0 if result.success else 1
 
 
-def _print_api(result) -> None:
-    """Where the API answers, after a run that deployed it."""
-    api = next(
+def _materialization(result, key: str):
+    """The run's materialization of asset `key`, if it made one."""
+    return next(
         (e.event_specific_data.materialization for e in result.all_events
          if e.event_type_value == "ASSET_MATERIALIZATION"
-         and e.event_specific_data.materialization.asset_key.to_user_string() == "deployed_api"),
+         and e.event_specific_data.materialization.asset_key.to_user_string() == key),
         None,
     )
+
+
+def _print_api(result) -> None:
+    """Where the API answers, after a run that deployed it."""
+    api = _materialization(result, "deployed_api")
     if api is None:
         return
     meta = api.metadata
@@ -82,12 +87,7 @@ def _print_api(result) -> None:
 
 def _print_prometheus(result) -> None:
     """Where the local Prometheus answers, after a run that provisioned it."""
-    monitoring = next(
-        (e.event_specific_data.materialization for e in result.all_events
-         if e.event_type_value == "ASSET_MATERIALIZATION"
-         and e.event_specific_data.materialization.asset_key.to_user_string() == "dashboards"),
-        None,
-    )
+    monitoring = _materialization(result, "dashboards")
     if monitoring is None or not monitoring.metadata["targets_up"].data:
         return
     meta = monitoring.metadata

@@ -31,15 +31,18 @@ def make_settings(home: Path, **overrides):
     return load_settings(env)
 
 
+def materialize(defs: dg.Definitions, instance: dg.DagsterInstance, keys, run_config: dict | None = None, raise_on_error=True):
+    """Materialize the given asset keys (and their checks) of `defs` in this process."""
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(k) if isinstance(k, str) else k for k in keys})
+    return job.execute_in_process(instance=instance, run_config=run_config or {}, raise_on_error=raise_on_error)
+
+
 def materialize_ml(home: Path, instance: dg.DagsterInstance, run_config: dict | None = None, raise_on_error=True, **env):
     """Materialize dataset -> candidate_models -> selected_model (with checks) under `home`."""
     from mlops_assets.definitions import build_definitions
 
     defs = build_definitions(make_settings(home, **env))
-    job = defs.resolve_implicit_global_asset_job_def()
-    selection = dg.AssetSelection.assets(*ML_ASSET_KEYS)
-    subjob = job.get_subset(asset_selection=set(selection.resolve(defs.resolve_asset_graph())))
-    return subjob.execute_in_process(instance=instance, run_config=run_config or {}, raise_on_error=raise_on_error)
+    return materialize(defs, instance, ML_ASSET_KEYS, run_config, raise_on_error)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 from mlops_assets.automation import build_automation, follows_upstream_data_versions
 from mlops_assets.resources.prometheus_api import PrometheusApi
 
-from .conftest import make_settings
+from .conftest import make_settings, materialize
 
 
 def _sensor(settings, name):
@@ -132,9 +132,7 @@ def prometheus():
 def _materialize_dataset(tmp_path, instance):
     from mlops_assets.definitions import build_definitions
 
-    defs = build_definitions(make_settings(tmp_path))
-    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("dataset")})
-    assert job.execute_in_process(instance=instance).success
+    assert materialize(build_definitions(make_settings(tmp_path)), instance, ["dataset"]).success
 
 
 def test_drift_sensor_scenarios(tmp_path, instance, prometheus, monkeypatch):

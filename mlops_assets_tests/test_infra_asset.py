@@ -8,15 +8,14 @@ import pytest
 from mlops_assets.definitions import build_definitions
 from mlops_assets_tests.rehearsal.emulator import Ec2Emulator
 
-from .conftest import make_settings
+from .conftest import make_settings, materialize
 from .infra_helpers import assert_expected_instances, live_instances, record_timings
 
 KEY = dg.AssetKey("tofu_state")
 
 
 def _materialize(defs: dg.Definitions, instance: dg.DagsterInstance, raise_on_error=True):
-    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={KEY})
-    return job.execute_in_process(instance=instance, raise_on_error=raise_on_error)
+    return materialize(defs, instance, [KEY], raise_on_error=raise_on_error)
 
 
 def _materialization(result):
