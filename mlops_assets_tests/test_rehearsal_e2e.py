@@ -52,10 +52,22 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def _cli(home: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "mlops_assets.cli", *args], cwd=PROJECT_ROOT, env=_env(home),
-                            capture_output=True, text=True, timeout=timeout)
-    (home / f"cli-{'-'.join(a.strip('-') for a in args)}.log").write_text(result.stdout + result.stderr)
-    return result
+    """Run the CLI with its output streamed to a log file in `home`, so that a run which hangs
+    can be followed live (`tail -f`); one still running after `timeout` is killed and returns
+    -9, its last lines ending up in the failure like any other."""
+    log_path = home / f"cli-{'-'.join(a.strip('-') for a in args)}.log"
+    command = [sys.executable, "-m", "mlops_assets.cli", *args]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=_env(home), stdout=log, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+            log.write(f"\n[test] killed: `{' '.join(command[1:])}` was still running after {timeout:.0f} s\n")
+    output = log_path.read_text()
+    return subprocess.CompletedProcess(command, process.returncode, stdout=output, stderr="")
 
 
 def _tail(result: subprocess.CompletedProcess) -> str:

@@ -72,10 +72,18 @@ fi
 if [ "$(id -u)" -ne 0 ]; then
     no_engine "setting up Podman here needs root"
 fi
-# One setter-upper at a time (parallel test sessions, `make run` beside CI).
+# Already set up: answer without waiting for the lock.
+if ping "$PODMAN_DOCKER_HOST"; then
+    say "engine ready: export DOCKER_HOST=$PODMAN_DOCKER_HOST"
+    exit 0
+fi
+# One setter-upper at a time (parallel test sessions, `make run` beside CI). The lock is on
+# fd 9, which the service below must not inherit: it would hold the lock for its whole life.
 mkdir -p "$SOCKET_DIR"
 exec 9>"$SOCKET_DIR/.setup.lock"
-flock 9
+if ! flock -w 600 9; then
+    no_engine "another setup_podman.sh has held $SOCKET_DIR/.setup.lock for 10 minutes"
+fi
 if ping "$PODMAN_DOCKER_HOST"; then
     say "engine ready: export DOCKER_HOST=$PODMAN_DOCKER_HOST"
     exit 0
@@ -124,7 +132,7 @@ if ! ping "$PODMAN_DOCKER_HOST"; then
     rm -f "$SOCKET"
     say "starting podman system service on $SOCKET (log: $LOG_FILE)"
     # setsid + nohup: the service outlives this script and the shell that ran it.
-    setsid nohup podman system service --time=0 "$PODMAN_DOCKER_HOST" >"$LOG_FILE" 2>&1 < /dev/null &
+    setsid nohup podman system service --time=0 "$PODMAN_DOCKER_HOST" >"$LOG_FILE" 2>&1 < /dev/null 9>&- &
     echo $! > "$PID_FILE"
     for _ in $(seq 1 50); do
         [ -S "$SOCKET" ] && break
