@@ -23,45 +23,64 @@ def _prepare_home() -> None:
     (settings.dagster_home / "dagster.yaml").touch()
 
 
-def run(job_name: str, everything: bool = False) -> int:
-    """Observe the data source, then materialize what Dagster finds missing or stale (or, with
-    `everything`, the whole job: each asset then returns early when its inputs are unchanged)."""
+def run(job_name: str, everything: bool = False, config_path: str | None = None) -> int:
+    """Observe the data source, then materialize what Dagster finds missing or stale, wave by
+    wave until nothing is (rebuild.py); with `everything`, the whole job in one run (each asset
+    then returns early when its inputs are unchanged). `config_path`: a YAML run config (for
+    example new hyperparameters for candidate_models); the assets it configures are materialized."""
     _prepare_home()
     import dagster as dg
+    import yaml
 
     from mlops_assets.definitions import defs
-    from mlops_assets.staleness import keys_to_run
+    from mlops_assets.rebuild import RunConfigError, rebuild
 
+    run_config = {}
+    if config_path:
+        try:
+            with open(config_path) as handle:
+                run_config = yaml.safe_load(handle) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"--config {config_path}: cannot read it as YAML run config: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(run_config, dict):
+            print(f"--config {config_path}: expected a mapping like `ops: {{candidate_models: {{config: ...}}}}`", file=sys.stderr)
+            return 2
     started = time.monotonic()
-    job = defs.resolve_job_def(job_name)
     with dg.DagsterInstance.get() as instance:
         observed = defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, raise_on_error=False)
         if not observed.success:
             failure = next(e for e in observed.all_events if e.event_type_value == "STEP_FAILURE")
             print(f"observing the data source failed: {failure.event_specific_data.error.message.strip()}", file=sys.stderr)
             return 1
-        job_keys = set(job.asset_layer.selected_asset_keys)
-        keys = job_keys if everything else keys_to_run(defs, instance, job_keys)
-        fresh = sorted(k.to_user_string() for k in job_keys - keys)
-        if fresh:
-            print(f"up to date (nothing changed in their inputs or code): {', '.join(fresh)}")
-        if not keys:
-            print(f"{job_name}: nothing to do in {time.monotonic() - started:.1f}s (`--all` re-materializes anyway)")
-            return 0
-        print(f"materializing: {', '.join(sorted(k.to_user_string() for k in keys))}", flush=True)
-        subset = job if keys == job_keys else job.get_subset(asset_selection=keys)
-        result = subset.execute_in_process(instance=instance, raise_on_error=False)
+        try:
+            done = rebuild(defs, instance, job_name, everything=everything, run_config=run_config,
+                           echo=lambda line: print(line, flush=True))
+        except RunConfigError as exc:
+            print(f"--config {config_path}: {exc}", file=sys.stderr)
+            return 2
     elapsed = time.monotonic() - started
-    print(f"\n{job_name}: {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s (run {result.run_id})")
-    for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE":
-            print(f"  failed step {event.step_key}: {event.event_specific_data.error.message.strip()}")
-        if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
-            data = event.event_specific_data
-            print(f"  check {data.asset_key.to_user_string()}:{data.check_name} failed: {data.description}")
-    _print_api(result)
-    _print_prometheus(result)
-    return 0 if result.success else 1
+    if done.up_to_date:
+        print(f"up to date (nothing changed in their inputs or code): {', '.join(sorted(k.to_user_string() for k in done.up_to_date))}")
+    if not done.waves:
+        print(f"{job_name}: nothing to do in {elapsed:.1f}s (`--all` re-materializes anyway)")
+        return 0
+    runs = ", ".join(result.run_id for result in done.results)
+    print(f"\n{job_name}: {'succeeded' if done.success else 'FAILED'} in {elapsed:.1f}s "
+          f"({len(done.waves)} run{'s' if len(done.waves) > 1 else ''}: {runs})")
+    if done.materialized:
+        print(f"materialized: {', '.join(sorted(k.to_user_string() for k in done.materialized))}")
+    for result in done.results:
+        for event in result.all_events:
+            if event.event_type_value == "STEP_FAILURE":
+                print(f"  failed step {event.step_key}: {event.event_specific_data.error.message.strip()}")
+            if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
+                data = event.event_specific_data
+                print(f"  check {data.asset_key.to_user_string()}:{data.check_name} failed: {data.description}")
+    for result in done.results:
+        _print_api(result)
+        _print_prometheus(result)
+    return 0 if done.success else 1
 
 
 def _materialization(result, key: str):
@@ -158,10 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     run_parser = sub.add_parser("run", help="materialize the whole asset graph for MLOPS_TARGET")
     run_parser.add_argument("--job", default="materialize_all")
     run_parser.add_argument("--all", action="store_true", help="materialize every asset of the job, stale or not")
+    run_parser.add_argument("--config", metavar="RUN_CONFIG.yaml",
+                            help="Dagster run config (ops: {ASSET: {config: ...}}); the assets it configures are materialized")
     sub.add_parser("down", help="stop the prediction API and the local Ray instance that `run` started")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run(args.job, args.all)
+        return run(args.job, args.all, args.config)
     if args.command == "down":
         return down()
     return 2

@@ -24,23 +24,55 @@ def _run(home: Path, *args: str, **env: str) -> str:
 def test_run_materializes_only_what_changed(tmp_path):
     home = tmp_path / "home"
     cold = _run(home)
-    assert "materializing: candidate_models, dataset, selected_model" in cold
-    assert "ml_phase: succeeded" in cold
+    assert "[1] materializing: candidate_models, dataset, selected_model (missing" in cold
+    assert "ml_phase: succeeded" in cold and "(1 run:" in cold
 
     again = _run(home)
     assert "nothing to do" in again
     assert "up to date (nothing changed in their inputs or code): candidate_models, dataset, selected_model" in again
 
-    # A new file behind MLOPS_DATASET makes the chain stale again.
+    # A new file behind MLOPS_DATASET: the dataset first, then each asset whose input got a
+    # new data version, one wave at a time.
     from mlops_assets.ml.data import _read_palmerpenguins
 
     _read_palmerpenguins().head(300).write_csv(tmp_path / "fewer.csv")
     changed = _run(home, MLOPS_DATASET=str(tmp_path / "fewer.csv"))
-    assert "materializing: candidate_models, dataset, selected_model" in changed
+    assert "[1] materializing: dataset (missing, stale or configured)" in changed
+    # selected_model reads the dataset too (it scores on the test split).
+    assert "[2] materializing: candidate_models, selected_model (their inputs have new data versions)" in changed
+    assert "materialized: candidate_models, dataset, selected_model" in changed
 
     forced = _run(home, "--all", MLOPS_DATASET=str(tmp_path / "fewer.csv"))
-    assert "materializing: candidate_models, dataset, selected_model" in forced
+    assert "[1] materializing: candidate_models, dataset, selected_model" in forced
     assert "reusing its 3 candidates" in forced
+
+
+def test_new_hyperparameters_retrain_and_stop_where_the_champion_stays(tmp_path):
+    home = tmp_path / "home"
+    _run(home)
+    config = tmp_path / "run_config.yaml"
+    config.write_text("ops:\n  candidate_models:\n    config:\n      random_forest:\n        n_estimators: 50\n")
+    retrained = _run(home, "--config", str(config))
+    assert "[1] materializing: candidate_models (missing, stale or configured)" in retrained
+    assert "training random_forest with {'n_estimators': 50" in retrained
+    # New candidates (a new MLflow parent run): selected_model is compared again ...
+    assert "[2] materializing: selected_model" in retrained
+    # ... and keeps the champion (same test data, not strictly better): nothing else runs.
+    assert "[3]" not in retrained
+    assert "up to date (nothing changed in their inputs or code): dataset" in retrained
+
+
+def test_run_config_naming_an_unknown_asset_is_refused(tmp_path):
+    config = tmp_path / "run_config.yaml"
+    config.write_text("ops:\n  candidate_model:\n    config: {}\n")
+    environment = {**os.environ, "MLOPS_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-m", "mlops_assets.cli", "run", "--job", "ml_phase", "--config", str(config)],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2
+    assert "configures candidate_model, which the job does not have" in done.stderr
+    assert "candidate_models" in done.stderr
 
 
 def test_run_reports_a_missing_data_file(tmp_path):

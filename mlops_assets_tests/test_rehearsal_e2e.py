@@ -133,8 +133,10 @@ def rehearsal(tmp_path_factory):
         yield state
     finally:
         if state["down"] is None:  # a failure before the teardown test: clean up anyway
-            _cli(home, "down", timeout=600)
-            teardown_sim(home)
+            try:
+                _cli(home, "down", timeout=600)
+            finally:
+                teardown_sim(home)  # the hosts and the emulator, even when `down` failed
         for tag in _api_images() - images_before:  # the API image this test built
             _engine(lambda c: c.images.remove(tag, force=True))
         (home / "phase-times.json").write_text(json.dumps(PHASES, indent=1))

@@ -436,7 +436,7 @@ class TestHosts:
             if self.subnet.overlaps(net):
                 raise HostsError(
                     f"{self.subnet} overlaps {net}, already routed on this machine: test hosts must "
-                    "use a subnet of their own (free_subnet() picks one)"
+                    f"use a subnet of their own (free_subnet() picks one).{_owner_hint(net)}"
                 )
 
     def _network_up(self) -> None:
@@ -867,6 +867,25 @@ def _routed_networks() -> list[ipaddress.IPv4Network]:
         except ValueError:
             continue
     return nets
+
+
+def _owner_hint(net: ipaddress.IPv4Network) -> str:
+    """When `net` is another harness's bridge: whose it is and how to remove it."""
+    routes = subprocess.run(["ip", "-4", "-j", "route", "show", str(net)], capture_output=True, text=True).stdout
+    devices = [route.get("dev", "") for route in json.loads(routes or "[]")]
+    hid = next((d.removeprefix("mlhbr") for d in devices if d.startswith("mlhbr")), None)
+    if hid is None:
+        return ""
+    try:
+        state = json.loads((_STATE_DIR / hid).read_text())
+    except (OSError, ValueError):
+        state = {}
+    owner = state.get("state_file")
+    if owner:
+        home = Path(owner).parent.parent
+        return (f" It is the bridge of the test hosts recorded in {owner}: remove them with "
+                f"`MLOPS_HOME={home} MLOPS_TARGET=sim make down` (or delete that file: the next run reaps them).")
+    return f" It is the bridge of test hosts {hid} whose owner still runs; stop that run first."
 
 
 def _run(cmd: list[str]) -> None:

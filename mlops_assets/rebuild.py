@@ -1,0 +1,128 @@
+"""Materialize what changed, and only that: what `make run` (cli.py) does after observing the
+data source.
+
+Dagster marks an asset stale once an upstream asset *has* a new data version (or its own code
+version changed), so the work goes in waves, each one Dagster run:
+
+1. the assets that are missing, stale, or given config (a hyperparameter change is a reason to
+   retrain that Dagster's staleness cannot see);
+2. then whatever became stale because a wave gave its inputs new data versions, and so on.
+
+A retraining that keeps the champion gives `selected_model` the same data version, so the waves
+stop there: no image, no OpenTofu, no Ansible, no API restart. This is what the automation
+conditions of automation.py do tick by tick in `dagster dev`, done here in one command.
+Assets tagged `mlops/always_check` (they look after live services: the image in the engine,
+the API process, Prometheus) run in a last wave when no earlier wave ran them; they return
+early when everything is in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from mlops_assets.staleness import ALWAYS_CHECK_TAG, stale_or_missing
+
+Echo = Callable[[str], None]
+
+
+class RunConfigError(ValueError):
+    """The run config names assets that the job does not have."""
+
+
+@dataclass
+class Rebuild:
+    """What `rebuild` did: one entry per wave (the Dagster run and its assets)."""
+
+    job_keys: set[dg.AssetKey]
+    waves: list[tuple[set[dg.AssetKey], dg.ExecuteInProcessResult]] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        return all(result.success for _, result in self.waves)
+
+    @property
+    def materialized(self) -> set[dg.AssetKey]:
+        return {key for keys, result in self.waves if result.success for key in keys}
+
+    @property
+    def up_to_date(self) -> set[dg.AssetKey]:
+        return self.job_keys - {key for keys, _ in self.waves for key in keys}
+
+    @property
+    def results(self) -> list[dg.ExecuteInProcessResult]:
+        return [result for _, result in self.waves]
+
+
+def _names(keys) -> str:
+    return ", ".join(sorted(key.to_user_string() for key in keys))
+
+
+def configured_keys(run_config: dict, job_keys: set[dg.AssetKey]) -> set[dg.AssetKey]:
+    """The assets that `run_config` configures (its `ops` section); unknown names are an error."""
+    named = {dg.AssetKey(name.split("__")) for name in (run_config.get("ops") or {})}
+    unknown = named - job_keys
+    if unknown:
+        raise RunConfigError(
+            f"the run config configures {_names(unknown)}, which the job does not have; "
+            f"its assets are {_names(job_keys)}"
+        )
+    return named
+
+
+def _config_for(run_config: dict, keys: set[dg.AssetKey]) -> dict:
+    """`run_config` restricted to the ops of one wave (Dagster refuses config for ops a run lacks)."""
+    ops = {name: value for name, value in (run_config.get("ops") or {}).items() if dg.AssetKey(name.split("__")) in keys}
+    rest = {name: value for name, value in run_config.items() if name != "ops"}
+    return {**rest, **({"ops": ops} if ops else {})}
+
+
+def rebuild(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    job_name: str = "materialize_all",
+    *,
+    everything: bool = False,
+    run_config: dict | None = None,
+    echo: Echo = print,
+    tags: dict[str, str] | None = None,
+) -> Rebuild:
+    """Materialize the job's stale, missing and configured assets wave by wave (or, with
+    `everything`, the whole job in one run: each asset then returns early when its inputs are
+    unchanged). Stops at the first wave that fails."""
+    run_config = run_config or {}
+    job = defs.resolve_job_def(job_name)
+    graph = defs.resolve_asset_graph()
+    job_keys = set(job.asset_layer.selected_asset_keys)
+    configured = configured_keys(run_config, job_keys)
+    always = {key for key in job_keys if graph.get(key).tags.get(ALWAYS_CHECK_TAG) == "true"}
+    done = Rebuild(job_keys)
+    ran: set[dg.AssetKey] = set()
+    pending = set(job_keys) if everything else stale_or_missing(defs, instance, job_keys) | configured
+    # Each wave moves at least one level down the graph: more waves than assets is a bug.
+    for number in range(1, len(job_keys) + 3):
+        if not pending:
+            if not always - ran:
+                break
+            pending = always - ran
+            reason = "checking the live services"
+        else:
+            reason = "missing, stale or configured" if number == 1 else "their inputs have new data versions"
+        echo(f"[{number}] materializing: {_names(pending)} ({reason})")
+        subset = job if pending == job_keys else job.get_subset(asset_selection=pending)
+        result = subset.execute_in_process(
+            instance=instance,
+            run_config=_config_for(run_config, pending),
+            raise_on_error=False,
+            tags={"mlops/wave": str(number), **(tags or {})},
+        )
+        done.waves.append((pending, result))
+        ran |= pending
+        if not result.success:
+            break
+        pending = stale_or_missing(defs, instance, job_keys)
+    else:
+        raise RuntimeError(f"{job_name}: still stale after {len(job_keys) + 2} waves: {_names(pending)}")
+    return done
