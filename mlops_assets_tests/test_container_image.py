@@ -7,6 +7,7 @@ Every image these tests create is in the repository `mlops-api-test` and removed
 (the build cache of the first build's dependency layers goes with it).
 """
 
+import json
 import math
 import os
 import shutil
@@ -274,6 +275,27 @@ def test_second_materialization_builds_nothing(first_build, trained_home, test_e
     assert event.metadata["rebuilt"].value is False
     assert event.metadata["tag"].value == image.tag
     assert result.output_for_node("container_image").tag == image.tag
+    # Same registry version, code, Dockerfile and pins: found from the recipe record, no download.
+    assert event.metadata["model_downloaded"].value is False
+
+
+@needs_root
+def test_a_recipe_record_whose_image_is_gone_is_not_trusted(first_build, trained_home, test_engine):
+    from mlops_assets.assets.packaging import RECIPES_FILE
+
+    image, _ = first_build
+    from mlops_assets.settings import load_settings
+
+    records = load_settings().home / "images" / RECIPES_FILE  # where the asset keeps its images (MLOPS_HOME)
+    recipes = json.loads(records.read_text())
+    assert image.tag in {entry["tag"] for entry in recipes.values()}
+    # As if the image had been removed from the engine by hand since the record was written.
+    records.write_text(json.dumps({key: {**entry, "tag": "0000000000000000"} for key, entry in recipes.items()}))
+    result = _materialize(trained_home, test_engine)
+    event = _materialization(result)
+    assert event.metadata["model_downloaded"].value is True  # the inputs were hashed again
+    assert event.metadata["tag"].value == image.tag and event.metadata["rebuilt"].value is False
+    assert image.tag in {entry["tag"] for entry in json.loads(records.read_text()).values()}
 
 
 @needs_root

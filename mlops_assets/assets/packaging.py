@@ -13,6 +13,8 @@ archive under MLOPS_HOME/images/ for hosts without a registry; `aws` pushes it t
 configured registry (MLOPS_IMAGE_REGISTRY, e.g. ECR), or saves an archive when none is set.
 """
 
+import hashlib
+import json
 import shutil
 import tempfile
 import time
@@ -35,7 +37,7 @@ from mlops_assets.settings import load_settings
 from mlops_assets.staleness import ALWAYS_CHECK_TAG
 from mlops_assets.automation import follows_upstream_data_versions
 from mlops_assets.retries import EXTERNAL_STEP_RETRY, permanent
-from mlops_assets.versioning import code_version_of
+from mlops_assets.versioning import code_version_of, stable_hash
 
 from .training import SelectedModel
 
@@ -133,6 +135,102 @@ def container_image(
         return _skipped(context, selected_model, "no container engine", message)
 
     started = time.monotonic()
+    found = _find_or_build(context, config, container_engine, mlflow, selected_model, images_dir)
+    if isinstance(found, dg.Output):  # the local target's labelled skip
+        return found
+    tag, hashes, base_image, built, build_seconds, image_id, size = (
+        found.tag, found.hashes, found.base_image, found.built, found.build_seconds, found.image_id, found.size_bytes
+    )
+    ref = container_engine.ref(tag)
+
+    archive = None
+    if container_engine.save_archive:
+        archive = images_dir / f"{ARCHIVE_PREFIX}{tag}.tar"
+        if not archive.is_file():
+            container_engine.save(ref, archive)
+            context.log.info(f"saved {ref} to {archive} ({archive.stat().st_size / 1e6:.0f} MB)")
+        _prune_archives(images_dir, archive)
+    remote = None
+    if container_engine.registry:
+        try:
+            remote = container_engine.push(tag, log=context.log)
+        except Exception as exc:  # engine, registry or AWS credentials: say which and what to check
+            raise dg.Failure(
+                description=f"pushing {ref} to {container_engine.registry} failed: {type(exc).__name__}: {exc}\n"
+                "Check the registry address (MLOPS_IMAGE_REGISTRY), and for ECR the AWS credentials "
+                "(AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and that the repository exists."
+            ) from None
+        context.log.info(f"pushed {remote}")
+
+    value = ContainerImage(
+        ref=ref,
+        tag=tag,
+        model_name=selected_model.name,
+        model_version=str(selected_model.version),
+        base_image=base_image,
+        image_id=image_id,
+        size_bytes=size,
+        archive=str(archive) if archive else None,
+        remote_ref=remote,
+        built=built,
+    )
+    metadata = {
+        "image": ref,
+        "tag": tag,
+        "status": "built" if built else "already built: nothing to do",
+        "rebuilt": built,
+        "size_mb": round(size / 1e6, 1),
+        "build_seconds": round(build_seconds, 1),
+        "total_seconds": round(time.monotonic() - started, 1),
+        "base_image": base_image,
+        "model_version": str(selected_model.version),
+        "inputs": dg.MetadataValue.json(hashes),
+        "model_downloaded": found.model_downloaded,
+        "engine": container_engine.reachable_host() or "",
+    }
+    if archive:
+        metadata["archive"] = dg.MetadataValue.path(str(archive))
+    if remote:
+        metadata["pushed"] = remote
+    return dg.Output(value, data_version=dg.DataVersion(tag), metadata=metadata)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """An image in the engine for the champion: found by its tag, or just built."""
+
+    tag: str
+    hashes: dict
+    base_image: str
+    built: bool
+    build_seconds: float
+    image_id: str
+    size_bytes: int
+    model_downloaded: bool = True  # False: found from the recipe record alone
+
+
+def _find_or_build(context, config: ContainerImageConfig, container_engine: ContainerEngine, mlflow: MlflowRegistry,
+                   selected_model: SelectedModel, images_dir: Path) -> "_Found | dg.Output":
+    """The image for this champion: the one the engine has when its tag exists, else a new build. The model
+    files are downloaded only when the recipe (registry version, code, Dockerfile, pins) is new
+    or its image is gone: a registered version's files never change."""
+    dockerfile = Path(config.dockerfile) if config.dockerfile else image_context.DOCKERFILE
+    serving_dir = Path(config.serving_dir) if config.serving_dir else image_context.SERVING_DIR
+    requirements = image_context.requirements_text(image_context.closure())
+    recipe = stable_hash({
+        "model": selected_model.model_uri, "registry": mlflow.tracking_uri,
+        "serving_code": image_context.serving_code_hash(serving_dir),
+        "dockerfile": hashlib.sha256(dockerfile.read_bytes()).hexdigest() if dockerfile.is_file() else None,
+        "requirements": requirements, "preferred_base": container_engine.base_image,
+    })
+    known = _recipes(images_dir).get(recipe)
+    if known:
+        existing = container_engine.image(container_engine.ref(known["tag"]))
+        if existing is not None:
+            context.log.info(f"{container_engine.ref(known['tag'])} exists (same model version, code, Dockerfile, "
+                             "requirements and base): nothing to download or build")
+            return _Found(known["tag"], known["hashes"], known["base_image"], False, 0.0, existing.id,
+                          int(existing.attrs.get("Size") or 0), model_downloaded=False)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=images_dir))
     try:
         model_dir = _model_folder(selected_model, mlflow.tracking_uri, work / "download")
@@ -144,12 +242,8 @@ def container_image(
                     raise
                 return _skipped(context, selected_model, "no base image", str(exc))
             inputs = image_context.image_inputs(
-                model_dir,
-                selected_model.name,
-                str(selected_model.version),
-                base_image,
-                dockerfile=Path(config.dockerfile) if config.dockerfile else image_context.DOCKERFILE,
-                serving_dir=Path(config.serving_dir) if config.serving_dir else image_context.SERVING_DIR,
+                model_dir, selected_model.name, str(selected_model.version), base_image,
+                dockerfile=dockerfile, serving_dir=serving_dir, requirements=requirements,
             )
         except EngineUnavailableError as exc:
             raise dg.Failure(description=str(exc)) from None
@@ -177,53 +271,27 @@ def container_image(
             context.log.info(f"built {ref} in {build_seconds:.0f}s: {size / 1e6:.0f} MB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    _remember(images_dir, recipe, {"tag": inputs.tag, "hashes": inputs.hashes, "base_image": base_image})
+    return _Found(inputs.tag, inputs.hashes, base_image, built, build_seconds, image_id, size)
 
-    archive = None
-    if container_engine.save_archive:
-        archive = images_dir / f"{ARCHIVE_PREFIX}{inputs.tag}.tar"
-        if not archive.is_file():
-            container_engine.save(ref, archive)
-            context.log.info(f"saved {ref} to {archive} ({archive.stat().st_size / 1e6:.0f} MB)")
-        _prune_archives(images_dir, archive)
-    remote = None
-    if container_engine.registry:
-        try:
-            remote = container_engine.push(inputs.tag, log=context.log)
-        except Exception as exc:  # engine, registry or AWS credentials: say which and what to check
-            raise dg.Failure(
-                description=f"pushing {ref} to {container_engine.registry} failed: {type(exc).__name__}: {exc}\n"
-                "Check the registry address (MLOPS_IMAGE_REGISTRY), and for ECR the AWS credentials "
-                "(AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and that the repository exists."
-            ) from None
-        context.log.info(f"pushed {remote}")
 
-    value = ContainerImage(
-        ref=ref,
-        tag=inputs.tag,
-        model_name=selected_model.name,
-        model_version=str(selected_model.version),
-        base_image=base_image,
-        image_id=image_id,
-        size_bytes=size,
-        archive=str(archive) if archive else None,
-        remote_ref=remote,
-        built=built,
-    )
-    metadata = {
-        "image": ref,
-        "tag": inputs.tag,
-        "status": "built" if built else "already built: nothing to do",
-        "rebuilt": built,
-        "size_mb": round(size / 1e6, 1),
-        "build_seconds": round(build_seconds, 1),
-        "total_seconds": round(time.monotonic() - started, 1),
-        "base_image": base_image,
-        "model_version": str(selected_model.version),
-        "inputs": dg.MetadataValue.json(inputs.hashes),
-        "engine": container_engine.reachable_host() or "",
-    }
-    if archive:
-        metadata["archive"] = dg.MetadataValue.path(str(archive))
-    if remote:
-        metadata["pushed"] = remote
-    return dg.Output(value, data_version=dg.DataVersion(inputs.tag), metadata=metadata)
+RECIPES_FILE = "recipes.json"
+RECIPES_KEPT = 50
+
+
+def _recipes(images_dir: Path) -> dict[str, dict]:
+    try:
+        return json.loads((images_dir / RECIPES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(images_dir: Path, recipe: str, entry: dict) -> None:
+    """recipe -> image, newest last; written atomically (a killed run leaves the old file)."""
+    recipes = _recipes(images_dir)
+    recipes.pop(recipe, None)
+    recipes[recipe] = entry
+    kept = dict(list(recipes.items())[-RECIPES_KEPT:])
+    partial = images_dir / f".{RECIPES_FILE}.partial"
+    partial.write_text(json.dumps(kept, indent=1))
+    partial.replace(images_dir / RECIPES_FILE)
