@@ -9,10 +9,15 @@ rendered only) -> deployed_api (the image shipped to the api host and run by the
 -> dashboards (rules and dashboards provisioned on the monitoring host).
 
 Then: a prediction through the api host's address answers like the pipeline's champion;
-Prometheus on the monitoring host has the api target up and served-prediction series. A second
-materialization of everything (`run --all`) applies nothing, builds nothing, and Ansible
-changes nothing on any host. `make down`'s code path (`cli down`) destroys the emulated
-infrastructure, removes the hosts and stops the emulator: nothing is left behind.
+Prometheus on the monitoring host has the api target up and served-prediction series. The
+lazy-rebuild scenarios follow, each one `cli run`: no change (only the live-service checks
+run, and they find everything in place: no build, no Ansible, the container not restarted);
+new hyperparameters (retraining, the champion stays, nothing downstream rebuilds); a serving
+code change (a new image deployed by the api role, no retraining); new data with a better
+model (the whole chain, and the api host serves the new version). A materialization of
+everything (`run --all`) then applies nothing, builds nothing, and Ansible changes nothing on
+any host. `make down`'s code path (`cli down`) destroys the emulated infrastructure, removes
+the hosts and stops the emulator: nothing is left behind.
 
 Needs root (namespaces, bridges, podman); CI runs as root, so it runs there. Phase times are
 printed at the end.
@@ -21,6 +26,7 @@ printed at the end.
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -45,17 +51,45 @@ ASSETS = ["dataset", "candidate_models", "selected_model", "container_image", "t
 def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLOPS_DATASET", "MLOPS_TARGET_COLUMN")}
     env.update(MLOPS_HOME=str(home), MLOPS_TARGET="sim", DAGSTER_HOME=str(home / "dagster"), PYTHONUNBUFFERED="1")
+    if (home / "dataset").exists():
+        env["MLOPS_DATASET"] = str(home / (home / "dataset").read_text())
     from mlops_assets_tests.rehearsal.engine import docker_host
 
     env["DOCKER_HOST"] = docker_host()  # Podman set up when no engine answers (scripts/setup_podman.sh)
     return env
 
 
+# The first dataset has its two most telling columns made constant: a weak champion (under a
+# lowered quality floor), which the full dataset's model later beats (scenario "new data").
+FLOOR_CONFIG = "ops:\n  selected_model:\n    config:\n      quality_floor: 0.5\n"
+DATASETS = {"weak": "penguins-weak.csv", "full": "penguins.csv"}
+
+
+def _write_datasets(home: Path) -> None:
+    import polars as pl
+
+    from mlops_assets.ml.data import _read_palmerpenguins
+
+    penguins = _read_palmerpenguins()
+    penguins.write_csv(home / DATASETS["full"])
+    penguins.with_columns(pl.lit(45.0).alias("bill_length_mm"), pl.lit(200.0).alias("flipper_length_mm")).write_csv(
+        home / DATASETS["weak"]
+    )
+    (home / "dataset").write_text(DATASETS["weak"])  # which one the runs use, until a scenario changes it
+
+
+def _run_config(home: Path, name: str, text: str) -> Path:
+    path = home / f"run-config-{name}.yaml"
+    path.write_text(text)
+    return path
+
+
 def _cli(home: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
     """Run the CLI with its output streamed to a log file in `home`, so that a run which hangs
     can be followed live (`tail -f`); one still running after `timeout` is killed and returns
     -9, its last lines ending up in the failure like any other."""
-    log_path = home / f"cli-{'-'.join(a.strip('-') for a in args)}.log"
+    words = "-".join(a.strip("-") for a in args if not a.startswith("/"))
+    log_path = home / f"cli-{len(list(home.glob('cli-*.log'))):02d}-{words}.log"
     command = [sys.executable, "-m", "mlops_assets.cli", *args]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=_env(home), stdout=log, stderr=subprocess.STDOUT,
@@ -122,9 +156,10 @@ def rehearsal(tmp_path_factory):
     from mlops_assets_tests.rehearsal.sim_hosts import teardown_sim
 
     home = tmp_path_factory.mktemp("sim-home")
+    _write_datasets(home)
     images_before = _api_images()
     started = time.monotonic()
-    first = _cli(home, "run")
+    first = _cli(home, "run", "--config", str(_run_config(home, "floor", FLOOR_CONFIG)))
     PHASES["1 first materialization (from scratch)"] = round(time.monotonic() - started, 1)
     hosts_state = home / "rehearsal" / "hosts.json"
     hosts = TestHosts.attach(hosts_state) if hosts_state.exists() else None
@@ -207,13 +242,93 @@ def test_prometheus_on_the_monitoring_host_scrapes_the_api(rehearsal):
     assert hosts.exec("mlops-assets-monitoring", "docker ps -a --format '{{.Names}}'").stdout.split() == ["prometheus"]
 
 
+LIVE_SERVICE_CHECKS = {"container_image", "deployed_api", "dashboards"}
+
+
+def _scenario(rehearsal, name: str, *args: str) -> tuple[set[str], dict]:
+    """One `cli run ARGS`: the assets it materialized and the latest metadata of each."""
+    assert rehearsal["first"].returncode == 0, _tail(rehearsal["first"])
+    home = rehearsal["home"]
+    before = _latest(home)
+    started = time.monotonic()
+    run = _cli(home, "run", *args)
+    PHASES[name] = round(time.monotonic() - started, 1)
+    assert run.returncode == 0, _tail(run)
+    after = _latest(home)
+    materialized = {asset for asset in ASSETS if after[asset][0] != before[asset][0]}
+    PHASES[name] = f"{PHASES[name]} s: {', '.join(sorted(materialized)) or '-'}"
+    return materialized, {asset: meta for asset, (_, meta) in after.items()}
+
+
+def _api_started_at(rehearsal) -> str:
+    """When the api host's container started (a restart changes it)."""
+    return rehearsal["hosts"].exec("mlops-assets-api", "docker inspect -f '{{.State.StartedAt}}' mlops-api").stdout.strip()
+
+
+def test_no_change_runs_only_the_live_service_checks_and_they_touch_nothing(rehearsal):
+    started_at = _api_started_at(rehearsal)
+    materialized, latest = _scenario(rehearsal, "2 no change (make run)")
+    assert materialized <= LIVE_SERVICE_CHECKS, materialized
+    assert latest["container_image"]["rebuilt"] is False and latest["container_image"]["model_downloaded"] is False
+    # Same image, same hosts, the API ready with that version: no Ansible run at all.
+    assert latest["deployed_api"]["ansible_seconds"] == 0 and latest["deployed_api"]["changed"] == 0
+    assert latest["dashboards"]["provisioned_by"].startswith("unchanged")
+    assert _api_started_at(rehearsal) == started_at
+
+
+def test_new_hyperparameters_retrain_and_nothing_downstream_rebuilds(rehearsal):
+    started_at = _api_started_at(rehearsal)
+    image = _latest(rehearsal["home"])["container_image"][1]["tag"]
+    config = _run_config(rehearsal["home"], "hyperparameters",
+                         "ops:\n  candidate_models:\n    config:\n      random_forest:\n        n_estimators: 60\n"
+                         "  selected_model:\n    config:\n      quality_floor: 0.5\n")
+    materialized, latest = _scenario(rehearsal, "3 new hyperparameters (champion stays)", "--config", str(config))
+    assert {"candidate_models", "selected_model"} <= materialized
+    assert latest["selected_model"]["promoted"] is False
+    assert not materialized & {"dataset", "tofu_state", "deployed_hosts"}
+    assert latest["container_image"]["tag"] == image and latest["container_image"]["rebuilt"] is False
+    assert latest["deployed_api"]["ansible_seconds"] == 0
+    assert _api_started_at(rehearsal) == started_at
+
+
+def test_serving_code_change_rebuilds_the_image_and_redeploys_without_retraining(rehearsal, tmp_path):
+    from mlops_assets.image import context as image_context
+
+    image = _latest(rehearsal["home"])["container_image"][1]["tag"]
+    serving_copy = tmp_path / "serving"
+    shutil.copytree(image_context.SERVING_DIR, serving_copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (serving_copy / "app.py").write_text((serving_copy / "app.py").read_text() + "\n# a change to the serving code\n")
+    config = _run_config(rehearsal["home"], "serving",
+                         f"ops:\n  container_image:\n    config:\n      serving_dir: {serving_copy}\n")
+    materialized, latest = _scenario(rehearsal, "4 serving code changed (image + deployment)", "--config", str(config))
+    assert {"container_image", "deployed_api"} <= materialized
+    assert not materialized & {"dataset", "candidate_models", "selected_model", "tofu_state", "deployed_hosts"}
+    assert latest["container_image"]["rebuilt"] is True and latest["container_image"]["tag"] != image
+    assert latest["deployed_api"]["image"].endswith(latest["container_image"]["tag"])
+    assert latest["deployed_api"]["changed"] > 0  # the api role replaced the container
+
+
+def test_new_data_with_a_better_model_rebuilds_the_chain_and_the_api_host_serves_it(rehearsal):
+    before = _latest(rehearsal["home"])["selected_model"][1]["champion_version"]
+    (rehearsal["home"] / "dataset").write_text(DATASETS["full"])
+    materialized, latest = _scenario(rehearsal, "5 new data, better model (whole chain)")
+    assert {"dataset", "candidate_models", "selected_model", "container_image", "deployed_api"} <= materialized
+    assert not materialized & {"tofu_state", "deployed_hosts"}
+    assert latest["selected_model"]["promoted"] is True, latest["selected_model"]["decision"]
+    version = latest["selected_model"]["champion_version"]
+    assert version != before
+    assert latest["container_image"]["model_version"] == version
+    ready = _get_json(latest["deployed_api"]["url"].removesuffix("/docs") + "/readyz")
+    assert str(ready["model"]["version"]) == version
+
+
 def test_second_materialization_changes_nothing(rehearsal):
     assert rehearsal["first"].returncode == 0, _tail(rehearsal["first"])
     home = rehearsal["home"]
     before = _latest(home)
     started = time.monotonic()
     second = _cli(home, "run", "--all")
-    PHASES["2 second materialization (--all, no change)"] = round(time.monotonic() - started, 1)
+    PHASES["6 every asset again (--all, no change)"] = round(time.monotonic() - started, 1)
     assert second.returncode == 0, _tail(second)
     after = _latest(home)
     for name in ASSETS:
@@ -221,9 +336,11 @@ def test_second_materialization_changes_nothing(rehearsal):
     assert after["tofu_state"][1]["applied"] is False
     assert after["tofu_state"][1]["plan summary"] == "0 to add, 0 to change, 0 to destroy"
     assert after["container_image"][1]["rebuilt"] is False
-    for name in ("deployed_hosts", "deployed_api", "dashboards"):
-        per_host = after[name][1]["per_host"]
-        assert per_host and all(c["changed"] == 0 and c["failed"] == 0 for c in per_host.values()), (name, per_host)
+    per_host = after["deployed_hosts"][1]["per_host"]
+    assert per_host and all(c["changed"] == 0 and c["failed"] == 0 for c in per_host.values()), per_host
+    # The API and the monitoring host were checked live and found as deployed: Ansible not run.
+    assert after["deployed_api"][1]["changed"] == 0 and after["deployed_api"][1]["ansible_seconds"] == 0
+    assert after["dashboards"][1]["changed"] == 0
     assert set(after["deployed_hosts"][1]["per_host"]) == {"mlops-assets-api", "mlops-assets-monitoring"}
     assert after["deployed_hosts"][1]["data_version_kept"] is True
 
@@ -234,7 +351,7 @@ def test_teardown_leaves_nothing_behind(rehearsal, capsys):
     started = time.monotonic()
     down = _cli(home, "down", timeout=600)
     rehearsal["down"] = down
-    PHASES["3 teardown (make down: destroy, hosts, emulator)"] = round(time.monotonic() - started, 1)
+    PHASES["7 teardown (make down: destroy, hosts, emulator)"] = round(time.monotonic() - started, 1)
     assert down.returncode == 0, _tail(down)
     assert "resources_destroyed" in down.stdout
     assert hosts is not None and hosts.footprint() == [], hosts and hosts.footprint()

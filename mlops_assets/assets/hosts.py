@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import dagster as dg
@@ -171,6 +172,23 @@ def deploy_api_to_hosts(
     repository, _, tag = image_ref.rpartition(":")
     if not repository or "/" in tag:
         raise ValueError(f"image_ref must be repository:tag, got {image_ref!r}")
+    if not hosts.api_addresses:
+        raise RuntimeError("the inventory has no api host")
+    api_port = _group_var(hosts.inventory, "api", "api_port", 8000)
+    metrics_port = _group_var(hosts.inventory, "api", "metrics_port", 8080)
+    url = f"http://{hosts.api_addresses[0]}:{api_port}"
+    metrics_url = f"http://{hosts.api_addresses[0]}:{metrics_port}/metrics"
+    # Nothing new to deploy and the API answers ready with that version: Ansible is not run.
+    record = Path(ansible.work_dir or ".") / API_RECORD
+    wanted = {"image": image_ref, "url": url, "model_version": str(model_version)}
+    if _read_json(record) == wanted and _ready_version(url) == str(model_version):
+        answer, seconds = smoke_predict(url, instances)
+        if str((answer.get("model") or {}).get("version")) == str(model_version):
+            log(f"the api host already runs {image_ref} and answers ready with version {model_version}: "
+                f"Ansible not run; smoke prediction in {seconds * 1000:.0f} ms: {answer.get('predictions')}")
+            return ApiOnHosts(url=url, metrics_url=metrics_url, model_version=str(model_version), image=image_ref,
+                              per_host={}, changed=0, smoke_answer=answer, smoke_seconds=round(seconds, 3),
+                              ansible_seconds=0.0)
     extra_vars = {
         "api_image_repository": repository,
         "api_image_tag": tag,
@@ -180,22 +198,45 @@ def deploy_api_to_hosts(
     }
     if image_archive:
         extra_vars["api_image_archive"] = str(image_archive)
+    record.unlink(missing_ok=True)  # from here until the smoke test passes, nothing is known good
     result = ansible.run_playbook(hosts.inventory, "site.yml", tags=[API_TAG], extra_vars=extra_vars, log=log)
-    if not hosts.api_addresses:
-        raise RuntimeError("the inventory has no api host")
-    api_port = _group_var(hosts.inventory, "api", "api_port", 8000)
-    metrics_port = _group_var(hosts.inventory, "api", "metrics_port", 8080)
-    url = f"http://{hosts.api_addresses[0]}:{api_port}"
     answer, seconds = smoke_predict(url, instances)
     served = str((answer.get("model") or {}).get("version"))
     if served != str(model_version):
         raise RuntimeError(f"smoke prediction through {url} answered model version {served}, expected {model_version}")
     log(f"smoke prediction through {url}/predict in {seconds * 1000:.0f} ms: {answer.get('predictions')}")
+    _write_json(record, wanted)
     return ApiOnHosts(
-        url=url, metrics_url=f"http://{hosts.api_addresses[0]}:{metrics_port}/metrics", model_version=str(model_version),
+        url=url, metrics_url=metrics_url, model_version=str(model_version),
         image=image_ref, per_host=result.per_host, changed=result.changed, smoke_answer=answer,
         smoke_seconds=round(seconds, 3), ansible_seconds=result.seconds,
     )
+
+
+API_RECORD = "api-deployed.json"  # in the ansible work_dir: the last deployment that passed its smoke test
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(value, sort_keys=True))
+    partial.replace(path)
+
+
+def _ready_version(url: str, timeout_s: float = 5) -> str | None:
+    """The model version the API at `url` reports ready, or None when it is not ready."""
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=timeout_s) as response:
+            return str(json.loads(response.read())["model"]["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def smoke_predict(url: str, instances: list[dict], timeout_s: float = 30) -> tuple[dict, float]:

@@ -22,6 +22,7 @@ from mlops_assets.resources.prometheus import LocalPrometheus, PrometheusError
 from mlops_assets.versioning import code_version_of
 
 from .deployment import DeployedApi
+from .metadata import previous_metadata
 
 _SETTINGS = settings_module.load_settings()
 MONITORING_CODE_VERSION = code_version_of(Path(monitoring.__file__).parent, prometheus_module)
@@ -127,7 +128,7 @@ def dashboards(
     live = prometheus if prometheus.serve else None
     if ansible.enabled and deployed_api.inventory:  # aws, sim: the roles provision the files
         live, targets_up, provisioned = _provision_on_hosts(
-            context, ansible, deployed_api, out, prometheus, expected_rules, config.targets_up_timeout_s
+            context, ansible, deployed_api, out, prometheus, expected_rules, config.targets_up_timeout_s, content_hash
         )
     value = Monitoring(
         out_dir=str(out),
@@ -155,11 +156,29 @@ def dashboards(
 
 
 def _provision_on_hosts(context, ansible: Ansible, deployed_api: DeployedApi, out: Path, prometheus: LocalPrometheus,
-                        expected_rules: int, timeout_s: float):
+                        expected_rules: int, timeout_s: float, content_hash: str):
     """Container targets: site.yml's monitoring plays (tag `hosts`) on the monitoring host with
     the rules and dashboards just rendered (the same folders deployed_hosts passes by default,
     so a run with nothing new changes nothing); then the monitoring host's Prometheus must have
-    loaded every rule and scrape the api host's metrics port with success."""
+    loaded every rule and scrape the api host's metrics port with success.
+
+    When the last materialization provisioned these very files to this Prometheus, and it
+    still has every rule loaded and the api target up, Ansible is not run at all."""
+    parsed = urlparse(deployed_api.prometheus_url or "")
+    remote = LocalPrometheus(state_dir=prometheus.state_dir, serve=False, host=parsed.hostname or "", port=parsed.port or 9090)
+    api_target = metrics_target(deployed_api.metrics_url)
+    previous = previous_metadata(context)
+    if previous.get("content_hash") == content_hash and previous.get("prometheus_url") == remote.url:
+        healthy = _healthy(remote, expected_rules, api_target)
+        if healthy:
+            context.log.info(f"{remote.url} already runs these files: {expected_rules} rules loaded, targets up "
+                             f"{healthy}; Ansible not run")
+            return remote, healthy, {
+                "provisioned_by": "unchanged: the monitoring host already runs these files (checked live)",
+                "changed": 0,
+                "grafana": previous.get("grafana", ""),
+            }
+        context.log.info(f"{remote.url} does not answer with every rule and the api target up: provisioning again")
     try:
         result = ansible.run_playbook(
             deployed_api.inventory, "site.yml", tags=["hosts"], limit="monitoring", log=context.log.info,
@@ -168,9 +187,6 @@ def _provision_on_hosts(context, ansible: Ansible, deployed_api: DeployedApi, ou
         )
     except AnsibleError as exc:
         raise dg.Failure(description=f"provisioning the monitoring host failed: {exc}") from None
-    parsed = urlparse(deployed_api.prometheus_url or "")
-    remote = LocalPrometheus(state_dir=prometheus.state_dir, serve=False, host=parsed.hostname or "", port=parsed.port or 9090)
-    api_target = metrics_target(deployed_api.metrics_url)
     try:
         remote.wait_until(
             lambda: sum(len(g["rules"]) for g in remote.rule_groups()) == expected_rules,
@@ -189,3 +205,15 @@ def _provision_on_hosts(context, ansible: Ansible, deployed_api: DeployedApi, ou
         "per_host": dg.MetadataValue.json(result.per_host),
         "grafana": "render only (no Grafana image offline)" if getattr(ansible, "target", "") == "sim" else "container",
     }
+
+
+def _healthy(remote: LocalPrometheus, expected_rules: int, api_target: str) -> dict[str, bool] | None:
+    """The targets of `remote` when it has every rule loaded and scrapes `api_target` with
+    success (all targets up); None otherwise, or when it does not answer."""
+    try:
+        if sum(len(g["rules"]) for g in remote.rule_groups()) != expected_rules:
+            return None
+        up = remote.targets_up()
+    except (PrometheusError, OSError, ValueError, KeyError):
+        return None
+    return up if up and any(api_target in url for url in up) and all(up.values()) else None
