@@ -7,12 +7,27 @@ every knob here, and the README's configuration table mirrors this module.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 TARGETS = ("local", "sim", "aws")
+
+# The local target's listeners (all on 127.0.0.1) and their defaults; MLOPS_LOCAL_PORTS moves
+# any of them, e.g. to run a second local stack (a test's) beside `make run`.
+LOCAL_PORTS = {
+    "api": 8000,  # the prediction API (HAProxy in front of the replicas)
+    "metrics": 8080,  # Ray's metrics export (the API's series too)
+    "ray_gcs": 6379,
+    "ray_client": 10001,
+    "haproxy_metrics": 9101,
+    "haproxy_stats": 8404,
+    "serve_fallback": 8500,  # Serve's own proxy, HAProxy's backup
+    "replicas": (30000, 31000),  # each replica's HTTP port; gRPC ports follow the range
+    "prometheus": 9090,
+    "node_exporter": 9100,
+}
 
 
 class SettingsError(ValueError):
@@ -36,6 +51,8 @@ class Settings:
     drift_cooldown_minutes: float = 60.0
     # Container image (assets/packaging.py): registry to push to in the aws target, e.g. ECR.
     image_registry: str | None = None
+    # The local target's ports: LOCAL_PORTS with MLOPS_LOCAL_PORTS applied.
+    local_ports: dict = field(default_factory=lambda: dict(LOCAL_PORTS), hash=False)
 
     @property
     def dagster_home(self) -> Path:
@@ -63,6 +80,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             f"MLOPS_TARGET={target!r} is not a known target; set it to one of {', '.join(TARGETS)}"
         )
     tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    local_ports = _local_ports(env.get("MLOPS_LOCAL_PORTS") or "")
     return Settings(
         home=home,
         target=target,
@@ -72,12 +90,43 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         mlflow_ui_url=(env.get("MLOPS_MLFLOW_UI_URL") or _default_ui_url(tracking_uri)).rstrip("/"),
         model_name=env.get("MLOPS_MODEL_NAME") or "mlops-assets-classifier",
         retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * *",
-        prometheus_url=(env.get("MLOPS_PROMETHEUS_URL") or "http://127.0.0.1:9090").rstrip("/"),
+        prometheus_url=(env.get("MLOPS_PROMETHEUS_URL") or f"http://127.0.0.1:{local_ports['prometheus']}").rstrip("/"),
         drift_threshold=_number(env, "MLOPS_DRIFT_THRESHOLD", 0.25),
         drift_window=env.get("MLOPS_DRIFT_WINDOW") or "1h",
         drift_cooldown_minutes=_number(env, "MLOPS_DRIFT_COOLDOWN_MINUTES", 60.0),
         image_registry=env.get("MLOPS_IMAGE_REGISTRY") or None,
+        local_ports=local_ports,
     )
+
+
+def _local_ports(raw: str) -> dict:
+    """MLOPS_LOCAL_PORTS="api=18000,metrics=18080,replicas=33000-33099,...": LOCAL_PORTS with
+    the named ones moved."""
+    ports = dict(LOCAL_PORTS)
+    example = "api=18000,metrics=18080,replicas=33000-33099"
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in LOCAL_PORTS:
+            raise SettingsError(
+                f"MLOPS_LOCAL_PORTS names {name!r}; use any of {', '.join(LOCAL_PORTS)} (e.g. {example})"
+            )
+        try:
+            if name == "replicas":
+                low, high = (int(v) for v in value.split("-"))
+                if not 1024 <= low < high or high + 1 + (high - low) > 65535:  # gRPC ports follow
+                    raise ValueError
+                ports[name] = (low, high)
+            else:
+                ports[name] = int(value)
+                if not 1 <= ports[name] <= 65535:
+                    raise ValueError
+        except ValueError:
+            form = "LOW-HIGH" if name == "replicas" else "a port number"
+            raise SettingsError(f"MLOPS_LOCAL_PORTS: {item!r} is not {name}={form} (e.g. {example})") from None
+    return ports
 
 
 def _number(env, name: str, default: float) -> float:

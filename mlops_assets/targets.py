@@ -38,7 +38,8 @@ def infrastructure_for(settings: Settings):
     live in MLOPS_HOME/tofu/<target>; aws variables come from MLOPS_HOME/aws.tfvars (or
     TF_VAR_* variables)."""
     if settings.target == "local":
-        return ThisMachine()
+        ports = settings.local_ports
+        return ThisMachine(api_port=ports["api"], metrics_port=ports["metrics"], prometheus_port=ports["prometheus"])
     common = {"module_dir": str(PROJECT_ROOT / "infra_tf"), "work_dir": str(settings.home / "tofu" / settings.target)}
     if settings.target == "sim":
         return RehearsalOpenTofu(**common, rehearsal_dir=str(settings.home / "rehearsal"), project_root=str(PROJECT_ROOT))
@@ -99,10 +100,27 @@ def resources_for(settings: Settings) -> dict[str, Any]:
         # docker_image then refuses as a different image.
         **({"repository": "localhost/mlops-api"} if save_archive else {}),
     )
-    # The prediction API: a local Ray instance on loopback (API :8000, metrics :8080); the
-    # container targets replace it with the image on the hosts.
-    resources["ray_serve"] = RayServe(state_dir=str(settings.home / "serving"))
+    # The prediction API: a local Ray instance on loopback (API :8000, metrics :8080, or where
+    # MLOPS_LOCAL_PORTS puts them); the container targets replace it with the image on the hosts.
+    ports = settings.local_ports
+    resources["ray_serve"] = RayServe(
+        state_dir=str(settings.home / "serving"),
+        api_port=ports["api"],
+        metrics_port=ports["metrics"],
+        gcs_port=ports["ray_gcs"],
+        client_port=ports["ray_client"],
+        haproxy_metrics_port=ports["haproxy_metrics"],
+        haproxy_stats_port=ports["haproxy_stats"],
+        fallback_proxy_port=ports["serve_fallback"],
+        replica_port_min=ports["replicas"][0],
+        replica_port_max=ports["replicas"][1],
+    )
     # Prometheus on 127.0.0.1:9090 with the `dashboards` asset's rules (local target); the
     # container targets only check the files here, the Ansible roles run them on a host.
-    resources["prometheus"] = LocalPrometheus(state_dir=str(settings.home / "prometheus"), serve=settings.target == "local")
+    resources["prometheus"] = LocalPrometheus(
+        state_dir=str(settings.home / "prometheus"),
+        serve=settings.target == "local",
+        port=ports["prometheus"],
+        node_exporter_port=ports["node_exporter"],
+    )
     return resources

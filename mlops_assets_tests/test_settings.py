@@ -1,0 +1,42 @@
+"""MLOPS_LOCAL_PORTS: the local target's listeners, moved (a second local stack beside `make run`)."""
+
+import pytest
+
+from mlops_assets.settings import LOCAL_PORTS, SettingsError, load_settings
+from mlops_assets.targets import resources_for
+
+
+def test_local_ports_move_every_local_listener(tmp_path):
+    settings = load_settings({
+        "MLOPS_HOME": str(tmp_path),
+        "MLOPS_LOCAL_PORTS": "api=18000, metrics=18080,ray_gcs=16379,ray_client=20001,haproxy_metrics=19101,"
+                             "haproxy_stats=18404,serve_fallback=18500,replicas=33000-33099,prometheus=19090,"
+                             "node_exporter=19100",
+    })
+    resources = resources_for(settings)
+    api, prometheus = resources["ray_serve"], resources["prometheus"]
+    assert (api.api_port, api.metrics_port, api.gcs_port, api.client_port) == (18000, 18080, 16379, 20001)
+    assert (api.haproxy_metrics_port, api.haproxy_stats_port, api.fallback_proxy_port) == (19101, 18404, 18500)
+    assert (api.replica_port_min, api.replica_port_max) == (33000, 33099)
+    assert (prometheus.port, prometheus.node_exporter_port) == (19090, 19100)
+    assert settings.prometheus_url == "http://127.0.0.1:19090"  # what the drift sensor reads
+    inventory = resources["infrastructure"].provision(lambda message: None).outputs["ansible_inventory"]
+    assert inventory["all"]["vars"] == {"api_port": 18000, "metrics_port": 18080}
+
+
+def test_without_the_setting_the_ports_are_the_documented_defaults(tmp_path):
+    api = resources_for(load_settings({"MLOPS_HOME": str(tmp_path)}))["ray_serve"]
+    assert (api.api_port, api.metrics_port, api.gcs_port) == (8000, 8080, 6379)
+    assert LOCAL_PORTS["prometheus"] == 9090
+
+
+@pytest.mark.parametrize("value, words", [
+    ("apii=18000", "names 'apii'; use any of api, metrics"),
+    ("api=eighty", "'api=eighty' is not api=a port number"),
+    ("replicas=33000", "is not replicas=LOW-HIGH"),
+    ("replicas=60000-64000", "is not replicas=LOW-HIGH"),  # its gRPC ports would not fit
+])
+def test_a_bad_value_names_the_setting_and_the_form(value, words):
+    with pytest.raises(SettingsError, match="MLOPS_LOCAL_PORTS") as error:
+        load_settings({"MLOPS_LOCAL_PORTS": value})
+    assert words in str(error.value)
