@@ -2,6 +2,8 @@
 
 - `local`: Ray Serve on this machine, on loopback (the `ray_serve` resource); the
   container_image and deployed_hosts inputs only order the graph (this machine needs neither).
+  The new version must report ready and answer a smoke prediction with its own version;
+  otherwise the resource rolls back to the last healthy version and the asset fails saying so.
 - `aws`, `sim`: the `container_image` runs on the api host of `deployed_hosts`: Ansible's
   `api` role loads the image (archive shipped by Ansible, or pulled from the registry), runs it,
   waits for /readyz with the champion's version (rolling back when it never gets ready), then a
@@ -57,6 +59,24 @@ class DeployedApi:
         )
 
 
+def smoke_check(instances: list[dict], version: str):
+    """The health check of a local deployment after /readyz: one prediction of `instances`,
+    answered by model `version` with one label per row. Returns (answer, seconds)."""
+
+    def check(api: RayServe) -> tuple[dict, float]:
+        answer, seconds = api.predict(instances)
+        served = (answer.get("model") or {}).get("version")
+        if served != version:
+            raise ray_serve_module.RayServeError(f"the smoke prediction was answered by model version {served}")
+        if len(answer.get("predictions") or []) != len(instances):
+            raise ray_serve_module.RayServeError(
+                f"the smoke prediction returned {len(answer.get('predictions') or [])} labels for {len(instances)} rows"
+            )
+        return answer, seconds
+
+    return check
+
+
 def smoke_instances(dataset: Dataset, rows: int = SMOKE_ROWS) -> tuple[list[dict], list[str]]:
     """The first test rows as JSON instances (NaN -> null, the API's "missing")."""
     x_test, y_test = dataset.xy("test")
@@ -93,14 +113,20 @@ def deployed_api(
         return _deploy_on_hosts(context, ansible, selected_model, dataset, container_image, deployed_hosts)
     # What users call. The served version is the data version: a re-run with the same champion
     # finds the API already serving it and touches nothing; a new champion is swapped in place.
+    # A new version that fails its health check (ready, then the smoke prediction) is rolled back.
+    instances, truth = smoke_instances(dataset)
     try:
         deployment = ray_serve.deploy(
-            selected_model.model_uri, selected_model.version, tracking_uri=mlflow.tracking_uri, log=context.log
+            selected_model.model_uri, selected_model.version, tracking_uri=mlflow.tracking_uri, log=context.log,
+            check=smoke_check(instances, selected_model.version),
         )
+    except ray_serve_module.DeployFailed as exc:
+        # Rolled back or not, deploying the same version again would fail the same way; a
+        # failure before anything was applied (the registry, a download) may be transient.
+        raise dg.Failure(description=str(exc), metadata=exc.metadata(), allow_retries=not exc.applied) from None
     except ray_serve_module.RayServeError as exc:
         raise dg.Failure(description=str(exc)) from None
-    instances, truth = smoke_instances(dataset)
-    answer, seconds = ray_serve.predict(instances)
+    answer, seconds = deployment.check_result
     context.log.info(f"smoke prediction in {seconds * 1000:.1f} ms: {answer['predictions']} (true: {truth})")
     api = DeployedApi(
         url=ray_serve.api_url,
@@ -118,6 +144,7 @@ def deployed_api(
             "metrics": dg.MetadataValue.url(api.metrics_url),
             "model_version": deployment.version,
             "action": deployment.action,
+            "previous_version": deployment.previous_version or "none",
             "deploy_seconds": round(deployment.seconds, 2),
             "smoke_latency_ms": round(seconds * 1000, 2),
             "smoke_predictions": dg.MetadataValue.json(answer["predictions"]),

@@ -11,6 +11,8 @@ model_uri=/models/champion`, or the `import_path` of a Serve config). The model 
 deployment's `user_config` (`{"model_uri": ..., "tracking_uri": ...}`): changing only that
 calls `reconfigure` on the running replicas, which load the new model beside the old one and
 swap it in between two batches, so no request fails and later answers carry the new version.
+A model that cannot be loaded is refused: the replica keeps the model it serves and /readyz
+names the refused one (`rejected`), which is how the deployer knows to roll back.
 
 Importable without Dagster: the container image ships this package and its dependencies only.
 """
@@ -46,6 +48,8 @@ KNOWN_ROUTES = frozenset({"/predict", "/healthz", "/readyz", "/openapi.json", "/
 # model call (FACTS.md: most of the win comes from building one frame per batch).
 DEFAULT_BATCH_MAX_SIZE = 16
 DEFAULT_BATCH_WAIT_S = 0.002
+# Tries at loading a model in `reconfigure` before it is refused (see _load_with_retries).
+LOAD_ATTEMPTS = 3
 
 
 class ApiMiddleware:
@@ -209,6 +213,7 @@ def build_app(args: dict[str, Any]):
                 _bind_internal_grpc_to(str(args["bind_host"]))
             self._model: model_lib.LoadedModel | None = None
             self._source: model_lib.ModelSource | None = None
+            self._rejected: dict[str, Any] | None = None  # the last model refused by reconfigure
             self._metrics = ApiMetrics(features)
             app.add_middleware(ApiMiddleware, max_body_bytes=max_body_bytes, record=self._metrics.request)
             if args.get("model_uri"):
@@ -219,21 +224,61 @@ def build_app(args: dict[str, Any]):
         async def reconfigure(self, user_config: dict[str, Any]) -> None:
             source = model_lib.ModelSource.from_config(user_config)
             if source == self._source and self._model is not None:
+                self._rejected = None  # back to the model in service (a rollback)
                 return
-            # Load off the event loop: requests keep being answered by the current model.
-            loaded = await asyncio.to_thread(model_lib.load, source)
+            try:
+                loaded = await self._load_with_retries(source)
+            except Exception as exc:
+                if self._model is None:
+                    raise  # nothing to serve: Serve restarts the replica
+                # A model that cannot load never replaces one that works: this replica keeps
+                # answering with the current one, and /readyz says what it refused and why
+                # (the deployer sees it and rolls the config back). Raising here would make
+                # Serve stop the replica: every request would fail until a rollback.
+                self._rejected = {
+                    "model_uri": source.model_uri,
+                    "version": source.version,
+                    "error": f"{type(exc).__name__}: {exc}"[:2000],
+                }
+                logger.error(
+                    f"kept model {self._model.name} version {self._model.version}: "
+                    f"cannot load {source.model_uri} (version {source.version}): {exc}"
+                )
+                return
+            self._rejected = None
             self._swap(source, loaded)
 
-        def _load_sync(self, source: model_lib.ModelSource) -> None:
-            self._swap(source, model_lib.load(source))
+        async def _load_with_retries(self, source: model_lib.ModelSource) -> model_lib.LoadedModel:
+            """Load off the event loop (requests keep being answered by the current model), a
+            few times: a load can fail for a passing reason. Seen here (CPython 3.11.7):
+            "AST constructor recursion depth mismatch" when the loop thread formats a traceback
+            while this thread parses (https://github.com/python/cpython/issues/106905)."""
+            for attempt in range(1, LOAD_ATTEMPTS + 1):
+                try:
+                    loaded = await asyncio.to_thread(model_lib.load, source)
+                    self._check_signature(loaded)
+                    return loaded
+                except Exception as exc:
+                    if attempt == LOAD_ATTEMPTS:
+                        raise
+                    logger.warning(f"loading {source.model_uri} failed (attempt {attempt} of {LOAD_ATTEMPTS}): {exc}")
+                    await asyncio.sleep(0.5 * attempt)
+            raise AssertionError("unreachable")
 
-        def _swap(self, source: model_lib.ModelSource, loaded: model_lib.LoadedModel) -> None:
+        def _load_sync(self, source: model_lib.ModelSource) -> None:
+            loaded = model_lib.load(source)
+            self._check_signature(loaded)
+            self._swap(source, loaded)
+
+        def _check_signature(self, loaded: model_lib.LoadedModel) -> None:
             if [f.name for f in loaded.features] != names or loaded.features != features:
                 raise model_lib.ModelSourceError(
                     f"model {loaded.name} v{loaded.version} takes {[(f.name, f.type) for f in loaded.features]}, "
                     f"but this application was built for {[(f.name, f.type) for f in features]}; "
                     "redeploy the application (build_app) for a model with another signature"
                 )
+
+        def _swap(self, source: model_lib.ModelSource, loaded: model_lib.LoadedModel) -> None:
             previous = (self._model.name, self._model.version) if self._model else None
             self._model, self._source = loaded, source
             self._metrics.serving(loaded.name, loaded.version, previous)
@@ -253,12 +298,16 @@ def build_app(args: dict[str, Any]):
             "/readyz",
             summary="Readiness: the model is loaded",
             response_model=ReadyResponse,
+            response_model_exclude_none=True,  # `rejected` only when there is one
             responses={503: {"model": ErrorResponse}},
         )
         async def readyz(self):
             if self._model is None:
                 return JSONResponse({"detail": "model not loaded yet"}, status_code=503)
-            return {"status": "ready", "model": {"name": self._model.name, "version": self._model.version}}
+            ready = {"status": "ready", "model": {"name": self._model.name, "version": self._model.version}}
+            if self._rejected:
+                ready["rejected"] = self._rejected
+            return ready
 
         @app.post(
             "/predict",

@@ -1,4 +1,6 @@
-"""Apply a Serve config to a running Ray instance: `python -m mlops_assets.serving.deploy CONFIG.json`.
+"""Apply a Serve config to a running Ray instance: `python -m mlops_assets.serving.deploy
+RAY_ADDRESS CONFIG.json` (or remove the application: `... RAY_ADDRESS --delete`; print its
+status as JSON: `... RAY_ADDRESS --status`).
 
 Runs in its own short process so that the caller (Dagster, a test, the benchmark) never holds
 a Ray driver: connecting, deploying and disconnecting take a few seconds and leave nothing
@@ -52,10 +54,51 @@ def apply(address: str, config: dict[str, Any]) -> None:
         ray.shutdown()
 
 
+def delete(address: str, name: str = APP_NAME) -> None:
+    """Remove the application (its replicas stop; the HTTP port answers 404/503 afterwards)."""
+    import ray
+    from ray import serve
+
+    ray.init(address=address, namespace="serve", log_to_driver=False, logging_level="WARNING")
+    try:
+        serve.delete(name, _blocking=True)
+    finally:
+        ray.shutdown()
+
+
+def status(address: str, name: str = APP_NAME) -> dict[str, Any]:
+    """Serve's view of the application: {"status": RUNNING|DEPLOYING|DEPLOY_FAILED|...,
+    "message": ..., "deployments": {name: {"status", "message"}}} (NOT_DEPLOYED when absent)."""
+    import ray
+    from ray import serve
+
+    ray.init(address=address, namespace="serve", log_to_driver=False, logging_level="WARNING")
+    try:
+        app = serve.status().applications.get(name)
+    finally:
+        ray.shutdown()
+    if app is None:
+        return {"status": "NOT_DEPLOYED", "message": "", "deployments": {}}
+    return {
+        "status": str(getattr(app.status, "value", app.status)),
+        "message": app.message or "",
+        "deployments": {
+            deployment: {"status": str(getattr(d.status, "value", d.status)), "message": d.message or ""}
+            for deployment, d in app.deployments.items()
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[1] == "--delete":
+        delete(argv[0])
+        return 0
+    if len(argv) == 2 and argv[1] == "--status":
+        print(json.dumps(status(argv[0])))
+        return 0
     if len(argv) != 2:
-        print("usage: python -m mlops_assets.serving.deploy RAY_ADDRESS CONFIG.json", file=sys.stderr)
+        print("usage: python -m mlops_assets.serving.deploy RAY_ADDRESS CONFIG.json|--delete|--status", file=sys.stderr)
         return 2
     with open(argv[1]) as handle:
         apply(argv[0], json.load(handle))

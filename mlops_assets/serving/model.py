@@ -172,7 +172,7 @@ def load_folder(folder: str | Path, name: str | None = None, version: str | None
         )
     meta = _registered_meta(folder)
     classes = [str(c) for c in getattr(pipeline, "classes_", [])]
-    return LoadedModel(
+    loaded = LoadedModel(
         pipeline=pipeline,
         name=name or meta.get("model_name") or str(mlmodel.get("model_uuid") or folder.name),
         version=version or str(meta.get("model_version") or mlmodel.get("model_uuid") or "0"),
@@ -180,6 +180,39 @@ def load_folder(folder: str | Path, name: str | None = None, version: str | None
         classes=classes,
         categories=known_categories(pipeline),
     )
+    self_test(loaded, folder, mlmodel)
+    return loaded
+
+
+def self_test(model: LoadedModel, folder: Path, mlmodel: dict[str, Any]) -> None:
+    """Predict the input example logged with the model (MLflow's `input_example.json`, split
+    orient): a model that cannot predict its own example is refused before it serves a request.
+    Folders without an example (or with one of other columns) are not tested."""
+    info = mlmodel.get("saved_input_example_info") or {}
+    path = folder / str(info.get("artifact_path") or "input_example.json")
+    if info.get("type", "dataframe") != "dataframe" or info.get("pandas_orient", "split") != "split" or not path.is_file():
+        return
+    try:
+        example = json.loads(path.read_text())
+        columns, rows = list(example["columns"]), list(example["data"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not rows or not {f.name for f in model.features} <= set(columns):
+        return
+    index = {name: i for i, name in enumerate(columns)}
+    data = {f.name: [row[index[f.name]] for row in rows] for f in model.features}
+    try:
+        labels, _ = predict(model, frame(model.features, data))
+    except Exception as exc:
+        raise ModelSourceError(
+            f"model {model.name} version {model.version} cannot predict its own input example "
+            f"({len(rows)} rows of {path.name}): {type(exc).__name__}: {exc}"
+        ) from exc
+    if len(labels) != len(rows):
+        raise ModelSourceError(
+            f"model {model.name} version {model.version} returned {len(labels)} labels for the {len(rows)} rows "
+            f"of its input example"
+        )
 
 
 def known_categories(pipeline) -> dict[str, frozenset[str]]:

@@ -64,9 +64,19 @@ class PredictResponse(BaseModel):
     model: ModelRef
 
 
+class RejectedModel(BaseModel):
+    model_uri: str
+    version: str | None = None
+    error: str
+
+
 class ReadyResponse(BaseModel):
     status: str
     model: ModelRef
+    rejected: RejectedModel | None = Field(
+        default=None,
+        description="The last model this replica was asked to swap in and could not load: it kept serving `model`",
+    )
 
 
 class ErrorDetail(BaseModel):
