@@ -46,8 +46,10 @@ bench-serving: install ## prediction API vs bare FastAPI vs `mlflow models serve
 dashboards: install ## re-render grafana_dashboards/ (dashboards, provisioning, Prometheus config, rules, rule tests)
 	$(BIN)/python -m mlops_assets.monitoring.render --out grafana_dashboards
 
-bench: install ## benchmarks (see README, Performance)
+bench: install ## benchmarks (see README, Performance): the ML phase, then the whole graph (root: image builds)
 	$(BIN)/python bench/ml_phase.py
+	@bash scripts/setup_podman.sh || echo "bench: no container engine; the whole-graph benchmark needs one" >&2
+	$(BIN)/python bench/whole_graph.py
 
 clean: ## stop what `make run` started, then remove the state folder and the virtual environment
 	@if test -x $(BIN)/python; then $(BIN)/python -m mlops_assets.cli down || true; fi

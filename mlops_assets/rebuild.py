@@ -79,6 +79,20 @@ def _config_for(run_config: dict, keys: set[dg.AssetKey]) -> dict:
     return {**rest, **({"ops": ops} if ops else {})}
 
 
+def _ready(pending: set[dg.AssetKey], job_keys: set[dg.AssetKey], graph) -> set[dg.AssetKey]:
+    """`pending` without the assets that must wait: those with an input path through an asset
+    that this wave does not run but that a pending asset upstream may change. (When new data
+    makes both selected_model and deployed_api stale, deployed_api waits for the wave after
+    container_image, instead of deploying the new model with the old image.) The first
+    pending assets in graph order never wait, so a wave is never empty."""
+    deferred = set()
+    for key in pending:
+        between = (graph.get_ancestor_asset_keys(key) & job_keys) - pending
+        if any(graph.get_ancestor_asset_keys(middle) & pending for middle in between):
+            deferred.add(key)
+    return pending - deferred
+
+
 def rebuild(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -110,6 +124,7 @@ def rebuild(
             reason = "checking the live services"
         else:
             reason = "missing, stale or configured" if number == 1 else "their inputs have new data versions"
+        pending = _ready(pending, job_keys, graph)
         echo(f"[{number}] materializing: {_names(pending)} ({reason})")
         subset = job if pending == job_keys else job.get_subset(asset_selection=pending)
         result = subset.execute_in_process(
@@ -122,7 +137,8 @@ def rebuild(
         ran |= pending
         if not result.success:
             break
-        pending = stale_or_missing(defs, instance, job_keys)
+        # A configured asset that had to wait is still owed its run with that config.
+        pending = stale_or_missing(defs, instance, job_keys) | (configured - ran)
     else:
         raise RuntimeError(f"{job_name}: still stale after {len(job_keys) + 2} waves: {_names(pending)}")
     return done

@@ -85,23 +85,11 @@ def _run_config(home: Path, name: str, text: str) -> Path:
 
 
 def _cli(home: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-    """Run the CLI with its output streamed to a log file in `home`, so that a run which hangs
-    can be followed live (`tail -f`); one still running after `timeout` is killed and returns
-    -9, its last lines ending up in the failure like any other."""
-    words = "-".join(a.strip("-") for a in args if not a.startswith("/"))
-    log_path = home / f"cli-{len(list(home.glob('cli-*.log'))):02d}-{words}.log"
-    command = [sys.executable, "-m", "mlops_assets.cli", *args]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=_env(home), stdout=log, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-            log.write(f"\n[test] killed: `{' '.join(command[1:])}` was still running after {timeout:.0f} s\n")
-    output = log_path.read_text()
-    return subprocess.CompletedProcess(command, process.returncode, stdout=output, stderr="")
+    """The CLI with its output streamed to a log file in `home` (lazy_stack.run_cli)."""
+    from mlops_assets_tests.lazy_stack import run_cli
+
+    returncode, output = run_cli(args, PROJECT_ROOT, _env(home), home, timeout)
+    return subprocess.CompletedProcess(args, returncode, stdout=output, stderr="")
 
 
 def _tail(result: subprocess.CompletedProcess) -> str:

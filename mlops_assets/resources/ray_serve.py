@@ -29,8 +29,14 @@ from typing import Any, Callable
 
 import dagster as dg
 
+from mlops_assets import serving
 from mlops_assets.serving import deploy as serve_deploy
 from mlops_assets.serving.runtime import RayServeRuntime, instance_processes, stop_instance
+from mlops_assets.versioning import code_version_of
+
+# The code the replicas run: a change replaces them (serve_config's runtime_env), so a
+# developer's edit to mlops_assets/serving reaches the running API on the next deploy.
+SERVING_CODE_VERSION = code_version_of(Path(serving.__file__).parent)
 
 
 # While waiting for a version, how often Serve is asked whether it gave up (a short-lived
@@ -243,7 +249,7 @@ class RayServe(dg.ConfigurableResource):
             )
         action = "deployed"
         if not started_ray and previous.get("config"):
-            same_app = previous["config"]["applications"][0]["args"] == config["applications"][0]["args"]
+            same_app = _app_without_deployments(previous["config"]) == _app_without_deployments(config)
             action = "reconfigured" if same_app else "deployed"
         if log:
             log.info(
@@ -282,6 +288,7 @@ class RayServe(dg.ConfigurableResource):
             user_config,
             self.runtime().http_options(),
             num_replicas=self.num_replicas,
+            code_version=SERVING_CODE_VERSION,
         )
         return config, user_config
 
@@ -494,3 +501,11 @@ def _port_open(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def _app_without_deployments(config: dict[str, Any]) -> dict[str, Any]:
+    """The application part of a Serve config that a user_config change leaves alone: when it
+    is equal, a new model is a hot swap (reconfigure); otherwise Serve replaces the replicas."""
+    app = dict(config["applications"][0])
+    app.pop("deployments", None)
+    return app

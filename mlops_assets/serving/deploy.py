@@ -23,7 +23,11 @@ def serve_config(
     user_config: dict[str, Any],
     http_options: dict[str, Any],
     num_replicas: int = 2,
+    code_version: str | None = None,
 ) -> dict[str, Any]:
+    """`code_version` (a hash of the serving code) goes into the application's runtime_env:
+    Serve sees a new code version as an application change and replaces the replicas, which
+    import the code afresh; the same code keeps them."""
     return {
         "http_options": http_options,
         "applications": [
@@ -31,6 +35,7 @@ def serve_config(
                 "name": APP_NAME,
                 "route_prefix": "/",
                 "import_path": "mlops_assets.serving.app:build_app",
+                **({"runtime_env": {"env_vars": {"MLOPS_SERVING_CODE_VERSION": code_version}}} if code_version else {}),
                 "args": args,
                 "deployments": [
                     {"name": DEPLOYMENT_NAME, "num_replicas": num_replicas, "user_config": user_config},

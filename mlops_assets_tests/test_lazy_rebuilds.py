@@ -1,0 +1,164 @@
+"""Lazy rebuilds over the whole graph, local target, with real components: `cli run` (what
+`make run` calls) on a stack of its own (scratch checkout, MLOPS_HOME, free ports, the
+machine's Podman), through five scenarios in order:
+
+1. cold, on a first dataset whose two most telling columns carry no information (a weak but
+   serviceable champion, promoted under a lowered quality floor given as run config);
+2. no change: nothing is trained, no image is built, the API is not restarted;
+3. new data with a better model: the whole chain rebuilds and the API serves the new version;
+4. serving code changed (a developer's edit in the checkout): a new image and a redeployed API,
+   no retraining;
+5. new hyperparameters: retraining; the champion stays, so nothing downstream rebuilds.
+
+Needs root for the container engine (CI runs as root).
+"""
+
+import os
+import time
+
+import polars as pl
+import pytest
+import requests
+
+from mlops_assets_tests.lazy_stack import ASSETS, LocalStack
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="builds images with Podman: needs root"),
+    pytest.mark.timeout(2400),
+]
+
+ML = {"dataset", "candidate_models", "selected_model"}
+# In the local target these two stand for this machine (no OpenTofu, no Ansible): they are
+# materialized once and never again while nothing changes.
+MACHINE = {"tofu_state", "deployed_hosts"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from mlops_assets.ml.data import _read_palmerpenguins
+    from mlops_assets_tests.rehearsal.engine import docker_client, docker_host
+
+    root = tmp_path_factory.mktemp("lazy")
+    penguins = _read_palmerpenguins()
+    penguins.write_csv(root / "penguins.csv")
+    # Bill length and flipper length made constant: the first champion has to do without them.
+    penguins.with_columns(pl.lit(45.0).alias("bill_length_mm"), pl.lit(200.0).alias("flipper_length_mm")).write_csv(
+        root / "penguins-weak.csv"
+    )
+    engine = docker_client()
+    images_before = {tag for image in engine.images.list() for tag in image.tags}
+    stack = LocalStack(root, docker_host=docker_host(), MLOPS_DATASET=str(root / "penguins-weak.csv"))
+    stack.data = {"weak": root / "penguins-weak.csv", "full": root / "penguins.csv"}
+    stack.outcomes = {}
+    try:
+        yield stack
+    finally:
+        stack.down()
+        for image in engine.images.list():
+            for tag in set(image.tags) - images_before:
+                if "mlops-api:" in tag:
+                    engine.images.remove(tag, force=True)
+        engine.close()
+        print("\nlazy rebuild scenarios (s, materialized):")
+        for name, (seconds, materialized) in stack.outcomes.items():
+            print(f"  {name:<32} {seconds:6.1f}  {', '.join(sorted(materialized)) or '-'}")
+
+
+def _ok(run):
+    assert run.returncode == 0, run.tail()
+    return run
+
+
+def _readyz(stack) -> dict:
+    return requests.get(f"{stack.api_url}/readyz", timeout=10).json()
+
+
+@pytest.fixture(scope="module")
+def cold(stack, tmp_path_factory):
+    config = tmp_path_factory.mktemp("config") / "floor.yaml"
+    config.write_text("ops:\n  selected_model:\n    config:\n      quality_floor: 0.5\n")
+    run = _ok(stack.cli("run", "--config", str(config)))
+    stack.outcomes["1 cold"] = (run.seconds, run.materialized)
+    return run
+
+
+def test_cold_run_materializes_the_whole_graph(stack, cold):
+    assert cold.materialized == set(ASSETS)
+    assert stack.metadata("container_image")["rebuilt"] is True
+    assert _readyz(stack)["model"]["version"] == "1"
+
+
+def test_no_change_trains_nothing_builds_nothing_and_keeps_the_api(stack, cold):
+    pids = stack.replica_pids()
+    image = stack.metadata("container_image")["tag"]
+    assert pids, "no Serve replica found for this stack"
+    run = _ok(stack.cli("run"))
+    stack.outcomes["2 no change"] = (run.seconds, run.materialized)
+    assert not run.materialized & (ML | MACHINE), run.tail()
+    # Only the assets that look after live services ran, and each found everything in place.
+    assert run.materialized <= {"container_image", "deployed_api", "dashboards"}
+    meta = stack.metadata("container_image")
+    assert meta["tag"] == image and meta["rebuilt"] is False and meta["model_downloaded"] is False
+    assert stack.metadata("deployed_api")["action"] == "unchanged"
+    assert stack.replica_pids() == pids  # the API was not restarted
+    assert "nothing to download or build" in run.output
+
+
+def test_new_data_with_a_better_model_rebuilds_the_chain(stack, cold):
+    image = stack.metadata("container_image")["tag"]
+    run = _ok(stack.cli("run", MLOPS_DATASET=str(stack.data["full"])))
+    stack.outcomes["3 new data, better model"] = (run.seconds, run.materialized)
+    assert ML | {"container_image", "deployed_api"} <= run.materialized, run.tail()
+    assert not run.materialized & MACHINE
+    selected = stack.metadata("selected_model")
+    assert selected["promoted"] is True and selected["champion_version"] == "2", selected["decision"]
+    assert stack.metadata("container_image")["tag"] != image
+    assert stack.metadata("container_image")["model_version"] == "2"
+    assert _readyz(stack)["model"]["version"] == "2"
+    answer = requests.post(f"{stack.api_url}/predict", json={"instances": [
+        {"island": "Biscoe", "bill_length_mm": 48.6, "bill_depth_mm": 16.0, "flipper_length_mm": 230,
+         "body_mass_g": 5800, "sex": "male"}]}, timeout=30).json()
+    assert answer["model"]["version"] == "2" and answer["predictions"] == ["Gentoo"]
+
+
+def test_serving_code_change_rebuilds_image_and_api_without_retraining(stack, cold):
+    stack.env["MLOPS_DATASET"] = str(stack.data["full"])
+    image = stack.metadata("container_image")["tag"]
+    pids = stack.replica_pids()
+    app = stack.checkout / "mlops_assets" / "serving" / "app.py"
+    app.write_text(app.read_text() + "\n# a developer's change to the serving code\n")
+    run = _ok(stack.cli("run"))
+    stack.outcomes["4 serving code changed"] = (run.seconds, run.materialized)
+    assert {"container_image", "deployed_api"} <= run.materialized, run.tail()
+    assert not run.materialized & (ML | MACHINE), run.tail()
+    assert stack.metadata("container_image")["rebuilt"] is True
+    assert stack.metadata("container_image")["tag"] != image
+    assert stack.metadata("deployed_api")["action"] != "unchanged"
+    # New replicas run the new code; the old ones drain their requests and exit.
+    deadline = time.monotonic() + 60
+    while stack.replica_pids() & pids and time.monotonic() < deadline:
+        time.sleep(1)
+    now = stack.replica_pids()
+    assert now and now.isdisjoint(pids), (pids, now)
+    assert _readyz(stack)["model"]["version"] == "2"
+
+
+def test_new_hyperparameters_retrain_and_nothing_downstream_rebuilds(stack, cold, tmp_path):
+    stack.env["MLOPS_DATASET"] = str(stack.data["full"])
+    image = stack.metadata("container_image")["tag"]
+    pids = stack.replica_pids()
+    config = tmp_path / "hyperparameters.yaml"
+    config.write_text("ops:\n  candidate_models:\n    config:\n      random_forest:\n        n_estimators: 60\n")
+    run = _ok(stack.cli("run", "--config", str(config)))
+    stack.outcomes["5 new hyperparameters"] = (run.seconds, run.materialized)
+    assert "training random_forest with {'n_estimators': 60" in run.output
+    assert {"candidate_models", "selected_model"} <= run.materialized
+    assert stack.metadata("selected_model")["promoted"] is False
+    assert stack.metadata("selected_model")["champion_version"] == "2"
+    # The champion stayed: no wave after selected_model; the live-service checks find
+    # everything in place.
+    assert not run.materialized & ({"dataset"} | MACHINE)
+    assert stack.metadata("container_image")["tag"] == image
+    assert stack.metadata("container_image")["rebuilt"] is False
+    assert stack.metadata("deployed_api")["action"] == "unchanged"
+    assert stack.replica_pids() == pids
