@@ -123,7 +123,8 @@ def rebuild(
             pending = always - ran
             reason = "checking the live services"
         else:
-            reason = "missing, stale or configured" if number == 1 else "their inputs have new data versions"
+            reason = ("every asset (--all)" if everything else "missing, stale or configured") if number == 1 \
+                else "their inputs have new data versions"
         pending = _ready(pending, job_keys, graph)
         echo(f"[{number}] materializing: {_names(pending)} ({reason})")
         subset = job if pending == job_keys else job.get_subset(asset_selection=pending)

@@ -77,6 +77,7 @@ class ContainerEngine(dg.ConfigurableResource):
     save_archive: bool = Field(default=False, description="Also `docker save` the image under MLOPS_HOME/images/.")
 
     _last_error: str | None = PrivateAttr(default=None)
+    _reachable: str | None = PrivateAttr(default=None)  # found once per resource instance (one step)
 
     # -- connection ----------------------------------------------------------------------------
     def candidates(self) -> list[str]:
@@ -86,9 +87,12 @@ class ContainerEngine(dg.ConfigurableResource):
         return [*found, *(h for h in (DOCKER_SOCKET, PODMAN_DOCKER_HOST) if h not in found)]
 
     def reachable_host(self) -> str | None:
-        """The first candidate address whose engine answers a ping (None: no engine)."""
+        """The first candidate address whose engine answers a ping (None: no engine). Once
+        one answered, later calls of this step use it without asking again."""
         import docker
 
+        if self._reachable is not None:
+            return self._reachable
         for host in self.candidates():
             if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
                 continue
@@ -99,6 +103,7 @@ class ContainerEngine(dg.ConfigurableResource):
                     client = docker.DockerClient(base_url=host, timeout=30)
                     try:
                         if client.ping():
+                            self._reachable = host
                             return host
                     finally:
                         client.close()

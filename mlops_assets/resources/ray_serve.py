@@ -224,29 +224,23 @@ class RayServe(dg.ConfigurableResource):
         anything is applied leave the API as it was (`DeployFailed`, applied=False)."""
         started = time.monotonic()
         previous = self._read_state()
+        # What was asked, before any registry lookup: the same request as the last healthy
+        # deployment, with the API serving that version, needs nothing (not even MLflow).
+        request = {
+            "model_uri": model_uri, "tracking_uri": tracking_uri, "version": expected_version, "features": features,
+            "transport": transport or self.model_transport, "app": self.app_args([]),
+            "http": self.runtime().http_options(), "replicas": self.num_replicas, "code": SERVING_CODE_VERSION,
+        }
+        if previous.get("request") == request and self._serves(expected_version):
+            return self._unchanged(expected_version, previous, check, log, started)
         try:
             config, source_config = self._prepare(model_uri, expected_version, tracking_uri, features, transport)
             started_ray = self.ensure_started(log)
         except Exception as exc:
             raise self._not_applied(expected_version, previous, _reason(exc)) from exc
         if not started_ray and previous.get("config") == config and self._serves(expected_version):
-            if log:
-                log.info(f"the API already serves version {expected_version} with these settings: nothing to do")
-            result = None
-            if check is not None:
-                try:
-                    result = check(self)
-                except Exception as exc:
-                    raise DeployFailed(
-                        f"model version {expected_version}, already in service, failed its health check "
-                        f"({_reason(exc)}); nothing was changed, so there is nothing to roll back",
-                        version=expected_version, reason=_reason(exc), applied=False, rolled_back=False,
-                        previous_version=previous.get("version"), serving=expected_version,
-                    ) from exc
-            return Deployment(
-                *self._model_ref(), "unchanged", False, time.monotonic() - started,
-                previous_version=previous.get("version"), check_result=result,
-            )
+            self._write_state({**previous, "request": request})
+            return self._unchanged(expected_version, previous, check, log, started)
         action = "deployed"
         if not started_ray and previous.get("config"):
             same_app = _app_without_deployments(previous["config"]) == _app_without_deployments(config)
@@ -263,12 +257,32 @@ class RayServe(dg.ConfigurableResource):
         except Exception as exc:
             raise self._roll_back(expected_version, previous, _reason(exc), log) from exc
         # Only now: a run killed before this line leaves the last healthy config on record.
-        self._write_state({"config": config, "version": expected_version})
+        self._write_state({"config": config, "version": expected_version, "request": request})
         name, version = self._model_ref()
         if log:
             log.info(f"{action}: the API at {self.api_url} serves {name} version {version}")
         return Deployment(
             name, version, action, started_ray, time.monotonic() - started,
+            previous_version=previous.get("version"), check_result=result,
+        )
+
+    def _unchanged(self, expected_version: str, previous: dict[str, Any], check, log, started: float) -> Deployment:
+        """The API already serves this version with these settings: only the health check."""
+        if log:
+            log.info(f"the API already serves version {expected_version} with these settings: nothing to do")
+        result = None
+        if check is not None:
+            try:
+                result = check(self)
+            except Exception as exc:
+                raise DeployFailed(
+                    f"model version {expected_version}, already in service, failed its health check "
+                    f"({_reason(exc)}); nothing was changed, so there is nothing to roll back",
+                    version=expected_version, reason=_reason(exc), applied=False, rolled_back=False,
+                    previous_version=previous.get("version"), serving=expected_version,
+                ) from exc
+        return Deployment(
+            *self._model_ref(), "unchanged", False, time.monotonic() - started,
             previous_version=previous.get("version"), check_result=result,
         )
 
