@@ -20,15 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops_assets.settings import PROJECT_ROOT
+from mlops_assets_tests.serving_fixtures import free_ports
 
 ASSETS = ["dataset", "candidate_models", "selected_model", "container_image", "tofu_state", "deployed_hosts",
           "deployed_api", "dashboards"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def free_range(size: int = 200) -> tuple[int, int]:
@@ -43,6 +38,17 @@ def free_range(size: int = 200) -> tuple[int, int]:
         if free:
             return low, low + size - 1
     raise RuntimeError("no free port range for the replicas")
+
+
+def free_local_ports() -> tuple[dict[str, int], str]:
+    """Free loopback ports for every listener of the local target (settings.LOCAL_PORTS), and
+    the MLOPS_LOCAL_PORTS value that puts them there."""
+    from mlops_assets.settings import LOCAL_PORTS
+
+    names = [name for name in LOCAL_PORTS if name != "replicas"]
+    ports = dict(zip(names, free_ports(len(names))))
+    low, high = free_range()
+    return ports, ",".join(f"{k}={v}" for k, v in ports.items()) + f",replicas={low}-{high}"
 
 
 def copy_checkout(dest: Path) -> Path:
@@ -96,17 +102,13 @@ class LocalStack:
         self.root = Path(root)
         self.checkout = copy_checkout(self.root / "checkout")
         self.home = self.root / "home"
-        low, high = free_range()
-        ports = {"api": free_port(), "metrics": free_port(), "ray_gcs": free_port(), "ray_client": free_port(),
-                 "haproxy_metrics": free_port(), "haproxy_stats": free_port(), "serve_fallback": free_port(),
-                 "prometheus": free_port(), "node_exporter": free_port()}
-        self.ports = ports
+        self.ports, local_ports = free_local_ports()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_", "DAGSTER_", "PYTEST"))},
             "MLOPS_HOME": str(self.home),
             "DAGSTER_HOME": str(self.home / "dagster"),
             "MLOPS_TARGET": "local",
-            "MLOPS_LOCAL_PORTS": ",".join(f"{k}={v}" for k, v in ports.items()) + f",replicas={low}-{high}",
+            "MLOPS_LOCAL_PORTS": local_ports,
             "PYTHONPATH": str(self.checkout),
             "PYTHONUNBUFFERED": "1",
             **({"DOCKER_HOST": docker_host} if docker_host else {}),

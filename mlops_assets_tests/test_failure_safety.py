@@ -26,7 +26,8 @@ import dagster as dg
 import pytest
 
 from .conftest import make_settings
-from .serving_fixtures import Load, as_instances, free_ports, wait_for
+from .lazy_stack import free_local_ports, run_cli
+from .serving_fixtures import Load, as_instances, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -149,13 +150,7 @@ def test_a_version_the_replicas_refuse_is_rolled_back_and_no_request_fails(
     assert before_state["version"] == served
     broken = _register_variant(serving_api, tmp_path, change)
 
-    with Load(f"{serving_api.url}/predict", body, workers=4) as load:
-        time.sleep(1)
-        started = time.monotonic()
-        with pytest.raises(dg.Failure) as failure:
-            _deploy_with_asset(serving_api, trained_home, resource, dataset, broken)
-        seconds = time.monotonic() - started
-        time.sleep(1)
+    failure, load, seconds = _deploy_under_load(serving_api, trained_home, resource, dataset, body, broken)
 
     message = failure.value.description
     assert f"model version {broken} failed its health check" in message, message
@@ -182,13 +177,7 @@ def test_a_version_failing_the_smoke_prediction_is_rolled_back(
     before_state, served = _state(resource), _served(resource)
     broken = _register_variant(serving_api, tmp_path, _cannot_predict_and_no_example)
 
-    with Load(f"{serving_api.url}/predict", body, workers=4) as load:
-        time.sleep(1)
-        started = time.monotonic()
-        with pytest.raises(dg.Failure) as failure:
-            _deploy_with_asset(serving_api, trained_home, resource, dataset, broken)
-        seconds = time.monotonic() - started
-        time.sleep(1)
+    failure, load, seconds = _deploy_under_load(serving_api, trained_home, resource, dataset, body, broken)
 
     message = failure.value.description
     assert f"model version {broken} failed its health check (POST /predict answered 500" in message, message
@@ -203,6 +192,19 @@ def test_a_version_failing_the_smoke_prediction_is_rolled_back(
     assert _state(resource) == before_state
     print(f"\nsmoke check: version {broken} rolled back to {served} in {seconds:.1f}s; "
           f"{load.total} requests during the deploy, {load.statuses.get('500', 0)} answered 500")
+
+
+def _deploy_under_load(serving_api, trained_home, resource, dataset, body, version: str):
+    """deployed_api materialized with `version` while four clients keep predicting: the
+    dg.Failure it must raise, the load's record, and the seconds the deploy took."""
+    with Load(f"{serving_api.url}/predict", body, workers=4) as load:
+        time.sleep(1)
+        started = time.monotonic()
+        with pytest.raises(dg.Failure) as failure:
+            _deploy_with_asset(serving_api, trained_home, resource, dataset, version)
+        seconds = time.monotonic() - started
+        time.sleep(1)
+    return failure, load, seconds
 
 
 def _other_signature_unloadable(folder: Path) -> None:
@@ -225,13 +227,7 @@ def test_a_version_whose_replicas_never_start_is_rolled_back(
     # Serve gives up after 3 failed starts per replica (~10 s each here): well within this.
     impatient = _with(resource, ready_timeout_s=150.0)
 
-    with Load(f"{serving_api.url}/predict", body, workers=4) as load:
-        time.sleep(1)
-        started = time.monotonic()
-        with pytest.raises(dg.Failure) as failure:
-            _deploy_with_asset(serving_api, trained_home, impatient, dataset, broken)
-        seconds = time.monotonic() - started
-        time.sleep(1)
+    failure, load, seconds = _deploy_under_load(serving_api, trained_home, impatient, dataset, body, broken)
 
     message = failure.value.description
     assert f"model version {broken} failed its health check (Serve gave up starting the replicas of model " \
@@ -439,12 +435,9 @@ def _cli_env(home: Path, ports: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def _cli(args: list[str], env: dict[str, str], log: Path, timeout: float = 600) -> str:
-    with log.open("w") as out:
-        done = subprocess.run([sys.executable, "-m", "mlops_assets.cli", *args], cwd=ROOT, env=env,
-                              stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
-    text = log.read_text()
-    assert done.returncode == 0, text[-5000:]
+def _cli(args: list[str], env: dict[str, str], log_dir: Path, timeout: float = 600) -> str:
+    returncode, text = run_cli(args, ROOT, env, log_dir, timeout)
+    assert returncode == 0, text[-5000:]
     return text
 
 
@@ -476,11 +469,7 @@ def _observed(home: Path, api, model_name: str) -> dict[str, str | None]:
 
 def test_a_run_killed_midway_leaves_a_consistent_state_and_the_next_run_completes(tmp_path):
     home = tmp_path / "home"
-    api_port, metrics, gcs, client, hap_metrics, hap_stats, fallback, prom, node = free_ports(9)
-    low = random.randrange(39000, 44000, 200)
-    ports = (f"api={api_port},metrics={metrics},ray_gcs={gcs},ray_client={client},haproxy_metrics={hap_metrics},"
-             f"haproxy_stats={hap_stats},serve_fallback={fallback},replicas={low}-{low + 99},prometheus={prom},"
-             f"node_exporter={node}")
+    _, ports = free_local_ports()
     env = _cli_env(home, ports)
     settings = make_settings(home, MLOPS_LOCAL_PORTS=ports)
     from mlops_assets.targets import resources_for
@@ -490,14 +479,14 @@ def test_a_run_killed_midway_leaves_a_consistent_state_and_the_next_run_complete
     killed = None
     try:
         started = time.monotonic()
-        _cli(["run"], env, tmp_path / "run-1.log", timeout=900)
+        _cli(["run"], env, tmp_path, timeout=900)
         first_seconds = time.monotonic() - started
         assert _observed(home, api, model) == {"registry": "1", "api": "1", "deployed.json": "1"}
 
         # A new dataset: the champion moves to version 2, then the run is killed while
         # deployed_api swaps it in.
         new_data = {"MLOPS_DATASET": str(_relabelled_penguins(tmp_path / "relabelled.csv"))}
-        log = tmp_path / "run-2.log"
+        log = tmp_path / "cli-01-run-killed.log"
         with log.open("w") as out:
             killed = subprocess.Popen([sys.executable, "-m", "mlops_assets.cli", "run"], cwd=ROOT,
                                       env=_cli_env(home, ports, **new_data), stdout=out, stderr=subprocess.STDOUT,
@@ -518,7 +507,7 @@ def test_a_run_killed_midway_leaves_a_consistent_state_and_the_next_run_complete
         assert after_kill["api"] in ("1", "2"), after_kill
 
         started = time.monotonic()
-        rerun = _cli(["run"], _cli_env(home, ports, **new_data), tmp_path / "run-3.log", timeout=900)
+        rerun = _cli(["run"], _cli_env(home, ports, **new_data), tmp_path, timeout=900)
         rerun_seconds = time.monotonic() - started
         assert f"serves {model} version 2" in rerun, rerun[-3000:]
         final = _observed(home, api, model)
@@ -532,7 +521,7 @@ def test_a_run_killed_midway_leaves_a_consistent_state_and_the_next_run_complete
             os.killpg(killed.pid, signal.SIGKILL)
         down = subprocess.run([sys.executable, "-m", "mlops_assets.cli", "down"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120)
-        _remove_built_images(settings, tmp_path.glob("run-*.log"))
+        _remove_built_images(settings, tmp_path.glob("cli-*.log"))
         assert down.returncode == 0, down.stdout + down.stderr
     assert not api.is_running()
 
