@@ -491,7 +491,10 @@ class RayServe(dg.ConfigurableResource):
             return {}
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        self._state_file().write_text(json.dumps(state, indent=2, sort_keys=True))
+        # Atomically: a run killed mid-write must leave the last healthy record, not half of one.
+        partial = self._state_file().with_name(".deployed.json.partial")
+        partial.write_text(json.dumps(state, indent=2, sort_keys=True))
+        partial.replace(self._state_file())
 
 
 def _status_summary(status: dict[str, Any]) -> str:
