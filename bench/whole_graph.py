@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3, help="no-change runs after the cold one")
     args = parser.parse_args()
-    from mlops_assets_tests.rehearsal.engine import NoEngineError, docker_client, docker_host
+    from mlops_assets.rehearsal.engine import NoEngineError, docker_client, docker_host
 
     try:
         engine = docker_host()
@@ -72,7 +72,7 @@ def main() -> None:
                     if "mlops-api:" in tag:
                         client.images.remove(tag, force=True)
     warm = statistics.median(warms)
-    print(f"\n| whole graph, local target (fresh process each) | seconds | / cold | target |")
+    print("\n| whole graph, local target (fresh process each) | seconds | / cold | target |")
     print("| --- | --- | --- | --- |")
     print(f"| cold `make run` (fresh state folder, warm machine caches) | {cold.seconds:.1f} | 100% | |")
     print(f"| no-change `make run` (median of {args.repeat}) | {warm:.1f} | {warm / cold.seconds:.0%} | <= 10% |")

@@ -9,8 +9,8 @@ import json
 import time
 
 import dagster as dg
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
+from mlops_assets.freshness import DATA_VERSION_TAG
 from mlops_assets.ml import data as ml_data
 from mlops_assets.ml import drift
 from mlops_assets.resources.prometheus_api import PrometheusApi, PrometheusQueryError
@@ -26,22 +26,6 @@ SERVED_CLASSES = "sum by (predicted_class) (increase(ray_mlops_api_predictions_t
 # `dashboards` asset renders (Ray's histogram _sum is rebuilt from bucket midpoints, so the
 # rule compares with a training reference binned the same way): reported, not a trigger.
 FEATURE_SHIFTS = "max by (feature) (mlops_api:feature_mean_shift:zscore1h)"
-
-
-def follows_upstream_data_versions() -> dg.AutomationCondition:
-    """Materialize when an upstream asset got a *new data version* (or this asset is missing).
-
-    Plain `eager()` fires on every upstream materialization, even one that kept its data
-    version (a retraining that kept the champion); this fires only on real changes."""
-    return (
-        (
-            dg.AutomationCondition.newly_missing()
-            | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
-        ).since_last_handled()
-        & ~dg.AutomationCondition.any_deps_missing()
-        & ~dg.AutomationCondition.any_deps_in_progress()
-        & ~dg.AutomationCondition.in_progress()
-    ).with_label("follows upstream data versions")
 
 
 def build_automation(settings: Settings) -> tuple[list, list]:
@@ -97,14 +81,17 @@ def build_automation(settings: Settings) -> tuple[list, list]:
     def drift_sensor(context: dg.SensorEvaluationContext):
         return evaluate_drift(context, context.resources.prometheus_api, settings, now=time.time())
 
-    # Evaluates every asset's automation condition (follows_upstream_data_versions): off until
-    # switched on in the UI, so `dagster dev` never starts deployments by surprise.
+    # Evaluates every asset's automation condition (freshness.rebuild_condition, the same
+    # conditions `make run`'s waves evaluate): off until switched on in the UI, so `dagster dev`
+    # never starts deployments by surprise. The condition is Python code of this project, so
+    # the sensor evaluates it in the code location (use_user_code_server).
     automation_sensor = dg.AutomationConditionSensorDefinition(
         "automation_sensor",
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.STOPPED,
         minimum_interval_seconds=60,
-        description="Materializes assets whose inputs got a new data version (see automation.py).",
+        use_user_code_server=True,
+        description="Materializes the assets that are stale or missing, upstream first (see freshness.py).",
     )
     return [retraining_schedule], [new_data_sensor, drift_sensor, automation_sensor]
 

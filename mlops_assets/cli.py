@@ -1,7 +1,10 @@
-"""`python -m mlops_assets.cli run`: what `make run` calls.
+"""`python -m mlops_assets.cli run` and `... down`: what `make run` and `make down` call.
 
-Runs the `materialize_all` job in this process against the persistent Dagster instance in
-MLOPS_HOME, so `make dev` shows the run, its logs and its metadata afterwards.
+`run` materializes what is stale or missing (rebuild.py) in this process against the
+persistent Dagster instance in MLOPS_HOME, so `make dev` shows the runs, their logs and their
+metadata afterwards. One `run` (or `down`) per MLOPS_HOME at a time (state.RunLock): a second
+one waits for the first, naming its PID, then goes on, or gives up after
+MLOPS_RUN_LOCK_TIMEOUT seconds.
 """
 
 from __future__ import annotations
@@ -12,10 +15,7 @@ import sys
 import time
 
 
-def _prepare_home() -> None:
-    from mlops_assets.settings import load_settings
-
-    settings = load_settings()
+def _prepare_home(settings) -> None:
     for path in (settings.home, settings.dagster_home, settings.mlflow_dir, settings.artifact_root, settings.io_dir):
         path.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
@@ -23,16 +23,40 @@ def _prepare_home() -> None:
     (settings.dagster_home / "dagster.yaml").touch()
 
 
+def _locked(settings, what: str):
+    from mlops_assets.state import RunLock
+
+    return RunLock(settings.home, timeout_s=settings.run_lock_timeout_s, what=what,
+                   echo=lambda line: print(line, file=sys.stderr, flush=True))
+
+
 def run(job_name: str, everything: bool = False, config_path: str | None = None) -> int:
     """Observe the data source, then materialize what Dagster finds missing or stale, wave by
     wave until nothing is (rebuild.py); with `everything`, the whole job in one run (each asset
     then returns early when its inputs are unchanged). `config_path`: a YAML run config (for
     example new hyperparameters for candidate_models); the assets it configures are materialized."""
-    _prepare_home()
+    from mlops_assets.settings import SettingsError, load_settings
+    from mlops_assets.state import RunBusy
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    _prepare_home(settings)
+    try:
+        with _locked(settings, "run"):
+            return _run(settings, job_name, everything, config_path)
+    except RunBusy as exc:
+        print(str(exc), file=sys.stderr)
+        return 75  # EX_TEMPFAIL: try again later
+
+
+def _run(settings, job_name: str, everything: bool, config_path: str | None) -> int:
     import dagster as dg
     import yaml
 
-    from mlops_assets.definitions import defs
+    from mlops_assets.definitions import build_definitions
     from mlops_assets.rebuild import RunConfigError, rebuild
 
     run_config = {}
@@ -47,6 +71,7 @@ def run(job_name: str, everything: bool = False, config_path: str | None = None)
             print(f"--config {config_path}: expected a mapping like `ops: {{candidate_models: {{config: ...}}}}`", file=sys.stderr)
             return 2
     started = time.monotonic()
+    defs = build_definitions(settings)
     with dg.DagsterInstance.get() as instance:
         observed = defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, raise_on_error=False)
         if not observed.success:
@@ -115,60 +140,52 @@ def _print_prometheus(result) -> None:
 
 
 def down() -> int:
-    """Stop what `make run` started: the local Ray instance serving the API."""
+    """Stop what `make run` started on this machine: the API deployer's processes (the local
+    Ray instance) and the monitoring provisioner's (the local Prometheus); for a target whose
+    `make down` destroys what it provisioned (the rehearsal), the destroy_infrastructure job
+    (recorded in Dagster), then what the target ran beside OpenTofu (hosts, emulator)."""
     from mlops_assets.settings import load_settings
+    from mlops_assets.state import RunBusy
     from mlops_assets.targets import resources_for
-
-    if load_settings().target == "sim":
-        return down_sim()
-    _stop_prometheus()
-    ray_serve = resources_for(load_settings()).get("ray_serve")
-    if ray_serve is None:
-        print("nothing to stop for this target")
-        return 0
-    stopped = ray_serve.shutdown()
-    print(f"stopped the prediction API and its Ray instance ({stopped} processes)" if stopped else "nothing was running")
-    return 0
-
-
-def down_sim() -> int:
-    """The offline rehearsal, removed: the destroy_infrastructure job (OpenTofu destroy against
-    the emulator, recorded in Dagster), then the test hosts and the EC2 emulator
-    (mlops_assets_tests/rehearsal/sim_hosts.py). Images stay in the engine, like a registry."""
-    _prepare_home()
-    import dagster as dg
-
-    from mlops_assets.definitions import defs
-    from mlops_assets.settings import PROJECT_ROOT, load_settings
 
     settings = load_settings()
+    _prepare_home(settings)
+    try:
+        with _locked(settings, "down"):
+            resources = resources_for(settings)
+            if resources["monitoring"].stop():
+                print("stopped Prometheus")
+            stopped = resources["api_deployer"].stop()
+            print(f"stopped the prediction API and its Ray instance ({stopped} processes)" if stopped
+                  else "no local API was running")
+            infrastructure = resources["infrastructure"]
+            return _destroy(settings, infrastructure) if infrastructure.destroyed_by_down else 0
+    except RunBusy as exc:
+        print(str(exc), file=sys.stderr)
+        return 75
+
+
+def _destroy(settings, infrastructure) -> int:
+    """The destroy_infrastructure job (OpenTofu destroy, recorded in Dagster), then the
+    target's own teardown. Images stay in the engine, like a registry."""
+    import dagster as dg
+
+    from mlops_assets.definitions import build_definitions
+
     started = time.monotonic()
+    target = infrastructure.target
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def("destroy_infrastructure").execute_in_process(
+        result = build_definitions(settings).resolve_job_def("destroy_infrastructure").execute_in_process(
             instance=instance, raise_on_error=False,
-            run_config={"ops": {"destroy_hosts": {"config": {"confirm_target": "sim"}}}},
+            run_config={"ops": {"destroy_hosts": {"config": {"confirm_target": target}}}},
         )
     if result.success:
-        print(f"sim: OpenTofu destroy: {result.output_for_node('destroy_hosts')}")
+        print(f"{target}: OpenTofu destroy: {result.output_for_node('destroy_hosts')}")
     else:
-        print("sim: OpenTofu destroy FAILED (removing the hosts and the emulator anyway)", file=sys.stderr)
-    if str(PROJECT_ROOT) not in sys.path:
-        sys.path.insert(0, str(PROJECT_ROOT))
-    from mlops_assets_tests.rehearsal.sim_hosts import teardown_sim
-
-    done = teardown_sim(settings.home)
-    print(f"sim: down in {time.monotonic() - started:.1f}s")
-    return 0 if result.success and not done["hosts_left"] else 1
-
-
-def _stop_prometheus() -> None:
-    """The local Prometheus that the `dashboards` asset started (local target)."""
-    from mlops_assets.settings import load_settings
-    from mlops_assets.targets import resources_for
-
-    prometheus = resources_for(load_settings()).get("prometheus")
-    if prometheus is not None and prometheus.stop():
-        print(f"stopped Prometheus ({prometheus.url})")
+        print(f"{target}: OpenTofu destroy FAILED (removing the rest anyway)", file=sys.stderr)
+    nothing_left = infrastructure.teardown(print)
+    print(f"{target}: down in {time.monotonic() - started:.1f}s")
+    return 0 if result.success and nothing_left else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,24 +1,30 @@
-"""The Dagster Definitions of the project: assets, checks and resources for MLOPS_TARGET."""
+"""The Dagster Definitions of the project: assets, checks, jobs, automation and the resources
+of MLOPS_TARGET.
+
+`build_definitions(settings)` is the one place where settings become definitions; `defs` is
+what `dagster dev` (workspace.yaml) loads: Dagster calls it when it loads the code location,
+so importing this module reads no environment.
+"""
 
 import warnings
 
 import dagster as dg
 
-# `Output(data_version=...)` is how assets report content-derived versions; it has been
-# "beta" for many releases. Say it once here instead of on every materialization.
+# `Output(data_version=...)`, observable source assets and user-code automation conditions
+# have been "beta" for many releases; say it once here instead of on every materialization.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-from mlops_assets.assets.data import dataset, dataset_source
-from mlops_assets.assets.deployment import deployed_api
-from mlops_assets.assets.hosts import deployed_hosts
-from mlops_assets.assets.infrastructure import destroy_infrastructure, tofu_state
-from mlops_assets.assets.packaging import container_image
-from mlops_assets.assets.monitoring import dashboards
-from mlops_assets.assets.training import candidate_models, selected_model
-from mlops_assets.automation import build_automation
-from mlops_assets.checks import DATASET_CHECKS
-from mlops_assets.settings import load_settings
-from mlops_assets.targets import resources_for
+from mlops_assets.assets.data import dataset, dataset_source  # noqa: E402
+from mlops_assets.assets.deployment import deployed_api  # noqa: E402
+from mlops_assets.assets.hosts import deployed_hosts  # noqa: E402
+from mlops_assets.assets.infrastructure import destroy_infrastructure, tofu_state  # noqa: E402
+from mlops_assets.assets.monitoring import dashboards  # noqa: E402
+from mlops_assets.assets.packaging import container_image  # noqa: E402
+from mlops_assets.assets.training import candidate_models, selected_model  # noqa: E402
+from mlops_assets.automation import build_automation  # noqa: E402
+from mlops_assets.checks import DATASET_CHECKS  # noqa: E402
+from mlops_assets.settings import Settings, load_settings  # noqa: E402
+from mlops_assets.targets import resources_for  # noqa: E402
 
 SOURCE_ASSETS = [dataset_source]
 ASSETS = [*SOURCE_ASSETS, dataset, candidate_models, selected_model, container_image, tofu_state, deployed_hosts, deployed_api, dashboards]
@@ -31,7 +37,7 @@ observe_sources = dg.define_asset_job("observe_sources", selection=dg.AssetSelec
 ml_phase = dg.define_asset_job("ml_phase", selection=dg.AssetSelection.groups("ml"))
 
 
-def build_definitions(settings=None) -> dg.Definitions:
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or load_settings()
     schedules, sensors = build_automation(settings)
     return dg.Definitions(
@@ -47,4 +53,6 @@ def build_definitions(settings=None) -> dg.Definitions:
     )
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_settings())

@@ -9,7 +9,7 @@ filesystem (FACTS.md, "Containers without a Docker engine") that serves two uses
   Dockerfile takes it as its `BASE_IMAGE` build argument;
 - the root of every rehearsal test host: one more layer on top of the same rootfs with
   openssh-server, sudo, docker.io and what Ansible's modules need on a target, used read-only
-  as overlay lower layers by ``mlops_assets_tests/rehearsal/hosts.py``.
+  as overlay lower layers by ``mlops_assets/rehearsal/hosts.py``.
 
 Both are cached under a cache folder and rebuilt only when missing or when their package list
 changes. Building needs root (debootstrap, chroot, overlay mounts). Command line:

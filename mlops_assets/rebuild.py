@@ -2,18 +2,17 @@
 data source.
 
 Dagster marks an asset stale once an upstream asset *has* a new data version (or its own code
-version changed), so the work goes in waves, each one Dagster run:
-
-1. the assets that are missing, stale, or given config (a hyperparameter change is a reason to
-   retrain that Dagster's staleness cannot see);
-2. then whatever became stale because a wave gave its inputs new data versions, and so on.
+version changed), so the work goes in waves, each one Dagster run. Each wave materializes what
+the assets' automation conditions request now (freshness.py: the same conditions the
+automation sensor evaluates in `dagster dev`, so both agree by construction), plus, in the
+first wave, the assets given config (a hyperparameter change is a reason to retrain that
+Dagster's staleness cannot see); then it asks again.
 
 A retraining that keeps the champion gives `selected_model` the same data version, so the waves
-stop there: no image, no OpenTofu, no Ansible, no API restart. This is what the automation
-conditions of automation.py do tick by tick in `dagster dev`, done here in one command.
-Assets tagged `mlops/always_check` (they look after live services: the image in the engine,
-the API process, Prometheus) run in a last wave when no earlier wave ran them; they return
-early when everything is in place.
+stop there: no image, no OpenTofu, no Ansible, no API restart. Assets tagged
+`freshness.LIVE_SERVICE_TAG` (they look after live services: the image in the engine, the API
+process, Prometheus) run in a last wave when no earlier wave ran them; they return early when
+everything is in place.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from mlops_assets.staleness import ALWAYS_CHECK_TAG, stale_or_missing
+from mlops_assets.freshness import LIVE_SERVICE_TAG, requested
 
 Echo = Callable[[str], None]
 
@@ -81,10 +80,9 @@ def _config_for(run_config: dict, keys: set[dg.AssetKey]) -> dict:
 
 def _ready(pending: set[dg.AssetKey], job_keys: set[dg.AssetKey], graph) -> set[dg.AssetKey]:
     """`pending` without the assets that must wait: those with an input path through an asset
-    that this wave does not run but that a pending asset upstream may change. (When new data
-    makes both selected_model and deployed_api stale, deployed_api waits for the wave after
-    container_image, instead of deploying the new model with the old image.) The first
-    pending assets in graph order never wait, so a wave is never empty."""
+    that this wave does not run but that a pending asset upstream may change (what the
+    conditions already decide for stale assets; this applies it to configured ones too). The
+    first pending assets in graph order never wait, so a wave is never empty."""
     deferred = set()
     for key in pending:
         between = (graph.get_ancestor_asset_keys(key) & job_keys) - pending
@@ -111,10 +109,10 @@ def rebuild(
     graph = defs.resolve_asset_graph()
     job_keys = set(job.asset_layer.selected_asset_keys)
     configured = configured_keys(run_config, job_keys)
-    always = {key for key in job_keys if graph.get(key).tags.get(ALWAYS_CHECK_TAG) == "true"}
+    always = {key for key in job_keys if graph.get(key).tags.get(LIVE_SERVICE_TAG) == "true"}
     done = Rebuild(job_keys)
     ran: set[dg.AssetKey] = set()
-    pending = set(job_keys) if everything else stale_or_missing(defs, instance, job_keys) | configured
+    pending = set(job_keys) if everything else requested(defs, instance, job_keys) | configured
     # Each wave moves at least one level down the graph: more waves than assets is a bug.
     for number in range(1, len(job_keys) + 3):
         if not pending:
@@ -139,7 +137,7 @@ def rebuild(
         if not result.success:
             break
         # A configured asset that had to wait is still owed its run with that config.
-        pending = stale_or_missing(defs, instance, job_keys) | (configured - ran)
+        pending = requested(defs, instance, job_keys) | (configured - ran)
     else:
         raise RuntimeError(f"{job_name}: still stale after {len(job_keys) + 2} waves: {_names(pending)}")
     return done

@@ -51,6 +51,10 @@ class Settings:
     drift_cooldown_minutes: float = 60.0
     # Container image (assets/packaging.py): registry to push to in the aws target, e.g. ECR.
     image_registry: str | None = None
+    # aws: the private key Ansible uses for the EC2 hosts (MLOPS_SSH_PRIVATE_KEY).
+    ssh_private_key: str | None = None
+    # How long `cli run` waits for another run on the same MLOPS_HOME (MLOPS_RUN_LOCK_TIMEOUT).
+    run_lock_timeout_s: float = 1800.0
     # The local target's ports: LOCAL_PORTS with MLOPS_LOCAL_PORTS applied.
     local_ports: dict = field(default_factory=lambda: dict(LOCAL_PORTS), hash=False)
 
@@ -95,6 +99,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         drift_window=env.get("MLOPS_DRIFT_WINDOW") or "1h",
         drift_cooldown_minutes=_number(env, "MLOPS_DRIFT_COOLDOWN_MINUTES", 60.0),
         image_registry=env.get("MLOPS_IMAGE_REGISTRY") or None,
+        ssh_private_key=env.get("MLOPS_SSH_PRIVATE_KEY") or None,
+        run_lock_timeout_s=_number(env, "MLOPS_RUN_LOCK_TIMEOUT", 1800.0),
         local_ports=local_ports,
     )
 

@@ -162,7 +162,7 @@ class LocalStack:
         from mlops_assets.settings import load_settings
         from mlops_assets.targets import resources_for
 
-        return resources_for(load_settings(self.env))["ray_serve"]
+        return resources_for(load_settings(self.env))["api_deployer"].ray_serve
 
     def down(self) -> CliRun:
         return self.cli("down", timeout=300)

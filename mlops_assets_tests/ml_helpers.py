@@ -3,7 +3,7 @@
 import dagster as dg
 
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
-from mlops_assets.staleness import stale_or_missing
+from mlops_assets.freshness import stale_or_missing
 
 
 def registry_for(settings) -> MlflowRegistry:
@@ -20,4 +20,4 @@ def count_versions(registry: MlflowRegistry, name: str) -> int:
 
 def stale_keys(defs: dg.Definitions, instance: dg.DagsterInstance, keys: list[str]) -> set[str]:
     """Those of `keys` that Dagster considers stale or missing (what the UI shows as out of date)."""
-    return {key.to_user_string() for key in stale_or_missing(defs, instance, {dg.AssetKey(k) for k in keys})}
+    return {key.to_user_string() for key in stale_or_missing(instance, defs.resolve_asset_graph(), {dg.AssetKey(k) for k in keys})}

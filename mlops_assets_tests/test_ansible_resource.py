@@ -7,7 +7,8 @@ import shlex
 import dagster as dg
 import pytest
 
-from mlops_assets.assets.hosts import DeployedHosts, deployed_hosts
+from mlops_assets.assets.hosts import deployed_hosts
+from mlops_assets.resources.hosts import DeployedHosts, ThisMachineHosts
 from mlops_assets.resources.ansible import Ansible, AnsibleError, PlaybookResult, TaskFailure, describe_failure, _per_host
 from mlops_assets.resources.opentofu import ThisMachine
 from mlops_assets.settings import PROJECT_ROOT
@@ -65,8 +66,8 @@ def test_failure_message_names_host_task_and_message():
 
 def test_local_target_records_this_machine_without_ansible():
     outputs = ThisMachine().provision(lambda message: None).outputs
-    context = dg.build_asset_context(resources={"ansible": Ansible(enabled=False, target="local")})
-    output = deployed_hosts(context, tofu_state=outputs)
+    with dg.build_asset_context(resources={"host_configurator": ThisMachineHosts()}) as context:
+        output = deployed_hosts(context, tofu_state=outputs)
     value: DeployedHosts = output.value
     assert value.configured_by == "this machine" and value.target == "local"
     assert value.api_addresses == ["127.0.0.1"] and value.prometheus_url == "http://127.0.0.1:9090"

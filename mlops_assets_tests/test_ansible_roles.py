@@ -32,7 +32,7 @@ GRAFANA_PASSWORD = "rehearsal-" + os.urandom(6).hex()
 
 @pytest.fixture(scope="module")
 def hosts(request):
-    from mlops_assets_tests.rehearsal.hosts import TestHosts, free_subnet
+    from mlops_assets.rehearsal.hosts import TestHosts, free_subnet
 
     subnet = free_subnet()
     started = time.monotonic()
@@ -79,7 +79,7 @@ def ansible(hosts, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine():
-    from mlops_assets_tests.rehearsal.engine import docker_client
+    from mlops_assets.rehearsal.engine import docker_client
 
     return docker_client()
 
@@ -118,7 +118,7 @@ def test_docker_role(hosts, ansible, inventory):
 
 
 def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, inventory, engine):
-    from mlops_assets_tests.rehearsal.images import build_test_api_image, save_archive
+    from mlops_assets.rehearsal.images import build_test_api_image, save_archive
 
     good = build_test_api_image(engine)
     broken = build_test_api_image(engine, broken=True)
@@ -175,7 +175,7 @@ def rendered_monitoring_files(tmp_path: Path) -> Path:
 
 
 def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine, tmp_path):
-    from mlops_assets_tests.rehearsal.images import build_prometheus_image, save_archive
+    from mlops_assets.rehearsal.images import build_prometheus_image, save_archive
 
     started = time.monotonic()
     image = build_prometheus_image(engine)
@@ -252,18 +252,24 @@ def test_unreachable_host_is_named_with_its_task(hosts, ansible):
 def test_deployed_hosts_then_the_api_through_the_asset_code(hosts, ansible, inventory, engine, tmp_path):
     """deployed_hosts runs site.yml's base plays (the sim target's settings: Prometheus from the
     local archive, Grafana rendered only); a second materialization changes nothing and keeps
-    the data version. Then deploy_api_to_hosts ships the image and predicts through the API
-    host's address."""
+    the data version. Then the hosts' API deployer (ImageOnApiHosts) ships the image and predicts
+    through the API host's address."""
+    import logging
+
     import dagster as dg
 
-    from mlops_assets.assets.hosts import deploy_api_to_hosts, deployed_hosts
+    from mlops_assets.assets.hosts import deployed_hosts
+    from mlops_assets.image.build import ContainerImage
     from mlops_assets.resources.ansible import RehearsalAnsible
-    from mlops_assets_tests.rehearsal.images import build_test_api_image, save_archive
+    from mlops_assets.resources.api_deployer import ImageOnApiHosts
+    from mlops_assets.resources.hosts import AnsibleHosts
+    from mlops_assets.resources.mlflow_registry import Champion
+    from mlops_assets.rehearsal.images import build_test_api_image, save_archive
 
     rendered = rendered_monitoring_files(tmp_path)
     resource = RehearsalAnsible(
         playbook_dir=ansible.playbook_dir, work_dir=ansible.work_dir, private_key_file=ansible.private_key_file,
-        known_hosts_file=ansible.known_hosts_file, host_key_checking="strict", project_root=str(PROJECT_ROOT),
+        known_hosts_file=ansible.known_hosts_file, host_key_checking="strict",
         secret_extra_vars_env={"grafana_admin_password": "MLOPS_TEST_UNSET_GRAFANA_PASSWORD"},
         generated_secrets_dir=str(tmp_path / "secrets"),
         extra_vars={"prometheus_rule_files_dir": str(rendered / "prometheus/rules"),
@@ -277,7 +283,7 @@ def test_deployed_hosts_then_the_api_through_the_asset_code(hosts, ansible, inve
     with dg.instance_for_test() as instance:
         for attempt in ("first", "second"):
             started = time.monotonic()
-            result = dg.materialize([fake_tofu_state, deployed_hosts], resources={"ansible": resource}, instance=instance)
+            result = dg.materialize([fake_tofu_state, deployed_hosts], resources={"host_configurator": AnsibleHosts(ansible=resource)}, instance=instance)
             TIMINGS[f"deployed_hosts_{attempt}_s"] = round(time.monotonic() - started, 2)
             assert result.success
             materialization = result.asset_materializations_for_node("deployed_hosts")[0]
@@ -292,8 +298,11 @@ def test_deployed_hosts_then_the_api_through_the_asset_code(hosts, ansible, inve
 
     image = build_test_api_image(engine)
     started = time.monotonic()
-    deployed = deploy_api_to_hosts(resource, value, image_ref=image, model_version="1", image_archive=str(save_archive(engine, image)),
-                                   instances=[{"bill_length_mm": 39.1}], log=print)
+    built = ContainerImage(ref=image, tag=image.rpartition(":")[2], model_name="m", model_version="1",
+                           archive=str(save_archive(engine, image)))
+    deployer = ImageOnApiHosts(ansible=resource, record_file=str(tmp_path / "api-deployed.json"))
+    deployed = deployer.deploy(Champion("m", "1", "models:/m/1", ""), [{"bill_length_mm": 39.1}], image=built,
+                               hosts=value, log=logging.getLogger("test_ansible_roles"))
     TIMINGS["deploy_api_s"] = round(time.monotonic() - started, 2)
-    assert deployed.url == f"http://{hosts.address('api')}:8000"
+    assert deployed.api.url == f"http://{hosts.address('api')}:8000"
     assert deployed.smoke_answer["model"]["version"] == "1"

@@ -9,7 +9,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mlops_assets.automation import build_automation, follows_upstream_data_versions
+from mlops_assets.automation import build_automation
+from mlops_assets.freshness import rebuild_condition
 from mlops_assets.resources.prometheus_api import PrometheusApi
 
 from .conftest import make_settings, materialize
@@ -195,7 +196,7 @@ def _toy_defs(condition):
 
 
 @pytest.mark.parametrize("label, condition, refires_on_same_version", [
-    ("follows_upstream_data_versions", follows_upstream_data_versions(), False),
+    ("rebuild_condition", rebuild_condition(), False),
     ("eager", dg.AutomationCondition.eager(), True),
 ])
 def test_downstream_follows_data_versions_not_materializations(instance, label, condition, refires_on_same_version):
@@ -228,15 +229,3 @@ def test_downstream_follows_data_versions_not_materializations(instance, label, 
     materialize("upstream")  # a new data version: both conditions request downstream
     result = evaluate(result.cursor)
     assert result.get_requested_partitions(downstream) == {None}
-
-
-def test_every_derived_asset_follows_upstream_data_versions():
-    from mlops_assets.definitions import defs
-
-    graph = defs.resolve_asset_graph()
-    derived = {"candidate_models", "selected_model", "container_image", "deployed_hosts", "deployed_api", "dashboards"}
-    for key in derived:
-        condition = graph.get(dg.AssetKey(key)).automation_condition
-        assert condition is not None and condition.get_label() == "follows upstream data versions", key
-    sensor = next(s for s in defs.sensors if s.name == "automation_sensor")
-    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,6 @@ Every image these tests create is in the repository `mlops-api-test` and removed
 (the build cache of the first build's dependency layers goes with it).
 """
 
-import json
 import math
 import os
 import shutil
@@ -26,10 +25,14 @@ from mlops_assets.image.requirements import closure
 from mlops_assets.offline_base import BASE_IMAGE
 from mlops_assets.resources.container_engine import ContainerEngine
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
+from mlops_assets.settings import load_settings
+from mlops_assets.state import RECORDS
 
 TEST_REPOSITORY = "localhost/mlops-api-test"
 # 127.0.0.1, ::1 and ::ffff:127.0.0.1 as /proc/net/tcp{,6} write them.
 LOOPBACK_HEX = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+# Where the asset keeps its archives and recipes in these tests: the session's MLOPS_HOME.
+IMAGES_DIR = str(load_settings().home / "images")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="sets up Podman and debootstraps the base: needs root")
 
 
@@ -47,10 +50,10 @@ def test_image_requirements_are_the_serving_closure_pinned_like_setup_py():
 
 
 def test_tag_follows_every_input(tmp_path, trained_home):
-    from mlops_assets.assets.packaging import _model_folder
+    from mlops_assets.image.build import _model_folder
 
     selected = trained_home["selected"]
-    model = _model_folder(selected, trained_home["settings"].tracking_uri, tmp_path / "model")
+    model = _model_folder(selected.champion, tmp_path / "model")
     requirements = "ray==2.60.0\n"
     base = image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, requirements=requirements)
     same = image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, requirements=requirements)
@@ -72,13 +75,14 @@ def test_tag_follows_every_input(tmp_path, trained_home):
 
 def test_no_engine_is_a_labelled_skip_in_local_and_a_failure_elsewhere(trained_home):
     nowhere = "unix:///nonexistent/mlops-test.sock"
-    result = _materialize(trained_home, ContainerEngine(docker_host=nowhere, required=False))
+    result = _materialize(trained_home, ContainerEngine(docker_host=nowhere, required=False, images_dir=IMAGES_DIR))
     event = _materialization(result)
     assert event.metadata["status"].value == "SKIPPED: no container engine"
     assert "setup_podman.sh" in event.metadata["how_to_get_an_engine"].value
     assert result.output_for_node("container_image").skipped
 
-    failed = _materialize(trained_home, ContainerEngine(docker_host=nowhere, required=True), raise_on_error=False)
+    failed = _materialize(trained_home, ContainerEngine(docker_host=nowhere, required=True, images_dir=IMAGES_DIR),
+                          raise_on_error=False)
     assert not failed.success
     assert "setup_podman.sh" in _failure_message(failed)
 
@@ -90,7 +94,7 @@ def test_no_engine_is_a_labelled_skip_in_local_and_a_failure_elsewhere(trained_h
 def engine_host():
     if os.geteuid() != 0:
         pytest.skip("sets up Podman and debootstraps the base: needs root")
-    from mlops_assets_tests.rehearsal.engine import docker_host
+    from mlops_assets.rehearsal.engine import docker_host
 
     return docker_host()
 
@@ -102,9 +106,7 @@ def docker_client(engine_host):
     client = docker.DockerClient(base_url=engine_host, timeout=600)
     yield client
     # Everything these tests built and saved, and nothing else.
-    from mlops_assets.settings import load_settings
-
-    for archive in (load_settings().home / "images").glob("mlops-api-*.tar"):
+    for archive in Path(IMAGES_DIR).glob("mlops-api-*.tar"):
         archive.unlink()
     for image in client.images.list(name=TEST_REPOSITORY):
         try:
@@ -122,7 +124,8 @@ def test_engine(engine_host, docker_client):
 
     ensure_base_image(docker_client)
     return ContainerEngine(
-        docker_host=engine_host, repository=TEST_REPOSITORY, base_image=BASE_IMAGE, required=True, save_archive=True
+        docker_host=engine_host, repository=TEST_REPOSITORY, base_image=BASE_IMAGE, required=True, save_archive=True,
+        images_dir=IMAGES_DIR,
     )
 
 
@@ -281,21 +284,17 @@ def test_second_materialization_builds_nothing(first_build, trained_home, test_e
 
 @needs_root
 def test_a_recipe_record_whose_image_is_gone_is_not_trusted(first_build, trained_home, test_engine):
-    from mlops_assets.assets.packaging import RECIPES_FILE
-
     image, _ = first_build
-    from mlops_assets.settings import load_settings
-
-    records = load_settings().home / "images" / RECIPES_FILE  # where the asset keeps its images (MLOPS_HOME)
-    recipes = json.loads(records.read_text())
+    records = RECORDS["image_recipes"].in_folder(IMAGES_DIR)  # where the asset keeps its images (MLOPS_HOME)
+    recipes = records.read()
     assert image.tag in {entry["tag"] for entry in recipes.values()}
     # As if the image had been removed from the engine by hand since the record was written.
-    records.write_text(json.dumps({key: {**entry, "tag": "0000000000000000"} for key, entry in recipes.items()}))
+    records.write({key: {**entry, "tag": "0000000000000000"} for key, entry in recipes.items()})
     result = _materialize(trained_home, test_engine)
     event = _materialization(result)
     assert event.metadata["model_downloaded"].value is True  # the inputs were hashed again
     assert event.metadata["tag"].value == image.tag and event.metadata["rebuilt"].value is False
-    assert image.tag in {entry["tag"] for entry in json.loads(records.read_text()).values()}
+    assert image.tag in {entry["tag"] for entry in records.read().values()}
 
 
 @needs_root

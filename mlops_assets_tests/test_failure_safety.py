@@ -115,8 +115,7 @@ def _cannot_predict_and_no_example(folder: Path) -> None:
 def _deploy_with_asset(serving_api, trained_home, resource, dataset, version: str):
     """The `deployed_api` asset of the local target, for registry version `version`."""
     from mlops_assets.assets.deployment import deployed_api
-    from mlops_assets.resources.ansible import Ansible
-    from mlops_assets.resources.mlflow_registry import MlflowRegistry
+    from mlops_assets.resources.api_deployer import RayServeOnThisMachine
 
     selected = dataclasses.replace(
         trained_home["selected"], version=version, model_uri=f"models:/{serving_api.model_name}/{version}"
@@ -124,9 +123,7 @@ def _deploy_with_asset(serving_api, trained_home, resource, dataset, version: st
     with dg.build_asset_context() as context:  # its temporary instance is closed even on failure
         return deployed_api(
             context=context,
-            ray_serve=resource,
-            mlflow=MlflowRegistry(tracking_uri=serving_api.tracking_uri),
-            ansible=Ansible(enabled=False, target="local"),
+            api_deployer=RayServeOnThisMachine(ray_serve=resource),
             selected_model=selected,
             dataset=dataset,
             container_image=None,
@@ -264,98 +261,8 @@ def test_a_failure_before_anything_is_applied_leaves_the_api_untouched(
     assert not (Path(resource.state_dir) / "models" / serving_api.model_name / gone).exists()
 
 
-# -- the rollback's own failure paths (no Ray: the resource's steps stand in) -------------------
-class _Fake:
-    """What the API reports and what happens to applied configs, for RayServe's methods."""
-
-    def __init__(self, serving: str | None, apply_fails_for: set[str] = frozenset()) -> None:
-        self.serving, self.apply_fails_for, self.applied, self.deleted = serving, apply_fails_for, [], False
-
-    def install(self, monkeypatch):
-        from mlops_assets.resources import ray_serve as module
-
-        fake = self
-
-        def prepare(self, model_uri, version, *args):
-            return {"applications": [{"args": {}, "v": version}]}, {"model_uri": model_uri}
-
-        def apply(self, config):
-            version = config["applications"][0]["v"]
-            fake.applied.append(version)
-            if version in fake.apply_fails_for:
-                raise module.RayServeError(f"deploying the Serve application failed: version {version} refused")
-            fake.serving = None  # a rebuild: nothing answers until it is ready
-
-        def wait_ready(self, version, timeout_s=None, refused_uri=None):
-            raise module.RayServeError(f"the API did not report model version {version} within 1s")
-
-        def delete(self):
-            fake.deleted = True
-            fake.serving = None
-
-        monkeypatch.setattr(module.RayServe, "_prepare", prepare)
-        monkeypatch.setattr(module.RayServe, "ensure_started", lambda self, log=None: False)
-        monkeypatch.setattr(module.RayServe, "_apply", apply)
-        monkeypatch.setattr(module.RayServe, "_delete_app", delete)
-        monkeypatch.setattr(module.RayServe, "wait_ready", wait_ready)
-        monkeypatch.setattr(
-            module.RayServe, "readyz",
-            lambda self, timeout=2.0: {"model": {"name": "m", "version": fake.serving}} if fake.serving else None,
-        )
-
-
-def test_deployed_json_names_a_version_only_once_it_served_healthy(monkeypatch, tmp_path):
-    from mlops_assets.resources.ray_serve import RayServe
-
-    previous = {"config": {"applications": [{"args": {}, "v": "1"}]}, "version": "1"}
-    (tmp_path / "deployed.json").write_text(json.dumps(previous))
-    fake = _Fake(serving="1")
-    fake.install(monkeypatch)
-
-    def killed(self, version, timeout_s=None, refused_uri=None):
-        raise SystemExit("killed while waiting")  # not an Exception: no rollback either, like SIGKILL
-
-    from mlops_assets.resources import ray_serve as module
-
-    monkeypatch.setattr(module.RayServe, "wait_ready", killed)
-    with pytest.raises(SystemExit):
-        RayServe(state_dir=str(tmp_path)).deploy("models:/m/2", "2")
-    assert fake.applied == ["2"]
-    assert json.loads((tmp_path / "deployed.json").read_text()) == previous
-
-
-def test_with_no_earlier_deployment_there_is_nothing_to_roll_back_to(monkeypatch, tmp_path):
-    from mlops_assets.resources.ray_serve import DeployFailed, RayServe
-
-    fake = _Fake(serving=None)
-    fake.install(monkeypatch)
-    api = RayServe(state_dir=str(tmp_path))
-    with pytest.raises(DeployFailed) as failure:
-        api.deploy("models:/m/1", "1")
-    message = str(failure.value)
-    assert message.startswith("model version 1 failed its health check (the API did not report model version 1")
-    assert "nothing to roll back to (no earlier healthy deployment on record" in message
-    assert "the API is left stopped (the failed application was removed)" in message
-    assert fake.deleted and not failure.value.rolled_back
-    assert not (tmp_path / "deployed.json").exists()
-
-
-def test_a_rollback_that_fails_says_so(monkeypatch, tmp_path):
-    from mlops_assets.resources.ray_serve import DeployFailed, RayServe
-
-    previous = {"config": {"applications": [{"args": {}, "v": "1"}]}, "version": "1"}
-    (tmp_path / "deployed.json").write_text(json.dumps(previous))
-    fake = _Fake(serving="1", apply_fails_for={"1"})
-    fake.install(monkeypatch)
-    with pytest.raises(DeployFailed) as failure:
-        RayServe(state_dir=str(tmp_path)).deploy("models:/m/2", "2")
-    message = str(failure.value)
-    assert "model version 2 failed its health check" in message
-    assert "rolling back to version 1 failed too (deploying the Serve application failed: version 1 refused)" in message
-    assert "the API does not answer /readyz" in message
-    assert fake.applied == ["2", "1"] and not failure.value.rolled_back
-    # Still the last healthy config on record: the next run starts from it.
-    assert json.loads((tmp_path / "deployed.json").read_text()) == previous
+# The rollback's own failure paths (nothing to roll back to, the rollback failing too, a run
+# killed mid-wait) are tested without Ray, over a fake backend, in test_rollout.py.
 
 
 # -- b: a candidate that loses is never deployed ----------------------------------------------
@@ -364,14 +271,16 @@ def _serving_definitions(trained_home, serving_api, storage: Path) -> dg.Definit
     session's stays as it is); no container engine (container_image: a labelled skip)."""
     from mlops_assets.checks import DATASET_CHECKS
     from mlops_assets.definitions import ASSETS
+    from mlops_assets.resources.api_deployer import RayServeOnThisMachine
     from mlops_assets.resources.container_engine import ContainerEngine
     from mlops_assets.targets import resources_for
 
     resources = resources_for(trained_home["settings"])
     resources.update(
-        ray_serve=serving_api.resource,
+        api_deployer=RayServeOnThisMachine(ray_serve=serving_api.resource),
         io_manager=dg.FilesystemIOManager(base_dir=str(storage)),
-        container_engine=ContainerEngine(docker_host=f"unix://{storage}/no-engine.sock", required=False),
+        container_engine=ContainerEngine(docker_host=f"unix://{storage}/no-engine.sock", required=False,
+                                         images_dir=str(storage / "images")),
     )
     return dg.Definitions(assets=ASSETS, asset_checks=DATASET_CHECKS, resources=resources, executor=dg.in_process_executor)
 
@@ -474,7 +383,7 @@ def test_a_run_killed_midway_leaves_a_consistent_state_and_the_next_run_complete
     settings = make_settings(home, MLOPS_LOCAL_PORTS=ports)
     from mlops_assets.targets import resources_for
 
-    api = resources_for(settings)["ray_serve"]
+    api = resources_for(settings)["api_deployer"].ray_serve
     model = settings.model_name
     killed = None
     try:

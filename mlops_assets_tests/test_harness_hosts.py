@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from mlops_assets.offline_base import BASE_IMAGE
-from mlops_assets_tests.rehearsal.hosts import TestHosts, free_subnet, reap_stale
+from mlops_assets.rehearsal.hosts import TestHosts, free_subnet, reap_stale
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces, mounts and bridges need root")
 
@@ -97,7 +97,7 @@ def test_ansible_ping_over_real_ssh(hosts, tmp_path, monkeypatch, record_propert
 
 def test_docker_runs_a_container_inside_the_api_host(hosts, tmp_path, record_property):
     from mlops_assets.offline_base import ensure_base_image
-    from mlops_assets_tests.rehearsal.engine import docker_client
+    from mlops_assets.rehearsal.engine import docker_client
 
     # The archive a user ships to hosts without a registry: the offline base, saved by the
     # machine's engine (Podman here).
@@ -160,7 +160,7 @@ def test_a_killed_test_run_is_reaped_by_the_next_one(tmp_path):
     subnet = free_subnet()
     script = textwrap.dedent(f"""
         import os, sys, time
-        from mlops_assets_tests.rehearsal.hosts import TestHosts
+        from mlops_assets.rehearsal.hosts import TestHosts
         hosts = TestHosts([("orphan", "{subnet[30]}")])
         hosts.up()
         print(hosts.id, flush=True)
@@ -186,7 +186,7 @@ def test_hosts_with_a_state_file_outlive_their_creator_until_torn_down(tmp_path)
     pairs = [("api", str(subnet[40])), ("monitoring", str(subnet[41]))]
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from mlops_assets_tests.rehearsal.hosts import TestHosts
+        from mlops_assets.rehearsal.hosts import TestHosts
         hosts = TestHosts.ensure({pairs!r}, Path({str(state_file)!r}))
         print(hosts.id)
     """)

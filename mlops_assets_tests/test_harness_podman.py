@@ -8,8 +8,8 @@ import time
 import pytest
 
 from mlops_assets.offline_base import BASE_IMAGE, ensure_base_image
-from mlops_assets_tests.rehearsal import engine as engine_setup
-from mlops_assets_tests.rehearsal.engine import SETUP_PODMAN
+from mlops_assets.rehearsal import engine as engine_setup
+from mlops_assets.rehearsal.engine import SETUP_PODMAN
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sets up Podman and debootstraps: needs root")
 

@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from mlops_assets.definitions import build_definitions
-from mlops_assets_tests.rehearsal.emulator import Ec2Emulator
+from mlops_assets.rehearsal.emulator import Ec2Emulator
 
 from .conftest import make_settings, materialize
 from .infra_helpers import assert_expected_instances, live_instances, record_timings

@@ -9,8 +9,8 @@ fresh CI machine without tofu/terraform uses."""
 import pytest
 
 from mlops_assets.resources.opentofu import OpenTofu, OpenTofuError
-from mlops_assets_tests.rehearsal.aws_provider import write_cli_config
-from mlops_assets_tests.rehearsal.emulator import Ec2Emulator
+from mlops_assets.rehearsal.aws_provider import write_cli_config
+from mlops_assets.rehearsal.emulator import Ec2Emulator
 
 from .infra_helpers import (
     INFRA_DIR,

@@ -36,7 +36,7 @@ MACHINE = {"tofu_state", "deployed_hosts"}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     from mlops_assets.ml.data import _read_palmerpenguins
-    from mlops_assets_tests.rehearsal.engine import docker_client, docker_host
+    from mlops_assets.rehearsal.engine import docker_client, docker_host
 
     root = tmp_path_factory.mktemp("lazy")
     penguins = _read_palmerpenguins()

@@ -24,7 +24,6 @@ import requests
 import yaml
 
 from mlops_assets.monitoring import API_JOB, promql, render
-from mlops_assets.resources.ansible import Ansible
 from mlops_assets_tests.serving_fixtures import as_instances, free_ports
 
 pytestmark = pytest.mark.timeout(600)
@@ -83,8 +82,9 @@ class BoundedLoad:
 @pytest.fixture(scope="module")
 def live(serving_api, test_split, tmp_path_factory):
     """The `dashboards` asset run against the session API, its Prometheus, and load."""
-    from mlops_assets.assets.deployment import DeployedApi
     from mlops_assets.assets.monitoring import DashboardsConfig, dashboards
+    from mlops_assets.resources.api_deployer import DeployedApi
+    from mlops_assets.resources.monitoring import LocalMonitoring
     from mlops_assets.ml.data import DEFAULT_SOURCE, DEFAULT_TARGET, SplitSpec, build_dataset
     from mlops_assets.resources.prometheus import LocalPrometheus
 
@@ -104,8 +104,10 @@ def live(serving_api, test_split, tmp_path_factory):
     load = BoundedLoad(serving_api.url, as_instances(x_test), LOAD_SECONDS).start()
     try:
         started = time.monotonic()
-        output = dashboards(dg.build_asset_context(), config=config, prometheus=prometheus,
-                            ansible=Ansible(enabled=False, target="local"), deployed_api=api, dataset=dataset)
+        monitoring = LocalMonitoring(out_dir=str(out), promtool_record=str(out.parent / "promtool-passed.json"),
+                                     prometheus=prometheus)
+        output = dashboards(dg.build_asset_context(), config=config, monitoring=monitoring, deployed_api=api,
+                            dataset=dataset)
         asset_seconds = time.monotonic() - started
         statuses = load.join()
         # Ray's exporter lags the app by a few seconds: wait until the app's own series and

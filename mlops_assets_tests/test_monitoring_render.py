@@ -3,7 +3,6 @@ promtool accepts the config and the rules and their unit tests pass, every alert
 firing and not firing, the dashboards load back into grafana-foundation-sdk."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -28,7 +28,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -53,7 +52,7 @@ def _env(home: Path) -> dict[str, str]:
     env.update(MLOPS_HOME=str(home), MLOPS_TARGET="sim", DAGSTER_HOME=str(home / "dagster"), PYTHONUNBUFFERED="1")
     if (home / "dataset").exists():
         env["MLOPS_DATASET"] = str(home / (home / "dataset").read_text())
-    from mlops_assets_tests.rehearsal.engine import docker_host
+    from mlops_assets.rehearsal.engine import docker_host
 
     env["DOCKER_HOST"] = docker_host()  # Podman set up when no engine answers (scripts/setup_podman.sh)
     return env
@@ -124,7 +123,7 @@ def _query(prometheus: str, promql: str) -> list[dict]:
 
 
 def _engine(action):
-    from mlops_assets_tests.rehearsal.engine import docker_client
+    from mlops_assets.rehearsal.engine import docker_client
 
     client = docker_client()
     try:
@@ -140,8 +139,8 @@ def _api_images() -> set[str]:
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     """The first materialization from scratch; teardown (cli down) at the end, whatever happens."""
-    from mlops_assets_tests.rehearsal.hosts import TestHosts
-    from mlops_assets_tests.rehearsal.sim_hosts import teardown_sim
+    from mlops_assets.rehearsal.hosts import TestHosts
+    from mlops_assets.rehearsal.sim_hosts import teardown_sim
 
     home = tmp_path_factory.mktemp("sim-home")
     _write_datasets(home)

@@ -3,7 +3,7 @@
 import dagster as dg
 import pytest
 
-from mlops_assets.definitions import defs
+from mlops_assets.definitions import build_definitions
 from mlops_assets.retries import EXTERNAL_STEP_RETRY, permanent
 
 EXTERNAL_STEPS = ["container_image", "tofu_state", "deployed_hosts", "deployed_api"]
@@ -11,7 +11,7 @@ EXTERNAL_STEPS = ["container_image", "tofu_state", "deployed_hosts", "deployed_a
 
 @pytest.mark.parametrize("key", EXTERNAL_STEPS)
 def test_external_steps_have_the_retry_policy(key):
-    policy = defs.resolve_asset_graph().get(dg.AssetKey(key)).assets_def.op.retry_policy
+    policy = build_definitions().resolve_asset_graph().get(dg.AssetKey(key)).assets_def.op.retry_policy
     assert policy == EXTERNAL_STEP_RETRY
     assert policy.max_retries >= 1 and policy.backoff == dg.Backoff.EXPONENTIAL
 

@@ -239,8 +239,7 @@ def test_deployed_api_asset_with_the_same_champion_restarts_nothing(serving_api,
 
     from mlops_assets.assets.deployment import deployed_api
     from mlops_assets.ml.data import SplitSpec, build_dataset
-    from mlops_assets.resources.ansible import Ansible
-    from mlops_assets.resources.mlflow_registry import MlflowRegistry
+    from mlops_assets.resources.api_deployer import RayServeOnThisMachine
     from mlops_assets.serving.runtime import _processes, instance_processes
 
     def replicas():
@@ -251,12 +250,10 @@ def test_deployed_api_asset_with_the_same_champion_restarts_nothing(serving_api,
     selected = trained_home["selected"]
     output = deployed_api(
         context=dg.build_asset_context(),
-        ray_serve=serving_api.resource,
-        mlflow=MlflowRegistry(tracking_uri=serving_api.tracking_uri),
+        api_deployer=RayServeOnThisMachine(ray_serve=serving_api.resource),
         selected_model=selected,
         dataset=build_dataset("palmerpenguins", "species", SplitSpec()),
         # The local target: no hosts to configure, the image is not used by the local API.
-        ansible=Ansible(enabled=False, target="local"),
         container_image=None,
         deployed_hosts=None,
     )

@@ -14,7 +14,7 @@ def test_local_ports_move_every_local_listener(tmp_path):
                              "node_exporter=19100",
     })
     resources = resources_for(settings)
-    api, prometheus = resources["ray_serve"], resources["prometheus"]
+    api, prometheus = resources["api_deployer"].ray_serve, resources["monitoring"].prometheus
     assert (api.api_port, api.metrics_port, api.gcs_port, api.client_port) == (18000, 18080, 16379, 20001)
     assert (api.haproxy_metrics_port, api.haproxy_stats_port, api.fallback_proxy_port) == (19101, 18404, 18500)
     assert (api.replica_port_min, api.replica_port_max) == (33000, 33099)
@@ -25,7 +25,7 @@ def test_local_ports_move_every_local_listener(tmp_path):
 
 
 def test_without_the_setting_the_ports_are_the_documented_defaults(tmp_path):
-    api = resources_for(load_settings({"MLOPS_HOME": str(tmp_path)}))["ray_serve"]
+    api = resources_for(load_settings({"MLOPS_HOME": str(tmp_path)}))["api_deployer"].ray_serve
     assert (api.api_port, api.metrics_port, api.gcs_port) == (8000, 8080, 6379)
     assert LOCAL_PORTS["prometheus"] == 9090
 

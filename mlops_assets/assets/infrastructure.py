@@ -15,13 +15,14 @@ import time
 import dagster as dg
 from pydantic import Field
 
+from mlops_assets.freshness import rebuild_condition
+from mlops_assets.metadata import markdown_table
 from mlops_assets.resources import opentofu as opentofu_module
 from mlops_assets.resources.opentofu import Infrastructure, OpenTofuError, ProvisionResult
 from mlops_assets.settings import PROJECT_ROOT
 from mlops_assets.retries import EXTERNAL_STEP_RETRY
 from mlops_assets.versioning import code_version_of, stable_hash
 
-from .metadata import markdown_table
 
 INFRA_DIR = PROJECT_ROOT / "infra_tf"
 
@@ -66,6 +67,7 @@ def _metadata(result: ProvisionResult, total_seconds: float) -> dict:
 
 
 @dg.asset(
+    automation_condition=rebuild_condition(),
     retry_policy=EXTERNAL_STEP_RETRY,
     code_version=_infra_code_version(),
     kinds={"opentofu", "aws"},
@@ -97,7 +99,7 @@ class DestroyConfig(dg.Config):
 
 @dg.op(description="Destroy everything infra_tf/ created for this target (OpenTofu destroy).")
 def destroy_hosts(context: dg.OpExecutionContext, config: DestroyConfig, infrastructure: Infrastructure):
-    target = getattr(infrastructure, "target", "local")
+    target = infrastructure.target
     if config.confirm_target != target:
         raise dg.Failure(
             description=f"Refusing to destroy: confirm_target is {config.confirm_target!r} but this is the "

@@ -7,19 +7,15 @@ from importlib.metadata import version
 import dagster as dg
 from pydantic import Field
 
-from mlops_assets import settings as settings_module
-from mlops_assets.automation import follows_upstream_data_versions
+from mlops_assets.freshness import rebuild_condition
+from mlops_assets.metadata import markdown_table
 from mlops_assets.ml import metrics as ml_metrics
 from mlops_assets.ml import models as ml_models
 from mlops_assets.ml import training as ml_training
 from mlops_assets.ml.data import Dataset
 from mlops_assets.resources import mlflow_registry
-from mlops_assets.resources.mlflow_registry import LoggedCandidate, MlflowRegistry
+from mlops_assets.resources.mlflow_registry import Champion, LoggedCandidate, MlflowRegistry
 from mlops_assets.versioning import code_version_of, stable_hash
-
-from .metadata import markdown_table
-
-_SETTINGS = settings_module.load_settings()
 
 TRAINING_CODE_VERSION = code_version_of(ml_models, ml_metrics, ml_training, mlflow_registry)
 
@@ -73,7 +69,7 @@ class CandidateSet:
 
 
 @dg.asset(
-    automation_condition=follows_upstream_data_versions(),
+    automation_condition=rebuild_condition(),
     code_version=TRAINING_CODE_VERSION,
     kinds={"scikit-learn", "mlflow"},
     group_name="ml",
@@ -125,7 +121,9 @@ def candidate_models(
 
 
 class SelectedModelConfig(dg.Config):
-    registered_model_name: str = _SETTINGS.model_name
+    registered_model_name: str | None = Field(
+        default=None, description="default: the mlflow resource's model_name (MLOPS_MODEL_NAME, else mlops-assets-classifier)"
+    )
     selection_metric: str = Field(default="f1_macro", description="accuracy, f1_macro, roc_auc or log_loss")
     quality_floor: float = Field(
         default=0.8,
@@ -145,6 +143,11 @@ class SelectedModel:
     test_metrics: dict[str, float]
     features: list[str]
     promoted: bool
+    tracking_uri: str = ""  # the registry it is in
+
+    @property
+    def champion(self) -> Champion:
+        return Champion(self.name, str(self.version), self.model_uri, self.tracking_uri)
 
 
 QUALITY_FLOOR_CHECK = dg.AssetCheckSpec(
@@ -156,7 +159,7 @@ QUALITY_FLOOR_CHECK = dg.AssetCheckSpec(
 
 
 @dg.asset(
-    automation_condition=follows_upstream_data_versions(),
+    automation_condition=rebuild_condition(),
     code_version=TRAINING_CODE_VERSION,
     kinds={"mlflow", "scikit-learn"},
     group_name="ml",
@@ -171,6 +174,7 @@ def selected_model(
     candidate_models: CandidateSet,
 ):
     metric = config.selection_metric
+    model_name = config.registered_model_name or mlflow.model_name
     if metric not in ml_metrics.HIGHER_IS_BETTER:
         raise dg.Failure(f"selected_model config `selection_metric`={metric!r}; use one of {', '.join(ml_metrics.HIGHER_IS_BETTER)}")
     by_family = {c.family: c for c in candidate_models.candidates}
@@ -179,17 +183,17 @@ def selected_model(
     # Test metrics recorded at registration are reused when they were measured on this very
     # dataset: a no-change run loads no model.
     x_test, y_test = dataset.xy("test")
-    already = mlflow.find_version(config.registered_model_name, best.run_id)
+    already = mlflow.find_version(model_name, best.run_id)
     candidate_test = (already and already.test_metrics_for(dataset.content_hash)) or ml_metrics.evaluate(
         mlflow.load_model(best.model_uri), x_test, y_test
     )
-    champion = mlflow.champion(config.registered_model_name)
+    champion = mlflow.champion(model_name)
     champion_test = (champion and champion.test_metrics_for(dataset.content_hash)) or _score_champion(
         context, mlflow, champion, x_test, y_test
     )
 
     registered, created = mlflow.register(
-        config.registered_model_name,
+        model_name,
         best,
         tags={"family": best.family, "dataset_hash": dataset.content_hash, **{f"test_{k}": f"{v:.6f}" for k, v in candidate_test.items()}},
     )
@@ -217,6 +221,7 @@ def selected_model(
             test_metrics=serving_metrics,
             features=dataset.features,
             promoted=decision.promote,
+            tracking_uri=mlflow.tracking_uri,
         ),
         data_version=dg.DataVersion(f"{serving.name}/{serving.version}"),
         metadata={

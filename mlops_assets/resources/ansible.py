@@ -14,8 +14,7 @@ masters are closed when the run ends. Only the inventory's own hosts are contact
 host on a loopback address is refused (it would be this machine), and `limit` can narrow
 the run further.
 
-In the `local` target there are no hosts to configure: `enabled=False` and the assets record
-that the hosts are this machine without running Ansible.
+The `local` target has no hosts to configure and no Ansible resource (resources/hosts.py).
 """
 
 import json
@@ -79,7 +78,6 @@ class PlaybookResult:
 class Ansible(dg.ConfigurableResource):
     """Runs ansible_roles/ playbooks over SSH with safe settings (see the module docstring)."""
 
-    enabled: bool = Field(default=True, description="False in the local target: no hosts to configure, Ansible never runs.")
     target: str = Field(default="aws", description="The target these hosts belong to (for messages and metadata).")
     playbook_dir: str = Field(default="", description="The folder with site.yml and the roles (ansible_roles/).")
     work_dir: str = Field(default="", description="ansible-runner's private data folders and the written inventories.")
@@ -181,8 +179,6 @@ class Ansible(dg.ConfigurableResource):
         A failed run raises AnsibleError naming each failed host, its task and Ansible's message."""
         import ansible_runner
 
-        if not self.enabled:
-            raise AnsibleError("Ansible is disabled for this target (local): the hosts are this machine")
         log = log or (lambda message: None)
         playbook_dir = Path(self.playbook_dir).resolve()
         if not (playbook_dir / playbook).is_file():
@@ -354,35 +350,30 @@ def _per_host(stats: dict) -> dict[str, dict[str, int]]:
 
 class RehearsalAnsible(Ansible):
     """`sim`: the same playbooks, with the images a registry would serve built locally from the
-    offline Debian base (mlops_assets_tests/rehearsal/images.py) and loaded from archives
-    through the roles' own variables; Grafana is rendered only (no Grafana image offline).
-    Before each run, the hosts themselves: a rehearsal test host (network namespace, own
-    Debian root, sshd) at each address of the inventory, accepting tofu_state's generated key
-    (`hosts_state_file`; mlops_assets_tests/rehearsal/sim_hosts.py, imported at run time)."""
+    offline Debian base (rehearsal/images.py) and loaded from archives through the roles' own
+    variables; Grafana is rendered only (no Grafana image offline). Before each run, the hosts
+    themselves: a rehearsal host (network namespace, own Debian root, sshd) at each address of
+    the inventory, accepting tofu_state's generated key (rehearsal/sim_hosts.py)."""
 
     target: str = "sim"
-    project_root: str = Field(default="", description="The checkout that holds mlops_assets_tests/ (the image builders).")
     images_dir: str = Field(default="", description="Where the rehearsal's image archives are saved.")
     hosts_state_file: str = Field(
         default="",
-        description="When set, every run first brings up (or reuses) a rehearsal test host at each address of the "
-        "inventory (mlops_assets_tests/rehearsal/sim_hosts.py), recorded in this file; `make down` removes them.",
+        description="When set, every run first brings up (or reuses) a rehearsal host at each address of the "
+        "inventory (rehearsal/sim_hosts.py), recorded in this file; `make down` removes them.",
     )
 
     def run_playbook(self, inventory: dict, playbook: str = "site.yml", **kwargs) -> PlaybookResult:
         # What the cloud does in `aws` (instances boot with sshd and the key pair): the hosts
         # at the emulator's instances' private addresses, accepting tofu_state's SSH key.
-        if self.hosts_state_file and self.enabled:
+        if self.hosts_state_file:
             self.ensure_hosts(inventory, kwargs.get("log"))
         return super().run_playbook(inventory, playbook, **kwargs)
 
     def ensure_hosts(self, inventory: dict, log: Log | None = None):
-        """The rehearsal's test hosts for `inventory` (run-time import from mlops_assets_tests/)."""
-        self._import_path()
-        try:
-            from mlops_assets_tests.rehearsal.sim_hosts import ensure_sim_hosts
-        except ImportError as exc:
-            raise AnsibleError(f"the sim target needs mlops_assets_tests/ from a source checkout ({exc})") from None
+        """The rehearsal hosts for `inventory`."""
+        from mlops_assets.rehearsal.sim_hosts import ensure_sim_hosts
+
         if not self.private_key_file:
             raise AnsibleError("sim: no private_key_file (tofu_state's generated rehearsal key)")
         try:
@@ -395,17 +386,10 @@ class RehearsalAnsible(Ansible):
         except Exception as exc:
             raise AnsibleError(f"sim: could not bring up the rehearsal hosts of the inventory: {exc}") from None
 
-    def _import_path(self) -> None:
-        if self.project_root and self.project_root not in sys.path:
-            sys.path.insert(0, self.project_root)
-
     def prepare(self, log: Log) -> dict[str, Any]:
-        self._import_path()
-        try:
-            from mlops_assets_tests.rehearsal.engine import docker_client
-            from mlops_assets_tests.rehearsal.images import build_prometheus_image, save_archive
-        except ImportError as exc:
-            raise AnsibleError(f"the sim target needs mlops_assets_tests/ from a source checkout ({exc})") from None
+        from mlops_assets.rehearsal.engine import docker_client
+        from mlops_assets.rehearsal.images import build_prometheus_image, save_archive
+
         try:
             engine = docker_client()
             image = build_prometheus_image(engine)

@@ -74,7 +74,8 @@ class ContainerEngine(dg.ConfigurableResource):
     required: bool = Field(
         default=True, description="No engine fails the asset (container targets); False: a labelled skip (local)."
     )
-    save_archive: bool = Field(default=False, description="Also `docker save` the image under MLOPS_HOME/images/.")
+    save_archive: bool = Field(default=False, description="Also `docker save` the image into images_dir.")
+    images_dir: str = Field(default=".mlops/images", description="Archives and the image recipes record (MLOPS_HOME/images).")
 
     _last_error: str | None = PrivateAttr(default=None)
     _reachable: str | None = PrivateAttr(default=None)  # found once per resource instance (one step)
@@ -111,6 +112,11 @@ class ContainerEngine(dg.ConfigurableResource):
                     self._last_error = f"{host}: {type(exc).__name__}: {str(exc)[:300]}"
                     time.sleep(1 + attempt)
         return None
+
+    def unavailable_message(self) -> str:
+        """Why no engine answers, and how to get one."""
+        last = f"; last error {self._last_error}" if self._last_error else ""
+        return f"no Docker-compatible engine answers (tried {', '.join(self.candidates())}{last}). {HOW_TO_GET_AN_ENGINE}"
 
     @contextlib.contextmanager
     def connected(self):

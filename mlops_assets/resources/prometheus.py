@@ -31,13 +31,89 @@ class PrometheusError(RuntimeError):
     """Prometheus or promtool failed; the message says what to do."""
 
 
+def _binary(name: str) -> str:
+    found = shutil.which(name)
+    if not found:
+        raise PrometheusError(f"`{name}` is not on PATH; {SETUP_HINT}")
+    return found
+
+
+class Promtool:
+    """promtool: checks the configuration and rules, runs the alert rules' unit tests."""
+
+    def __init__(self, binary: str = "promtool") -> None:
+        self.binary = binary
+
+    def run(self, *args: str, cwd: str | Path | None = None) -> str:
+        """Run promtool; raise with its own output when it fails. Returns its output."""
+        result = subprocess.run([_binary(self.binary), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+        output = (result.stdout + result.stderr).strip()
+        if result.returncode != 0:
+            raise PrometheusError(f"`promtool {' '.join(args)}` failed:\n{output}")
+        return output
+
+    def check_config(self, config_file: str | Path) -> str:
+        """`promtool check config` (also checks every rule file the config names)."""
+        return self.run("check", "config", str(config_file))
+
+    def check_rules(self, *rule_files: str | Path) -> str:
+        return self.run("check", "rules", *map(str, rule_files))
+
+    def test_rules(self, *test_files: str | Path) -> str:
+        """`promtool test rules`: alert unit tests; paths inside a test file are relative to it."""
+        return self.run("test", "rules", *map(str, test_files))
+
+
+class PrometheusHttp:
+    """Prometheus's HTTP API at `url` (any Prometheus: the local one, the monitoring host's)."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def api(self, path: str, **params: Any) -> Any:
+        import requests
+
+        response = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=self.timeout_s)
+        body = response.json()
+        if body.get("status") != "success":
+            raise PrometheusError(f"GET /api/v1/{path} {params}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query; raises PrometheusError on a parse or evaluation error."""
+        data = self.api("query", query=expr)
+        result = data["result"]
+        return result if data["resultType"] == "vector" else [{"value": result}]
+
+    def series(self, selector: str, lookback_s: float = 600) -> list[dict[str, str]]:
+        now = time.time()
+        return self.api("series", **{"match[]": selector, "start": now - lookback_s, "end": now})
+
+    def targets(self) -> list[dict[str, Any]]:
+        return self.api("targets", state="active")["activeTargets"]
+
+    def targets_up(self, job: str | None = None) -> dict[str, bool]:
+        """scrape URL -> whether its last scrape succeeded (of `job`, or of every job)."""
+        return {t["scrapeUrl"]: t["health"] == "up" for t in self.targets() if job is None or t["labels"].get("job") == job}
+
+    def rule_groups(self) -> list[dict[str, Any]]:
+        return self.api("rules")["groups"]
+
+    def wait_until(self, predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval_s)
+        raise PrometheusError(f"Prometheus at {self.url}: timed out after {timeout_s:.0f}s waiting for {what}")
+
+
 class LocalPrometheus(dg.ConfigurableResource):
     """A Prometheus server on `host:port`, configured from `config_file`, data in `state_dir`."""
 
     state_dir: str  # data, pid file, log
-    # Run the server (local target). Container targets only check files with promtool here:
-    # the Ansible `prometheus` role runs Prometheus on the monitoring host.
-    serve: bool = True
     host: str = "127.0.0.1"
     port: int = 9090
     retention: str = "7d"
@@ -122,7 +198,7 @@ class LocalPrometheus(dg.ConfigurableResource):
 
     def command(self, config_file: str | Path) -> list[str]:
         return [
-            self._binary(self.prometheus_binary),
+            _binary(self.prometheus_binary),
             f"--config.file={config_file}",
             f"--storage.tsdb.path={self.data_dir}",
             f"--storage.tsdb.retention.time={self.retention}",
@@ -166,7 +242,7 @@ class LocalPrometheus(dg.ConfigurableResource):
     # -- node_exporter -----------------------------------------------------------------------
     def node_exporter_command(self) -> list[str]:
         return [
-            self._binary(self.node_exporter_binary),
+            _binary(self.node_exporter_binary),
             f"--web.listen-address={self.node_exporter_target}",
             "--collector.disable-defaults",
             *(f"--collector.{name}" for name in ("cpu", "meminfo", "filesystem", "netdev", "loadavg")),
@@ -225,44 +301,21 @@ class LocalPrometheus(dg.ConfigurableResource):
         self.pid_file.unlink(missing_ok=True)
         return pid is not None
 
-    # -- the HTTP API ------------------------------------------------------------------------
-    def api(self, path: str, **params: Any) -> Any:
-        import requests
-
-        response = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=30)
-        body = response.json()
-        if body.get("status") != "success":
-            raise PrometheusError(f"GET /api/v1/{path} {params}: {body.get('errorType')}: {body.get('error')}")
-        return body["data"]
-
+    # -- the HTTP API (PrometheusHttp) ----------------------------------------------------------
     def query(self, expr: str) -> list[dict[str, Any]]:
-        """An instant query; raises PrometheusError on a parse or evaluation error."""
-        data = self.api("query", query=expr)
-        result = data["result"]
-        return result if data["resultType"] == "vector" else [{"value": result}]
+        return self.http.query(expr)
 
     def series(self, selector: str, lookback_s: float = 600) -> list[dict[str, str]]:
-        now = time.time()
-        return self.api("series", **{"match[]": selector, "start": now - lookback_s, "end": now})
-
-    def targets(self) -> list[dict[str, Any]]:
-        return self.api("targets", state="active")["activeTargets"]
+        return self.http.series(selector, lookback_s)
 
     def targets_up(self, job: str | None = None) -> dict[str, bool]:
-        """scrape URL -> whether its last scrape succeeded (of `job`, or of every job)."""
-        return {t["scrapeUrl"]: t["health"] == "up" for t in self.targets() if job is None or t["labels"].get("job") == job}
+        return self.http.targets_up(job)
 
     def rule_groups(self) -> list[dict[str, Any]]:
-        return self.api("rules")["groups"]
+        return self.http.rule_groups()
 
     def wait_until(self, predicate, timeout_s: float, what: str, interval_s: float = 0.5):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval_s)
-        raise PrometheusError(f"Prometheus at {self.url}: timed out after {timeout_s:.0f}s waiting for {what}")
+        return self.http.wait_until(predicate, timeout_s, what, interval_s)
 
     def _ready(self) -> bool:
         return _http_ok(f"{self.url}/-/ready")

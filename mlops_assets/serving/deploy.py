@@ -1,6 +1,6 @@
 """Apply a Serve config to a running Ray instance: `python -m mlops_assets.serving.deploy
-RAY_ADDRESS CONFIG.json` (or remove the application: `... RAY_ADDRESS --delete`; print its
-status as JSON: `... RAY_ADDRESS --status`).
+RAY_ADDRESS CONFIG.json` (`-`: the config on stdin; or remove the application: `... RAY_ADDRESS
+--delete`; print its status as JSON: `... RAY_ADDRESS --status`).
 
 Runs in its own short process so that the caller (Dagster, a test, the benchmark) never holds
 a Ray driver: connecting, deploying and disconnecting take a few seconds and leave nothing
@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2:
         print("usage: python -m mlops_assets.serving.deploy RAY_ADDRESS CONFIG.json|--delete|--status", file=sys.stderr)
         return 2
+    if argv[1] == "-":
+        apply(argv[0], json.load(sys.stdin))
+        return 0
     with open(argv[1]) as handle:
         apply(argv[0], json.load(handle))
     return 0

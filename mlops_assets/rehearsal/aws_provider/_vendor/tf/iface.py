@@ -2,11 +2,11 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Protocol, Sequence, Type, TypeAlias
 
-from tf.schema import Attribute, NestedBlock, Schema
-from tf.utils import Diagnostics
+from .schema import Attribute, NestedBlock, Schema
+from .utils import Diagnostics
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tf.function import Function
+    from .function import Function
 
 
 State: TypeAlias = dict

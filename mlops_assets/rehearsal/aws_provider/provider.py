@@ -7,15 +7,11 @@ read it (`AWS_ENDPOINT_URL_EC2` or `AWS_ENDPOINT_URL`), so infra_tf/'s HCL stays
 
 from __future__ import annotations
 
-import sys
 import threading
-from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "_vendor"))
-
-from tf.blocks import SetNestedBlock  # noqa: E402
-from tf.iface import (  # noqa: E402
+from ._vendor.tf.blocks import SetNestedBlock
+from ._vendor.tf.iface import (
     Config,
     CreateContext,
     DataSource,
@@ -27,9 +23,9 @@ from tf.iface import (  # noqa: E402
     State,
     UpdateContext,
 )
-from tf.schema import Attribute, Block, Schema  # noqa: E402
-from tf.types import Bool, List, Map, Number, Set, String, Unknown  # noqa: E402
-from tf.utils import Diagnostics  # noqa: E402
+from ._vendor.tf.schema import Attribute, Block, Schema
+from ._vendor.tf.types import Bool, List, Map, Number, Set, String, Unknown
+from ._vendor.tf.utils import Diagnostics
 
 
 def _tags_list(tags: Optional[dict]) -> list[dict[str, str]]:

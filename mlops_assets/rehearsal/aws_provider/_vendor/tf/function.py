@@ -2,10 +2,10 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
-from tf.gen import tfplugin_pb2 as pb
-from tf.schema import TextFormat, _desc_format_map
-from tf.types import TfType
-from tf.utils import Diagnostics
+from .gen import tfplugin_pb2 as pb
+from .schema import TextFormat, _desc_format_map
+from .types import TfType
+from .utils import Diagnostics
 
 
 @dataclass

@@ -22,8 +22,6 @@ PROVIDER_SOURCE = "registry.terraform.io/hashicorp/aws"
 # OpenTofu: the mirror answers for both.
 PROVIDER_SOURCES = (PROVIDER_SOURCE, "registry.opentofu.org/hashicorp/aws")
 
-_PROJECT_ROOT = Path(__file__).resolve().parents[3]
-
 
 def _target() -> str:
     machine = platform.machine().lower()
@@ -34,15 +32,14 @@ def _target() -> str:
 def write_cli_config(directory: Path, python: str | None = None) -> Path:
     """Write the mirror and a CLI config under `directory`; return the CLI config's path.
 
-    The content depends only on the interpreter and the checkout's location, so rewriting it
+    The content depends only on the interpreter, so rewriting it
     leaves the provider's hash (recorded in .terraform.lock.hcl) unchanged."""
     directory = Path(directory).resolve()
     mirror = directory / "mirror"
     script = (
         "#!/bin/sh\n"
-        "# TEST DOUBLE of hashicorp/aws (mlops_assets_tests/rehearsal/aws_provider), backed by moto.\n"
-        f"PYTHONPATH={shlex.quote(str(_PROJECT_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}} "
-        f"exec {shlex.quote(python or sys.executable)} -m mlops_assets_tests.rehearsal.aws_provider \"$@\"\n"
+        "# TEST DOUBLE of hashicorp/aws (mlops_assets/rehearsal/aws_provider), backed by moto.\n"
+        f"exec {shlex.quote(python or sys.executable)} -m mlops_assets.rehearsal.aws_provider \"$@\"\n"
     )
     for source in PROVIDER_SOURCES:
         package = mirror / source / PROVIDER_VERSION / _target()

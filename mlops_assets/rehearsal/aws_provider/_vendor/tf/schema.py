@@ -2,8 +2,8 @@ from abc import abstractmethod
 from enum import Enum
 from typing import Any, Optional, cast
 
-from tf.gen import tfplugin_pb2 as pb
-from tf.types import TfType, Unknown
+from .gen import tfplugin_pb2 as pb
+from .types import TfType, Unknown
 
 
 class TextFormat(Enum):
@@ -93,8 +93,8 @@ class Schema:
 
     Example::
 
-        from tf.schema import Schema, Attribute
-        from tf.types import Number
+        from .schema import Schema, Attribute
+        from .types import Number
 
         schema = schema.Schema(
             version=2,

@@ -13,7 +13,7 @@ from typing import Any, Optional, Tuple
 
 # Defer expensive imports - these will be imported when needed
 # grpc: ~22.5ms, cryptography: ~20ms, protobuf: ~9-21ms
-from tf.iface import Provider
+from .iface import Provider
 
 
 class _LoggingInterceptor:
@@ -73,11 +73,11 @@ def run_provider(provider: Provider, argv: Optional[list[str]] = None):
 
     import grpc
 
-    from tf.gen import grpc_controller_pb2 as controller_pb
-    from tf.gen import grpc_controller_pb2_grpc as controller_rpc
-    from tf.gen import grpc_stdio_pb2_grpc as stdio_rpc
-    from tf.gen import tfplugin_pb2_grpc as rpc
-    from tf.provider import ProviderServicer
+    from .gen import grpc_controller_pb2 as controller_pb
+    from .gen import grpc_controller_pb2_grpc as controller_rpc
+    from .gen import grpc_stdio_pb2_grpc as stdio_rpc
+    from .gen import tfplugin_pb2_grpc as rpc
+    from .provider import ProviderServicer
 
     if debug_timing:
         import_time = time.time() - import_start

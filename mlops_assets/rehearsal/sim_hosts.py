@@ -3,10 +3,8 @@ addresses in tofu_state's `ansible_inventory`), a test host of the harness (host
 address, reachable with the SSH key tofu_state generated, its host key in the project's
 known_hosts. And `teardown_sim(home)`: everything the rehearsal started, gone.
 
-Imported at run time by the sim target's `RehearsalAnsible` (mlops_assets/resources/ansible.py)
-and by `python -m mlops_assets.cli down` for sim: the rehearsal's machinery lives here, under
-mlops_assets_tests/, like the AWS provider test double, so that the installed package never
-ships namespaces, bridges or a fake cloud.
+Used by the sim target's `RehearsalAnsible` (resources/ansible.py) and, through the
+`infrastructure` resource (`RehearsalOpenTofu.teardown`), by `python -m mlops_assets.cli down`.
 
     hosts = ensure_sim_hosts(inventory, home / "rehearsal" / "hosts.json",
                              public_key_file=..., known_hosts_file=..., log=print)

@@ -6,10 +6,10 @@ from typing import Any, Optional, Tuple, Type, cast
 
 import grpc
 
-from tf.function import CallContext, Function
-from tf.gen import tfplugin_pb2 as pb
-from tf.gen import tfplugin_pb2_grpc as rpc
-from tf.iface import (
+from .function import CallContext, Function
+from .gen import tfplugin_pb2 as pb
+from .gen import tfplugin_pb2_grpc as rpc
+from .iface import (
     CreateContext,
     DataSource,
     DeleteContext,
@@ -23,9 +23,9 @@ from tf.iface import (
     UpgradeContext,
     is_importable,
 )
-from tf.schema import Attribute, NestedBlock
-from tf.types import Unknown
-from tf.utils import Diagnostic, Diagnostics, _to_attribute_path, read_dynamic_value, to_dynamic_value
+from .schema import Attribute, NestedBlock
+from .types import Unknown
+from .utils import Diagnostic, Diagnostics, _to_attribute_path, read_dynamic_value, to_dynamic_value
 
 
 def _decode_state(

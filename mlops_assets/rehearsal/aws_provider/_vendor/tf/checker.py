@@ -1,8 +1,8 @@
 from typing import Sequence
 
-from tf.schema import Attribute
-from tf.types import Unknown
-from tf.utils import Diagnostics
+from .schema import Attribute
+from .types import Unknown
+from .utils import Diagnostics
 
 
 def check_attributes(diags: Diagnostics, attributes: Sequence[Attribute]):

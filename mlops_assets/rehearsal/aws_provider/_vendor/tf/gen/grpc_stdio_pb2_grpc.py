@@ -4,7 +4,7 @@ import grpc
 import warnings
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
-from tf.gen import grpc_stdio_pb2 as tf_dot_gen_dot_grpc__stdio__pb2
+from . import grpc_stdio_pb2 as tf_dot_gen_dot_grpc__stdio__pb2
 
 GRPC_GENERATED_VERSION = '1.67.1'
 GRPC_VERSION = grpc.__version__

@@ -1,7 +1,7 @@
 from typing import Any
 
-from tf.schema import Block, NestedBlock, NestMode
-from tf.utils import Diagnostics
+from .schema import Block, NestedBlock, NestMode
+from .utils import Diagnostics
 
 # class SingleNestedBlock(NestedBlock):
 #     def __init__(self, type_name: str, block: Block, required: Optional[bool] = False):
@@ -26,12 +26,12 @@ class SetNestedBlock(NestedBlock):
         super().__init__(type_name, NestMode.Set, block)
 
     def encode(self, value: Any) -> Any:
-        from tf.provider import _encode_state_d
+        from .provider import _encode_state_d
 
         return [_encode_state_d(self._amap(), self._bmap(), v, None) for v in value]
 
     def decode(self, value: Any) -> Any:
-        from tf.provider import _decode_state
+        from .provider import _decode_state
 
         # TODO: This kind of sucks. Really we should probably take a diagnostics object,
         # but consistency would require us to change all other .decode methods to do that.

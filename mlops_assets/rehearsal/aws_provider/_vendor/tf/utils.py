@@ -4,8 +4,8 @@ from typing import Any, Optional, Tuple, cast
 import msgpack
 from msgpack.ext import ExtType
 
-from tf.gen import tfplugin_pb2 as pb
-from tf.types import Unknown
+from .gen import tfplugin_pb2 as pb
+from .types import Unknown
 
 
 def _msgpack_default(obj: Any) -> Any:

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from tf.gen import grpc_controller_pb2 as tf_dot_gen_dot_grpc__controller__pb2
+from . import grpc_controller_pb2 as tf_dot_gen_dot_grpc__controller__pb2
 
 GRPC_GENERATED_VERSION = '1.67.1'
 GRPC_VERSION = grpc.__version__

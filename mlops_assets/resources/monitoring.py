@@ -1,0 +1,210 @@
+"""The monitoring provisioner: puts the rendered rules, scrape config and dashboards in service
+and checks they are live. One class per kind of target, chosen in targets.py; `dashboards`
+renders the files and calls `check()` then `provision()` without knowing which:
+
+- `LocalMonitoring` (`local`): the local Prometheus on loopback (resources/prometheus.py),
+  started or reloaded with the files, with a node_exporter beside it (this machine is the API
+  host); then every rule must be loaded and every scrape target up.
+- `MonitoringHost` (`aws`, `sim`): site.yml's monitoring plays (tag `hosts`, limited to the
+  monitoring host) ship the files to Prometheus and Grafana there; then that Prometheus must
+  have every rule loaded and scrape the API host. When the previous materialization put these
+  very files in service and that Prometheus still answers with them, Ansible is not run.
+
+Both check the files with promtool first; files that passed once (record `promtool_passed`)
+are not tested again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import dagster as dg
+
+from mlops_assets.monitoring import render as render_module
+from mlops_assets.resources.ansible import Ansible, AnsibleError
+from mlops_assets.resources.prometheus import LocalPrometheus, PrometheusError, PrometheusHttp, Promtool
+from mlops_assets.state import StateFile
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The files `dashboards` rendered, and what a live Prometheus must show for them."""
+
+    out_dir: Path
+    config_file: Path
+    tests_file: Path
+    rules_dir: Path
+    dashboards_dir: Path
+    content_hash: str
+    expected_rules: int
+    api_target: str  # host:port of the API's metrics
+
+    @classmethod
+    def of(cls, out_dir: Path, content_hash: str, expected_rules: int, api_target: str) -> "Rendered":
+        return cls(out_dir, out_dir / render_module.CONFIG_FILE, out_dir / render_module.TESTS_FILE,
+                   out_dir / render_module.RULES_DIR, out_dir / "dashboards", content_hash, expected_rules, api_target)
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """The `dashboards` asset's value: where the rendered files are and what serves them."""
+
+    out_dir: str
+    files: list[str]
+    content_hash: str
+    prometheus_url: str | None
+    targets_up: dict[str, bool]
+
+
+@dataclass(frozen=True)
+class MonitoringResult:
+    prometheus_url: str | None
+    targets_up: dict[str, bool]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def metrics_target(metrics_url: str) -> str:
+    """host:port of a metrics endpoint (what Prometheus scrapes)."""
+    parsed = urlparse(metrics_url)
+    return f"{parsed.hostname}:{parsed.port or 80}"
+
+
+def rules_loaded(http: PrometheusHttp) -> int:
+    return sum(len(group["rules"]) for group in http.rule_groups())
+
+
+class MonitoringProvisioner(dg.ConfigurableResource):
+    """Checks and serves the rendered monitoring files (see the module docstring)."""
+
+    out_dir: str  # where `dashboards` renders (same layout as grafana_dashboards/)
+    promtool_record: str  # state.RECORDS["promtool_passed"]
+    promtool_binary: str = "promtool"
+
+    def host_targets(self) -> tuple[str, ...]:
+        """node_exporter addresses this provisioner adds to the scrape config."""
+        return ()
+
+    def datasource_url(self, api_prometheus_url: str | None) -> str:  # pragma: no cover - abstract
+        """The Prometheus that Grafana's datasource points at."""
+        raise NotImplementedError
+
+    def check(self, rendered: Rendered, log) -> bool:
+        """promtool's config and rule checks and the alert unit tests; False when these very
+        files passed them before (nothing run)."""
+        record = StateFile(self.promtool_record)
+        passed = {"content_hash": rendered.content_hash, "out_dir": str(rendered.out_dir)}
+        if record.read() == passed:
+            return False
+        promtool = Promtool(self.promtool_binary)
+        try:
+            promtool.check_config(rendered.config_file)  # also checks every rule file it loads
+            promtool.test_rules(rendered.tests_file)
+        except PrometheusError as exc:
+            raise dg.Failure(description=f"the rendered monitoring files in {rendered.out_dir} failed promtool: {exc}") from None
+        record.write(passed)
+        log.info(f"promtool: config, rules and alert unit tests pass ({rendered.out_dir})")
+        return True
+
+    def provision(self, rendered: Rendered, *, previous: dict[str, Any], api_prometheus_url: str | None,
+                  inventory: dict | None, targets_up_timeout_s: float, log) -> MonitoringResult:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def stop(self) -> bool:
+        """Stop what this provisioner runs on this machine (`make down`)."""
+        return False
+
+
+class LocalMonitoring(MonitoringProvisioner):
+    """`local`: the local Prometheus (and node_exporter) on loopback."""
+
+    prometheus: LocalPrometheus
+
+    def host_targets(self) -> tuple[str, ...]:
+        target = self.prometheus.node_exporter_target
+        return (target,) if target else ()
+
+    def datasource_url(self, api_prometheus_url: str | None) -> str:
+        return self.prometheus.url
+
+    def provision(self, rendered: Rendered, *, previous: dict[str, Any], api_prometheus_url: str | None,
+                  inventory: dict | None, targets_up_timeout_s: float, log) -> MonitoringResult:
+        prometheus, http = self.prometheus, self.prometheus.http
+        try:
+            prometheus.ensure_running(rendered.config_file, log=log)
+            http.wait_until(lambda: rules_loaded(http) == rendered.expected_rules, timeout_s=30,
+                            what=f"{rendered.expected_rules} rules to be loaded")
+            targets_up = http.wait_until(lambda: (up := http.targets_up()) and all(up.values()) and up,
+                                         timeout_s=targets_up_timeout_s, what="every scrape target to be up")
+        except PrometheusError as exc:
+            raise dg.Failure(description=f"{exc} (Prometheus log: {prometheus.log_file})") from None
+        log.info(f"Prometheus at {prometheus.url}: {rendered.expected_rules} rules loaded, targets up: {targets_up}")
+        return MonitoringResult(prometheus.url, targets_up)
+
+    def stop(self) -> bool:
+        return self.prometheus.stop()
+
+
+class MonitoringHost(MonitoringProvisioner):
+    """`aws`, `sim`: Prometheus and Grafana on the monitoring host, provisioned by Ansible."""
+
+    ansible: Ansible
+    # sim: no Grafana image exists offline, so the role renders Grafana's files only.
+    grafana_render_only: bool = False
+
+    def datasource_url(self, api_prometheus_url: str | None) -> str:
+        if not api_prometheus_url:
+            raise dg.Failure(description="deployed_api names no monitoring host Prometheus: materialize deployed_hosts first")
+        return api_prometheus_url
+
+    def provision(self, rendered: Rendered, *, previous: dict[str, Any], api_prometheus_url: str | None,
+                  inventory: dict | None, targets_up_timeout_s: float, log) -> MonitoringResult:
+        if not inventory:
+            raise dg.Failure(description="deployed_api carries no inventory of the hosts: materialize deployed_hosts first")
+        url = self.datasource_url(api_prometheus_url)
+        http = PrometheusHttp(url)
+        grafana = "render only (no Grafana image offline)" if self.grafana_render_only else "container"
+        if previous.get("content_hash") == rendered.content_hash and previous.get("prometheus_url") == url:
+            healthy = healthy_targets(http, rendered.expected_rules, rendered.api_target)
+            if healthy:
+                log.info(f"{url} already runs these files: {rendered.expected_rules} rules loaded, targets up {healthy}; "
+                    "Ansible not run")
+                return MonitoringResult(url, healthy, {
+                    "provisioned_by": "unchanged: the monitoring host already runs these files (checked live)",
+                    "changed": 0, "grafana": previous.get("grafana", grafana)})
+            log.info(f"{url} does not answer with every rule and the api target up: provisioning again")
+        try:
+            result = self.ansible.run_playbook(
+                inventory, "site.yml", tags=["hosts"], limit="monitoring", log=log.info,
+                extra_vars={"prometheus_rule_files_dir": str(rendered.rules_dir),
+                            "grafana_dashboards_src_dir": str(rendered.dashboards_dir)},
+            )
+        except AnsibleError as exc:
+            raise dg.Failure(description=f"provisioning the monitoring host failed: {exc}") from None
+        try:
+            http.wait_until(lambda: rules_loaded(http) == rendered.expected_rules, timeout_s=60,
+                            what=f"{rendered.expected_rules} rules to be loaded")
+            targets_up = http.wait_until(
+                lambda: (up := http.targets_up()) and any(rendered.api_target in u for u in up) and all(up.values()) and up,
+                timeout_s=max(targets_up_timeout_s, 60), what=f"the api host's metrics ({rendered.api_target}) to be scraped",
+            )
+        except (PrometheusError, OSError) as exc:
+            raise dg.Failure(description=f"the monitoring host's Prometheus at {url}: {exc}") from None
+        log.info(f"{url}: {rendered.expected_rules} rules loaded, targets up: {targets_up} (changed={result.changed})")
+        return MonitoringResult(url, targets_up, {
+            "provisioned_by": "ansible (site.yml, tag hosts, monitoring host)", "changed": result.changed,
+            "per_host": dg.MetadataValue.json(result.per_host), "grafana": grafana})
+
+
+def healthy_targets(http: PrometheusHttp, expected_rules: int, api_target: str) -> dict[str, bool] | None:
+    """The targets of a Prometheus that has every rule loaded and scrapes `api_target` with
+    success (all targets up); None otherwise, or when it does not answer."""
+    try:
+        if rules_loaded(http) != expected_rules:
+            return None
+        up = http.targets_up()
+    except (PrometheusError, OSError, ValueError, KeyError):
+        return None
+    return up if up and any(api_target in url for url in up) and all(up.values()) else None
