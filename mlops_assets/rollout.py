@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from mlops_assets.serving.client import ApiError
 from mlops_assets.state import StateFile
 
 Log = Callable[[str], None]
@@ -271,6 +272,6 @@ class Rollout:
 def reason_of(exc: BaseException) -> str:
     """An exception as one short line for a failure message."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if not isinstance(exc, (RolloutError, AssertionError)):
+    if not isinstance(exc, (RolloutError, ApiError, AssertionError)):  # our own messages say what failed
         text = f"{type(exc).__name__}: {text}"
     return text if len(text) <= 600 else text[:600] + " ..."

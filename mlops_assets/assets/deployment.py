@@ -8,6 +8,7 @@ or it is rolled back and the asset fails saying so.
 
 import math
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 
@@ -53,8 +54,9 @@ def deployed_api(
     api_deployer: ApiDeployer,
     selected_model: SelectedModel,
     dataset: Dataset,
-    container_image: ContainerImage,
-    deployed_hosts: DeployedHosts,
+    # The container targets deploy these; in `local` they only order the graph.
+    container_image: Optional[ContainerImage],
+    deployed_hosts: Optional[DeployedHosts],
 ) -> dg.Output[DeployedApi]:
     # What users call. Its data version is what it serves: the same champion (and image, and
     # hosts) finds the API already serving it and touches nothing.

@@ -151,35 +151,24 @@ class LocalPrometheus(dg.ConfigurableResource):
     @property
     def node_exporter_target(self) -> str | None:
         """host:port of the node_exporter this resource runs, if it runs one."""
-        return f"{self.host}:{self.node_exporter_port}" if self.serve and self.node_exporter else None
+        return f"{self.host}:{self.node_exporter_port}" if self.node_exporter else None
 
-    def _binary(self, name: str) -> str:
-        found = shutil.which(name)
-        if not found:
-            raise PrometheusError(f"`{name}` is not on PATH; {SETUP_HINT}")
-        return found
+    @property
+    def http(self) -> PrometheusHttp:
+        return PrometheusHttp(self.url)
 
     # -- promtool ----------------------------------------------------------------------------
-    def promtool(self, *args: str, cwd: str | Path | None = None) -> str:
-        """Run promtool; raise with its own output when it fails. Returns its output."""
-        result = subprocess.run(
-            [self._binary(self.promtool_binary), *args], cwd=cwd, capture_output=True, text=True, timeout=120
-        )
-        output = (result.stdout + result.stderr).strip()
-        if result.returncode != 0:
-            raise PrometheusError(f"`promtool {' '.join(args)}` failed:\n{output}")
-        return output
+    def promtool(self) -> Promtool:
+        return Promtool(self.promtool_binary)
 
     def check_config(self, config_file: str | Path) -> str:
-        """`promtool check config` (also checks every rule file the config names)."""
-        return self.promtool("check", "config", str(config_file))
+        return self.promtool().check_config(config_file)
 
     def check_rules(self, *rule_files: str | Path) -> str:
-        return self.promtool("check", "rules", *map(str, rule_files))
+        return self.promtool().check_rules(*rule_files)
 
     def test_rules(self, *test_files: str | Path) -> str:
-        """`promtool test rules`: alert unit tests; paths inside a test file are relative to it."""
-        return self.promtool("test", "rules", *map(str, test_files))
+        return self.promtool().test_rules(*test_files)
 
     # -- the server --------------------------------------------------------------------------
     def pid(self) -> int | None:
