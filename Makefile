@@ -7,7 +7,7 @@ export MLOPS_HOME ?= $(CURDIR)/.mlops
 export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test dev mlflow-ui bench clean down bench-serving
+.PHONY: install run test test-fast dev mlflow-ui bench clean down bench-serving
 
 # Re-install only when setup.py changes.
 $(VENV)/.installed: setup.py
@@ -25,9 +25,12 @@ run: install ## materialize the whole asset graph for MLOPS_TARGET (default loca
 	@bash scripts/setup_podman.sh || echo "make run: no container engine; container_image will be skipped (see above)"
 	$(BIN)/python -m mlops_assets.cli run
 
-test: install ## the whole test suite
+test: install ## the whole suite, cheapest tier first (unit, service, stack); stops after a failing tier
 	@scripts/setup_prometheus.sh || echo 'without prometheus/promtool the monitoring tests fail' >&2
-	$(BIN)/python -m pytest mlops_assets_tests
+	$(BIN)/python -m pytest mlops_assets_tests $(PYTEST_ARGS)
+
+test-fast: install ## the unit tier only: no servers, no root, well under a minute
+	$(BIN)/python -m pytest mlops_assets_tests -m unit $(PYTEST_ARGS)
 
 dev: install ## Dagster UI on http://127.0.0.1:3000 with this project loaded
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml

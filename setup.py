@@ -12,8 +12,8 @@ INSTALL_REQUIRES = [
     "mlflow==3.17.2",
     "scikit-learn==1.9.1",
     "polars==2.1.0",
-    "palmerpenguins==0.1.6",
-    "pyarrow>=14",
+    "palmerpenguins==0.1.6",  # the default dataset: its CSV ships in the wheel
+    "pyarrow>=14",  # polars DataFrame.to_pandas() (what scikit-learn and MLflow take)
     "ray[serve]==2.60.0",
     "prometheus-client==0.26.0",
     "ansible-runner==2.4.3",
@@ -43,7 +43,6 @@ DEV_REQUIRES = [
     *SIM_REQUIRES,
     "pytest==9.2.*",
     "pytest-timeout>=2.3",
-    "httpx>=0.27",
     # Property-based requests against the prediction API's /openapi.json.
     "schemathesis==4.32.5",
     # Infra tests: HCL parsing. checkov runs from its own venv (its pins clash with ray and

@@ -5,10 +5,11 @@ user's .mlops/ is never touched."""
 pytest_plugins = ["mlops_assets_tests.serving_fixtures"]
 
 import os
+import time
 import tempfile
 from pathlib import Path
 
-# Before anything imports mlops_assets (its settings are read at import time).
+# Before anything imports mlops_assets: every test sees this state folder unless it sets its own.
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="mlops-test-home-"))
 os.environ["MLOPS_HOME"] = str(_SESSION_HOME)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -57,3 +58,65 @@ def trained_home():
         assert result.success
         selected = result.output_for_node("selected_model")
     return {"home": home, "settings": make_settings(home), "selected": selected}
+
+
+# -- tiers, timeouts, root, progress -------------------------------------------------------------
+# Every test carries exactly one tier marker (pytest.ini). The tiers run cheapest first; a
+# failing tier stops the session before the next one starts. Each test's timeout is about 3x
+# its measured time (test_times.json, refreshed with scripts/test_times.py). A test marked
+# `root` is skipped when not root, except in CI (MLOPS_CI=1), where it fails: CI runs as root
+# and a skipped test there would be a silent gap. MLOPS_TEST_PROGRESS_FILE, when set, names
+# the test running now (the CI watchdog prints it when it stops a hung run).
+import json  # noqa: E402
+
+TIERS = ("unit", "service", "stack")
+TIMES_FILE = Path(__file__).with_name("test_times.json")
+TIMEOUT_FLOOR_S = {"unit": 30, "service": 120, "stack": 300}
+TIMEOUT_UNMEASURED_S = {"unit": 60, "service": 600, "stack": 1200}
+_failed_tiers: set[str] = set()
+
+
+def tier_of(item) -> str:
+    found = [tier for tier in TIERS if item.get_closest_marker(tier)]
+    return found[0] if len(found) == 1 else ""
+
+
+def timeout_for(nodeid: str, tier: str, measured: dict[str, float]) -> int:
+    if nodeid not in measured:
+        return TIMEOUT_UNMEASURED_S[tier]
+    return int(max(TIMEOUT_FLOOR_S[tier], 3 * measured[nodeid]))
+
+
+def pytest_collection_modifyitems(config, items):
+    untiered = [item.nodeid for item in items if not tier_of(item)]
+    if untiered:
+        raise pytest.UsageError(f"tests without exactly one tier marker ({', '.join(TIERS)}): {untiered[:5]}")
+    measured = json.loads(TIMES_FILE.read_text()) if TIMES_FILE.exists() else {}
+    for item in items:
+        if not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(timeout_for(item.nodeid, tier_of(item), measured)))
+    items.sort(key=lambda item: TIERS.index(tier_of(item)))  # stable: file order within a tier
+
+
+def pytest_runtest_setup(item):
+    tier = tier_of(item)
+    earlier = [t for t in TIERS[: TIERS.index(tier)] if t in _failed_tiers]
+    if earlier:
+        pytest.exit(f"the {earlier[0]} tier failed: the {tier} tier and later ones were not run", returncode=1)
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        if os.environ.get("MLOPS_CI"):
+            pytest.fail("this test needs root, and in CI (MLOPS_CI=1) every test must run: run .ci/run as root")
+        pytest.skip("needs root (network namespaces, mounts, Podman): run as root, as CI does")
+
+
+def pytest_runtest_logreport(report):
+    if report.failed:
+        tier = next((t for t in TIERS if t in report.keywords), None)
+        if tier:
+            _failed_tiers.add(tier)
+
+
+def pytest_runtest_logstart(nodeid, location):
+    progress = os.environ.get("MLOPS_TEST_PROGRESS_FILE")
+    if progress:
+        Path(progress).write_text(f"{nodeid} (started {time.strftime('%H:%M:%S')})\n")

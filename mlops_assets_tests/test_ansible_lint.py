@@ -10,6 +10,8 @@ import pytest
 
 from mlops_assets.settings import PROJECT_ROOT
 
+pytestmark = pytest.mark.service
+
 ROLES = PROJECT_ROOT / "ansible_roles"
 BIN = Path(sys.executable).parent
 

@@ -13,6 +13,8 @@ from mlops_assets.resources.ansible import Ansible, AnsibleError, PlaybookResult
 from mlops_assets.resources.opentofu import ThisMachine
 from mlops_assets.settings import PROJECT_ROOT
 
+pytestmark = pytest.mark.unit
+
 INVENTORY = {
     "all": {
         "vars": {"ansible_user": "admin", "api_port": 8000, "metrics_port": 8080},

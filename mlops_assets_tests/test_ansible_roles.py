@@ -21,10 +21,7 @@ import pytest
 from mlops_assets.resources.ansible import Ansible, AnsibleError
 from mlops_assets.settings import PROJECT_ROOT
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="test hosts need root (namespaces, mounts, bridges)"),
-    pytest.mark.timeout(900),
-]
+pytestmark = [pytest.mark.stack, pytest.mark.root]
 
 TIMINGS: dict[str, float] = {}
 GRAFANA_PASSWORD = "rehearsal-" + os.urandom(6).hex()

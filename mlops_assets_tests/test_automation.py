@@ -15,6 +15,8 @@ from mlops_assets.resources.prometheus_api import PrometheusApi
 
 from .conftest import make_settings, materialize
 
+pytestmark = pytest.mark.unit
+
 
 def _sensor(settings, name):
     _, sensors = build_automation(settings)

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.service
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,3 +86,23 @@ def test_run_reports_a_missing_data_file(tmp_path):
     )
     assert done.returncode == 1
     assert "does not exist" in done.stderr and "MLOPS_DATASET" in done.stderr
+
+
+def test_two_runs_started_together_on_one_home_do_not_interleave(tmp_path):
+    """The second `cli run` waits for the first (naming its PID), then finds nothing to do."""
+    home = tmp_path / "home"
+    environment = {**os.environ, "MLOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    command = [sys.executable, "-m", "mlops_assets.cli", "run", "--job", "ml_phase"]
+    runs = [subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [o[-2000:] for o in outputs]
+    waited = [o for o in outputs if "another mlops-assets run holds" in o]
+    assert len(waited) == 1, "exactly one run must have waited for the other"
+    first = next(o for o in outputs if o is not waited[0])
+    holder = next(run.pid for run, o in zip(runs, outputs) if o is first)
+    assert f"pid {holder}:" in waited[0]
+    assert "materialized: candidate_models, dataset, selected_model" in first
+    # It started only after the first had finished: everything was already up to date.
+    assert "the other run has finished" in waited[0] and "nothing to do" in waited[0]
+    assert "[1] materializing" not in waited[0]

@@ -28,12 +28,15 @@ from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.settings import load_settings
 from mlops_assets.state import RECORDS
 
+pytestmark = pytest.mark.stack
+
 TEST_REPOSITORY = "localhost/mlops-api-test"
 # 127.0.0.1, ::1 and ::ffff:127.0.0.1 as /proc/net/tcp{,6} write them.
 LOOPBACK_HEX = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
 # Where the asset keeps its archives and recipes in these tests: the session's MLOPS_HOME.
 IMAGES_DIR = str(load_settings().home / "images")
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="sets up Podman and debootstraps the base: needs root")
+# Podman set-up and the offline base (debootstrap) need root.
+needs_root = pytest.mark.root
 
 
 # -- cheap checks: no engine needed -----------------------------------------------------------------
@@ -92,8 +95,6 @@ def test_no_engine_is_a_labelled_skip_in_local_and_a_failure_elsewhere(trained_h
 
 @pytest.fixture(scope="module")
 def engine_host():
-    if os.geteuid() != 0:
-        pytest.skip("sets up Podman and debootstraps the base: needs root")
     from mlops_assets.rehearsal.engine import docker_host
 
     return docker_host()

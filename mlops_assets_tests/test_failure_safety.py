@@ -29,7 +29,7 @@ from .conftest import make_settings
 from .lazy_stack import free_local_ports, run_cli
 from .serving_fixtures import Load, as_instances, wait_for
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.service
 
 ROOT = Path(__file__).resolve().parent.parent
 

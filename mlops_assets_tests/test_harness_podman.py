@@ -1,7 +1,6 @@
 """The container half of the offline platform: Podman's Docker-compatible service and the
 offline Debian base image (FACTS.md, "Containers without a Docker engine")."""
 
-import os
 import subprocess
 import time
 
@@ -11,7 +10,7 @@ from mlops_assets.offline_base import BASE_IMAGE, ensure_base_image
 from mlops_assets.rehearsal import engine as engine_setup
 from mlops_assets.rehearsal.engine import SETUP_PODMAN
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sets up Podman and debootstraps: needs root")
+pytestmark = [pytest.mark.stack, pytest.mark.root]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from mlops_assets.rehearsal.emulator import Ec2Emulator
 from .conftest import make_settings, materialize
 from .infra_helpers import assert_expected_instances, live_instances, record_timings
 
+pytestmark = pytest.mark.service
+
 KEY = dg.AssetKey("tofu_state")
 
 

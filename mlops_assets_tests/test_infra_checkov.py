@@ -12,7 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .infra_helpers import INFRA_DIR, record_timings
+
+pytestmark = pytest.mark.service
 
 CHECKOV_REQUIREMENT = "checkov==3.3.30"
 TOOLS_DIR = Path(os.environ.get("MLOPS_TOOLS_DIR", Path.home() / ".cache" / "mlops-assets" / "tools"))

@@ -20,6 +20,8 @@ from .infra_helpers import (
     record_timings,
 )
 
+pytestmark = pytest.mark.service
+
 ADMIN_CIDR = "198.51.100.7/32"
 CLIENT_CIDRS = ["203.0.113.0/24", "192.0.2.0/24"]
 # key pair, 2 groups, 2 instances, 5 admin/metrics ingress rules, 5 egress rules, 1 per client network

@@ -11,6 +11,8 @@ from mlops_assets.resources.opentofu import OpenTofu
 
 from .infra_helpers import INFRA_DIR, RAY_PORTS
 
+pytestmark = pytest.mark.service
+
 
 @pytest.fixture(scope="module")
 def module():

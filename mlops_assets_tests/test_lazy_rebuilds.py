@@ -13,7 +13,6 @@ machine's Podman), through five scenarios in order:
 Needs root for the container engine (CI runs as root).
 """
 
-import os
 import time
 
 import polars as pl
@@ -22,10 +21,7 @@ import requests
 
 from mlops_assets_tests.lazy_stack import ASSETS, LocalStack
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="builds images with Podman: needs root"),
-    pytest.mark.timeout(2400),
-]
+pytestmark = [pytest.mark.stack, pytest.mark.root]
 
 ML = {"dataset", "candidate_models", "selected_model"}
 # In the local target these two stand for this machine (no OpenTofu, no Ansible): they are

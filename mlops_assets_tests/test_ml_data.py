@@ -7,6 +7,8 @@ import pytest
 from mlops_assets.ml import data as ml_data
 from mlops_assets.ml.data import DatasetError, SplitSpec, build_dataset
 
+pytestmark = pytest.mark.unit
+
 
 def test_default_source_is_bundled_penguins_with_categoricals_and_missing_values():
     dataset = build_dataset(ml_data.DEFAULT_SOURCE, "species", SplitSpec())

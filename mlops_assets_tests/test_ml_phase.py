@@ -11,6 +11,8 @@ from mlops_assets.ml.models import build_pipeline
 from .conftest import ML_ASSET_KEYS, make_settings, materialize_ml
 from .ml_helpers import count_runs, count_versions, registry_for, stale_keys
 
+pytestmark = pytest.mark.service
+
 BAD_MODEL = {  # a heavily regularised linear model: barely better than guessing
     "ops": {
         "candidate_models": {"config": {"families": ["logistic_regression"], "logistic_regression": {"C": 0.0001}}},

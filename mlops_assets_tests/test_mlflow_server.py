@@ -15,6 +15,8 @@ import requests
 from .conftest import make_settings, materialize_ml
 from .ml_helpers import registry_for
 
+pytestmark = pytest.mark.service
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -26,7 +26,7 @@ import yaml
 from mlops_assets.monitoring import API_JOB, promql, render
 from mlops_assets_tests.serving_fixtures import as_instances, free_ports
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.service
 
 RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval becomes (scrapes here are every second)
 LOAD_SECONDS = 20

@@ -13,6 +13,8 @@ from mlops_assets.monitoring.rules import alert_names, rule_groups
 from mlops_assets.resources.prometheus import LocalPrometheus
 from mlops_assets.settings import PROJECT_ROOT
 
+pytestmark = pytest.mark.service
+
 COMMITTED = PROJECT_ROOT / "grafana_dashboards"
 
 

@@ -1,8 +1,11 @@
 """Each data-quality rule passes on good data and fails on the bad data it exists for."""
 
+import pytest
 import polars as pl
 
 from mlops_assets.ml import quality
+
+pytestmark = pytest.mark.unit
 
 GOOD = pl.DataFrame({"x": [1.0, None, 3.0, 4.0] * 5, "c": ["u", "v", None, "u"] * 5, "y": ["a", "b"] * 10})
 

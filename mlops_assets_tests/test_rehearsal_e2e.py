@@ -37,10 +37,7 @@ import pytest
 
 from mlops_assets.settings import PROJECT_ROOT
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="the rehearsal needs root (namespaces, bridges, podman)"),
-    pytest.mark.timeout(1800),
-]
+pytestmark = [pytest.mark.stack, pytest.mark.root]
 
 PHASES: dict[str, float] = {}
 ASSETS = ["dataset", "candidate_models", "selected_model", "container_image", "tofu_state", "deployed_hosts",

@@ -6,6 +6,8 @@ import pytest
 from mlops_assets.definitions import build_definitions
 from mlops_assets.retries import EXTERNAL_STEP_RETRY, permanent
 
+pytestmark = pytest.mark.unit
+
 EXTERNAL_STEPS = ["container_image", "tofu_state", "deployed_hosts", "deployed_api"]
 
 

@@ -14,7 +14,7 @@ import requests
 
 from .serving_fixtures import as_instances, wait_for
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import requests
 
 from .serving_fixtures import REPLICAS, Load, as_instances, wait_for
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.service
 
 
 @pytest.fixture

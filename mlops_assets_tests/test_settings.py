@@ -5,6 +5,8 @@ import pytest
 from mlops_assets.settings import LOCAL_PORTS, SettingsError, load_settings
 from mlops_assets.targets import resources_for
 
+pytestmark = pytest.mark.unit
+
 
 def test_local_ports_move_every_local_listener(tmp_path):
     settings = load_settings({
