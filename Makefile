@@ -41,7 +41,7 @@ mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 for the local tracking 
 down: install ## stop the prediction API and the Ray instance that `make run` started
 	$(BIN)/python -m mlops_assets.cli down
 
-bench-serving: install ## prediction API vs bare FastAPI vs `mlflow models serve`, with wrk (README, Performance)
+bench-serving: install ## prediction API vs bare FastAPI vs `mlflow models serve`, with wrk (docs/performance.md)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/serving_bench.py
 
@@ -49,7 +49,7 @@ bench-serving: install ## prediction API vs bare FastAPI vs `mlflow models serve
 dashboards: install ## re-render grafana_dashboards/ (dashboards, provisioning, Prometheus config, rules, rule tests)
 	$(BIN)/python -m mlops_assets.monitoring.render --out grafana_dashboards
 
-bench: install ## benchmarks (see README, Performance): the ML phase, then the whole graph (root: image builds)
+bench: install ## benchmarks (docs/performance.md): the ML phase, then the whole graph (root: image builds)
 	$(BIN)/python bench/ml_phase.py
 	@bash scripts/setup_podman.sh || echo "bench: no container engine; the whole-graph benchmark needs one" >&2
 	$(BIN)/python bench/whole_graph.py

@@ -1,6 +1,6 @@
 """Schedules, sensors and automation conditions: how the pipeline keeps itself current.
 
-All are visible in `dagster dev` (Automation tab) and start switched off; README, Automation
+All are visible in `dagster dev` (Automation tab) and start switched off; docs/operations.md, Automation
 says how to turn them on. Runs they request go through the same in-asset short-circuits as
 `make run`: unchanged inputs train, build and deploy nothing.
 """

@@ -2,7 +2,7 @@
 
 No container registry is reachable on the project's machines, so no base image can be pulled.
 Debian's own package mirror is reachable, so `debootstrap --variant=minbase` builds a root
-filesystem (FACTS.md, "Containers without a Docker engine") that serves two uses:
+filesystem (no registry can be reached on the machines this project is built on) that serves two uses:
 
 - the base image `localhost/mlops-debian-base:bookworm` (python3, venv, pip, CA certificates),
   imported into whatever Docker-compatible engine the Python `docker` SDK reaches; the API

@@ -1,7 +1,11 @@
 """Every environment setting of the project, parsed once.
 
-Nothing else in the package reads ``os.environ`` for project settings: a newcomer finds
-every knob here, and the README's configuration table mirrors this module.
+Every project setting is read here, once, when `build_definitions(settings)` or the CLI asks
+(importing a module reads nothing); docs/operations.md's configuration table mirrors this
+module. A few variables belong to the tool they configure and are read where it is wrapped, at
+run time: DOCKER_HOST (resources/container_engine.py), MLOPS_GRAFANA_ADMIN_PASSWORD (passed to
+Ansible by resources/ansible.py), MLOPS_HAPROXY_BINARY (serving/runtime.py), and the API
+container's own settings (serving/container.py).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ RECORDS: dict[str, Record] = {
         "serving/deployed.json",
         "the last Serve config of the local API that passed its health check, its model version and the "
         "request that produced it: what a rollback re-applies, and why a no-change run touches nothing",
-        "serving/rollout.py (only after the smoke prediction passed)",
+        "rollout.py (only after the smoke prediction passed)",
     ),
     "api_deployed": Record(
         "ansible/{target}/api-deployed.json",
@@ -191,8 +191,8 @@ class RunLock:
 
     The lock is `fcntl.flock` on MLOPS_HOME/.run.lock: the kernel releases it when the holder
     exits, even on SIGKILL, so a crashed run never leaves a stale lock behind. The holder writes
-    its PID and command into the file; a second run prints them, waits up to `timeout_s`, then
-    proceeds, or exits with the same message (RunBusy)."""
+    its PID and command into the file; a second run prints them and waits until the first has
+    finished (then goes on), or for `timeout_s` at most (then RunBusy: the CLI exits with 75)."""
 
     FILENAME = ".run.lock"
 

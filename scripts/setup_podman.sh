@@ -3,7 +3,7 @@
 #
 # When a Docker engine (or any engine behind DOCKER_HOST) already answers, nothing is done.
 # Otherwise, on Debian as root: install Podman, configure it the way that works on machines
-# without systemd and with hybrid cgroups (../shared/FACTS.md, "Containers without a Docker
+# without systemd and with hybrid cgroups (the project's build machines: "Containers without a Docker
 # engine"), start `podman system service` on a unix socket and check it with the Python
 # `docker` SDK. Idempotent: a second run only checks.
 #
@@ -101,7 +101,7 @@ if [ "${#need[@]}" -gt 0 ]; then
         || no_engine "apt-get install ${need[*]} failed"
 fi
 
-# 3. Settings (FACTS.md): crun refuses hybrid cgroups, so runc; no systemd, so cgroupfs and a
+# 3. Settings: crun refuses hybrid cgroups, so runc; no systemd, so cgroupfs and a
 # file events log; no CAP_SYS_RESOURCE, so ulimits a container may actually set.
 mkdir -p "$CONF_DIR"
 conf='# Written by mlops-assets scripts/setup_podman.sh: settings that work without systemd.

@@ -26,7 +26,8 @@ from mlops_assets.versioning import code_version_of
 from .training import SelectedModel
 
 # The serving package and the code that deploys it: a change to either redeploys.
-SERVING_CODE_VERSION = code_version_of(Path(serving.__file__).parent, api_deployer_module, ray_serve_module, rollout)
+SERVING_CODE_VERSION = code_version_of(Path(serving.__file__).parent, api_deployer_module, ray_serve_module, rollout,
+                                       *[d for d in (api_deployer_module.API_ROLE_DIR,) if d.is_dir()])
 SMOKE_ROWS = 3
 
 

@@ -36,6 +36,6 @@ def deployed_hosts(
     result = host_configurator.configure(
         tofu_state.get("ansible_inventory") or {},
         previous_data_version=previous_materialization(context).data_version,
-        run_id=context.run_id, code_version=ROLES_CODE_VERSION, log=context.log,
+        run_id=context.op_execution_context.run_id, code_version=ROLES_CODE_VERSION, log=context.log,
     )
     return dg.Output(result.hosts, data_version=dg.DataVersion(result.data_version), metadata=result.metadata)

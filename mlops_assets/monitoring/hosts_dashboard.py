@@ -1,9 +1,9 @@
 """The hosts dashboard: CPU, memory, disk and network of the machines Prometheus scrapes with
 node_exporter (job `node`, from the renderer's host targets).
 
-Where no host target is configured (the `local` target: this project installs no
-node_exporter, and Ray's own node metrics need its dashboard agent, which the API runs
-without) the panels stay empty; README, Monitoring says so. One function per panel."""
+In the `local` target the monitoring provisioner runs a node_exporter on loopback beside
+Prometheus (this machine is the API host). The `sim` and `aws` hosts run no node_exporter yet,
+so there the panels stay empty (docs/architecture.md, Monitoring). One function per panel."""
 
 from __future__ import annotations
 

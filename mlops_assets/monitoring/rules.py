@@ -30,7 +30,7 @@ FEATURE_SHIFT_Z_THRESHOLD = 2.0
 
 @dataclass(frozen=True)
 class AlertSettings:
-    """The objectives the alerts enforce (README, Monitoring)."""
+    """The objectives the alerts enforce (docs/architecture.md, Monitoring)."""
 
     availability_slo: float = 0.995  # share of requests not answered with a 5xx
     latency_p99_slo_s: float = 0.25  # POST /predict, measured by the app

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from mlops_assets.state import RECORDS
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,9 +102,10 @@ class Ec2Emulator:
     def start(cls, state_dir: Path, timeout: float = 30.0) -> "Ec2Emulator":
         state_dir = Path(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        record = state_dir / "emulator.json"
-        if record.exists():
-            previous = cls(**json.loads(record.read_text()))
+        record = RECORDS["emulator"].in_folder(state_dir)
+        known = record.read()
+        if known:
+            previous = cls(**known)
             if previous.alive():
                 return previous
         port = free_port()
@@ -125,7 +127,7 @@ class Ec2Emulator:
                 process.kill()
                 raise RuntimeError(f"moto_server did not start on 127.0.0.1:{port}; see {state_dir / 'moto_server.log'}")
             time.sleep(0.2)
-        record.write_text(json.dumps({"endpoint": emulator.endpoint, "pid": emulator.pid, "region": emulator.region}))
+        record.write({"endpoint": emulator.endpoint, "pid": emulator.pid, "region": emulator.region})
         return emulator
 
     def stop(self) -> None:
@@ -150,9 +152,10 @@ class Ec2Emulator:
 
     @classmethod
     def stop_recorded(cls, state_dir: Path) -> bool:
-        record = Path(state_dir) / "emulator.json"
-        if not record.exists():
+        record = RECORDS["emulator"].in_folder(state_dir)
+        known = record.read()
+        if not known:
             return False
-        cls(**json.loads(record.read_text())).stop()
-        record.unlink()
+        cls(**known).stop()
+        record.remove()
         return True

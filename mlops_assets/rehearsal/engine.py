@@ -1,5 +1,5 @@
 """The Docker-compatible engine for tests: whatever `scripts/setup_podman.sh` finds or sets up
-(the user's Docker, DOCKER_HOST, or Podman's service as FACTS.md describes). One call per test
+(the user's Docker, DOCKER_HOST, or Podman's service that scripts/setup_podman.sh starts). One call per test
 session; tests that need an engine use `docker_host()` or `docker_client()`."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
         hosts.exec("api", "cat /etc/os-release")        # nsenter, no SSH
         inventory = hosts.inventory({"api": ["api"], "monitoring": ["monitoring"]})
 
-Each host has (FACTS.md, "Hosts for Ansible without a cloud"):
+Each host has:
 - its own network namespace, joined by a veth pair to a bridge that this harness creates; the
   bridge has an address on the hosts' subnet so the test runner reaches them. The hosts get no
   default route, and a firewall chain of the harness drops anything the machine would forward
@@ -28,7 +28,7 @@ Teardown kills every process of the hosts (their PID namespaces die with PID 1),
 SSH control masters, removes cgroups, loop devices, namespaces, veths, the bridge, the
 firewall chain and the temporary folder; ``footprint()`` lists whatever is left and is
 asserted empty by the tests. ``TestHosts.ensure/attach`` keep hosts across processes (the
-rehearsal target); ``reap_stale()`` removes what a killed run left. See README.md beside this.
+rehearsal target); ``reap_stale()`` removes what a killed run left. See docs/targets.md.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops_assets.offline_base import HOST_ADMIN_UID, HOST_ADMIN_USER, ensure_host_layer, ensure_machine_tools
+from mlops_assets.state import StateFile
 
 # A range this harness owns; `free_subnet()` picks an unused /24 in it.
 DEFAULT_SUPERNET = ipaddress.ip_network("10.213.0.0/16")
@@ -200,15 +201,16 @@ class TestHosts:
             self.timings.per_host_s[host.name] = time.monotonic() - started
         self.timings.hosts_s = time.monotonic() - started
         if self.state_file:
-            self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            self.state_file.write_text(json.dumps(self._state(), indent=1))
+            StateFile(self.state_file).write(self._state())
             atexit.unregister(self.down)
 
     @classmethod
     def attach(cls, state_file: Path) -> TestHosts:
         """The hosts that a `TestHosts(..., state_file=state_file)` brought up, maybe in
         another process: ssh, exec, inventory and down work as on the original."""
-        state = json.loads(Path(state_file).read_text())
+        state = StateFile(state_file).read()
+        if state is None:
+            raise FileNotFoundError(f"no rehearsal hosts recorded in {state_file}")
         self = cls.__new__(cls)
         self.id = state["id"]
         self.subnet = ipaddress.ip_network(state["subnet"])

@@ -1,5 +1,5 @@
 """Images the Ansible role tests load from archives, built locally from the offline Debian base
-(no registry is reachable, FACTS.md):
+(no registry is reachable offline):
 
 - a stand-in API: a few lines of Python's http.server answering the real API's routes with the
   same shapes (/readyz with the model version from MLOPS_MODEL_VERSION, /predict, /metrics on

@@ -6,7 +6,7 @@ through ansible-runner, stream its progress to a log function, and count per hos
     result = ansible.run_playbook(tofu_outputs["ansible_inventory"], tags=["hosts"], log=print)
     result.per_host   # {"mlops-api": {"ok": 12, "changed": 0, "failed": 0, ...}, ...}
 
-SSH is made safe here, not left to the user's ~/.ssh/config (FACTS.md, the ControlPersist
+SSH is made safe here, not left to the user's ~/.ssh/config (the ControlPersist
 danger): no user config file; the given private key only; host keys checked against the
 project's known_hosts (strict, or `accept-new` to record keys on first contact, e.g. fresh
 cloud or rehearsal hosts); connection sharing in a private ControlPath of this run, whose
@@ -141,7 +141,7 @@ class Ansible(dg.ConfigurableResource):
             if loopback:
                 raise AnsibleError(
                     f"host {name} would be reached by SSH at {address}, which is this machine; refusing "
-                    "(FACTS.md, the SSH multiplexing danger). Use the host's own address."
+                    "(an SSH control master to it could outlive the run). Use the host's own address."
                 )
             if not host_vars.get("ansible_host"):
                 raise AnsibleError(f"host {name} has no ansible_host address in the inventory")
@@ -264,11 +264,12 @@ class Ansible(dg.ConfigurableResource):
             return None
         import secrets
 
+        from mlops_assets.state import atomic_write_text
+
         path = Path(self.generated_secrets_dir) / name
         if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_urlsafe(18))
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic_write_text(path, secrets.token_urlsafe(18), mode=0o600)  # never readable by others, not even briefly
         return path.read_text().strip()
 
     def _envvars(self, private_dir: Path, playbook_dir: Path) -> dict[str, str]:

@@ -28,8 +28,12 @@ from mlops_assets.resources.mlflow_registry import Champion
 from mlops_assets.resources.ray_serve import RayServe
 from mlops_assets.rollout import DeployFailed, RolloutError
 from mlops_assets.serving.client import ApiClient, ApiError
+from mlops_assets.settings import PROJECT_ROOT
 from mlops_assets.state import StateFile
-from mlops_assets.versioning import stable_hash
+from mlops_assets.versioning import code_version_of, stable_hash
+
+# The `api` role: a change to it redeploys the API on the hosts even with the same image.
+API_ROLE_DIR = PROJECT_ROOT / "ansible_roles" / "api"
 
 
 
@@ -132,7 +136,8 @@ class ImageOnApiHosts(ApiDeployer):
         metrics_url = f"http://{hosts.api_addresses[0]}:{group_var(hosts.inventory, 'api', 'metrics_port', 8080)}/metrics"
         client = ApiClient(url)
         record = StateFile(self.record_file)
-        wanted = {"image": image_ref, "url": url, "model_version": str(champion.version)}
+        role = code_version_of(API_ROLE_DIR) if API_ROLE_DIR.is_dir() else None
+        wanted = {"image": image_ref, "url": url, "model_version": str(champion.version), "role": role}
         changed, per_host, ansible_seconds, smoke = 0, {}, 0.0, None
         if record.read() == wanted and client.ready_version() == str(champion.version):
             try:  # nothing new to deploy and the API answers ready with that version

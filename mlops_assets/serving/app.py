@@ -45,7 +45,7 @@ logger = logging.getLogger("ray.serve")
 
 KNOWN_ROUTES = frozenset({"/predict", "/healthz", "/readyz", "/openapi.json", "/docs"})
 # Batching: requests that arrive within BATCH_WAIT_S of each other share one DataFrame and one
-# model call (FACTS.md: most of the win comes from building one frame per batch).
+# model call (measured: most of the win comes from building one frame per batch).
 DEFAULT_BATCH_MAX_SIZE = 16
 DEFAULT_BATCH_WAIT_S = 0.002
 # Tries at loading a model in `reconfigure` before it is refused (see _load_with_retries).

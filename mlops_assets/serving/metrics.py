@@ -1,7 +1,7 @@
 """The application's own metrics, recorded with `ray.serve.metrics`.
 
 Ray's metrics agent aggregates every replica and exports the series, prefixed `ray_`, beside
-Ray's own `ray_serve_*` series on the node's metrics export port (see README, Metrics). A
+Ray's own `ray_serve_*` series on the node's metrics export port (docs/architecture.md, Metrics). A
 prometheus_client registry inside a replica would answer differently per replica: not used.
 
 Recording is cheap but not free (a few microseconds per call), so per-feature input summaries
@@ -28,7 +28,7 @@ MAX_CATEGORIES_PER_FEATURE = 50
 OTHER_CATEGORY = "__other__"
 UNKNOWN_CATEGORY = "__unknown__"  # not a category the model was trained on
 
-# name (as exported, after Ray's `ray_` prefix) -> meaning; the README's metric table.
+# name (as exported, after Ray's `ray_` prefix) -> meaning; the metric table of docs/architecture.md.
 METRICS = {
     "ray_mlops_api_requests_total": "HTTP requests answered by the API, by route and status code",
     "ray_mlops_api_request_latency_seconds": "Time from request received to response sent, by route (histogram)",

@@ -3,7 +3,7 @@
 Shared by the Dagster resource (local target), the benchmark and, later, the container
 entrypoint, so that every place runs Serve with the same fast-path settings.
 
-Fast paths kept (FACTS.md; figures in the README, Performance):
+Fast paths kept (measured in docs/performance.md):
 - RAY_SERVE_THROUGHPUT_OPTIMIZED=1: user code on the replica's main loop, buffered request
   logs, no per-request stderr logging, GC frozen after start, and direct ingress: each replica
   answers HTTP itself on a port from RAY_SERVE_DIRECT_INGRESS_MIN/MAX_HTTP_PORT.

@@ -1,7 +1,7 @@
 """Request and response models built from the model's signature: what /openapi.json shows and
 what every request is checked against before it reaches the model.
 
-Decisions (README, Prediction API):
+Decisions (docs/architecture.md, the prediction API):
 - every feature key must be present in every instance; unknown keys are refused;
 - JSON `null` is accepted for any feature and means "missing": the pipeline imputes it, as it
   did for the missing values of the training data;

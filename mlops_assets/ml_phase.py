@@ -1,0 +1,154 @@
+"""The ML phase over the registry: train the candidates (or reuse an identical training),
+then select the best, register it and decide whether it becomes the champion.
+
+`candidate_models` calls `train_or_reuse`, `selected_model` calls `select_and_promote`; both
+return plain values the assets turn into outputs and metadata. The pure parts (fitting,
+metrics, the promotion rule) are in ml/; MLflow is reached only through the registry resource.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import version as installed_version
+from typing import Any
+
+from mlops_assets.ml import metrics as ml_metrics
+from mlops_assets.ml import training as ml_training
+from mlops_assets.ml.data import Dataset
+from mlops_assets.resources.mlflow_registry import Champion, LoggedCandidate, MlflowRegistry, RegisteredVersion
+from mlops_assets.versioning import stable_hash
+
+# What a served model needs, written into each MLflow model instead of MLflow's slow inference.
+PIP_REQUIREMENTS = [f"{dist}=={installed_version(dist)}" for dist in ("mlflow", "scikit-learn", "skops", "pandas", "numpy")]
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    """The `candidate_models` asset's value: the MLflow runs of one training."""
+
+    parent_run_id: str
+    fingerprint: str
+    candidates: list[LoggedCandidate]
+    reused: bool
+
+
+@dataclass(frozen=True)
+class SelectedModel:
+    """The `selected_model` asset's value: the registered champion that should be served."""
+
+    name: str
+    version: str
+    model_uri: str
+    run_id: str
+    family: str
+    test_metrics: dict[str, float]
+    features: list[str]
+    promoted: bool
+    tracking_uri: str = ""  # the registry it is in
+
+    @property
+    def champion(self) -> Champion:
+        return Champion(self.name, str(self.version), self.model_uri, self.tracking_uri)
+
+
+def train_or_reuse(mlflow: MlflowRegistry, dataset: Dataset, specs: dict[str, dict], seed: int, code_version: str,
+                   run_id: str, log) -> CandidateSet:
+    """Training is keyed on (data, hyperparameters, seed, training code): a training that
+    already finished in MLflow with the same key is reused, so a no-change run trains nothing."""
+    fingerprint = stable_hash({"data": dataset.content_hash, "specs": specs, "seed": seed, "code": code_version})
+    candidates = mlflow.find_finished_training(fingerprint)
+    if candidates is not None:
+        parent_run_id = mlflow.parent_run_id(candidates)
+        log.info(f"same data, config and code as MLflow run {parent_run_id}: reusing its {len(candidates)} candidates")
+        return CandidateSet(parent_run_id, fingerprint, candidates, True)
+    trained = ml_training.train_candidates(dataset, specs, seed, log=log)
+    x_val, _ = dataset.xy("validation")
+    parent_run_id, candidates = mlflow.log_training(
+        fingerprint, run_id, trained, input_example=x_val.head(5), pip_requirements=PIP_REQUIREMENTS,
+        parent_params={"dataset_hash": dataset.content_hash, "source": dataset.source, "seed": seed}, log=log,
+    )
+    return CandidateSet(parent_run_id, fingerprint, candidates, False)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What `select_and_promote` decided, and everything the asset reports."""
+
+    selected: SelectedModel
+    best: LoggedCandidate
+    registered: RegisteredVersion
+    created: bool
+    decision: ml_training.PromotionDecision
+    candidate_test: dict[str, float]
+    champion_test: dict[str, float] | None
+    has_champion: bool  # a champion serves (False: none yet, and the candidate missed the floor)
+    meets_floor: bool  # the model in service meets the floor
+
+
+def select_and_promote(mlflow: MlflowRegistry, dataset: Dataset, candidates: CandidateSet, model_name: str,
+                       metric: str, floor: float, log) -> Selection:
+    """The best candidate by `metric`, scored on the test split and registered; the
+    `champion` alias moves to it only when it meets the floor and strictly beats the champion
+    on the same test data. Raises ValueError for a metric the project does not know."""
+    if metric not in ml_metrics.HIGHER_IS_BETTER:
+        raise ValueError(f"selected_model config `selection_metric`={metric!r}; use one of {', '.join(ml_metrics.HIGHER_IS_BETTER)}")
+    by_family = {c.family: c for c in candidates.candidates}
+    best = by_family[ml_training.best_by(metric, [(c.family, c.metrics) for c in candidates.candidates])]
+    # Test metrics recorded at registration are reused when they were measured on this very
+    # dataset: a no-change run loads no model.
+    x_test, y_test = dataset.xy("test")
+    already = mlflow.find_version(model_name, best.run_id)
+    candidate_test = (already and already.test_metrics_for(dataset.content_hash)) or ml_metrics.evaluate(
+        mlflow.load_model(best.model_uri), x_test, y_test
+    )
+    champion = mlflow.champion(model_name)
+    champion_test = (champion and champion.test_metrics_for(dataset.content_hash)) or _score_champion(
+        mlflow, champion, x_test, y_test, log
+    )
+    registered, created = mlflow.register(model_name, best, tags={
+        "family": best.family, "dataset_hash": dataset.content_hash,
+        **{f"test_{k}": f"{v:.6f}" for k, v in candidate_test.items()},
+    })
+    if champion is not None and champion.version == registered.version:
+        decision = ml_training.PromotionDecision(False, f"version {registered.version} is already the champion")
+    else:
+        decision = ml_training.decide_promotion(
+            metric, candidate_test[metric], champion_test.get(metric) if champion_test else None, floor
+        )
+    if decision.promote:
+        mlflow.set_champion(registered)
+        champion, champion_test = registered, candidate_test
+    log.info(f"{'promoted' if decision.promote else 'kept champion'}: {decision.reason}")
+    serving = champion or registered  # with no champion yet, report the candidate (the floor check blocks it)
+    serving_metrics = champion_test if champion else candidate_test
+    selected = SelectedModel(
+        name=serving.name, version=serving.version, model_uri=f"models:/{serving.name}/{serving.version}",
+        run_id=serving.run_id,
+        family=best.family if serving.version == registered.version else _family_of(mlflow, serving),
+        test_metrics=serving_metrics, features=dataset.features, promoted=decision.promote,
+        tracking_uri=mlflow.tracking_uri,
+    )
+    passed = champion is not None and ml_training.meets_floor(metric, serving_metrics[metric], floor)
+    return Selection(selected, best, registered, created, decision, candidate_test, champion_test, champion is not None, passed)
+
+
+def _score_champion(mlflow: MlflowRegistry, champion, x_test, y_test, log) -> dict[str, float] | None:
+    """The champion's metrics on today's test split, or None when it cannot score this data
+    (for example a new dataset with other columns): then the candidate is judged on the floor."""
+    if champion is None:
+        return None
+    try:
+        return ml_metrics.evaluate(mlflow.load_model(f"models:/{champion.name}/{champion.version}"), x_test, y_test)
+    except Exception as exc:  # a champion of another schema cannot be compared
+        log.warning(f"champion version {champion.version} cannot score the current test split: {exc}")
+        return None
+
+
+def _family_of(mlflow: MlflowRegistry, version) -> str:
+    return mlflow.client().get_model_version(version.name, version.version).tags.get("family", "unknown")
+
+
+def candidates_table(candidates: CandidateSet, run_url) -> list[list[Any]]:
+    metrics = ("accuracy", "f1_macro", "roc_auc", "log_loss")
+    return [[c.family, *(c.metrics.get(m) for m in metrics), f"[{c.run_id[:8]}]({run_url(c.run_id)})"]
+            for c in candidates.candidates]
