@@ -32,6 +32,8 @@ from typing import Any, Callable
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from mlops_assets.state import RECORDS
+
 Log = Callable[[str], None]
 _MODULE_FILE_SUFFIXES = (".tf", ".tf.json")
 PLAN_FILE = "tfplan"
@@ -398,7 +400,7 @@ class RehearsalOpenTofu(OpenTofu):
     def provision(self, log: Log) -> ProvisionResult:
         result = super().provision(log)
         result.extra = {
-            "emulator": json.loads((Path(self.rehearsal_dir) / "emulator" / "emulator.json").read_text()),
+            "emulator": RECORDS["emulator"].in_folder(Path(self.rehearsal_dir) / "emulator").read(),
             "ssh_private_key": str(Path(self.rehearsal_dir) / "ssh" / "id_ed25519"),
         }
         result.note = (
