@@ -30,11 +30,12 @@ def _locked(settings, what: str):
                    echo=lambda line: print(line, file=sys.stderr, flush=True))
 
 
-def run(job_name: str, everything: bool = False, config_path: str | None = None) -> int:
+def run(job_name: str, everything: bool = False, config_path: str | None = None, assets: list[str] | None = None) -> int:
     """Observe the data source, then materialize what Dagster finds missing or stale, wave by
     wave until nothing is (rebuild.py); with `everything`, the whole job in one run (each asset
     then returns early when its inputs are unchanged). `config_path`: a YAML run config (for
-    example new hyperparameters for candidate_models); the assets it configures are materialized."""
+    example new hyperparameters for candidate_models); the assets it configures are materialized.
+    `assets`: only these and what is upstream of them (`cli run deployed_api`)."""
     from mlops_assets.settings import SettingsError, load_settings
     from mlops_assets.state import RunBusy
 
@@ -46,18 +47,18 @@ def run(job_name: str, everything: bool = False, config_path: str | None = None)
     _prepare_home(settings)
     try:
         with _locked(settings, "run"):
-            return _run(settings, job_name, everything, config_path)
+            return _run(settings, job_name, everything, config_path, assets)
     except RunBusy as exc:
         print(str(exc), file=sys.stderr)
         return 75  # EX_TEMPFAIL: try again later
 
 
-def _run(settings, job_name: str, everything: bool, config_path: str | None) -> int:
+def _run(settings, job_name: str, everything: bool, config_path: str | None, assets: list[str] | None = None) -> int:
     import dagster as dg
     import yaml
 
     from mlops_assets.definitions import build_definitions
-    from mlops_assets.rebuild import RunConfigError, rebuild
+    from mlops_assets.rebuild import RunConfigError, UnknownAssetError, rebuild
 
     run_config = {}
     if config_path:
@@ -80,9 +81,12 @@ def _run(settings, job_name: str, everything: bool, config_path: str | None) -> 
             return 1
         try:
             done = rebuild(defs, instance, job_name, everything=everything, run_config=run_config,
-                           echo=lambda line: print(line, flush=True))
+                           echo=lambda line: print(line, flush=True), assets=assets)
         except RunConfigError as exc:
             print(f"--config {config_path}: {exc}", file=sys.stderr)
+            return 2
+        except UnknownAssetError as exc:
+            print(f"run {' '.join(assets or [])}: {exc}", file=sys.stderr)
             return 2
     elapsed = time.monotonic() - started
     if done.up_to_date:
@@ -191,7 +195,9 @@ def _destroy(settings, infrastructure) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops-assets")
     sub = parser.add_subparsers(dest="command", required=True)
-    run_parser = sub.add_parser("run", help="materialize the whole asset graph for MLOPS_TARGET")
+    run_parser = sub.add_parser("run", help="materialize what is stale or missing for MLOPS_TARGET (all, or up to ASSET)")
+    run_parser.add_argument("assets", nargs="*", metavar="ASSET",
+                            help="only these assets and what is upstream of them (e.g. deployed_api); default: the whole job")
     run_parser.add_argument("--job", default="materialize_all")
     run_parser.add_argument("--all", action="store_true", help="materialize every asset of the job, stale or not")
     run_parser.add_argument("--config", metavar="RUN_CONFIG.yaml",
@@ -199,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop the prediction API and the local Ray instance that `run` started")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run(args.job, args.all, args.config)
+        return run(args.job, args.all, args.config, args.assets)
     if args.command == "down":
         return down()
     return 2

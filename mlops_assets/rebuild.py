@@ -31,6 +31,20 @@ class RunConfigError(ValueError):
     """The run config names assets that the job does not have."""
 
 
+class UnknownAssetError(ValueError):
+    """`cli run ASSET` names an asset the job does not have."""
+
+
+def upstream_of(names: list[str], job_keys: set[dg.AssetKey], graph) -> set[dg.AssetKey]:
+    """The named assets and every asset upstream of them, within the job: what `cli run ASSET`
+    may materialize (nothing downstream of the names)."""
+    named = {dg.AssetKey(name.split("/")) for name in names}
+    unknown = named - job_keys
+    if unknown:
+        raise UnknownAssetError(f"{_names(unknown)} is not an asset of this job; its assets are {_names(job_keys)}")
+    return set().union(*({key} | (graph.get_ancestor_asset_keys(key) & job_keys) for key in named))
+
+
 @dataclass
 class Rebuild:
     """What `rebuild` did: one entry per wave (the Dagster run and its assets)."""
@@ -100,14 +114,18 @@ def rebuild(
     run_config: dict | None = None,
     echo: Echo = print,
     tags: dict[str, str] | None = None,
+    assets: list[str] | None = None,
 ) -> Rebuild:
     """Materialize the job's stale, missing and configured assets wave by wave (or, with
     `everything`, the whole job in one run: each asset then returns early when its inputs are
-    unchanged). Stops at the first wave that fails."""
+    unchanged). `assets` narrows the job to those assets and what is upstream of them (what
+    `cli run deployed_api` asks: nothing downstream runs). Stops at the first wave that fails."""
     run_config = run_config or {}
     job = defs.resolve_job_def(job_name)
     graph = defs.resolve_asset_graph()
     job_keys = set(job.asset_layer.selected_asset_keys)
+    if assets:
+        job_keys = upstream_of(assets, job_keys, graph)
     configured = configured_keys(run_config, job_keys)
     always = {key for key in job_keys if graph.get(key).tags.get(LIVE_SERVICE_TAG) == "true"}
     done = Rebuild(job_keys)

@@ -76,6 +76,13 @@ def test_run_config_naming_an_unknown_asset_is_refused(tmp_path):
     assert done.returncode == 2
     assert "configures candidate_model, which the job does not have" in done.stderr
     assert "candidate_models" in done.stderr
+    # The same for `run ASSET` naming an asset the job does not have.
+    named = subprocess.run(
+        [sys.executable, "-m", "mlops_assets.cli", "run", "--job", "ml_phase", "deployed_api"],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert named.returncode == 2
+    assert "deployed_api is not an asset of this job; its assets are candidate_models, dataset, selected_model" in named.stderr
 
 
 def test_run_reports_a_missing_data_file(tmp_path):

@@ -151,3 +151,17 @@ def test_an_out_of_date_asset_that_nothing_rebuilds_blocks_its_descendants():
     stale = {"dataset", "candidate_models"}
     assert ready_to_rebuild(stale, ancestors, rebuilt=set(PARENTS) - {"dataset"}) == set()
     assert ready_to_rebuild(stale, ancestors, rebuilt=set(PARENTS)) == stale
+
+
+def test_run_up_to_an_asset_takes_it_and_its_upstream_only():
+    from mlops_assets.definitions import build_definitions
+    from mlops_assets.rebuild import UnknownAssetError, upstream_of
+
+    graph = build_definitions().resolve_asset_graph()
+    keys = set(graph.materializable_asset_keys)
+    names = {key.to_user_string() for key in upstream_of(["deployed_api"], keys, graph)}
+    assert names == {"dataset", "candidate_models", "selected_model", "container_image", "tofu_state",
+                     "deployed_hosts", "deployed_api"}
+    assert {k.to_user_string() for k in upstream_of(["candidate_models"], keys, graph)} == {"dataset", "candidate_models"}
+    with pytest.raises(UnknownAssetError, match="deployed_apii is not an asset of this job; its assets are"):
+        upstream_of(["deployed_apii"], keys, graph)

@@ -98,14 +98,20 @@ def test_no_change_trains_nothing_builds_nothing_and_keeps_the_api(stack, cold):
     assert stack.metadata("deployed_api")["action"] == "unchanged"
     assert stack.replica_pids() == pids  # the API was not restarted
     assert "nothing to download or build" in run.output
+    # Up to one asset: only the live checks upstream of it (and it), nothing downstream.
+    up_to_api = _ok(stack.cli("run", "deployed_api"))
+    stack.outcomes["2b no change, run deployed_api"] = (up_to_api.seconds, up_to_api.materialized)
+    assert up_to_api.materialized <= {"container_image", "deployed_api"}, up_to_api.tail()
+    assert "deployed_api" in up_to_api.materialized and "dashboards" not in up_to_api.materialized
 
 
 def test_new_data_with_a_better_model_rebuilds_the_chain(stack, cold):
     image = stack.metadata("container_image")["tag"]
-    run = _ok(stack.cli("run", MLOPS_DATASET=str(stack.data["full"])))
-    stack.outcomes["3 new data, better model"] = (run.seconds, run.materialized)
+    # `run deployed_api`: the chain up to the API, not the dashboards downstream of it.
+    run = _ok(stack.cli("run", "deployed_api", MLOPS_DATASET=str(stack.data["full"])))
+    stack.outcomes["3 new data, better model (run deployed_api)"] = (run.seconds, run.materialized)
     assert ML | {"container_image", "deployed_api"} <= run.materialized, run.tail()
-    assert not run.materialized & MACHINE
+    assert not run.materialized & (MACHINE | {"dashboards"}), run.tail()
     selected = stack.metadata("selected_model")
     assert selected["promoted"] is True and selected["champion_version"] == "2", selected["decision"]
     assert stack.metadata("container_image")["tag"] != image
@@ -115,6 +121,10 @@ def test_new_data_with_a_better_model_rebuilds_the_chain(stack, cold):
         {"island": "Biscoe", "bill_length_mm": 48.6, "bill_depth_mm": 16.0, "flipper_length_mm": 230,
          "body_mass_g": 5800, "sex": "male"}]}, timeout=30).json()
     assert answer["model"]["version"] == "2" and answer["predictions"] == ["Gentoo"]
+    # The whole graph afterwards: only the dashboards were left to follow the new data.
+    rest = _ok(stack.cli("run", MLOPS_DATASET=str(stack.data["full"])))
+    stack.outcomes["3b then run (the rest)"] = (rest.seconds, rest.materialized)
+    assert "dashboards" in rest.materialized and not rest.materialized & (ML | MACHINE), rest.tail()
 
 
 def test_serving_code_change_rebuilds_image_and_api_without_retraining(stack, cold):
