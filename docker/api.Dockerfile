@@ -33,6 +33,9 @@ COPY model/ /opt/model/
 ARG MODEL_NAME=unknown
 ARG MODEL_VERSION=unknown
 ARG IMAGE_TAG=unknown
+# The sha256 manifest registered with the model (checked at build time); the API refuses to
+# load /opt/model when its files differ (mlops_assets/serving/model.py).
+ARG MODEL_FILES_SHA256=
 LABEL org.opencontainers.image.title="mlops-assets prediction API" \
       org.opencontainers.image.source="https://github.com/mlops-assets/mlops-assets" \
       mlops.model.name="${MODEL_NAME}" \
@@ -44,6 +47,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     MLOPS_MODEL_DIR=/opt/model \
+    MLOPS_MODEL_FILES_SHA256=${MODEL_FILES_SHA256} \
     MLOPS_API_HOST=0.0.0.0 \
     MLOPS_API_PORT=8000 \
     MLOPS_METRICS_PORT=8080

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,7 @@ class ImageInputs:
     dockerfile: Path = DOCKERFILE
     serving_dir: Path = SERVING_DIR
     hashes: dict[str, str] = field(default_factory=dict)
+    files_sha256: str = ""  # the model files' manifest: the container checks them against it
 
     @property
     def tag(self) -> str:
@@ -84,6 +86,7 @@ class ImageInputs:
             "MODEL_NAME": self.model_name,
             "MODEL_VERSION": self.model_version,
             "IMAGE_TAG": self.tag,
+            "MODEL_FILES_SHA256": self.files_sha256,
         }
 
 
@@ -95,8 +98,11 @@ def image_inputs(
     dockerfile: Path = DOCKERFILE,
     serving_dir: Path = SERVING_DIR,
     requirements: str | None = None,
+    files_sha256: str | None = None,
 ) -> ImageInputs:
-    """Hash the inputs (cheap: no wheel is fetched, nothing is copied)."""
+    """Hash the inputs (cheap: no wheel is fetched, nothing is copied). `files_sha256` is the
+    manifest registered with the model (image/build.py checked the folder against it); by hand,
+    the folder's own files are hashed."""
     if not (model_dir / "MLmodel").is_file():
         raise ContextError(f"{model_dir} is not an MLflow model folder (no MLmodel file)")
     if not dockerfile.is_file():
@@ -109,7 +115,12 @@ def image_inputs(
         "requirements": hashlib.sha256(requirements.encode()).hexdigest(),
         "base_image": base_image,
     }
-    return ImageInputs(model_dir, model_name, model_version, base_image, requirements, dockerfile, serving_dir, hashes)
+    if files_sha256 is None:
+        from mlops_assets.serving import model as model_lib
+
+        files_sha256 = model_lib.manifest_text(model_lib.files_manifest(model_dir))
+    return ImageInputs(model_dir, model_name, model_version, base_image, requirements, dockerfile, serving_dir, hashes,
+                       files_sha256)
 
 
 def pins_of(requirements: str) -> dict[str, str]:
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     inputs = image_inputs(args.model_dir, args.name, args.version, args.base_image)
     write_context(inputs, args.out_dir, default_wheel_cache())
-    build_args = " ".join(f"--build-arg {k}={v}" for k, v in inputs.build_args().items())
+    build_args = " ".join(f"--build-arg {k}={shlex.quote(v)}" for k, v in inputs.build_args().items())
     print(f"docker build {build_args} -t {DEFAULT_REPOSITORY}:{inputs.tag} {args.out_dir}")
     return 0
 
