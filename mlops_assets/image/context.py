@@ -23,12 +23,13 @@ from pathlib import Path
 
 from mlops_assets.settings import PROJECT_ROOT
 
-from .requirements import closure, requirements_text
+from .requirements import WHEEL_HASHES, closure, hashed_requirements_text, read_hashes, requirements_text, write_hashes
 
 DOCKERFILE = PROJECT_ROOT / "docker" / "api.Dockerfile"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # mlops_assets/
 SERVING_DIR = PACKAGE_DIR / "serving"
 DEFAULT_REPOSITORY = "mlops-api"
+CACHE_RECORD = "SHA256SUMS"  # in the wheel cache: the sha256 of each wheel when pip fetched it
 
 
 class ContextError(RuntimeError):
@@ -123,6 +124,12 @@ def image_inputs(
                        files_sha256)
 
 
+def canonicalize(name: str) -> str:
+    from packaging.utils import canonicalize_name
+
+    return str(canonicalize_name(name))
+
+
 def pins_of(requirements: str) -> dict[str, str]:
     pins = {}
     for line in requirements.splitlines():
@@ -131,6 +138,47 @@ def pins_of(requirements: str) -> dict[str, str]:
             name, _, version = line.partition("==")
             pins[name] = version
     return pins
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verified_wheels(pins: dict[str, str], cache_dir: Path, log=None,
+                    committed: Path = WHEEL_HASHES) -> dict[str, tuple[Path, str]]:
+    """{name: (wheel, sha256)} for every pin, each wheel checked against its recorded sha256:
+    the committed WHEEL_HASHES first, else the cache's record, which holds only wheels this
+    machine's pip fetched from its index (recorded right after the download). A wheel whose
+    bytes differ, or one in the cache that no record names, is refused."""
+    record_path = cache_dir / CACHE_RECORD
+    record = read_hashes(record_path)
+    before = {wheel.name for wheel in cache_dir.glob("*.whl")} if cache_dir.is_dir() else set()
+    wheels = ensure_wheels(pins, cache_dir, log)
+    fetched = {name for name, wheel in wheels.items() if wheel.name not in before}
+    known = read_hashes(committed)
+    verified, new = {}, {}
+    for name, wheel in wheels.items():
+        actual = _sha256(wheel)
+        expected = known.get(wheel.name) or record.get(wheel.name)
+        if expected is None and name in fetched:
+            expected = new[wheel.name] = actual  # just fetched by pip from the index
+        if expected is None:
+            raise ContextError(f"the wheel {wheel} has no recorded sha256 (in {committed} or {record_path}): this "
+                               "pipeline did not fetch it. Delete it and run again, so pip fetches it from the index")
+        if actual != expected:
+            raise ContextError(f"the wheel {wheel} has sha256 {actual}, not the recorded {expected}: the file was "
+                               "changed or replaced. Delete it and run again, so pip fetches it from the index")
+        verified[name] = (wheel, actual)
+    if new:
+        write_hashes(record_path, {**record, **new}, "# sha256 of the wheels pip fetched into this cache (image/context.py)\n")
+        if log:
+            log.info(f"recorded the sha256 of {len(new)} new wheels in {record_path}"
+                     f"{'' if set(new) <= set(known) else f' ({len(set(new) - set(known))} not in {committed.name})'}")
+    return verified
 
 
 def ensure_wheels(pins: dict[str, str], cache_dir: Path, log=None) -> dict[str, Path]:
@@ -183,9 +231,18 @@ def write_context(inputs: ImageInputs, dest: Path, wheel_cache: Path, log=None) 
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     shutil.copy2(inputs.dockerfile, dest / "Dockerfile")
-    (dest / "requirements.txt").write_text(inputs.requirements)
-    for name, wheel in ensure_wheels(pins_of(inputs.requirements), wheel_cache, log).items():
-        _link_or_copy(wheel, dest / "wheels" / wheel.name)
+    pins = pins_of(inputs.requirements)
+    wheels = verified_wheels(pins, wheel_cache, log)
+    hashes = {name: digest for name, (_, digest) in wheels.items()}
+    (dest / "requirements.txt").write_text(hashed_requirements_text(
+        {name: version for name, version in ((canonicalize(n), v) for n, v in pins.items())}, hashes))
+    for name, (wheel, _) in wheels.items():
+        # A copy, not a link: the bytes checked are the bytes sent (pip checks them again).
+        target = dest / "wheels" / wheel.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(wheel, target)
+        if _sha256(target) != hashes[name]:
+            raise ContextError(f"the wheel {wheel} changed while it was copied into the build context; run again")
     for source, inside in app_files(inputs.serving_dir):
         _link_or_copy(source, dest / "app" / inside)
     for file in _files(inputs.model_dir):
