@@ -112,9 +112,9 @@ def _cannot_predict(folder: Path) -> None:
 
 
 def _fails_on_missing_values(folder: Path) -> None:
-    """The same pipeline, except that a missing `sex` becomes a category its encoder refuses:
-    it loads and predicts its own input example (no missing value in it) but fails on the real
-    rows with a missing `sex`, which its validation sample holds."""
+    """The same pipeline, except that a missing category (None) becomes a category its
+    encoder refuses: it loads and predicts its own input example (no missing value in it) but
+    fails on the real rows with a missing `sex`, which its validation sample holds."""
     import numpy as np
     import skops.io
     import yaml
@@ -124,6 +124,7 @@ def _fails_on_missing_values(folder: Path) -> None:
     pipeline = skops.io.load(path, trusted=flavor.get("skops_trusted_types") or [])
     categorical = pipeline.steps[0][1].named_transformers_["categorical"]
     imputer, encoder = categorical.named_steps["impute"], categorical.named_steps["encode"]
+    imputer.missing_values = None  # the pipeline keeps None as a category of its own; now it is replaced
     imputer.statistics_ = np.array(["__never_seen__"] * len(imputer.statistics_), dtype=object)
     encoder.handle_unknown = "error"
     skops.io.dump(pipeline, path)

@@ -92,3 +92,30 @@ def test_debootstrap_checks_signatures_with_debians_keyring(tmp_path):
     assert command[:2] == ["debootstrap", "--keyring=/usr/share/keyrings/debian-archive-keyring.gpg"]
     with pytest.raises(offline_base.OfflineBaseError, match="archive keyring .* is missing: install debian-archive-keyring"):
         offline_base.debootstrap_command(tmp_path / "rootfs", ("python3",), keyring=tmp_path / "no-keyring.gpg")
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("python:3.11-slim", ("python", "3.11-slim")),
+    ("registry.example:5000/team/base", ("registry.example:5000/team/base", "latest")),
+    ("python:3.11-slim@sha256:" + "a" * 64, ("python", "sha256:" + "a" * 64)),
+    ("registry.example:5000/base@sha256:" + "b" * 64, ("registry.example:5000/base", "sha256:" + "b" * 64)),
+])
+def test_image_references_split_for_a_pull_by_tag_or_digest(ref, expected):
+    from mlops_assets.resources.container_engine import split_reference
+
+    assert split_reference(ref) == expected
+
+
+def test_a_base_pulled_from_a_registry_is_used_by_its_digest():
+    """The build then names the bytes that were pulled, not a tag the registry can move."""
+    from types import SimpleNamespace
+
+    from mlops_assets.resources.container_engine import pinned_by_digest
+
+    digest = "sha256:" + "c" * 64
+    pulled = SimpleNamespace(attrs={"RepoDigests": [f"docker.io/library/python@{digest}"]})
+    assert pinned_by_digest("python:3.11-slim", pulled) == f"python@{digest}"
+    assert pinned_by_digest(f"python:3.11-slim@{digest}", pulled) == f"python:3.11-slim@{digest}"
+    local = SimpleNamespace(attrs={"RepoDigests": [f"localhost/mlops-debian-base@{digest}"]})
+    assert pinned_by_digest("localhost/mlops-debian-base:bookworm", local) == "localhost/mlops-debian-base:bookworm"
+    assert pinned_by_digest("python:3.11-slim", SimpleNamespace(attrs={})) == "python:3.11-slim"
