@@ -309,8 +309,12 @@ def load_folder(folder: str | Path, name: str | None = None, version: str | None
             f"MLmodel of {where} lists skops_trusted_types outside the allow-list in mlops_assets/serving/model.py: "
             f"{', '.join(sorted(listed - TRUSTED_TYPES))}; the list in MLmodel is not trusted, refused"
         )
+    # The bytes loaded are the bytes hashed (read once: no swap between the check and the load).
+    data = model_file.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest[model_file.relative_to(folder.resolve()).as_posix()]:
+        raise ModelIntegrityError(f"{model_file.name} of {where} changed while it was being loaded; refused")
     try:
-        needed = set(skops.io.get_untrusted_types(file=model_file))
+        needed = set(skops.io.get_untrusted_types(data=data))
     except Exception as exc:  # not a skops archive
         raise ModelSourceError(f"could not read {model_file.name} of {where}: {type(exc).__name__}: {exc}") from exc
     if needed - TRUSTED_TYPES:
@@ -318,7 +322,7 @@ def load_folder(folder: str | Path, name: str | None = None, version: str | None
             f"{model_file.name} of {where} holds types outside the allow-list in mlops_assets/serving/model.py: "
             f"{', '.join(sorted(needed - TRUSTED_TYPES))}; refused (review a new model family's types, then add them there)"
         )
-    pipeline = skops.io.load(model_file, trusted=sorted(needed))
+    pipeline = skops.io.loads(data, trusted=sorted(needed))
     meta = _registered_meta(folder)
     classes = [str(c) for c in getattr(pipeline, "classes_", [])]
     loaded = LoadedModel(
