@@ -3,7 +3,8 @@
 # mlops_assets/image/context.py assembles (`python -m mlops_assets.image.context DIR` writes
 # one by hand):
 #
-#   requirements.txt   the serving stack pinned to the versions the model was tested with
+#   requirements.txt   the serving stack pinned to the versions the model was tested with,
+#                      each with the sha256 of its wheel
 #   wheels/            those exact wheels, so the build needs no index and no network
 #   app/               mlops_assets/__init__.py and mlops_assets/serving/ (no Dagster, no MLflow)
 #   model/             the champion's MLflow model folder (MLmodel, model.skops, ...)
@@ -18,8 +19,10 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS builder
 COPY requirements.txt /build/requirements.txt
 COPY wheels/ /build/wheels/
+# Every pin carries its wheel's sha256 (mlops_assets/image/requirements.py): pip installs
+# nothing whose bytes differ, and nothing unpinned.
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-index \
+ && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-index --require-hashes \
         --find-links /build/wheels --requirement /build/requirements.txt \
  && cd /opt/venv/lib/python3*/site-packages/ray \
  && rm -rf jars rllib dashboard/client/build
@@ -33,6 +36,9 @@ COPY model/ /opt/model/
 ARG MODEL_NAME=unknown
 ARG MODEL_VERSION=unknown
 ARG IMAGE_TAG=unknown
+# The sha256 manifest registered with the model (checked at build time); the API refuses to
+# load /opt/model when its files differ (mlops_assets/serving/model.py).
+ARG MODEL_FILES_SHA256=
 LABEL org.opencontainers.image.title="mlops-assets prediction API" \
       org.opencontainers.image.source="https://github.com/mlops-assets/mlops-assets" \
       mlops.model.name="${MODEL_NAME}" \
@@ -44,6 +50,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     MLOPS_MODEL_DIR=/opt/model \
+    MLOPS_MODEL_FILES_SHA256=${MODEL_FILES_SHA256} \
     MLOPS_API_HOST=0.0.0.0 \
     MLOPS_API_PORT=8000 \
     MLOPS_METRICS_PORT=8080

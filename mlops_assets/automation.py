@@ -12,19 +12,21 @@ import dagster as dg
 
 from mlops_assets.freshness import DATA_VERSION_TAG
 from mlops_assets.ml import data as ml_data
-from mlops_assets.ml import drift
+from mlops_assets.monitoring import rules as monitoring_rules
 from mlops_assets.resources.prometheus_api import PrometheusApi, PrometheusQueryError
 from mlops_assets.settings import Settings
 
 RETRAIN_JOB = "materialize_all"
 SOURCE_KEY = dg.AssetKey("dataset_source")
-DATASET_KEY = dg.AssetKey("dataset")
 
-# PromQL of what the API served over the drift window (metrics: mlops_assets/serving/metrics.py).
-SERVED_CLASSES = "sum by (predicted_class) (increase(ray_mlops_api_predictions_total[{window}]))"
-# Feature mean shift in training standard deviations, from the recording rule the
-# `dashboards` asset renders (Ray's histogram _sum is rebuilt from bucket midpoints, so the
-# rule compares with a training reference binned the same way): reported, not a trigger.
+# The drift measure is computed once, by Prometheus's recording rules (monitoring/rules.py,
+# rendered by the `dashboards` asset: the training reference and the served shares over 1h);
+# the sensor reads them and decides with the drift alert's own expression and threshold.
+DRIFT_TVD = "mlops_api:prediction_class_drift:tvd1h"
+SERVED_PREDICTIONS = "mlops_api:predictions:increase1h"
+# Feature mean shift in training standard deviations (Ray's histogram _sum is rebuilt from
+# bucket midpoints, so the rule compares with a training reference binned the same way):
+# reported, not a trigger.
 FEATURE_SHIFTS = "max by (feature) (mlops_api:feature_mean_shift:zscore1h)"
 
 
@@ -74,8 +76,9 @@ def build_automation(settings: Settings) -> tuple[list, list]:
         default_status=dg.DefaultSensorStatus.STOPPED,
         required_resource_keys={"prometheus_api"},
         description=(
-            f"Retrain when served predictions drift from training (total variation > {settings.drift_threshold}, "
-            f"MLOPS_DRIFT_THRESHOLD) over {settings.drift_window}; cooldown {settings.drift_cooldown_minutes} min."
+            "Retrain when the drift alert's condition holds in Prometheus (predicted class shares over 1h at a total "
+            f"variation > {monitoring_rules.DRIFT_TVD_THRESHOLD:g} from training, at least "
+            f"{monitoring_rules.DRIFT_MIN_PREDICTIONS} predictions); cooldown {settings.drift_cooldown_minutes} min."
         ),
     )
     def drift_sensor(context: dg.SensorEvaluationContext):
@@ -96,27 +99,25 @@ def build_automation(settings: Settings) -> tuple[list, list]:
     return [retraining_schedule], [new_data_sensor, drift_sensor, automation_sensor]
 
 
-MIN_SERVED_ROWS = 50  # below this, a distribution says more about chance than about drift
-
-
 def evaluate_drift(context, prometheus: PrometheusApi, settings: Settings, now: float):
     state = json.loads(context.cursor) if context.cursor else {}
-    reference = _training_reference(context.instance)
-    if reference is None:
-        return dg.SkipReason("no materialized `dataset` yet: nothing to compare with")
+    minimum = monitoring_rules.DRIFT_MIN_PREDICTIONS
     try:
-        served = {labels.get("predicted_class", ""): value for labels, value in prometheus.vector(SERVED_CLASSES.format(window=settings.drift_window))}
+        served = sum(value for _, value in prometheus.vector(SERVED_PREDICTIONS))
+        tvd = [value for _, value in prometheus.vector(DRIFT_TVD)]
+        drifted = bool(prometheus.vector(monitoring_rules.drift_condition()))
         shifts = {labels.get("feature", ""): value for labels, value in prometheus.vector(FEATURE_SHIFTS)}
     except PrometheusQueryError as exc:
         return dg.SkipReason(f"cannot read served distributions: {exc}")
-    total = sum(served.values())
-    if total < MIN_SERVED_ROWS:
-        return dg.SkipReason(f"only {total:.0f} predictions in the last {settings.drift_window} (need {MIN_SERVED_ROWS})")
-    distance = drift.total_variation(served, reference)
-    summary = f"prediction TVD {distance:.3f} (threshold {settings.drift_threshold})" + (
+    if served < minimum:
+        return dg.SkipReason(f"only {served:.0f} predictions in the last hour (need {minimum})")
+    if not tvd:
+        return dg.SkipReason(f"Prometheus has no {DRIFT_TVD}: materialize `dashboards` (it loads the training reference)")
+    distance = tvd[0]
+    summary = f"prediction TVD {distance:.3f} (threshold {monitoring_rules.DRIFT_TVD_THRESHOLD:g})" + (
         f", largest feature mean shift {max(shifts.values()):.2f} sd ({max(shifts, key=shifts.get)})" if shifts else ""
     )
-    if distance <= settings.drift_threshold:
+    if not drifted:
         return dg.SkipReason(f"no drift: {summary}")
     last = state.get("last_fired")
     if last is not None and now - last < settings.drift_cooldown_minutes * 60:
@@ -127,15 +128,6 @@ def evaluate_drift(context, prometheus: PrometheusApi, settings: Settings, now: 
         ],
         cursor=json.dumps({"last_fired": now, "tvd": distance}),
     )
-
-
-def _training_reference(instance: dg.DagsterInstance) -> dict[str, float] | None:
-    """Class counts of the latest `dataset` materialization: what the model was trained on."""
-    event = instance.get_latest_materialization_event(DATASET_KEY)
-    if event is None or event.asset_materialization is None:
-        return None
-    counts = event.asset_materialization.metadata.get("class counts")
-    return counts.value if counts is not None else None
 
 
 def _last_observed(instance: dg.DagsterInstance) -> str | None:

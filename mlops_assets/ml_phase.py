@@ -15,6 +15,7 @@ from typing import Any
 from mlops_assets.ml import metrics as ml_metrics
 from mlops_assets.ml import training as ml_training
 from mlops_assets.ml.data import Dataset
+from mlops_assets.ml.validation import sample_json, validation_sample
 from mlops_assets.resources.mlflow_registry import Champion, LoggedCandidate, MlflowRegistry, RegisteredVersion
 from mlops_assets.versioning import stable_hash
 
@@ -63,9 +64,11 @@ def train_or_reuse(mlflow: MlflowRegistry, dataset: Dataset, specs: dict[str, di
         return CandidateSet(parent_run_id, fingerprint, candidates, True)
     trained = ml_training.train_candidates(dataset, specs, seed, log=log)
     x_val, _ = dataset.xy("validation")
+    sample = validation_sample(dataset.train, dataset.numeric_features, dataset.categorical_features)
     parent_run_id, candidates = mlflow.log_training(
         fingerprint, run_id, trained, input_example=x_val.head(5), pip_requirements=PIP_REQUIREMENTS,
         parent_params={"dataset_hash": dataset.content_hash, "source": dataset.source, "seed": seed}, log=log,
+        validation_sample=sample_json(sample),
     )
     return CandidateSet(parent_run_id, fingerprint, candidates, False)
 
@@ -99,7 +102,7 @@ def select_and_promote(mlflow: MlflowRegistry, dataset: Dataset, candidates: Can
     x_test, y_test = dataset.xy("test")
     already = mlflow.find_version(model_name, best.run_id)
     candidate_test = (already and already.test_metrics_for(dataset.content_hash)) or ml_metrics.evaluate(
-        mlflow.load_model(best.model_uri), x_test, y_test
+        mlflow.load_model(best.model_uri, best.files_sha256), x_test, y_test
     )
     champion = mlflow.champion(model_name)
     champion_test = (champion and champion.test_metrics_for(dataset.content_hash)) or _score_champion(

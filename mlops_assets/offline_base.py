@@ -34,6 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SUITE = "bookworm"
+# debootstrap checks the Release file's signature with this keyring (Debian's
+# debian-archive-keyring package, installed when missing). Named explicitly: without a
+# readable keyring debootstrap only warns and installs unverified packages.
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 BASE_IMAGE = f"localhost/mlops-debian-base:{SUITE}"
 
 # What the API image needs to pip-install the serving stack into a venv.
@@ -93,19 +97,19 @@ def ensure_base_rootfs(
 ) -> BuildReport:
     """The debootstrapped rootfs with `packages`, built once (about 40 s, 300 MB)."""
     rootfs = base_rootfs_dir(cache_dir)
-    stamp = _stamp(("debootstrap", SUITE, *sorted(packages)))
+    stamp = _stamp(("debootstrap", "verified", SUITE, *sorted(packages)))  # a rootfs built unverified is rebuilt
     with _locked(rootfs.parent):
         if _is_current(rootfs, stamp):
             return BuildReport(rootfs, False, 0.0, _du(rootfs))
         _require_root("debootstrap")
         ensure_machine_tools()
+        ensure_debian_keyring()
         started = time.monotonic()
         tmp = rootfs.with_name("rootfs.partial")
         _rmtree(tmp)
-        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE, str(tmp)]
-        if mirror:
-            cmd.append(mirror)
-        _run(cmd, "debootstrap could not build the base rootfs (is Debian's package mirror reachable?)")
+        _run(debootstrap_command(tmp, packages, mirror),
+             "debootstrap could not build the base rootfs (is Debian's package mirror reachable, and are its "
+             f"Release files signed by a key in {DEBIAN_KEYRING}?)")
         # A smaller image and no stale package lists; `apt-get update` in a Dockerfile refills them.
         _run(["chroot", str(tmp), "apt-get", "clean"], "apt-get clean in the new rootfs failed")
         for lists in (tmp / "var/lib/apt/lists").glob("*_*"):
@@ -250,6 +254,22 @@ def _locked(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def debootstrap_command(target: Path, packages: tuple[str, ...], mirror: str | None = None,
+                        keyring: Path = DEBIAN_KEYRING) -> list[str]:
+    """debootstrap with the archive signatures checked against Debian's keyring."""
+    if not keyring.is_file():
+        raise OfflineBaseError(f"Debian's archive keyring {keyring} is missing: install debian-archive-keyring "
+                               "(debootstrap would otherwise install packages it cannot verify)")
+    cmd = ["debootstrap", f"--keyring={keyring}", "--variant=minbase", f"--include={','.join(packages)}", SUITE, str(target)]
+    return [*cmd, mirror] if mirror else cmd
+
+
+def ensure_debian_keyring() -> None:
+    if not DEBIAN_KEYRING.is_file():
+        _require_root("installing debian-archive-keyring")
+        _apt_install_on_machine(["debian-archive-keyring"], probe="")
 
 
 def _require_root(what: str) -> None:

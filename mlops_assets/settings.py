@@ -50,8 +50,7 @@ class Settings:
     # Automation (schedules and sensors; see automation.py)
     retrain_cron: str = "0 3 * * *"
     prometheus_url: str = "http://127.0.0.1:9090"
-    drift_threshold: float = 0.25
-    drift_window: str = "1h"
+    # (the drift threshold and window live with the rules: monitoring/rules.py)
     drift_cooldown_minutes: float = 60.0
     # Container image (assets/packaging.py): registry to push to in the aws target, e.g. ECR.
     image_registry: str | None = None
@@ -99,8 +98,6 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         model_name=env.get("MLOPS_MODEL_NAME") or "mlops-assets-classifier",
         retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * *",
         prometheus_url=(env.get("MLOPS_PROMETHEUS_URL") or f"http://127.0.0.1:{local_ports['prometheus']}").rstrip("/"),
-        drift_threshold=_number(env, "MLOPS_DRIFT_THRESHOLD", 0.25),
-        drift_window=env.get("MLOPS_DRIFT_WINDOW") or "1h",
         drift_cooldown_minutes=_number(env, "MLOPS_DRIFT_COOLDOWN_MINUTES", 60.0),
         image_registry=env.get("MLOPS_IMAGE_REGISTRY") or None,
         ssh_private_key=env.get("MLOPS_SSH_PRIVATE_KEY") or None,

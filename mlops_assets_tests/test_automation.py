@@ -13,7 +13,7 @@ from mlops_assets.automation import build_automation
 from mlops_assets.freshness import rebuild_condition
 from mlops_assets.resources.prometheus_api import PrometheusApi
 
-from .conftest import make_settings, materialize
+from .conftest import make_settings
 
 pytestmark = pytest.mark.unit
 
@@ -92,22 +92,36 @@ def test_new_data_sensor_skips_with_the_reason_when_the_file_is_gone(tmp_path, i
 # -- the drift sensor ----------------------------------------------------------------------
 
 class FakePrometheus:
-    """A loopback stand-in for Prometheus's /api/v1/query answering canned vectors, to drive
-    the sensor through its cursor scenarios (the live queries are checked against a real
-    Prometheus in the monitoring tests)."""
+    """A loopback stand-in for Prometheus's /api/v1/query answering canned values of the
+    recording rules the sensor reads, to drive it through its cursor scenarios. The sensor's
+    queries themselves run against a real Prometheus scraping the real API in
+    test_monitoring_live.py."""
 
     def __init__(self):
-        self.classes: dict[str, float] = {}
+        from mlops_assets.automation import DRIFT_TVD, FEATURE_SHIFTS, SERVED_PREDICTIONS
+        from mlops_assets.monitoring.rules import drift_condition
+
+        self.predictions: float | None = None
+        self.tvd: float | None = None
+        self.drifting = False  # what Prometheus answers for the alert's condition
         self.means: dict[str, float] = {}
         outer = self
 
+        def answer(query: str) -> list[dict]:
+            scalar = lambda value: [] if value is None else [{"metric": {}, "value": [0, str(value)]}]  # noqa: E731
+            if query == SERVED_PREDICTIONS:
+                return scalar(outer.predictions)
+            if query == DRIFT_TVD:
+                return scalar(outer.tvd)
+            if query == drift_condition():
+                return scalar(outer.tvd if outer.drifting else None)
+            if query == FEATURE_SHIFTS:
+                return [{"metric": {"feature": k}, "value": [0, str(v)]} for k, v in outer.means.items()]
+            raise AssertionError(f"the sensor sent a query this test does not know: {query}")
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                query = parse_qs(urlparse(self.path).query)["query"][0]
-                if "predicted_class" in query:
-                    result = [{"metric": {"predicted_class": k}, "value": [0, str(v)]} for k, v in outer.classes.items()]
-                else:
-                    result = [{"metric": {"feature": k}, "value": [0, str(v)]} for k, v in outer.means.items()]
+                result = answer(parse_qs(urlparse(self.path).query)["query"][0])
                 body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -132,14 +146,8 @@ def prometheus():
     fake.close()
 
 
-def _materialize_dataset(tmp_path, instance):
-    from mlops_assets.definitions import build_definitions
-
-    assert materialize(build_definitions(make_settings(tmp_path)), instance, ["dataset"]).success
-
-
 def test_drift_sensor_scenarios(tmp_path, instance, prometheus, monkeypatch):
-    settings = make_settings(tmp_path, MLOPS_DRIFT_THRESHOLD="0.2", MLOPS_DRIFT_COOLDOWN_MINUTES="10")
+    settings = make_settings(tmp_path, MLOPS_DRIFT_COOLDOWN_MINUTES="10")
     sensor = _sensor(settings, "drift_sensor")
     resources = {"prometheus_api": PrometheusApi(url=prometheus.url)}
     clock = {"now": 1_000_000.0}
@@ -148,21 +156,23 @@ def test_drift_sensor_scenarios(tmp_path, instance, prometheus, monkeypatch):
     def tick(cursor=None):
         return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
 
-    assert "no materialized `dataset`" in tick().skip_message
-    _materialize_dataset(tmp_path, instance)  # penguins: Adelie 152, Gentoo 124, Chinstrap 68
-
-    prometheus.classes = {"Adelie": 10, "Gentoo": 5}
+    assert "only 0 predictions in the last hour (need 100)" in tick().skip_message  # nothing served yet
+    prometheus.predictions = 15
     assert "only 15 predictions" in tick().skip_message
 
-    prometheus.classes = {"Adelie": 440, "Gentoo": 360, "Chinstrap": 200}  # like training
+    prometheus.predictions = 1000
+    assert "materialize `dashboards`" in tick().skip_message  # no training reference loaded
+
+    prometheus.tvd = 0.05  # like training
     prometheus.means = {"bill_length_mm": 0.1}  # z-score from the recording rule
     calm = tick()
-    assert not calm.run_requests and "no drift" in calm.skip_message
+    assert not calm.run_requests and "no drift: prediction TVD 0.050 (threshold 0.25)" in calm.skip_message
+    assert "bill_length_mm" in calm.skip_message
 
-    prometheus.classes = {"Adelie": 900, "Gentoo": 50, "Chinstrap": 50}  # mostly one class
+    prometheus.tvd, prometheus.drifting = 0.45, True  # mostly one class: the alert's condition holds
     fired = tick()
     assert len(fired.run_requests) == 1 and fired.run_requests[0].tags["mlops/trigger"] == "drift"
-    assert float(fired.run_requests[0].tags["mlops/drift_tvd"]) > 0.2
+    assert fired.run_requests[0].tags["mlops/drift_tvd"] == "0.4500"
 
     clock["now"] += 5 * 60  # within the cooldown: no storm
     cooling = tick(fired.cursor)
@@ -174,7 +184,6 @@ def test_drift_sensor_scenarios(tmp_path, instance, prometheus, monkeypatch):
 
 
 def test_drift_sensor_skips_when_prometheus_is_down(tmp_path, instance):
-    _materialize_dataset(tmp_path, instance)
     sensor = _sensor(make_settings(tmp_path), "drift_sensor")
     context = dg.build_sensor_context(instance=instance, resources={"prometheus_api": PrometheusApi(url="http://127.0.0.1:9")})
     result = sensor.evaluate_tick(context)

@@ -1,5 +1,7 @@
 """Code tests of loading, normalising and splitting (no Dagster, no MLflow)."""
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -87,3 +89,23 @@ def test_parquet_and_csv_give_the_same_dataset(tmp_path):
 def _write(path, content: bytes):
     path.write_bytes(content)
     return path
+
+
+def test_validation_sample_covers_every_category_and_every_missing_value_of_training():
+    from mlops_assets.ml.validation import sample_json, validation_sample
+
+    train = pl.DataFrame({
+        "x": [1.0, 2.0, None, 4.0, 5.0, 6.0, 7.0, 8.0],
+        "y": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],  # never missing: no missing value is asked for
+        "colour": ["red", "red", "blue", None, "green", "red", "blue", "green"],
+        "size": ["S", "M", "S", "S", "S", "L", "M", "S"],
+    })
+    sample = validation_sample(train, ["x", "y"], ["colour", "size"])
+    rows = sample.to_dicts()
+    assert {r["colour"] for r in rows} == {"red", "blue", None, "green"}
+    assert {r["size"] for r in rows} == {"S", "M", "L"}
+    assert any(r["x"] is None for r in rows) and all(r["y"] is not None for r in rows)
+    assert len(rows) < train.height  # real rows, each covering something new
+    assert all(r in train.to_dicts() for r in rows)
+    decoded = json.loads(sample_json(sample))
+    assert decoded["columns"] == ["x", "y", "colour", "size"] and len(decoded["data"]) == len(rows)

@@ -238,6 +238,33 @@ def test_recorded_training_reference_and_served_distribution(live):
     assert shifts and all(abs(z) < 2 for z in shifts.values()), shifts
 
 
+def test_the_drift_sensor_reads_the_recording_rules_of_this_prometheus(live, tmp_path):
+    """The drift sensor's own queries (automation.py) against this real Prometheus scraping
+    the real API: it reads the drift the recording rule computed, over the predictions the load
+    made, decides with the alert's expression (no drift: the test rows are a stratified
+    sample) and reports the largest feature shift."""
+    from mlops_assets.automation import DRIFT_TVD, SERVED_PREDICTIONS, evaluate_drift
+    from mlops_assets.monitoring.rules import DRIFT_MIN_PREDICTIONS, drift_condition
+    from mlops_assets.resources.prometheus_api import PrometheusApi
+
+    from .conftest import make_settings
+
+    prometheus = live["prometheus"]
+    (served,) = prometheus.query(SERVED_PREDICTIONS)
+    assert float(served["value"][1]) >= DRIFT_MIN_PREDICTIONS, served  # the sensor gets past its minimum
+    assert prometheus.query(drift_condition()) == []  # parses and evaluates; no drift here
+    (tvd,) = prometheus.query(DRIFT_TVD)
+
+    result = evaluate_drift(dg.build_sensor_context(), PrometheusApi(url=prometheus.url), make_settings(tmp_path),
+                            now=time.time())
+
+    assert isinstance(result, dg.SkipReason), result
+    found = re.search(r"^no drift: prediction TVD ([0-9.]+) \(threshold 0\.25\), largest feature mean shift "
+                      r"-?[0-9.]+ sd \((\w+)\)$", result.skip_message)
+    assert found, result.skip_message
+    assert float(found.group(1)) == pytest.approx(float(tvd["value"][1]), abs=0.01)  # the rule's value, not recomputed
+
+
 def test_the_model_version_in_service_is_the_champion(live, serving_api):
     (info,) = live["prometheus"].query(
         f'max by (model_version) (last_over_time(ray_mlops_api_model_info{{job="{API_JOB}"}}[1m])) == 1'

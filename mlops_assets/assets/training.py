@@ -12,6 +12,7 @@ from mlops_assets.metadata import markdown_table
 from mlops_assets.ml import metrics as ml_metrics
 from mlops_assets.ml import models as ml_models
 from mlops_assets.ml import training as ml_training
+from mlops_assets.ml import validation as ml_validation
 from mlops_assets.ml.data import Dataset
 from mlops_assets.ml_phase import CandidateSet, SelectedModel
 from mlops_assets.resources import mlflow_registry
@@ -20,7 +21,7 @@ from mlops_assets.versioning import code_version_of
 
 __all__ = ["CandidateSet", "SelectedModel", "candidate_models", "selected_model"]  # the values live in ml_phase.py
 
-TRAINING_CODE_VERSION = code_version_of(ml_models, ml_metrics, ml_training, ml_phase, mlflow_registry)
+TRAINING_CODE_VERSION = code_version_of(ml_models, ml_metrics, ml_training, ml_validation, ml_phase, mlflow_registry)
 
 
 class LogisticRegressionParams(dg.Config):

@@ -157,11 +157,15 @@ def _find_or_build(engine: ContainerEngine, champion: Champion, images_dir: Path
                     "size": int(existing.attrs.get("Size") or 0), "downloaded": False}
     work = Path(tempfile.mkdtemp(prefix="build-", dir=images_dir))
     try:
-        model_dir = _model_folder(champion, work / "download")
+        try:
+            model_dir, manifest = _model_folder(champion, work / "download")
+        except model_lib.ModelIntegrityError as exc:  # the same files fail the same way
+            raise PermanentImageError(f"{exc}\nNo image was built; the previous image, if any, is unchanged.") from None
         base_image = engine.ensure_base_image(engine.base_image, log=log)
         try:
             inputs = image_context.image_inputs(model_dir, champion.name, str(champion.version), base_image,
-                                                dockerfile=dockerfile, serving_dir=serving_dir, requirements=requirements)
+                                                dockerfile=dockerfile, serving_dir=serving_dir, requirements=requirements,
+                                                files_sha256=manifest)
         except ContextError as exc:
             raise PermanentImageError(str(exc)) from None
         ref = engine.ref(inputs.tag)
@@ -193,13 +197,17 @@ def _find_or_build(engine: ContainerEngine, champion: Champion, images_dir: Path
     return {**entry, "built": built, "build_seconds": seconds, "image_id": image_id, "size": size, "downloaded": True}
 
 
-def _model_folder(champion: Champion, dest: Path) -> Path:
-    """The champion's MLflow model folder, with the registry name and version recorded in it
-    (`registered_model_meta`, which the API reports)."""
+def _model_folder(champion: Champion, dest: Path) -> tuple[Path, str]:
+    """The champion's MLflow model folder, checked against the sha256 manifest registered with
+    the version, with the registry name and version recorded in it (`registered_model_meta`,
+    which the API reports and the manifest leaves out). Returns (folder, manifest)."""
     folder, _, _ = model_lib.download(model_lib.ModelSource(champion.model_uri, champion.tracking_uri), dest)
+    where = f"model {champion.name} version {champion.version}"
+    manifest = model_lib.registered_manifest(champion.tracking_uri, champion.name, str(champion.version))
+    model_lib.verify_files(folder, model_lib.parse_manifest(manifest, where), where)
     meta = folder / "registered_model_meta"
     wanted = {"model_name": champion.name, "model_version": str(champion.version)}
     current = yaml.safe_load(meta.read_text()) if meta.is_file() else None
     if current != wanted:
         meta.write_text(yaml.safe_dump(wanted, sort_keys=True))
-    return folder
+    return folder, manifest

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,12 +23,13 @@ from pathlib import Path
 
 from mlops_assets.settings import PROJECT_ROOT
 
-from .requirements import closure, requirements_text
+from .requirements import WHEEL_HASHES, closure, hashed_requirements_text, read_hashes, requirements_text, write_hashes
 
 DOCKERFILE = PROJECT_ROOT / "docker" / "api.Dockerfile"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # mlops_assets/
 SERVING_DIR = PACKAGE_DIR / "serving"
 DEFAULT_REPOSITORY = "mlops-api"
+CACHE_RECORD = "SHA256SUMS"  # in the wheel cache: the sha256 of each wheel when pip fetched it
 
 
 class ContextError(RuntimeError):
@@ -73,6 +75,7 @@ class ImageInputs:
     dockerfile: Path = DOCKERFILE
     serving_dir: Path = SERVING_DIR
     hashes: dict[str, str] = field(default_factory=dict)
+    files_sha256: str = ""  # the model files' manifest: the container checks them against it
 
     @property
     def tag(self) -> str:
@@ -84,6 +87,7 @@ class ImageInputs:
             "MODEL_NAME": self.model_name,
             "MODEL_VERSION": self.model_version,
             "IMAGE_TAG": self.tag,
+            "MODEL_FILES_SHA256": self.files_sha256,
         }
 
 
@@ -95,8 +99,11 @@ def image_inputs(
     dockerfile: Path = DOCKERFILE,
     serving_dir: Path = SERVING_DIR,
     requirements: str | None = None,
+    files_sha256: str | None = None,
 ) -> ImageInputs:
-    """Hash the inputs (cheap: no wheel is fetched, nothing is copied)."""
+    """Hash the inputs (cheap: no wheel is fetched, nothing is copied). `files_sha256` is the
+    manifest registered with the model (image/build.py checked the folder against it); by hand,
+    the folder's own files are hashed."""
     if not (model_dir / "MLmodel").is_file():
         raise ContextError(f"{model_dir} is not an MLflow model folder (no MLmodel file)")
     if not dockerfile.is_file():
@@ -109,7 +116,18 @@ def image_inputs(
         "requirements": hashlib.sha256(requirements.encode()).hexdigest(),
         "base_image": base_image,
     }
-    return ImageInputs(model_dir, model_name, model_version, base_image, requirements, dockerfile, serving_dir, hashes)
+    if files_sha256 is None:
+        from mlops_assets.serving import model as model_lib
+
+        files_sha256 = model_lib.manifest_text(model_lib.files_manifest(model_dir))
+    return ImageInputs(model_dir, model_name, model_version, base_image, requirements, dockerfile, serving_dir, hashes,
+                       files_sha256)
+
+
+def canonicalize(name: str) -> str:
+    from packaging.utils import canonicalize_name
+
+    return str(canonicalize_name(name))
 
 
 def pins_of(requirements: str) -> dict[str, str]:
@@ -120,6 +138,47 @@ def pins_of(requirements: str) -> dict[str, str]:
             name, _, version = line.partition("==")
             pins[name] = version
     return pins
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verified_wheels(pins: dict[str, str], cache_dir: Path, log=None,
+                    committed: Path = WHEEL_HASHES) -> dict[str, tuple[Path, str]]:
+    """{name: (wheel, sha256)} for every pin, each wheel checked against its recorded sha256:
+    the committed WHEEL_HASHES first, else the cache's record, which holds only wheels this
+    machine's pip fetched from its index (recorded right after the download). A wheel whose
+    bytes differ, or one in the cache that no record names, is refused."""
+    record_path = cache_dir / CACHE_RECORD
+    record = read_hashes(record_path)
+    before = {wheel.name for wheel in cache_dir.glob("*.whl")} if cache_dir.is_dir() else set()
+    wheels = ensure_wheels(pins, cache_dir, log)
+    fetched = {name for name, wheel in wheels.items() if wheel.name not in before}
+    known = read_hashes(committed)
+    verified, new = {}, {}
+    for name, wheel in wheels.items():
+        actual = _sha256(wheel)
+        expected = known.get(wheel.name) or record.get(wheel.name)
+        if expected is None and name in fetched:
+            expected = new[wheel.name] = actual  # just fetched by pip from the index
+        if expected is None:
+            raise ContextError(f"the wheel {wheel} has no recorded sha256 (in {committed} or {record_path}): this "
+                               "pipeline did not fetch it. Delete it and run again, so pip fetches it from the index")
+        if actual != expected:
+            raise ContextError(f"the wheel {wheel} has sha256 {actual}, not the recorded {expected}: the file was "
+                               "changed or replaced. Delete it and run again, so pip fetches it from the index")
+        verified[name] = (wheel, actual)
+    if new:
+        write_hashes(record_path, {**record, **new}, "# sha256 of the wheels pip fetched into this cache (image/context.py)\n")
+        if log:
+            log.info(f"recorded the sha256 of {len(new)} new wheels in {record_path}"
+                     f"{'' if set(new) <= set(known) else f' ({len(set(new) - set(known))} not in {committed.name})'}")
+    return verified
 
 
 def ensure_wheels(pins: dict[str, str], cache_dir: Path, log=None) -> dict[str, Path]:
@@ -172,9 +231,18 @@ def write_context(inputs: ImageInputs, dest: Path, wheel_cache: Path, log=None) 
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     shutil.copy2(inputs.dockerfile, dest / "Dockerfile")
-    (dest / "requirements.txt").write_text(inputs.requirements)
-    for name, wheel in ensure_wheels(pins_of(inputs.requirements), wheel_cache, log).items():
-        _link_or_copy(wheel, dest / "wheels" / wheel.name)
+    pins = pins_of(inputs.requirements)
+    wheels = verified_wheels(pins, wheel_cache, log)
+    hashes = {name: digest for name, (_, digest) in wheels.items()}
+    (dest / "requirements.txt").write_text(hashed_requirements_text(
+        {name: version for name, version in ((canonicalize(n), v) for n, v in pins.items())}, hashes))
+    for name, (wheel, _) in wheels.items():
+        # A copy, not a link: the bytes checked are the bytes sent (pip checks them again).
+        target = dest / "wheels" / wheel.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(wheel, target)
+        if _sha256(target) != hashes[name]:
+            raise ContextError(f"the wheel {wheel} changed while it was copied into the build context; run again")
     for source, inside in app_files(inputs.serving_dir):
         _link_or_copy(source, dest / "app" / inside)
     for file in _files(inputs.model_dir):
@@ -202,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     inputs = image_inputs(args.model_dir, args.name, args.version, args.base_image)
     write_context(inputs, args.out_dir, default_wheel_cache())
-    build_args = " ".join(f"--build-arg {k}={v}" for k, v in inputs.build_args().items())
+    build_args = " ".join(f"--build-arg {k}={shlex.quote(v)}" for k, v in inputs.build_args().items())
     print(f"docker build {build_args} -t {DEFAULT_REPOSITORY}:{inputs.tag} {args.out_dir}")
     return 0
 

@@ -79,6 +79,10 @@ def served_distribution_rules() -> list[dict]:
             "))",
         },
         {
+            "record": "mlops_api:predictions:increase1h",
+            "expr": f"sum(increase(ray_mlops_api_predictions_total{{{API}}}[1h]))",
+        },
+        {
             "record": "mlops_api:feature_mean:rate1h",
             "expr": f"sum by (feature) (rate(ray_mlops_api_feature_value_sum{{{API}}}[1h]))\n"
             f"/\nsum by (feature) (rate(ray_mlops_api_feature_value_count{{{API}}}[1h]))",
@@ -191,11 +195,17 @@ def no_replicas() -> dict:
     }
 
 
+def drift_condition() -> str:
+    """Served class shares too far from training, over enough predictions: the expression of
+    the drift alert and of the drift sensor (automation.py), so both decide alike."""
+    return (f"mlops_api:prediction_class_drift:tvd1h > {DRIFT_TVD_THRESHOLD:g}\n"
+            f"and on()\nmlops_api:predictions:increase1h >= {DRIFT_MIN_PREDICTIONS}")
+
+
 def prediction_drift() -> dict:
     return {
         "alert": "MlopsModelPredictionDrift",
-        "expr": f"mlops_api:prediction_class_drift:tvd1h > {DRIFT_TVD_THRESHOLD:g}\n"
-        f"and on()\nsum(increase(ray_mlops_api_predictions_total{{{API}}}[1h])) >= {DRIFT_MIN_PREDICTIONS}",
+        "expr": drift_condition(),
         "for": "15m",
         "labels": {"severity": "warning"},
         "annotations": {

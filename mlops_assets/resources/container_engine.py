@@ -157,21 +157,24 @@ class ContainerEngine(dg.ConfigurableResource):
 
     def ensure_base_image(self, preferred: str, log=None) -> str:
         """`preferred` if the engine has it or can pull it; else the offline Debian base
-        (debootstrapped and imported; needs root), for machines where no registry answers."""
+        (debootstrapped and imported; needs root), for machines where no registry answers.
+
+        A base from a registry is returned by digest (`name@sha256:...`, what the engine pulled),
+        so the build uses those exact bytes and the image's tag and record name them; a
+        `name@sha256:...` preference is pulled and used by that digest only."""
         import docker
 
         from mlops_assets import offline_base
 
         with self.connected() as client:
             try:
-                client.images.get(preferred)
-                return preferred
+                return pinned_by_digest(preferred, client.images.get(preferred))
             except docker.errors.ImageNotFound:
                 pass
             try:
-                repository, _, tag = preferred.rpartition(":") if ":" in preferred.split("/")[-1] else (preferred, "", "latest")
+                repository, tag = split_reference(preferred)
                 client.images.pull(repository, tag=tag)
-                return preferred
+                return pinned_by_digest(preferred, client.images.get(preferred))
             except docker.errors.APIError as exc:
                 if log:  # expected where no registry answers: info, not a warning on every run
                     log.info(f"cannot pull {preferred} ({str(exc)[:200]}); using the offline Debian base instead")
@@ -282,3 +285,33 @@ class ContainerEngine(dg.ConfigurableResource):
         if errors:
             raise ImageBuildError(f"pushing {remote} failed: {errors[-1]}", errors)
         return remote
+
+
+def split_reference(ref: str) -> tuple[str, str]:
+    """(repository, tag or digest) of an image reference, for the SDK's pull:
+    `python:3.11-slim` -> (python, 3.11-slim); `host:5000/x` -> (host:5000/x, latest);
+    `python:3.11-slim@sha256:abc` -> (python, sha256:abc)."""
+    if "@" in ref:
+        name, _, digest = ref.partition("@")
+        last = name.split("/")[-1]
+        return (name.rpartition(":")[0] if ":" in last else name), digest
+    last = ref.split("/")[-1]
+    if ":" in last:
+        repository, _, tag = ref.rpartition(":")
+        return repository, tag
+    return ref, "latest"
+
+
+def pinned_by_digest(preferred: str, image) -> str:
+    """`preferred` as `repository@sha256:...` when the engine knows the registry digest it was
+    pulled by (a registry image); unchanged for a digest reference or a local-only image."""
+    repository, _ = split_reference(preferred)
+    if "@sha256:" in preferred or repository.startswith("localhost/"):  # pinned already, or no registry
+        return preferred
+    digests = list((image.attrs or {}).get("RepoDigests") or [])
+    short = repository.split("/")[-1]
+    for digest in digests:
+        name = digest.partition("@")[0]
+        if name == repository or name.endswith(f"/{repository}") or name.endswith(f"/library/{short}") and "/" not in repository:
+            return f"{repository}@{digest.partition('@')[2]}"
+    return preferred

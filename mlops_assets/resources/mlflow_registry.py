@@ -11,6 +11,7 @@ convention (`dagster_run_id`) so runs line up with its users' expectations.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -21,6 +22,8 @@ from pydantic import PrivateAttr
 ROLE_TAG = "mlops.role"
 FINGERPRINT_TAG = "mlops.fingerprint"
 CHAMPION_ALIAS = "champion"
+# serving/model.py MANIFEST_TAG (not imported: loading the definitions must not import numpy)
+MANIFEST_TAG = "mlops.files_sha256"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class LoggedCandidate:
     model_uri: str
     params: dict[str, str]
     metrics: dict[str, float]
+    files_sha256: str = ""  # the model files' manifest, computed when they were logged
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,8 @@ class MlflowRegistry(dg.ConfigurableResource):
         expected = int(parent.data.tags.get("mlops.candidates", "-1"))
         if len(children) != expected:
             return None  # a partial training (killed midway) is not reused
+        if not all(run.data.tags.get(MANIFEST_TAG) for run in children):
+            return None  # logged before models carried a manifest and a validation sample: train again
         return sorted((self._candidate_from_run(run) for run in children), key=lambda c: c.family)
 
     def parent_run_id(self, candidates: list[LoggedCandidate]) -> str:
@@ -143,6 +149,7 @@ class MlflowRegistry(dg.ConfigurableResource):
             model_uri=run.data.tags["mlops.model_uri"],
             params=dict(run.data.params),
             metrics={k.removeprefix("val_"): v for k, v in run.data.metrics.items() if k.startswith("val_")},
+            files_sha256=run.data.tags.get(MANIFEST_TAG, ""),
         )
 
     def log_training(
@@ -154,10 +161,17 @@ class MlflowRegistry(dg.ConfigurableResource):
         pip_requirements: list[str],
         parent_params: dict[str, Any],
         log: logging.Logger | None = None,
+        validation_sample: str | None = None,
     ) -> tuple[str, list[LoggedCandidate]]:
-        """Log one parent run with a nested run per candidate (params, metrics, model)."""
+        """Log one parent run with a nested run per candidate (params, metrics, model).
+
+        Each model is logged with skops (types checked against the allow-list), with the
+        validation sample (JSON, ml/validation.py) beside it, and the sha256 manifest of its
+        files, computed from the logged files, as the run's MANIFEST_TAG."""
         import skops.io
         from mlflow.models import infer_signature
+
+        from mlops_assets.serving import model as model_lib
 
         mlflow = self._mlflow()
         experiment_id = self.experiment_id()
@@ -184,6 +198,12 @@ class MlflowRegistry(dg.ConfigurableResource):
                     mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
                     signature = infer_signature(input_example, pipeline.predict(input_example))
                     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
+                    if set(trusted) - model_lib.TRUSTED_TYPES:
+                        raise ValueError(
+                            f"candidate {family} holds types the serving loader does not allow: "
+                            f"{', '.join(sorted(set(trusted) - model_lib.TRUSTED_TYPES))}; review them and add them to "
+                            "TRUSTED_TYPES in mlops_assets/serving/model.py"
+                        )
                     info = mlflow.sklearn.log_model(
                         pipeline,
                         name="model",
@@ -193,7 +213,8 @@ class MlflowRegistry(dg.ConfigurableResource):
                         serialization_format="skops",
                         skops_trusted_types=trusted,
                     )
-                    mlflow.set_tag("mlops.model_uri", info.model_uri)
+                    manifest = self._finish_model_files(info, validation_sample)
+                    mlflow.set_tags({"mlops.model_uri": info.model_uri, MANIFEST_TAG: manifest})
                     if log:
                         log.info(f"logged candidate {family}: {metrics}")
                 logged.append(
@@ -203,12 +224,35 @@ class MlflowRegistry(dg.ConfigurableResource):
                         model_uri=info.model_uri,
                         params={k: str(v) for k, v in params.items()},
                         metrics=metrics,
+                        files_sha256=manifest,
                     )
                 )
         return parent.info.run_id, sorted(logged, key=lambda c: c.family)
 
-    def load_model(self, model_uri: str):
-        return self._mlflow().sklearn.load_model(model_uri)
+    def _finish_model_files(self, info, validation_sample: str | None) -> str:
+        """Add the validation sample to the logged model and return the manifest of its files,
+        hashed from a download of what was stored."""
+        from pathlib import Path
+
+        from mlops_assets.serving import model as model_lib
+
+        mlflow = self._mlflow()
+        with tempfile.TemporaryDirectory(prefix="mlops-logged-model-") as work:
+            if validation_sample is not None:
+                sample = Path(work) / model_lib.VALIDATION_SAMPLE
+                sample.write_text(validation_sample)
+                self.client().log_model_artifact(info.model_id, str(sample))
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=f"{work}/model"))
+            return model_lib.manifest_text(model_lib.files_manifest(folder))
+
+    def load_model(self, model_uri: str, files_sha256: str | None = None):
+        """The fitted pipeline of a model URI, through the serving loader: its files checked
+        against their manifest (given, or the registered version's tag), skops with the
+        allowed types only, never pickle, and its validation sample predicted."""
+        from mlops_assets.serving import model as model_lib
+
+        source = model_lib.ModelSource(model_uri, self.tracking_uri, files_sha256=files_sha256 or None)
+        return model_lib.load(source).pipeline
 
     # -- registry ----------------------------------------------------------------------------
     def champion(self, name: str) -> RegisteredVersion | None:
@@ -242,10 +286,16 @@ class MlflowRegistry(dg.ConfigurableResource):
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name, description="Champion classifier of the mlops-assets pipeline")
+        if not candidate.files_sha256:
+            raise ValueError(f"candidate {candidate.family} (run {candidate.run_id}) has no sha256 manifest; train it again")
         existing = self.find_version(name, candidate.run_id)
         if existing:
+            if not existing.tags.get(MANIFEST_TAG):  # registered before versions carried one
+                self.tag_version(existing, {MANIFEST_TAG: candidate.files_sha256})
+                existing = RegisteredVersion.from_mlflow(client.get_model_version(name, existing.version))
             return existing, False
-        version = self._mlflow().register_model(candidate.model_uri, name, tags=tags)
+        # The manifest computed when the files were logged, not re-hashed now.
+        version = self._mlflow().register_model(candidate.model_uri, name, tags={**tags, MANIFEST_TAG: candidate.files_sha256})
         return RegisteredVersion.from_mlflow(version), True
 
     def set_champion(self, version: RegisteredVersion) -> None:

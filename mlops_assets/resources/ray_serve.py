@@ -195,7 +195,9 @@ class RayServe(dg.ConfigurableResource):
             target.parent.mkdir(parents=True, exist_ok=True)
             folder.rename(target)
             shutil.rmtree(staging, ignore_errors=True)
-        return model_lib.ModelSource(str(target), name=name, version=version)
+        # The replicas check the folder against the manifest registered with the version.
+        return model_lib.ModelSource(str(target), name=name, version=version,
+                                     files_sha256=model_lib.registered_manifest(source.tracking_uri, name, version))
 
     # -- the rollout backend (rollout.RolloutBackend) ------------------------------------------
     def apply(self, config: dict[str, Any]) -> None:

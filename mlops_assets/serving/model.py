@@ -4,11 +4,20 @@ A model source is either an MLflow model URI (`models:/NAME/VERSION`, `models:/N
 `runs:/...`; the local target) or a folder holding an MLflow model (`MLmodel` + `model.skops`;
 the container targets, which bake the folder into the image). Both end in the same folder
 loader, so the two targets serve exactly the same code path.
+
+Nothing in a model folder is trusted by itself (docs/security.md, "Model artifacts"): the
+folder's files must match the sha256 manifest recorded when the model was logged (a registry
+tag, or the deployer's config), the skops types allowed are the ones listed here, pickle is
+never loaded, and every path `MLmodel` names stays inside the folder. Before a replica takes
+traffic it predicts the model's validation sample: rows covering every category and every
+missing value of the training data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +31,33 @@ STRING_TYPES = {"string"}
 BOOLEAN_TYPES = {"boolean"}
 
 
+# The only types a skops model file may hold beyond skops' defaults: those of the project's model
+# families (ml/models.py). Kept here, never read from MLmodel (whoever edits the model files
+# would edit that list too). A new family needing another type fails at logging time with
+# the type's name: review it, then add it here.
+TRUSTED_TYPES = frozenset({
+    "numpy.dtype",
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+})
+# The sha256 of every file of a model folder, as compact JSON {relative path: hex digest}:
+# a run tag of the candidate and a tag of the registered version (set when it is logged),
+# `model_files_sha256` in a replica's user_config, and this variable in the API image.
+MANIFEST_TAG = "mlops.files_sha256"
+MANIFEST_ENV = "MLOPS_MODEL_FILES_SHA256"
+# Not hashed: written after registration (MLflow's download, the image build) and only names
+# the registry name and version the API reports.
+UNHASHED = frozenset({"registered_model_meta"})
+# Rows built from the training data at training time (ml/validation.py), logged with the model.
+VALIDATION_SAMPLE = "validation_sample.json"
+
+
 class ModelSourceError(ValueError):
     """The configured model source cannot be loaded or has no usable signature."""
+
+
+class ModelIntegrityError(ModelSourceError):
+    """The model files are not the ones recorded, or name something the loader refuses."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +84,10 @@ class ModelSource:
     # registered_model_meta, which names the version the artifacts were first registered as).
     name: str | None = None
     version: str | None = None
+    # The manifest the files must match (compact JSON, see MANIFEST_TAG). For a `models:/NAME/VERSION`
+    # URI it is read from the registry when not given; a folder without one is refused unless
+    # MLOPS_MODEL_FILES_SHA256 holds it (the API image).
+    files_sha256: str | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ModelSource":
@@ -60,6 +98,7 @@ class ModelSource:
             tracking_uri=config.get("tracking_uri") or None,
             name=config.get("model_name") or None,
             version=str(config["model_version"]) if config.get("model_version") is not None else None,
+            files_sha256=config.get("model_files_sha256") or None,
         )
 
     @property
@@ -68,7 +107,8 @@ class ModelSource:
 
     def to_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"model_uri": self.model_uri}
-        for key, value in (("tracking_uri", self.tracking_uri), ("model_name", self.name), ("model_version", self.version)):
+        for key, value in (("tracking_uri", self.tracking_uri), ("model_name", self.name), ("model_version", self.version),
+                           ("model_files_sha256", self.files_sha256)):
             if value:
                 config[key] = value
         return config
@@ -123,8 +163,87 @@ def features_of_folder(folder: str | Path) -> list[Feature]:
     return features_from_signature(inputs)
 
 
+# -- integrity: the manifest, paths, allowed types ------------------------------------------------
+def files_manifest(folder: str | Path) -> dict[str, str]:
+    """{relative path: sha256} of every file in the folder (but UNHASHED). A symlink anywhere in
+    it is refused: a model folder holds plain files."""
+    root = Path(folder)
+    manifest = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            raise ModelIntegrityError(f"{path} is a symlink; a model folder holds only plain files")
+        if path.is_file() and relative not in UNHASHED:
+            manifest[relative] = _sha256(path)
+    return manifest
+
+
+def manifest_text(manifest: dict[str, str]) -> str:
+    return json.dumps(dict(sorted(manifest.items())), separators=(",", ":"))
+
+
+def parse_manifest(text: str | None, where: str) -> dict[str, str]:
+    if not text:
+        raise ModelIntegrityError(
+            f"{where} has no sha256 manifest of its files (tag {MANIFEST_TAG}); only models logged by this "
+            "pipeline's training carry one: retrain (`make run`) or register the model through selected_model"
+        )
+    try:
+        manifest = json.loads(text)
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict) or not manifest or not all(
+        isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in manifest.items()
+    ):
+        raise ModelIntegrityError(f"the sha256 manifest of {where} is not a JSON object of file -> sha256: {text[:200]!r}")
+    return manifest
+
+
+def verify_files(folder: str | Path, manifest: dict[str, str], where: str) -> None:
+    """Every file the manifest names is in the folder with that sha256; nothing else is hashed."""
+    root = Path(folder)
+    for relative in manifest:
+        inside(root, relative, f"the manifest of {where}")
+    actual = files_manifest(root)
+    missing = sorted(set(manifest) - set(actual))
+    changed = sorted(name for name in manifest if name in actual and actual[name] != manifest[name])
+    if missing or changed:
+        problems = [f"changed since it was logged: {', '.join(changed)}"] if changed else []
+        problems += [f"missing: {', '.join(missing)}"] if missing else []
+        raise ModelIntegrityError(
+            f"the files of {where} do not match the sha256 manifest recorded when it was logged ({'; '.join(problems)}); "
+            "the model was not loaded. Re-register the model from a training run (`make run`) instead of editing its files"
+        )
+
+
+def inside(folder: Path, relative: str, what: str) -> Path:
+    """`folder / relative`, refused when it leaves the folder (`..`, an absolute path, a symlink)."""
+    root = Path(folder).resolve()
+    path = (root / str(relative)).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise ModelIntegrityError(f"{what} names {relative!r}, a path outside the model folder {folder}; refused")
+    return path
+
+
+def registered_manifest(tracking_uri: str | None, name: str, version: str) -> str | None:
+    """The manifest tag of registered version NAME/VERSION (None if it has none)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return (client.get_model_version(name, version).tags or {}).get(MANIFEST_TAG)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def download(source: ModelSource, destination: str | Path | None = None) -> tuple[Path, str, str]:
-    """Fetch an MLflow URI into a local folder. Returns (folder, name, version)."""
+    """Fetch an MLflow URI into a local folder. Returns (folder, name, version); the files
+    are not checked here (load and load_folder do that)."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -133,7 +252,7 @@ def download(source: ModelSource, destination: str | Path | None = None) -> tupl
         mlflow.set_registry_uri(source.tracking_uri)
     uri = source.model_uri
     name, version = "", ""
-    if uri.startswith("models:/"):
+    if uri.startswith("models:/") and ("/" in uri.removeprefix("models:/") or "@" in uri):
         # Resolve an alias once so that the version reported is the version loaded.
         ref = uri.removeprefix("models:/")
         client = MlflowClient(tracking_uri=source.tracking_uri, registry_uri=source.tracking_uri)
@@ -153,23 +272,57 @@ def download(source: ModelSource, destination: str | Path | None = None) -> tupl
     return folder, name or read_mlmodel(folder).get("model_uuid", "model"), version or "0"
 
 
-def load_folder(folder: str | Path, name: str | None = None, version: str | None = None) -> LoadedModel:
-    """Load an MLflow sklearn model saved with skops, without importing MLflow."""
+def load_folder(folder: str | Path, name: str | None = None, version: str | None = None,
+                files_sha256: str | None = None) -> LoadedModel:
+    """Load an MLflow sklearn model saved with skops, without importing MLflow.
+
+    The files must match `files_sha256` (else MLOPS_MODEL_FILES_SHA256), checked before
+    anything in them is read; then the replica predicts the model's validation sample."""
     import skops.io
 
     folder = Path(folder)
+    where = f"the model in {folder}" + (f" (version {version})" if version else "")
+    manifest = parse_manifest(files_sha256 or os.environ.get(MANIFEST_ENV), where)
+    verify_files(folder, manifest, where)
+
+    def hashed(relative: str, what: str) -> Path:
+        path = inside(folder, relative, what)
+        if path.relative_to(folder.resolve()).as_posix() not in manifest:
+            raise ModelIntegrityError(f"{what} names {relative!r}, a file the sha256 manifest of {where} does not cover")
+        return path
+
+    hashed("MLmodel", "the loader")
     mlmodel = read_mlmodel(folder)
     flavor = (mlmodel.get("flavors") or {}).get("sklearn")
     if not flavor:
         raise ModelSourceError(f"the model in {folder} has no sklearn flavor")
-    model_file = folder / flavor["pickled_model"]
-    if flavor.get("serialization_format") == "skops":
-        pipeline = skops.io.load(model_file, trusted=flavor.get("skops_trusted_types") or [])
-    else:
+    if flavor.get("serialization_format") != "skops":
         # Any other format would be pickle: refuse rather than unpickle an arbitrary file.
-        raise ModelSourceError(
-            f"the model in {folder} uses serialization {flavor.get('serialization_format')!r}; log it with skops"
+        raise ModelIntegrityError(
+            f"the model in {folder} uses serialization {flavor.get('serialization_format')!r}; only skops is loaded "
+            "(pickle and cloudpickle can run any code): log it with serialization_format='skops'"
         )
+    model_file = hashed(str(flavor.get("pickled_model") or ""), "MLmodel's flavors.sklearn.pickled_model")
+    listed = set(flavor.get("skops_trusted_types") or [])
+    if listed - TRUSTED_TYPES:
+        raise ModelIntegrityError(
+            f"MLmodel of {where} lists skops_trusted_types outside the allow-list in mlops_assets/serving/model.py: "
+            f"{', '.join(sorted(listed - TRUSTED_TYPES))}; the list in MLmodel is not trusted, refused"
+        )
+    # The bytes loaded are the bytes hashed (read once: no swap between the check and the load).
+    data = model_file.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest[model_file.relative_to(folder.resolve()).as_posix()]:
+        raise ModelIntegrityError(f"{model_file.name} of {where} changed while it was being loaded; refused")
+    try:
+        needed = set(skops.io.get_untrusted_types(data=data))
+    except Exception as exc:  # not a skops archive
+        raise ModelSourceError(f"could not read {model_file.name} of {where}: {type(exc).__name__}: {exc}") from exc
+    if needed - TRUSTED_TYPES:
+        raise ModelIntegrityError(
+            f"{model_file.name} of {where} holds types outside the allow-list in mlops_assets/serving/model.py: "
+            f"{', '.join(sorted(needed - TRUSTED_TYPES))}; refused (review a new model family's types, then add them there)"
+        )
+    pipeline = skops.io.loads(data, trusted=sorted(needed))
     meta = _registered_meta(folder)
     classes = [str(c) for c in getattr(pipeline, "classes_", [])]
     loaded = LoadedModel(
@@ -180,39 +333,58 @@ def load_folder(folder: str | Path, name: str | None = None, version: str | None
         classes=classes,
         categories=known_categories(pipeline),
     )
-    self_test(loaded, folder, mlmodel)
+    self_test(loaded, folder, mlmodel, hashed)
     return loaded
 
 
-def self_test(model: LoadedModel, folder: Path, mlmodel: dict[str, Any]) -> None:
-    """Predict the input example logged with the model (MLflow's `input_example.json`, split
-    orient): a model that cannot predict its own example is refused before it serves a request.
-    Folders without an example (or with one of other columns) are not tested."""
-    info = mlmodel.get("saved_input_example_info") or {}
-    path = folder / str(info.get("artifact_path") or "input_example.json")
-    if info.get("type", "dataframe") != "dataframe" or info.get("pandas_orient", "split") != "split" or not path.is_file():
-        return
-    try:
-        example = json.loads(path.read_text())
-        columns, rows = list(example["columns"]), list(example["data"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if not rows or not {f.name for f in model.features} <= set(columns):
-        return
+def _split_rows(path: Path) -> tuple[list, list]:
+    example = json.loads(path.read_text())
+    return list(example["columns"]), list(example["data"])
+
+
+def _predict_rows(model: LoadedModel, columns: list, rows: list, what: str) -> None:
     index = {name: i for i, name in enumerate(columns)}
     data = {f.name: [row[index[f.name]] for row in rows] for f in model.features}
     try:
         labels, _ = predict(model, frame(model.features, data))
     except Exception as exc:
         raise ModelSourceError(
-            f"model {model.name} version {model.version} cannot predict its own input example "
-            f"({len(rows)} rows of {path.name}): {type(exc).__name__}: {exc}"
+            f"model {model.name} version {model.version} cannot predict {what}: {type(exc).__name__}: {exc}"
         ) from exc
     if len(labels) != len(rows):
         raise ModelSourceError(
-            f"model {model.name} version {model.version} returned {len(labels)} labels for the {len(rows)} rows "
-            f"of its input example"
+            f"model {model.name} version {model.version} returned {len(labels)} labels for the {len(rows)} rows of {what}"
         )
+
+
+def self_test(model: LoadedModel, folder: Path, mlmodel: dict[str, Any], hashed) -> None:
+    """Before a replica takes traffic: predict the input example logged with the model
+    (MLflow's `input_example.json`, split orient, if any) and the validation sample (required:
+    every category and every missing value of the training data, ml/validation.py)."""
+    info = mlmodel.get("saved_input_example_info") or {}
+    if info and info.get("type", "dataframe") == "dataframe" and info.get("pandas_orient", "split") == "split":
+        path = hashed(str(info.get("artifact_path") or "input_example.json"), "MLmodel's saved_input_example_info")
+        try:
+            columns, rows = _split_rows(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            columns, rows = [], []
+        if rows and {f.name for f in model.features} <= set(columns):
+            _predict_rows(model, columns, rows, f"its own input example ({len(rows)} rows of {path.name})")
+    path = hashed(VALIDATION_SAMPLE, "the loader")
+    try:
+        columns, rows = _split_rows(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelSourceError(
+            f"the model in {folder} has no readable validation sample ({VALIDATION_SAMPLE}: {type(exc).__name__}); "
+            "models are logged with one by this pipeline's training: retrain (`make run`)"
+        ) from exc
+    absent = [f.name for f in model.features if f.name not in columns]
+    if not rows or absent:
+        raise ModelSourceError(
+            f"the validation sample of the model in {folder} has {len(rows)} rows and lacks columns {absent}; retrain (`make run`)"
+        )
+    _predict_rows(model, columns, rows, f"its validation sample ({len(rows)} rows covering every training category "
+                                        "and missing value)")
 
 
 def known_categories(pipeline) -> dict[str, frozenset[str]]:
@@ -243,13 +415,17 @@ def load(source: ModelSource, cache_dir: str | Path | None = None) -> LoadedMode
     if source.is_folder:
         if not Path(source.model_uri).is_dir():
             raise ModelSourceError(f"model folder {source.model_uri!r} does not exist")
-        return load_folder(source.model_uri, source.name, source.version)
+        return load_folder(source.model_uri, source.name, source.version, source.files_sha256)
     import shutil
 
     destination = Path(tempfile.mkdtemp(prefix="mlops-model-", dir=cache_dir))
     try:
         folder, name, version = download(source, destination)
-        return load_folder(folder, name, version)  # fully in memory: the files can go
+        manifest = source.files_sha256
+        if manifest is None and source.model_uri.startswith("models:/") and version != "0":
+            manifest = registered_manifest(source.tracking_uri, name, version)
+        parse_manifest(manifest, f"model {source.model_uri} (version {version})")  # never the image's variable
+        return load_folder(folder, name, version, manifest)  # fully in memory: the files can go
     finally:
         shutil.rmtree(destination, ignore_errors=True)
 
