@@ -16,7 +16,13 @@ from mlops_assets.ml import metrics as ml_metrics
 from mlops_assets.ml import training as ml_training
 from mlops_assets.ml.data import Dataset
 from mlops_assets.ml.validation import sample_json, validation_sample
-from mlops_assets.resources.mlflow_registry import Champion, LoggedCandidate, MlflowRegistry, RegisteredVersion
+from mlops_assets.resources.mlflow_registry import (
+    MANIFEST_TAG,
+    Champion,
+    LoggedCandidate,
+    MlflowRegistry,
+    RegisteredVersion,
+)
 from mlops_assets.versioning import stable_hash
 
 # What a served model needs, written into each MLflow model instead of MLflow's slow inference.
@@ -105,9 +111,17 @@ def select_and_promote(mlflow: MlflowRegistry, dataset: Dataset, candidates: Can
         mlflow.load_model(best.model_uri, best.files_sha256), x_test, y_test
     )
     champion = mlflow.champion(model_name)
-    champion_test = (champion and champion.test_metrics_for(dataset.content_hash)) or _score_champion(
-        mlflow, champion, x_test, y_test, log
-    )
+    if champion is not None and not champion.tags.get(MANIFEST_TAG):
+        # Registered before versions carried a manifest of their files: no replica or image
+        # build will load it (serving/model.py), so it cannot stay the champion. The candidate
+        # is judged on the floor alone, as with no comparable champion.
+        log.warning(f"champion version {champion.version} has no {MANIFEST_TAG} tag (registered before model "
+                    "files were verified): it cannot be served, so the candidate replaces it if it meets the floor")
+        champion_test = None
+    else:
+        champion_test = (champion and champion.test_metrics_for(dataset.content_hash)) or _score_champion(
+            mlflow, champion, x_test, y_test, log
+        )
     registered, created = mlflow.register(model_name, best, tags={
         "family": best.family, "dataset_hash": dataset.content_hash,
         **{f"test_{k}": f"{v:.6f}" for k, v in candidate_test.items()},

@@ -121,6 +121,29 @@ def test_worse_candidates_keep_the_champion_and_better_ones_replace_it(home, ins
     assert versions == [f"{settings.model_name}/2"]
 
 
+def test_a_champion_registered_before_file_manifests_is_replaced_not_kept(home, instance):
+    """Upgrading a home whose champion predates verified model files: the replicas would refuse
+    that version forever (no manifest to check), so the next run retrains and promotes the
+    candidate even though it does not beat the old champion's score."""
+    from mlops_assets.resources.mlflow_registry import MANIFEST_TAG
+
+    settings = make_settings(home)
+    registry = registry_for(settings)
+    first = materialize_ml(home, instance).output_for_node("selected_model")
+    client = registry.client()
+    client.delete_model_version_tag(settings.model_name, first.version, MANIFEST_TAG)
+    for run in client.search_runs([registry.experiment_id()], f"tags.`{MANIFEST_TAG}` != ''"):
+        client.delete_tag(run.info.run_id, MANIFEST_TAG)
+
+    result = materialize_ml(home, instance)
+    again = result.output_for_node("selected_model")
+    assert not result.output_for_node("candidate_models").reused
+    assert again.promoted and again.version != first.version
+    champion = registry.champion(settings.model_name)
+    assert champion.version == again.version and champion.tags.get(MANIFEST_TAG)
+    assert "no comparable champion" in _metadata(result, "selected_model")["decision"].value
+
+
 def test_quality_floor_blocks_a_model_that_is_not_good_enough(home, instance):
     settings = make_settings(home)
     config = {"ops": {**BAD_MODEL["ops"], "selected_model": {"config": {"quality_floor": 0.99}}}}
