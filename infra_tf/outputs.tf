@@ -35,8 +35,8 @@ output "security_group_ids" {
 }
 
 output "ami_id" {
-  description = "AMI both hosts run."
-  value       = local.ami_id
+  description = "AMI both hosts run (the one they were created from: a newer Debian AMI does not change it until hosts_generation does)."
+  value       = aws_instance.api.ami
 }
 
 output "ansible_inventory" {

