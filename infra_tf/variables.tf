@@ -100,12 +100,13 @@ variable "vpc_id" {
 }
 
 variable "admin_cidr" {
-  description = "The only network allowed to reach SSH, Prometheus and Grafana, e.g. your office or VPN egress as 203.0.113.7/32. Never the whole Internet."
+  description = "The only network allowed to reach SSH, Prometheus and Grafana, e.g. your office or VPN egress as 203.0.113.7/32: an IPv4 prefix of /8 or longer. Never the whole Internet."
   type        = string
 
   validation {
-    condition     = can(cidrhost(var.admin_cidr, 0)) && !contains(["0.0.0.0/0", "::/0"], var.admin_cidr)
-    error_message = "admin_cidr must be a CIDR block narrower than the whole Internet (0.0.0.0/0 is refused)."
+    # A real prefix: not 0.0.0.0/0, and not a short one that is nearly as wide (0.0.0.0/1 is half the Internet).
+    condition     = try(can(regex("^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$", var.admin_cidr)) && can(cidrhost(var.admin_cidr, 0)) && tonumber(split("/", var.admin_cidr)[1]) >= 8, false)
+    error_message = "admin_cidr must be an IPv4 CIDR block with a prefix of /8 or longer, such as 203.0.113.7/32 (0.0.0.0/0 is refused, and so is any prefix shorter than /8)."
   }
 }
 

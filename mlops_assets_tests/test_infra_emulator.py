@@ -130,11 +130,14 @@ def test_apply_no_change_plan_outputs_drift_and_destroy(emulator, tmp_path):
 
 
 def test_variable_validation_refuses_the_whole_internet_as_admin(emulator, tmp_path):
-    tofu = _tofu(emulator, tmp_path)
-    tofu.variables["admin_cidr"] = "0.0.0.0/0"
-    with pytest.raises(OpenTofuError) as failure:
-        tofu.provision(lambda _: None)
-    assert "admin_cidr" in str(failure.value) and "0.0.0.0/0 is refused" in str(failure.value)
+    # The whole Internet, half of it, and a /7: none is an admin network.
+    for wide in ("0.0.0.0/0", "0.0.0.0/1", "10.0.0.0/7"):
+        tofu = _tofu(emulator, tmp_path)
+        tofu.variables["admin_cidr"] = wide
+        with pytest.raises(OpenTofuError) as failure:
+            tofu.provision(lambda _: None)
+        assert "admin_cidr" in str(failure.value) and "0.0.0.0/0 is refused" in str(failure.value), wide
+        assert "prefix shorter than /8" in str(failure.value), wide
     assert live_instances(emulator.client()) == []
 
 
