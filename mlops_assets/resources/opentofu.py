@@ -450,21 +450,27 @@ def unconfirmed_destruction(changes: list[str], confirmed: list[str] | tuple[str
 
 
 def _ensure_ssh_key(directory: Path) -> Path:
-    """An ed25519 key pair for the rehearsal hosts (private key mode 0600)."""
+    """An ed25519 key pair for the rehearsal hosts. The private key file is created with mode
+    0600 from the start (never readable by others, not even while it is written), exclusively
+    and without following a symlink: a leftover file or link in its place is removed first,
+    never written through."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     private = directory / "id_ed25519"
-    if private.exists() and private.with_suffix(".pub").exists():
+    public_file = private.with_suffix(".pub")
+    if private.is_file() and not private.is_symlink() and public_file.exists():
         return private
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private.unlink(missing_ok=True)  # a half-made pair, or something planted there
+    public_file.unlink(missing_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
-    private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-    )
-    private.chmod(0o600)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    private.with_suffix(".pub").write_text(public.decode() + " mlops-assets-rehearsal\n")
+    public_file.write_text(public.decode() + " mlops-assets-rehearsal\n")
     return private
 
 
