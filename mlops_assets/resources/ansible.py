@@ -189,8 +189,8 @@ class Ansible(dg.ConfigurableResource):
         os.chmod(control_dir, 0o700)
         variables = {**self.prepare(log), **self.extra_vars, **(extra_vars or {})}
         secret_names = set()
-        for name, env_name in self.secret_extra_vars_env.items():
-            value = os.environ.get(env_name) or self._generated_secret(name)
+        for name in self.secret_extra_vars_env:
+            value = self.secret(name)
             if value:
                 variables[name] = value
                 secret_names.add(name)
@@ -258,6 +258,12 @@ class Ansible(dg.ConfigurableResource):
     def prepare(self, log: Log) -> dict[str, Any]:
         """Extra vars that need work before a run (subclasses: the rehearsal's local images)."""
         return {}
+
+    def secret(self, name: str) -> str | None:
+        """The value of secret extra var `name`: its environment variable, else (rehearsal)
+        the generated one; None when neither exists."""
+        env_name = self.secret_extra_vars_env.get(name)
+        return (os.environ.get(env_name) if env_name else None) or self._generated_secret(name)
 
     def _generated_secret(self, name: str) -> str | None:
         if not self.generated_secrets_dir:
