@@ -107,8 +107,8 @@ def container_engine_for(settings: Settings) -> ContainerEngine:
 
 
 def ansible_for(settings: Settings) -> Ansible:
-    """ansible_roles/ over SSH: `aws` with MLOPS_SSH_PRIVATE_KEY (known_hosts in MLOPS_HOME,
-    accept-new for fresh instances); `sim` with the rehearsal's key, its local images and its
+    """ansible_roles/ over SSH: `aws` with MLOPS_SSH_PRIVATE_KEY (known_hosts in MLOPS_HOME, the
+    keys pinned from each instance's console output, checked strictly); `sim` with the rehearsal's key, its local images and its
     namespace hosts. Grafana's admin password comes from MLOPS_GRAFANA_ADMIN_PASSWORD and the
     monitoring host's Prometheus basic-auth password from MLOPS_PROMETHEUS_PASSWORD (both
     generated once for sim)."""
@@ -118,7 +118,10 @@ def ansible_for(settings: Settings) -> Ansible:
         "playbook_dir": str(PROJECT_ROOT / "ansible_roles"),
         "work_dir": str(home / "ansible" / target),
         "known_hosts_file": str(home / "ansible" / target / "known_hosts"),
-        "host_key_checking": "accept-new",
+        # Host keys pinned from each new instance's console output (cloud-init's), checked
+        # strictly from the first connection: nothing is trusted on first use.
+        "host_key_checking": "strict",
+        "host_keys_from_console": True,
         "secret_extra_vars_env": {"grafana_admin_password": "MLOPS_GRAFANA_ADMIN_PASSWORD",
                                   "prometheus_web_password": "MLOPS_PROMETHEUS_PASSWORD"},
         # The rules and dashboards the `dashboards` asset renders for these hosts (the
@@ -133,6 +136,8 @@ def ansible_for(settings: Settings) -> Ansible:
         return RehearsalAnsible(
             **common, private_key_file=str(home / "rehearsal" / "ssh" / "id_ed25519"),
             generated_secrets_dir=str(home / "rehearsal" / "secrets"), images_dir=str(home / "rehearsal" / "images"),
-            hosts_state_file=str(RECORDS["rehearsal_hosts"].under(home).path),
+            hosts_state_file=str(RECORDS["rehearsal_hosts"].under(home).path), emulator_dir=str(home / "rehearsal" / "emulator"),
+            # The rehearsal hosts print their keys before the first read: no boot to wait for.
+            console_keys_timeout_s=30, console_poll_s=1,
         )
     return Ansible(**common, private_key_file=settings.ssh_private_key)

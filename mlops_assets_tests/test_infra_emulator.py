@@ -40,8 +40,13 @@ def _public_key() -> str:
 
 
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    ec2 = Ec2Emulator.start(tmp_path_factory.mktemp("emulator"))
+def emulator_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("emulator")
+
+
+@pytest.fixture(scope="module")
+def emulator(emulator_dir):
+    ec2 = Ec2Emulator.start(emulator_dir)
     assert ec2.endpoint.startswith("http://127.0.0.1:")
     yield ec2
     ec2.stop()
@@ -215,3 +220,66 @@ def test_a_newer_ami_keeps_the_hosts_and_replacing_them_needs_confirmation(emula
 
     assert tofu.destroy(log.append)["destroyed"] is True
     assert _instance_amis(ec2) == {}
+
+
+def test_host_keys_are_pinned_from_the_instance_console(emulator, emulator_dir, tmp_path, monkeypatch):
+    """What the Ansible resource does before its first SSH connection to new instances: read
+    each instance's console output through the EC2 API (the `aws` code path: boto3 with the
+    usual environment and the inventory's region, here pointed at the emulator, whose console
+    shows what the rehearsal host printed) and pin the keys cloud-init printed there."""
+    import subprocess
+
+    from mlops_assets.resources.ansible import Ansible, AnsibleError, RehearsalAnsible
+
+    for name, value in emulator.env.items():
+        monkeypatch.setenv(name, value)
+    ec2 = emulator.client()
+    instance = ec2.run_instances(ImageId=DEBIAN_AMI_ID, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    inventory = {"all": {"vars": {"aws_region": emulator.region},
+                         "children": {"api": {"hosts": {"api": {"ansible_host": "10.9.8.7", "instance_id": instance}}}}}}
+    known_hosts = tmp_path / "known_hosts"
+    ansible = Ansible(target="aws", work_dir=str(tmp_path / "work"), known_hosts_file=str(known_hosts),
+                      host_keys_from_console=True, console_keys_timeout_s=1, console_poll_s=0.2)
+    try:
+        # Still booting (no keys on the console yet): refused after the timeout, nothing pinned.
+        with pytest.raises(AnsibleError) as refused:
+            ansible.pin_console_host_keys(inventory, lambda _: None)
+        assert f"no SSH host keys on the console of api ({instance})" in str(refused.value)
+        assert not known_hosts.exists()
+
+        keys = []
+        for kind in ("ed25519", "ecdsa"):
+            subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(tmp_path / kind)], check=True)
+            keys.append(" ".join((tmp_path / f"{kind}.pub").read_text().split()[:2]))
+        # cloud-init's output, with the fingerprints block before (not keys) and a stale boot's keys.
+        (emulator_dir / "console" / instance).write_text(
+            "-----BEGIN SSH HOST KEY KEYS-----\nssh-rsa AAAAstale root@old\n-----END SSH HOST KEY KEYS-----\n"
+            "ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----\nec2: 256 SHA256:abc root@api (ED25519)\n"
+            "ec2: -----END SSH HOST KEY FINGERPRINTS-----\n"
+            f"-----BEGIN SSH HOST KEY KEYS-----\n{keys[0]} root@api\n{keys[1]} root@api\n-----END SSH HOST KEY KEYS-----\n")
+        known_hosts.write_text("10.9.8.7 ssh-ed25519 AAAAold-instance-key\n203.0.113.9 ssh-ed25519 AAAAother\n")
+        pinned = ansible.pin_console_host_keys(inventory, lambda _: None)
+        assert pinned == {"10.9.8.7": keys}
+        lines = known_hosts.read_text().splitlines()
+        assert lines == ["203.0.113.9 ssh-ed25519 AAAAother"] + [f"10.9.8.7 {key} instance={instance}" for key in keys]
+        # OpenSSH reads the pinned keys back for that address.
+        found = subprocess.run(["ssh-keygen", "-F", "10.9.8.7", "-f", str(known_hosts)], capture_output=True, text=True)
+        assert found.returncode == 0 and keys[0] in found.stdout
+        # Pinned for this instance: not read again (a long-running console no longer shows its boot).
+        console = (emulator_dir / "console" / instance).read_text()
+        (emulator_dir / "console" / instance).unlink()
+        assert ansible.pin_console_host_keys(inventory, lambda _: None) == {}
+        # The rehearsal reads its consoles every time (a host brought up again has a new key).
+        (emulator_dir / "console" / instance).write_text(console.replace(keys[1] + " root@api\n", ""))
+        rehearsal = RehearsalAnsible(work_dir=str(tmp_path / "work"), known_hosts_file=str(known_hosts),
+                                     emulator_dir=str(emulator_dir), host_keys_from_console=True)
+        assert rehearsal.pin_console_host_keys(inventory, lambda _: None) == {"10.9.8.7": keys[:1]}
+        # The targets pin from the console and check strictly: only pinned keys, from the first connection.
+        from mlops_assets.settings import load_settings
+        from mlops_assets.targets import ansible_for
+
+        for target in ("aws", "sim"):
+            resource = ansible_for(load_settings({"MLOPS_HOME": str(tmp_path / "home"), "MLOPS_TARGET": target}))
+            assert resource.host_keys_from_console and "StrictHostKeyChecking=yes" in resource.ssh_common_args(tmp_path)
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance])
