@@ -179,7 +179,12 @@ def test_first_materialization_serves_the_champion_on_the_api_host(rehearsal):
     tofu = latest["tofu_state"][1]
     assert tofu["applied"] is True
     api_address = tofu["ansible_inventory"]["all"]["children"]["api"]["hosts"]["mlops-assets-api"]["ansible_host"]
-    assert latest["container_image"][1]["rebuilt"] is True or latest["container_image"][1]["status"]
+    # The api host runs the image container_image produced for this run, shipped as its archive.
+    image = latest["container_image"][1]
+    assert image["tag"] != "none" and Path(image["archive"]).is_file(), image
+    assert Path(image["archive"]).resolve().is_relative_to(rehearsal["home"].resolve())
+    running = rehearsal["hosts"].exec("mlops-assets-api", "docker inspect -f '{{.Config.Image}}' mlops-api").stdout.strip()
+    assert running.rpartition(":")[2] == image["tag"], (running, image["tag"])
     api = latest["deployed_api"][1]
     assert api["url"].startswith(f"http://{api_address}:8000")
     PHASES.update({
