@@ -23,6 +23,9 @@ INSTALL_REQUIRES = [
     "docker==7.2.0",
     "boto3==1.44.8",  # ECR login when container_image pushes the API image (aws target)
     "requests>=2.31",
+    # bcrypt hash of the monitoring host's Prometheus password (ansible_roles/prometheus's
+    # bcrypt_hash filter, run on the controller).
+    "bcrypt==5.0.0",
     # Dashboards as code (mlops_assets/monitoring); the odd version is the SDK's own scheme:
     # build timestamp as epoch, then the Grafana version it was generated for.
     "grafana-foundation-sdk==1769699998!10.1.0",

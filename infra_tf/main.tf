@@ -37,6 +37,19 @@ data "aws_ami" "debian12" {
   }
 }
 
+# Running hosts keep the AMI they were created from: the instances ignore AMI changes, so a
+# newer Debian image (or a changed lookup) never replaces them on its own, which would lose
+# Prometheus's and Grafana's data and change both addresses. To move the hosts to the newest
+# AMI (or to a changed ami_id), change hosts_generation: this resource is then updated and
+# replace_triggered_by replaces both instances, which the tofu_state asset applies only when
+# its run config confirms the replacements.
+resource "terraform_data" "hosts_generation" {
+  input = {
+    generation = var.hosts_generation
+    ami_id     = var.ami_id
+  }
+}
+
 resource "aws_key_pair" "admin" {
   key_name   = "${var.name}-admin"
   public_key = trimspace(var.ssh_public_key)
@@ -196,6 +209,11 @@ resource "aws_instance" "api" {
   }
 
   tags = merge(local.tags, { Name = "${var.name}-api", Role = "api" })
+
+  lifecycle {
+    ignore_changes       = [ami]
+    replace_triggered_by = [terraform_data.hosts_generation]
+  }
 }
 
 resource "aws_instance" "monitoring" {
@@ -224,4 +242,9 @@ resource "aws_instance" "monitoring" {
   }
 
   tags = merge(local.tags, { Name = "${var.name}-monitoring", Role = "monitoring" })
+
+  lifecycle {
+    ignore_changes       = [ami]
+    replace_triggered_by = [terraform_data.hosts_generation]
+  }
 }

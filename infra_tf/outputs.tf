@@ -35,8 +35,8 @@ output "security_group_ids" {
 }
 
 output "ami_id" {
-  description = "AMI both hosts run."
-  value       = local.ami_id
+  description = "AMI both hosts run (the one they were created from: a newer Debian AMI does not change it until hosts_generation does)."
+  value       = aws_instance.api.ami
 }
 
 output "ansible_inventory" {
@@ -48,6 +48,8 @@ output "ansible_inventory" {
           ansible_user = var.ssh_user
           api_port     = var.api_port
           metrics_port = var.metrics_port
+          # Where the instances' console output (their SSH host keys) is read from.
+          aws_region = var.region
         },
         var.ssh_private_key_file == null ? {} : { ansible_ssh_private_key_file = var.ssh_private_key_file },
       )

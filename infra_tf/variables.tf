@@ -60,13 +60,24 @@ variable "root_volume_size" {
 }
 
 variable "ami_id" {
-  description = "AMI of both hosts. Null: the newest official Debian 12 (bookworm) amd64 AMI, found by the aws_ami data source."
+  description = "AMI of new hosts. Null: the newest official Debian 12 (bookworm) amd64 AMI, found by the aws_ami data source. Running hosts keep their AMI; changing this value replaces both hosts (tofu_state asks for confirmation)."
   type        = string
   default     = null
 
   validation {
     condition     = var.ami_id == null || can(regex("^ami-[0-9a-f]{8,17}$", var.ami_id))
     error_message = "ami_id must be null or an AMI id such as ami-0123456789abcdef0."
+  }
+}
+
+variable "hosts_generation" {
+  description = "Change this value (for example to today's date) to replace both hosts with new ones on the newest Debian AMI (or ami_id). Running hosts otherwise keep the AMI they were created from. Replacing a host loses its data (Prometheus, Grafana) and changes its addresses; tofu_state applies it only when its run config confirms the replacements."
+  type        = string
+  default     = "1"
+
+  validation {
+    condition     = length(trimspace(var.hosts_generation)) > 0
+    error_message = "hosts_generation must be a non-empty string; change it to replace both hosts."
   }
 }
 
@@ -89,12 +100,13 @@ variable "vpc_id" {
 }
 
 variable "admin_cidr" {
-  description = "The only network allowed to reach SSH, Prometheus and Grafana, e.g. your office or VPN egress as 203.0.113.7/32. Never the whole Internet."
+  description = "The only network allowed to reach SSH, Prometheus and Grafana, e.g. your office or VPN egress as 203.0.113.7/32: an IPv4 prefix of /8 or longer. Never the whole Internet."
   type        = string
 
   validation {
-    condition     = can(cidrhost(var.admin_cidr, 0)) && !contains(["0.0.0.0/0", "::/0"], var.admin_cidr)
-    error_message = "admin_cidr must be a CIDR block narrower than the whole Internet (0.0.0.0/0 is refused)."
+    # A real prefix: not 0.0.0.0/0, and not a short one that is nearly as wide (0.0.0.0/1 is half the Internet).
+    condition     = try(can(regex("^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$", var.admin_cidr)) && can(cidrhost(var.admin_cidr, 0)) && tonumber(split("/", var.admin_cidr)[1]) >= 8, false)
+    error_message = "admin_cidr must be an IPv4 CIDR block with a prefix of /8 or longer, such as 203.0.113.7/32 (0.0.0.0/0 is refused, and so is any prefix shorter than /8)."
   }
 }
 

@@ -3,8 +3,9 @@
 Every project setting is read here, once, when `build_definitions(settings)` or the CLI asks
 (importing a module reads nothing); docs/operations.md's configuration table mirrors this
 module. A few variables belong to the tool they configure and are read where it is wrapped, at
-run time: DOCKER_HOST (resources/container_engine.py), MLOPS_GRAFANA_ADMIN_PASSWORD (passed to
-Ansible by resources/ansible.py), MLOPS_HAPROXY_BINARY (serving/runtime.py), and the API
+run time: DOCKER_HOST (resources/container_engine.py), MLOPS_GRAFANA_ADMIN_PASSWORD and
+MLOPS_PROMETHEUS_PASSWORD (passed to Ansible by resources/ansible.py; the latter also read by
+resources/monitoring.py and resources/prometheus_api.py), MLOPS_HAPROXY_BINARY (serving/runtime.py), and the API
 container's own settings (serving/container.py).
 """
 

@@ -48,8 +48,12 @@ def resources_for(settings: Settings) -> dict[str, Any]:
         "data_source": DataSource(location=settings.dataset or ml_data.DEFAULT_SOURCE,
                                   target_column=settings.target_column or ml_data.DEFAULT_TARGET),
         "io_manager": dg.FilesystemIOManager(base_dir=str(settings.io_dir)),
-        # What the drift sensor reads; the local target's Prometheus by default.
-        "prometheus_api": PrometheusApi(url=settings.prometheus_url),
+        # What the drift sensor reads; the local target's Prometheus by default. Elsewhere
+        # (MLOPS_PROMETHEUS_URL at the monitoring host) with the monitoring host's basic auth:
+        # the password from MLOPS_PROMETHEUS_PASSWORD, else the rehearsal's generated one.
+        "prometheus_api": PrometheusApi(url=settings.prometheus_url) if target == "local" else PrometheusApi(
+            url=settings.prometheus_url, username="admin", password_env="MLOPS_PROMETHEUS_PASSWORD",
+            password_file=str(home / "rehearsal" / "secrets" / "prometheus_web_password") if target == "sim" else None),
         "container_engine": container_engine_for(settings),
     }
     if target == "local":
@@ -103,18 +107,23 @@ def container_engine_for(settings: Settings) -> ContainerEngine:
 
 
 def ansible_for(settings: Settings) -> Ansible:
-    """ansible_roles/ over SSH: `aws` with MLOPS_SSH_PRIVATE_KEY (known_hosts in MLOPS_HOME,
-    accept-new for fresh instances); `sim` with the rehearsal's key, its local images and its
-    namespace hosts. Grafana's admin password comes from MLOPS_GRAFANA_ADMIN_PASSWORD
-    (generated once for sim)."""
+    """ansible_roles/ over SSH: `aws` with MLOPS_SSH_PRIVATE_KEY (known_hosts in MLOPS_HOME, the
+    keys pinned from each instance's console output, checked strictly); `sim` with the rehearsal's key, its local images and its
+    namespace hosts. Grafana's admin password comes from MLOPS_GRAFANA_ADMIN_PASSWORD and the
+    monitoring host's Prometheus basic-auth password from MLOPS_PROMETHEUS_PASSWORD (both
+    generated once for sim)."""
     home, target = settings.home, settings.target
     common = {
         "target": target,
         "playbook_dir": str(PROJECT_ROOT / "ansible_roles"),
         "work_dir": str(home / "ansible" / target),
         "known_hosts_file": str(home / "ansible" / target / "known_hosts"),
-        "host_key_checking": "accept-new",
-        "secret_extra_vars_env": {"grafana_admin_password": "MLOPS_GRAFANA_ADMIN_PASSWORD"},
+        # Host keys pinned from each new instance's console output (cloud-init's), checked
+        # strictly from the first connection: nothing is trusted on first use.
+        "host_key_checking": "strict",
+        "host_keys_from_console": True,
+        "secret_extra_vars_env": {"grafana_admin_password": "MLOPS_GRAFANA_ADMIN_PASSWORD",
+                                  "prometheus_web_password": "MLOPS_PROMETHEUS_PASSWORD"},
         # The rules and dashboards the `dashboards` asset renders for these hosts (the
         # monitoring resource's out_dir): deployed_hosts and dashboards provision the same
         # files, so a second run changes nothing. Before the first `dashboards` run the folders are empty.
@@ -127,6 +136,8 @@ def ansible_for(settings: Settings) -> Ansible:
         return RehearsalAnsible(
             **common, private_key_file=str(home / "rehearsal" / "ssh" / "id_ed25519"),
             generated_secrets_dir=str(home / "rehearsal" / "secrets"), images_dir=str(home / "rehearsal" / "images"),
-            hosts_state_file=str(RECORDS["rehearsal_hosts"].under(home).path),
+            hosts_state_file=str(RECORDS["rehearsal_hosts"].under(home).path), emulator_dir=str(home / "rehearsal" / "emulator"),
+            # The rehearsal hosts print their keys before the first read: no boot to wait for.
+            console_keys_timeout_s=30, console_poll_s=1,
         )
     return Ansible(**common, private_key_file=settings.ssh_private_key)

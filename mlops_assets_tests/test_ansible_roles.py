@@ -10,9 +10,11 @@ is reachable): a stand-in API, and Prometheus from Debian's package loaded throu
 offline: the `grafana` role runs in render-only mode and its files are checked on the host.
 """
 
+import base64
 import json
 import os
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +27,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.root]
 
 TIMINGS: dict[str, float] = {}
 GRAFANA_PASSWORD = "rehearsal-" + os.urandom(6).hex()
+PROMETHEUS_PASSWORD = "prometheus-" + os.urandom(6).hex()
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +97,24 @@ def converge_twice(ansible, inventory, playbook, name, **extra_vars):
     return first, second
 
 
-def http_json(url, data=None, timeout=5):
+def http_json(url, data=None, timeout=5, auth=None):
     body = json.dumps(data).encode() if data is not None else None
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    request = urllib.request.Request(url, data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return response.status, json.loads(response.read())
+
+
+def http_status(url, method="GET", auth=None, timeout=5) -> int:
+    """The HTTP status of a request (errors included), its body ignored."""
+    headers = {"Authorization": "Basic " + base64.b64encode(":".join(auth).encode()).decode()} if auth else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method, headers=headers), timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def test_docker_role(hosts, ansible, inventory):
@@ -186,29 +202,51 @@ def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine,
     variables = {"prometheus_image_source": "archive", "prometheus_image_repository": repository,
                  "prometheus_image_tag": tag, "prometheus_image_archive": str(archive),
                  "prometheus_rule_files_dir": str(rules_dir), "prometheus_scrape_interval": "2s"}
+    with pytest.raises(AnsibleError) as failure:  # no web password: a clear refusal
+        ansible.run_playbook(inventory, "tests/prometheus.yml", extra_vars=variables)
+    assert "monitoring failed at task 'Check that the web password is set from a secret'" in str(failure.value)
+    variables["prometheus_web_password"] = PROMETHEUS_PASSWORD
     converge_twice(ansible, inventory, "tests/prometheus.yml", "prometheus", **variables)
 
     config = hosts.exec("monitoring", "cat /etc/mlops-assets/prometheus/prometheus.yml").stdout
     assert f'"{hosts.address("api")}:8080"' in config
     assert sorted(hosts.exec("monitoring", "ls /etc/mlops-assets/prometheus/rules").stdout.split()) == rule_files
     prometheus = f"http://{hosts.address('monitoring')}:9090"
+    auth = ("admin", PROMETHEUS_PASSWORD)
+    # Basic auth on the UI and the API; the lifecycle API (quit, reload) is off even with it.
+    web = hosts.exec("monitoring", "stat -c '%a %u:%g' /etc/mlops-assets/prometheus/web.yml; "
+                     "cat /etc/mlops-assets/prometheus/web.yml").stdout
+    assert web.startswith("640 0:65534\n") and '"admin": "$2b$' in web and PROMETHEUS_PASSWORD not in web
+    assert http_status(f"{prometheus}/graph") == 401
+    assert http_status(f"{prometheus}/api/v1/query?query=up") == 401
+    assert http_status(f"{prometheus}/api/v1/query?query=up", auth=("admin", "wrong-password-1")) == 401
+    assert http_status(f"{prometheus}/-/quit", method="POST", auth=auth) == 403
+    assert http_status(f"{prometheus}/-/ready", auth=auth) == 200
     deadline, up = time.monotonic() + 60, []
     while time.monotonic() < deadline:
-        _, answer = http_json(f"{prometheus}/api/v1/query?query=up%7Bjob%3D%22mlops-api%22%7D")
+        _, answer = http_json(f"{prometheus}/api/v1/query?query=up%7Bjob%3D%22mlops-api%22%7D", auth=auth)
         up = answer["data"]["result"]
         if up and up[0]["value"][1] == "1":
             break
         time.sleep(1)
     assert up and up[0]["value"][1] == "1", f"the api target is not up: {up}"
     assert up[0]["metric"]["instance"] == f"{hosts.address('api')}:8080"
-    _, rules = http_json(f"{prometheus}/api/v1/rules")
+    _, rules = http_json(f"{prometheus}/api/v1/rules", auth=auth)
     assert rules["data"]["groups"], "no rule group loaded"
+
+    # A new password takes effect on the next run (new hash, restart); the old one is refused.
+    changed = ansible.run_playbook(inventory, "tests/prometheus.yml",
+                                   extra_vars={**variables, "prometheus_web_password": PROMETHEUS_PASSWORD + "-new"})
+    assert changed.per_host["monitoring"]["changed"] >= 1
+    assert http_status(f"{prometheus}/-/ready", auth=auth) == 401
+    assert http_status(f"{prometheus}/-/ready", auth=("admin", PROMETHEUS_PASSWORD + "-new")) == 200
 
 
 def test_grafana_role_renders_its_configuration(hosts, ansible, inventory, tmp_path):
     rendered = rendered_monitoring_files(tmp_path)
     dashboards = sorted(p.name for p in (rendered / "dashboards").glob("*.json"))
     variables = {"grafana_render_only": True, "grafana_admin_password": GRAFANA_PASSWORD,
+                 "prometheus_web_password": PROMETHEUS_PASSWORD,
                  "grafana_dashboards_src_dir": str(rendered / "dashboards")}
 
     with pytest.raises(AnsibleError) as failure:  # no password: a clear refusal, nothing written
@@ -223,16 +261,27 @@ def test_grafana_role_renders_its_configuration(hosts, ansible, inventory, tmp_p
     assert "allow_sign_up = false" in ini
     assert "admin_password = $__file{/etc/grafana/admin_password}" in ini
     assert GRAFANA_PASSWORD not in ini
+    assert "cookie_secure = false" in ini  # plain HTTP: a Secure cookie would never come back
     secret = hosts.exec("monitoring", f"stat -c '%a %u' {base}/admin_password; cat {base}/admin_password").stdout
     assert secret.splitlines() == ["400 472", GRAFANA_PASSWORD]
     datasource = hosts.exec("monitoring", f"cat {base}/provisioning/datasources/mlops-assets.yaml").stdout
     assert f'url: "http://{hosts.address("monitoring")}:9090"' in datasource
     assert 'uid: "mlops-prometheus"' in datasource
+    # The datasource passes Prometheus's basic auth; the file is Grafana's group's only.
+    assert 'basicAuth: true' in datasource and 'basicAuthUser: "admin"' in datasource
+    assert f'basicAuthPassword: "{PROMETHEUS_PASSWORD}"' in datasource
+    assert hosts.exec("monitoring", f"stat -c '%a %g' {base}/provisioning/datasources/mlops-assets.yaml").stdout.split() == ["640", "472"]
     provider = hosts.exec("monitoring", f"cat {base}/provisioning/dashboards/mlops-assets.yaml").stdout
     assert "path: /var/lib/grafana/dashboards/mlops-assets" in provider
     assert sorted(hosts.exec("monitoring", f"ls {base}/dashboards").stdout.split()) == dashboards
     # Render only: no Grafana container, no image was asked for.
     assert "grafana" not in hosts.exec("monitoring", "docker ps -a --format '{{.Names}}'").stdout
+
+    # Behind a TLS proxy (an https root URL), Grafana's cookies are Secure.
+    ansible.run_playbook(inventory, "tests/grafana.yml",
+                         extra_vars={**variables, "grafana_root_url": "https://grafana.example.org/"})
+    ini = hosts.exec("monitoring", f"cat {base}/grafana.ini").stdout
+    assert "cookie_secure = true" in ini and "root_url = https://grafana.example.org/" in ini
 
 
 def test_unreachable_host_is_named_with_its_task(hosts, ansible):
@@ -267,7 +316,8 @@ def test_deployed_hosts_then_the_api_through_the_asset_code(hosts, ansible, inve
     resource = RehearsalAnsible(
         playbook_dir=ansible.playbook_dir, work_dir=ansible.work_dir, private_key_file=ansible.private_key_file,
         known_hosts_file=ansible.known_hosts_file, host_key_checking="strict",
-        secret_extra_vars_env={"grafana_admin_password": "MLOPS_TEST_UNSET_GRAFANA_PASSWORD"},
+        secret_extra_vars_env={"grafana_admin_password": "MLOPS_TEST_UNSET_GRAFANA_PASSWORD",
+                               "prometheus_web_password": "MLOPS_TEST_UNSET_PROMETHEUS_PASSWORD"},
         generated_secrets_dir=str(tmp_path / "secrets"),
         extra_vars={"prometheus_rule_files_dir": str(rendered / "prometheus/rules"),
                     "grafana_dashboards_src_dir": str(rendered / "dashboards")},

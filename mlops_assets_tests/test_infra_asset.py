@@ -1,6 +1,7 @@
 """`tofu_state` materialized through Dagster: `local` records this machine and runs nothing;
 `sim` applies infra_tf/ to the EC2 emulator (no change the second time, same data version),
-and `destroy_infrastructure` refuses without the right confirmation, then destroys."""
+replaces the hosts only when the run config confirms it, and `destroy_infrastructure` refuses
+without the right confirmation, then destroys."""
 
 import dagster as dg
 import pytest
@@ -61,7 +62,7 @@ def sim_home(tmp_path):
     Ec2Emulator.stop_recorded(tmp_path / "rehearsal" / "emulator")
 
 
-def test_sim_target_applies_to_the_emulator_then_changes_nothing_then_destroys(sim_home):
+def test_sim_target_applies_to_the_emulator_then_changes_nothing_then_destroys(sim_home, monkeypatch):
     defs = build_definitions(make_settings(sim_home, MLOPS_TARGET="sim"))
     with dg.instance_for_test() as instance:
         first = _materialize(defs, instance)
@@ -69,7 +70,7 @@ def test_sim_target_applies_to_the_emulator_then_changes_nothing_then_destroys(s
         outputs = first.output_for_node("tofu_state")
         first_md = _materialization(first).metadata
         assert first_md["applied"].value is True
-        assert first_md["plan summary"].value.startswith("16 to add")
+        assert first_md["plan summary"].value.startswith("17 to add")
         assert "TEST DOUBLE" in first_md["note"].value
         emulator = Ec2Emulator(**first_md["emulator"].value)
         assert emulator.endpoint.startswith("http://127.0.0.1:")
@@ -90,6 +91,22 @@ def test_sim_target_applies_to_the_emulator_then_changes_nothing_then_destroys(s
         # Same outputs, same data version: downstream deployments stay fresh.
         version = "dagster/data_version"
         assert _materialization(first).tags[version] == _materialization(second).tags[version]
+
+        # Replacing the hosts (asked for with hosts_generation) needs the run config's confirmation.
+        monkeypatch.setenv("TF_VAR_hosts_generation", "2")
+        hosts = outputs["instance_ids"]
+        unconfirmed = _materialize(defs, instance, raise_on_error=False)
+        assert not unconfirmed.success
+        failure = unconfirmed.failure_data_for_node("tofu_state").error.message
+        assert "replace aws_instance.api" in failure and "confirm_replacements" in failure
+        step_attempts = [e for e in unconfirmed.all_events if e.event_type_value == "STEP_START"]
+        assert len(step_attempts) == 1, "a refused plan is not retried"
+        assert {i["InstanceId"] for i in live_instances(ec2)} == set(hosts.values())
+        confirm = {"ops": {"tofu_state": {"config": {"confirm_replacements": ["aws_instance.api", "aws_instance.monitoring"]}}}}
+        replaced = materialize(defs, instance, [KEY], run_config=confirm)
+        new_hosts = replaced.output_for_node("tofu_state")["instance_ids"]
+        assert set(new_hosts.values()).isdisjoint(hosts.values())
+        assert {i["InstanceId"] for i in live_instances(ec2)} == set(new_hosts.values())
 
         refused = _destroy(defs, instance, confirm="aws")
         assert not refused.success and len(live_instances(ec2)) == 2

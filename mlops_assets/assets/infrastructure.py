@@ -18,7 +18,7 @@ from pydantic import Field
 from mlops_assets.freshness import rebuild_condition
 from mlops_assets.metadata import markdown_table
 from mlops_assets.resources import opentofu as opentofu_module
-from mlops_assets.resources.opentofu import Infrastructure, OpenTofuError, ProvisionResult
+from mlops_assets.resources.opentofu import Infrastructure, OpenTofuError, ProvisionResult, ReplacementRefused
 from mlops_assets.settings import PROJECT_ROOT
 from mlops_assets.retries import EXTERNAL_STEP_RETRY
 from mlops_assets.versioning import code_version_of, stable_hash
@@ -66,6 +66,14 @@ def _metadata(result: ProvisionResult, total_seconds: float) -> dict:
     return metadata
 
 
+class TofuStateConfig(dg.Config):
+    confirm_replacements: list[str] = Field(
+        default_factory=list,
+        description="Resource addresses (e.g. aws_instance.api) the plan may destroy or replace in this run. "
+        "A plan that destroys or replaces anything not listed is refused and nothing is applied.",
+    )
+
+
 @dg.asset(
     automation_condition=rebuild_condition(),
     retry_policy=EXTERNAL_STEP_RETRY,
@@ -75,12 +83,15 @@ def _metadata(result: ProvisionResult, total_seconds: float) -> dict:
     description="The target's hosts: infra_tf/ applied by OpenTofu (aws, sim), or this machine (local). "
     "Its value is OpenTofu's outputs, including an Ansible inventory.",
 )
-def tofu_state(context: dg.AssetExecutionContext, infrastructure: Infrastructure) -> dg.Output[dict]:
+def tofu_state(context: dg.AssetExecutionContext, config: TofuStateConfig, infrastructure: Infrastructure) -> dg.Output[dict]:
     # Everything that deploys to hosts starts from these outputs. Their hash is the data
     # version: a no-change plan keeps it, so downstream deployments stay fresh.
     started = time.monotonic()
     try:
-        result = infrastructure.provision(context.log.info)
+        result = infrastructure.provision(context.log.info, confirm_replacements=config.confirm_replacements)
+    except ReplacementRefused as exc:
+        # Not retried: the same plan would be refused again until the run config confirms it.
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     except OpenTofuError as exc:
         raise dg.Failure(description=str(exc)) from None
     outputs = result.outputs

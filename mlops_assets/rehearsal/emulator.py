@@ -1,6 +1,7 @@
 """The EC2 API emulator of the offline rehearsal: a moto server on 127.0.0.1.
 
-`Ec2Emulator.start(state_dir)` runs `moto_server` on a free loopback port (or reuses the one
+`Ec2Emulator.start(state_dir)` runs moto's server (emulator_server.py: GetConsoleOutput shows
+the rehearsal hosts' consoles) on a free loopback port (or reuses the one
 recorded in `state_dir/emulator.json` if it still answers), loaded with one Debian 12 AMI
 under Debian's publisher account so that infra_tf/'s `aws_ami` lookup finds it. The
 environment that OpenTofu and boto3 need to talk to it is `Ec2Emulator.env`.
@@ -91,6 +92,11 @@ class Ec2Emulator:
             aws_secret_access_key=_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         )
 
+    @staticmethod
+    def console_dir(state_dir: Path) -> Path:
+        """Where the instances' console output lives (emulator_server.py reads it)."""
+        return Path(state_dir) / "console"
+
     def alive(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2):
@@ -110,15 +116,20 @@ class Ec2Emulator:
                 return previous
         port = free_port()
         log = open(state_dir / "moto_server.log", "ab")
-        moto_server = Path(sys.executable).with_name("moto_server")
-        command = [str(moto_server)] if moto_server.exists() else [sys.executable, "-m", "moto.server"]
+        console = cls.console_dir(state_dir)
+        console.mkdir(mode=0o700, exist_ok=True)
+        # moto's server, whose GetConsoleOutput shows the rehearsal hosts' consoles.
         process = subprocess.Popen(
-            [*command, "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "mlops_assets.rehearsal.emulator_server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # outlives the Dagster run that started it, like a cloud
-            env={**os.environ, **_CREDENTIALS, "MOTO_AMIS_PATH": str(_write_amis(state_dir))},
+            env={**os.environ, **_CREDENTIALS, "MOTO_AMIS_PATH": str(_write_amis(state_dir)),
+                 "MLOPS_EMULATOR_CONSOLE_DIR": str(console),
+                 # the package itself, also when it runs from a source tree
+                 "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                             os.environ.get("PYTHONPATH")]))},
         )
         emulator = cls(endpoint=f"http://127.0.0.1:{port}", pid=process.pid)
         deadline = time.monotonic() + timeout

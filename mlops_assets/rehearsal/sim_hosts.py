@@ -1,13 +1,13 @@
 """The `sim` target's hosts at run time: for each instance the EC2 emulator reports (the
 addresses in tofu_state's `ansible_inventory`), a test host of the harness (hosts.py) at that
-address, reachable with the SSH key tofu_state generated, its host key in the project's
-known_hosts. And `teardown_sim(home)`: everything the rehearsal started, gone.
+address, reachable with the SSH key tofu_state generated, its host key printed on its
+instance's console in the EC2 emulator (as cloud-init does), from where the Ansible resource pins it. And `teardown_sim(home)`: everything the rehearsal started, gone.
 
 Used by the sim target's `RehearsalAnsible` (resources/ansible.py) and, through the
 `infrastructure` resource (`RehearsalOpenTofu.teardown`), by `python -m mlops_assets.cli down`.
 
     hosts = ensure_sim_hosts(inventory, home / "rehearsal" / "hosts.json",
-                             public_key_file=..., known_hosts_file=..., log=print)
+                             public_key_file=..., console_dir=..., log=print)
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ def ensure_sim_hosts(
     state_file: Path,
     *,
     public_key_file: Path,
-    known_hosts_file: Path,
+    console_dir: Path | None,
     log: Log | None = None,
 ) -> TestHosts:
     """The test hosts of `inventory` (reused when they already run at those addresses, else
-    brought up anew), each accepting `public_key_file` for root and admin, each host key
-    recorded in `known_hosts_file` (replacing older keys of the same addresses)."""
+    brought up anew), each accepting `public_key_file` for root and admin, each printing its
+    host key on its instance's console in `console_dir` (the EC2 emulator's), as cloud-init
+    prints an instance's keys: the Ansible resource pins them from there."""
     log = log or (lambda message: None)
     pairs = inventory_pairs(inventory)
     started = time.monotonic()
@@ -63,21 +64,26 @@ def ensure_sim_hosts(
             keys = f"{home}/.ssh/authorized_keys"
             hosts.exec(name, f"grep -qxF {quoted} {keys} 2>/dev/null || "
                              f"{{ echo {quoted} >> {keys}; chown {owner}: {keys}; chmod 600 {keys}; }}")
-    _record_host_keys(hosts, Path(known_hosts_file))
+    if console_dir is not None:
+        _print_host_keys(hosts, inventory, Path(console_dir))
     return hosts
 
 
-def _record_host_keys(hosts: TestHosts, known_hosts_file: Path) -> None:
-    addresses = {h.address for h in hosts.hosts.values()}
-    known_hosts_file.parent.mkdir(parents=True, exist_ok=True)
-    kept = []
-    if known_hosts_file.exists():
-        kept = [line for line in known_hosts_file.read_text().splitlines()
-                if line.strip() and line.split()[0] not in addresses]
-    lines = kept + [f"{h.address} {h.host_public_key}" for h in hosts.hosts.values()]
-    text = "\n".join(lines) + "\n"
-    if not known_hosts_file.exists() or known_hosts_file.read_text() != text:
-        known_hosts_file.write_text(text)
+def _print_host_keys(hosts: TestHosts, inventory: dict, console_dir: Path) -> None:
+    """What cloud-init prints on a new instance's console: its SSH host keys between markers."""
+    from mlops_assets.resources.ansible import HOST_KEYS_BEGIN, HOST_KEYS_END, inventory_hosts
+
+    from .emulator_server import console_file
+
+    for name, host_vars in inventory_hosts(inventory).items():
+        instance = host_vars.get("instance_id")
+        if not instance or name not in hosts.hosts:
+            continue
+        path = console_file(console_dir, str(instance))
+        text = (f"Cloud-init finished on {name}\n{HOST_KEYS_BEGIN}\n"
+                f"{hosts.hosts[name].host_public_key} root@{name}\n{HOST_KEYS_END}\n")
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
 
 
 def teardown_sim(home: Path, log: Log = print) -> dict[str, object]:

@@ -8,8 +8,9 @@ through ansible-runner, stream its progress to a log function, and count per hos
 
 SSH is made safe here, not left to the user's ~/.ssh/config (the ControlPersist
 danger): no user config file; the given private key only; host keys checked against the
-project's known_hosts (strict, or `accept-new` to record keys on first contact, e.g. fresh
-cloud or rehearsal hosts); connection sharing in a private ControlPath of this run, whose
+project's known_hosts (strict, or `accept-new` to record keys on first contact), where the
+targets pin each new instance's keys read from its EC2 console output before the first
+connection (`host_keys_from_console`, `pin_console_host_keys`); connection sharing in a private ControlPath of this run, whose
 masters are closed when the run ends. Only the inventory's own hosts are contacted, an SSH
 host on a loopback address is refused (it would be this machine), and `limit` can narrow
 the run further.
@@ -19,6 +20,7 @@ The `local` target has no hosts to configure and no Ansible resource (resources/
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -35,6 +37,22 @@ from pydantic import Field
 
 Log = Callable[[str], None]
 COUNTS = ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored")
+# cloud-init prints the host's public keys on the instance console between these lines.
+HOST_KEYS_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
+HOST_KEYS_END = "-----END SSH HOST KEY KEYS-----"
+_HOST_KEY = re.compile(r"(?:^|\s)((?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) [A-Za-z0-9+/]+={0,3})(?:\s|$)")
+
+
+def console_host_keys(console: str) -> list[str]:
+    """The SSH host keys ("TYPE BASE64") cloud-init printed on an instance's console, from the
+    last complete block; [] while there is none (the instance is still booting)."""
+    if HOST_KEYS_BEGIN not in console:
+        return []
+    block = console.rsplit(HOST_KEYS_BEGIN, 1)[1]
+    if HOST_KEYS_END not in block:
+        return []
+    lines = block.split(HOST_KEYS_END, 1)[0].splitlines()
+    return [match.group(1) for line in lines if (match := _HOST_KEY.search(line))]
 
 
 class AnsibleError(RuntimeError):
@@ -99,13 +117,85 @@ class Ansible(dg.ConfigurableResource):
         description="When set, a secret of secret_extra_vars_env whose variable is unset is generated once "
         "and kept here (mode 0600): for the offline rehearsal only.",
     )
+    host_keys_from_console: bool = Field(
+        default=False,
+        description="Before each run, pin in known_hosts the SSH host keys each inventory host with an instance_id "
+        "printed on its EC2 console (cloud-init); with host_key_checking strict, SSH trusts only those.",
+    )
+    console_keys_timeout_s: float = Field(default=600, description="How long to wait for a new instance's console to show its keys.")
+    console_poll_s: float = Field(default=10, description="Seconds between two reads of a console.")
     forks: int = Field(default=5, description="Hosts configured in parallel.")
     timeout_s: int = Field(default=1800, description="Whole-run timeout in seconds.")
 
     # --- the inventory ---------------------------------------------------------------------------
 
+    def known_hosts_path(self) -> Path:
+        return Path(self.known_hosts_file or Path(self.work_dir) / "known_hosts")
+
+    # A real instance's console keeps its boot output only for a while: keys pinned for an
+    # instance are kept. The rehearsal's consoles always show the hosts' current keys.
+    _console_always_current = False
+
+    def ec2_client(self, inventory: dict):
+        """EC2 with the usual AWS credentials, in the inventory's region (`aws_region`)."""
+        import boto3
+
+        region = ((inventory.get("all") or {}).get("vars") or {}).get("aws_region")
+        return boto3.client("ec2", region_name=region) if region else boto3.client("ec2")
+
+    def pin_console_host_keys(self, inventory: dict, log: Log) -> dict[str, list[str]]:
+        """Record in known_hosts the host keys of every inventory host with an instance_id, read
+        from its console output (cloud-init's SSH HOST KEY KEYS block), so that the first SSH
+        connection already checks them (StrictHostKeyChecking=yes): nothing is trusted on first
+        use. Keys pinned for the same instance are kept (a long-running instance's console no
+        longer shows its boot); a new instance at an address replaces that address's keys.
+        Returns address -> the keys pinned in this call."""
+        known_hosts = self.known_hosts_path()
+        lines = known_hosts.read_text().splitlines() if known_hosts.exists() else []
+        todo: dict[str, tuple[str, str]] = {}  # host name -> (address, instance id)
+        for name, host_vars in inventory_hosts(inventory).items():
+            address, instance = host_vars.get("ansible_host"), host_vars.get("instance_id")
+            if not address or not instance:
+                continue
+            pinned = any(line.split()[:1] == [str(address)] and line.endswith(f" instance={instance}") for line in lines)
+            if not pinned or self._console_always_current:
+                todo[name] = (str(address), str(instance))
+        if not todo:
+            return {}
+        client = self.ec2_client(inventory)
+        deadline = time.monotonic() + self.console_keys_timeout_s
+        found: dict[str, list[str]] = {}
+        while True:
+            for name, (address, instance) in todo.items():
+                if name not in found:
+                    output = client.get_console_output(InstanceId=instance).get("Output") or ""
+                    keys = console_host_keys(output)
+                    if keys:
+                        found[name] = keys
+            missing = sorted(set(todo) - set(found))
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise AnsibleError(
+                    f"{self.target}: no SSH host keys on the console of "
+                    + ", ".join(f"{name} ({todo[name][1]})" for name in missing)
+                    + f" after {self.console_keys_timeout_s:.0f}s: cloud-init prints them between "
+                    f"'{HOST_KEYS_BEGIN}' lines when the instance boots. Check the instance's console "
+                    "(aws ec2 get-console-output), then run again; SSH to hosts whose keys are not "
+                    "pinned is refused."
+                )
+            time.sleep(self.console_poll_s)
+        addresses = {address for address, _ in todo.values()}
+        kept = [line for line in lines if line.strip() and line.split()[0] not in addresses]
+        pinned = [f"{todo[name][0]} {key} instance={todo[name][1]}" for name in sorted(found) for key in found[name]]
+        known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        known_hosts.write_text("\n".join(kept + pinned) + "\n")
+        for name in sorted(found):
+            log(f"{self.target}: pinned {len(found[name])} host keys of {name} ({todo[name][1]}) from its console")
+        return {todo[name][0]: found[name] for name in found}
+
     def ssh_common_args(self, control_dir: Path) -> str:
-        known_hosts = Path(self.known_hosts_file or Path(self.work_dir) / "known_hosts")
+        known_hosts = self.known_hosts_path()
         known_hosts.parent.mkdir(parents=True, exist_ok=True)
         known_hosts.touch(exist_ok=True)
         options = [
@@ -183,14 +273,16 @@ class Ansible(dg.ConfigurableResource):
         playbook_dir = Path(self.playbook_dir).resolve()
         if not (playbook_dir / playbook).is_file():
             raise AnsibleError(f"no playbook {playbook} in {playbook_dir}")
+        if self.host_keys_from_console:
+            self.pin_console_host_keys(inventory, log)
         Path(self.work_dir).mkdir(parents=True, exist_ok=True)
         private_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.work_dir))
         control_dir = Path(tempfile.mkdtemp(prefix="mlops-ansible-cp-"))  # short: unix socket paths
         os.chmod(control_dir, 0o700)
         variables = {**self.prepare(log), **self.extra_vars, **(extra_vars or {})}
         secret_names = set()
-        for name, env_name in self.secret_extra_vars_env.items():
-            value = os.environ.get(env_name) or self._generated_secret(name)
+        for name in self.secret_extra_vars_env:
+            value = self.secret(name)
             if value:
                 variables[name] = value
                 secret_names.add(name)
@@ -258,6 +350,12 @@ class Ansible(dg.ConfigurableResource):
     def prepare(self, log: Log) -> dict[str, Any]:
         """Extra vars that need work before a run (subclasses: the rehearsal's local images)."""
         return {}
+
+    def secret(self, name: str) -> str | None:
+        """The value of secret extra var `name`: its environment variable, else (rehearsal)
+        the generated one; None when neither exists."""
+        env_name = self.secret_extra_vars_env.get(name)
+        return (os.environ.get(env_name) if env_name else None) or self._generated_secret(name)
 
     def _generated_secret(self, name: str) -> str | None:
         if not self.generated_secrets_dir:
@@ -363,6 +461,25 @@ class RehearsalAnsible(Ansible):
         description="When set, every run first brings up (or reuses) a rehearsal host at each address of the "
         "inventory (rehearsal/sim_hosts.py), recorded in this file; `make down` removes them.",
     )
+    emulator_dir: str = Field(
+        default="",
+        description="The EC2 emulator's folder (rehearsal/emulator.py): its record (address) and the instances' "
+        "consoles, where the rehearsal hosts print their host keys.",
+    )
+
+    # A rehearsal host brought up again at the same instance has a new host key: read it again.
+    _console_always_current = True
+
+    def ec2_client(self, inventory: dict):
+        """The EC2 emulator recorded in emulator_dir."""
+        from mlops_assets.rehearsal.emulator import Ec2Emulator
+        from mlops_assets.state import RECORDS
+
+        known = RECORDS["emulator"].in_folder(Path(self.emulator_dir)).read() if self.emulator_dir else None
+        if not known:
+            raise AnsibleError(f"sim: no EC2 emulator recorded in {self.emulator_dir or '(emulator_dir unset)'}: "
+                               "materialize tofu_state first")
+        return Ec2Emulator(**known).client()
 
     def run_playbook(self, inventory: dict, playbook: str = "site.yml", **kwargs) -> PlaybookResult:
         # What the cloud does in `aws` (instances boot with sshd and the key pair): the hosts
@@ -372,7 +489,9 @@ class RehearsalAnsible(Ansible):
         return super().run_playbook(inventory, playbook, **kwargs)
 
     def ensure_hosts(self, inventory: dict, log: Log | None = None):
-        """The rehearsal hosts for `inventory`."""
+        """The rehearsal hosts for `inventory`, each printing its host keys on its instance's
+        console in the emulator (as cloud-init does), from where `pin_console_host_keys` reads them."""
+        from mlops_assets.rehearsal.emulator import Ec2Emulator
         from mlops_assets.rehearsal.sim_hosts import ensure_sim_hosts
 
         if not self.private_key_file:
@@ -381,7 +500,7 @@ class RehearsalAnsible(Ansible):
             return ensure_sim_hosts(
                 inventory, Path(self.hosts_state_file),
                 public_key_file=Path(self.private_key_file).with_suffix(".pub"),
-                known_hosts_file=Path(self.known_hosts_file or Path(self.work_dir) / "known_hosts"),
+                console_dir=Ec2Emulator.console_dir(Path(self.emulator_dir)) if self.emulator_dir else None,
                 log=log,
             )
         except Exception as exc:

@@ -153,6 +153,15 @@ class MonitoringHost(MonitoringProvisioner):
     ansible: Ansible
     # sim: no Grafana image exists offline, so the role renders Grafana's files only.
     grafana_render_only: bool = False
+    # Prometheus's basic auth there: the prometheus role's web user; the password is the
+    # Ansible resource's secret extra var (MLOPS_PROMETHEUS_PASSWORD, generated for sim).
+    prometheus_user: str = "admin"
+
+    def prometheus_http(self, url: str) -> PrometheusHttp:
+        password = self.ansible.secret("prometheus_web_password")
+        if not password:
+            raise dg.Failure(description="the monitoring host's Prometheus needs basic auth: set MLOPS_PROMETHEUS_PASSWORD")
+        return PrometheusHttp(url, auth=(self.prometheus_user, password))
 
     def datasource_url(self, api_prometheus_url: str | None) -> str:
         if not api_prometheus_url:
@@ -164,7 +173,7 @@ class MonitoringHost(MonitoringProvisioner):
         if not inventory:
             raise dg.Failure(description="deployed_api carries no inventory of the hosts: materialize deployed_hosts first")
         url = self.datasource_url(api_prometheus_url)
-        http = PrometheusHttp(url)
+        http = self.prometheus_http(url)
         grafana = "render only (no Grafana image offline)" if self.grafana_render_only else "container"
         if previous.get("content_hash") == rendered.content_hash and previous.get("prometheus_url") == url:
             healthy = healthy_targets(http, rendered.expected_rules, rendered.api_target)

@@ -40,6 +40,28 @@ PLAN_FILE = "tfplan"
 VARS_FILE = "mlops.auto.tfvars.json"
 
 
+# Plan actions that end a running resource (`tofu plan -json`'s planned_change actions).
+DESTRUCTIVE_ACTIONS = ("delete", "replace")
+
+
+class ReplacementRefused(RuntimeError):
+    """The plan destroys or replaces resources the run config did not confirm. Nothing was
+    applied; the message names them and the run config that confirms them."""
+
+    def __init__(self, target: str, unconfirmed: list[str]):
+        self.unconfirmed = unconfirmed
+        addresses = "\n".join(f"- {a}" for a in unconfirmed)
+        confirm = ", ".join(address.split(" ", 1)[1] for address in unconfirmed)
+        super().__init__(
+            f"Refusing to apply the {target} plan: it would destroy or replace\n{addresses}\n"
+            "Nothing was applied. A replaced host loses its data (Prometheus, Grafana) and gets new "
+            "addresses. If that is what you mean (for example after changing hosts_generation or "
+            "ami_id), run tofu_state again with this run config (the launchpad, or a YAML file "
+            "for `python -m mlops_assets.cli run --config FILE`):\n"
+            f"  ops: {{tofu_state: {{config: {{confirm_replacements: [{confirm}]}}}}}}"
+        )
+
+
 class OpenTofuError(RuntimeError):
     """An OpenTofu command failed; the message names the resource and OpenTofu's error."""
 
@@ -84,7 +106,9 @@ class Infrastructure(dg.ConfigurableResource):
     # hosts stay until the destroy_infrastructure job runs with `confirm_target: aws`.
     destroyed_by_down: bool = False
 
-    def provision(self, log: Log) -> ProvisionResult:  # pragma: no cover - abstract
+    def provision(self, log: Log, confirm_replacements: list[str] | tuple[str, ...] = ()) -> ProvisionResult:  # pragma: no cover - abstract
+        """Create or update the hosts. A plan that destroys or replaces a resource whose
+        address is not in `confirm_replacements` raises ReplacementRefused, applying nothing."""
         raise NotImplementedError
 
     def destroy(self, log: Log) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -106,7 +130,7 @@ class ThisMachine(Infrastructure):
     prometheus_port: int = 9090
     grafana_port: int = 3000
 
-    def provision(self, log: Log) -> ProvisionResult:
+    def provision(self, log: Log, confirm_replacements: list[str] | tuple[str, ...] = ()) -> ProvisionResult:
         log("local target: no cloud to provision; the hosts are this machine")
         host = {"ansible_host": self.address, "ansible_connection": "local", "private_ip": self.address, "public_ip": None}
         outputs = {
@@ -318,7 +342,7 @@ class OpenTofu(Infrastructure):
         return {name: value.get("value") for name, value in json.loads(run.stdout or "{}").items()}
 
     # -- what the asset and the job call -------------------------------------------------------
-    def provision(self, log: Log) -> ProvisionResult:
+    def provision(self, log: Log, confirm_replacements: list[str] | tuple[str, ...] = ()) -> ProvisionResult:
         timings: dict[str, float] = {}
         started = time.monotonic()
         self.prepare(log)
@@ -327,6 +351,9 @@ class OpenTofu(Infrastructure):
         log(f"{self.target}: {engine}; working copy {self.workspace()}")
         timings["init"] = self.init(log)
         changed, summary, changes, timings["plan"] = self.plan(log)
+        unconfirmed = unconfirmed_destruction(changes, confirm_replacements)
+        if unconfirmed:
+            raise ReplacementRefused(self.target, unconfirmed)
         if changed:
             log(f"plan: {summary['add']} to add, {summary['change']} to change, {summary['remove']} to destroy; applying the saved plan")
             timings["apply"] = self.apply(log)
@@ -397,8 +424,8 @@ class RehearsalOpenTofu(OpenTofu):
 
         return not teardown_sim(Path(self.rehearsal_dir).parent, log)["hosts_left"]
 
-    def provision(self, log: Log) -> ProvisionResult:
-        result = super().provision(log)
+    def provision(self, log: Log, confirm_replacements: list[str] | tuple[str, ...] = ()) -> ProvisionResult:
+        result = super().provision(log, confirm_replacements)
         result.extra = {
             "emulator": RECORDS["emulator"].in_folder(Path(self.rehearsal_dir) / "emulator").read(),
             "ssh_private_key": str(Path(self.rehearsal_dir) / "ssh" / "id_ed25519"),
@@ -410,22 +437,40 @@ class RehearsalOpenTofu(OpenTofu):
         return result
 
 
+def destructive(changes: list[str]) -> list[str]:
+    """The planned changes ("ACTION ADDRESS", as `plan()` returns them) that destroy or
+    replace a resource."""
+    return [change for change in changes if change.split(" ", 1)[0] in DESTRUCTIVE_ACTIONS]
+
+
+def unconfirmed_destruction(changes: list[str], confirmed: list[str] | tuple[str, ...]) -> list[str]:
+    """The destructive changes whose resource address is not among `confirmed`."""
+    confirmed = {address.strip() for address in confirmed}
+    return [change for change in destructive(changes) if change.split(" ", 1)[1] not in confirmed]
+
+
 def _ensure_ssh_key(directory: Path) -> Path:
-    """An ed25519 key pair for the rehearsal hosts (private key mode 0600)."""
+    """An ed25519 key pair for the rehearsal hosts. The private key file is created with mode
+    0600 from the start (never readable by others, not even while it is written), exclusively
+    and without following a symlink: a leftover file or link in its place is removed first,
+    never written through."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     private = directory / "id_ed25519"
-    if private.exists() and private.with_suffix(".pub").exists():
+    public_file = private.with_suffix(".pub")
+    if private.is_file() and not private.is_symlink() and public_file.exists():
         return private
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private.unlink(missing_ok=True)  # a half-made pair, or something planted there
+    public_file.unlink(missing_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
-    private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-    )
-    private.chmod(0o600)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    private.with_suffix(".pub").write_text(public.decode() + " mlops-assets-rehearsal\n")
+    public_file.write_text(public.decode() + " mlops-assets-rehearsal\n")
     return private
 
 

@@ -67,14 +67,18 @@ class Promtool:
 class PrometheusHttp:
     """Prometheus's HTTP API at `url` (any Prometheus: the local one, the monitoring host's)."""
 
-    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 30.0, auth: tuple[str, str] | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self.auth = auth  # (user, password): the monitoring host's basic auth
 
     def api(self, path: str, **params: Any) -> Any:
         import requests
 
-        response = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=self.timeout_s)
+        response = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=self.timeout_s, auth=self.auth)
+        if response.status_code == 401:
+            raise PrometheusError(f"Prometheus at {self.url} refused the credentials (HTTP 401): "
+                                  "check MLOPS_PROMETHEUS_PASSWORD against the monitoring host's")
         body = response.json()
         if body.get("status") != "success":
             raise PrometheusError(f"GET /api/v1/{path} {params}: {body.get('errorType')}: {body.get('error')}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import dagster as dg
 import requests
 
@@ -15,13 +18,34 @@ class PrometheusApi(dg.ConfigurableResource):
 
     url: str = "http://127.0.0.1:9090"
     timeout_seconds: float = 5.0
+    # Basic auth (the monitoring host's Prometheus). The password is never part of the
+    # config: it is read at query time from the environment variable `password_env`, else
+    # from `password_file` (the rehearsal's generated secret).
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+
+    def auth(self) -> tuple[str, str] | None:
+        if not self.username:
+            return None
+        password = os.environ.get(self.password_env) if self.password_env else None
+        if not password and self.password_file and Path(self.password_file).is_file():
+            password = Path(self.password_file).read_text().strip()
+        if not password:
+            raise PrometheusQueryError(
+                f"Prometheus at {self.url} needs basic auth: set {self.password_env or 'the password'}"
+                + (f" (or generate {self.password_file} with a sim run)" if self.password_file else ""))
+        return (self.username, password)
 
     def vector(self, promql: str) -> list[tuple[dict[str, str], float]]:
         """An instant vector as (labels, value) pairs."""
         try:
-            response = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=self.timeout_seconds)
+            response = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=self.timeout_seconds,
+                                    auth=self.auth())
         except requests.RequestException as exc:
             raise PrometheusQueryError(f"Prometheus at {self.url} did not answer ({exc}); set MLOPS_PROMETHEUS_URL") from exc
+        if response.status_code == 401:
+            raise PrometheusQueryError(f"Prometheus at {self.url} refused the credentials (HTTP 401): check {self.password_env}")
         try:
             body = response.json()
         except ValueError:
