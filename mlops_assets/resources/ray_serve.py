@@ -30,7 +30,7 @@ from mlops_assets import serving
 from mlops_assets.rollout import DeployFailed, Deployment, Rollout, RolloutError
 from mlops_assets.serving import deploy as serve_deploy
 from mlops_assets.serving.client import ApiClient
-from mlops_assets.serving.runtime import RayServeRuntime, instance_processes, stop_instance
+from mlops_assets.serving.runtime import RayServeRuntime, instance_processes, stop_instance, write_private_file
 from mlops_assets.state import RECORDS
 from mlops_assets.versioning import code_version_of
 
@@ -82,6 +82,18 @@ class RayServe(dg.ConfigurableResource):
     # each); "registry" = replicas resolve the `models:/` URI with MLflow themselves.
     model_transport: str = "folder"
     metrics_report_interval_ms: int = 10000
+    # The public API's timeouts, seconds (settings.API_TIMEOUTS, MLOPS_API_TIMEOUTS).
+    timeout_client_s: int = 30
+    timeout_server_s: int = 60
+    timeout_connect_s: int = 5
+    timeout_http_request_s: int = 10
+    request_timeout_s: float = 30.0
+    # API keys for POST /predict (docs/security.md): a file of keys, one a line, that the
+    # replicas read (and re-read when it changes); or the keys, comma-separated (wire it as
+    # dg.EnvVar("MLOPS_API_KEYS") so that Dagster never shows it), written to a 0600 file in
+    # state_dir. Neither: no key needed.
+    api_key_file: str | None = None
+    api_keys: str | None = None
 
     # -- the Ray instance --------------------------------------------------------------------
     def runtime(self) -> RayServeRuntime:
@@ -92,6 +104,9 @@ class RayServe(dg.ConfigurableResource):
             num_cpus=self.num_cpus, throughput_optimized=self.throughput_optimized, haproxy=self.haproxy,
             replica_port_min=self.replica_port_min, replica_port_max=self.replica_port_max,
             metrics_report_interval_ms=self.metrics_report_interval_ms,
+            timeout_client_s=self.timeout_client_s, timeout_server_s=self.timeout_server_s,
+            timeout_connect_s=self.timeout_connect_s, timeout_http_request_s=self.timeout_http_request_s,
+            request_timeout_s=self.request_timeout_s,
         )
 
     @property
@@ -116,8 +131,7 @@ class RayServe(dg.ConfigurableResource):
                 "stop it or set the ray_serve resource's gcs_port"
             )
         stop_instance(runtime)  # leftovers of a crashed instance of ours
-        runtime.state_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **runtime.environment()}
+        env = {**os.environ, **runtime.environment()}  # creates the private folders
         started = time.monotonic()
         result = subprocess.run(runtime.start_command(), env=env, capture_output=True, text=True)
         if result.returncode != 0:
@@ -133,14 +147,48 @@ class RayServe(dg.ConfigurableResource):
     def shutdown(self) -> int:
         """Stop the Ray instance, the API and its haproxy. Returns how many processes ended."""
         stopped = stop_instance(self.runtime())
+        self.runtime().remove_short_dirs()  # Ray's folder in /tmp, if the state folder was too deep
         RECORDS["deployed"].in_folder(self.state_dir).remove()
         return stopped
+
+    # -- API keys --------------------------------------------------------------------------
+    def _keys(self) -> list[str]:
+        return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
+
+    def key_file(self) -> str | None:
+        """The file of keys the replicas read: api_key_file, or state_dir/api-keys for api_keys."""
+        if self._keys():
+            return str(Path(self.state_dir) / "api-keys")
+        return self.api_key_file
+
+    def write_key_file(self) -> None:
+        """api_keys into state_dir/api-keys (0600, no-follow), where the replicas read them."""
+        keys = self._keys()
+        if keys:
+            runtime = self.runtime()
+            runtime.prepare_dirs()
+            write_private_file(runtime.state_dir, "api-keys", "\n".join(keys) + "\n")
+
+    def client_key(self) -> str | None:
+        """A key for this project's own requests (smoke checks): the first one."""
+        keys = self._keys()
+        if keys:
+            return keys[0]
+        if self.api_key_file:
+            from mlops_assets.serving.auth import read_keys
+
+            return next(iter(read_keys(self.api_key_file)), None)
+        return None
+
+    def client(self) -> ApiClient:
+        return ApiClient(self.api_url, api_key=self.client_key())
 
     # -- the application ---------------------------------------------------------------------
     def app_args(self, features: list[dict[str, str]]) -> dict[str, Any]:
         return {
             "features": features, "max_rows": self.max_rows, "max_body_bytes": self.max_body_bytes,
             "batch_max_size": self.batch_max_size, "batch_wait_s": self.batch_wait_s, "bind_host": self.host,
+            **({"api_key_file": self.key_file()} if self.key_file() else {}),
         }
 
     def rollout(self) -> Rollout:
@@ -153,6 +201,7 @@ class RayServe(dg.ConfigurableResource):
         """Serve `model_uri` (an MLflow URI pinned to a version, or a model folder) and wait
         until the API reports `expected_version` (rollout.py: unchanged, reconfigured in place
         or deployed; `check()` then runs, and a failure rolls back)."""
+        self.write_key_file()
         # What was asked, before any registry lookup: the same request as the last healthy
         # deployment, with the API serving that version, needs nothing (not even MLflow).
         request = {
@@ -212,7 +261,7 @@ class RayServe(dg.ConfigurableResource):
         return f"the replica logs in {self.runtime().ray_dir}/session_latest/logs/serve"
 
     def readyz(self, timeout: float = 2.0) -> dict[str, Any] | None:
-        return ApiClient(self.api_url).readyz(timeout)
+        return self.client().readyz(timeout)
 
     def app_status(self) -> dict[str, Any] | None:
         """Serve's status of the application (serving/deploy.py `status`), None if unknown."""
@@ -227,7 +276,7 @@ class RayServe(dg.ConfigurableResource):
 
     def predict(self, instances: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
         """One POST /predict. Returns (answer, seconds)."""
-        return ApiClient(self.api_url).predict(instances)
+        return self.client().predict(instances)
 
     def _run_deployer(self, argument: str, what: str, timeout: float = 300, stdin: str | None = None) -> str:
         env = {**os.environ, **self.runtime().environment()}
