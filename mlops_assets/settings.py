@@ -107,7 +107,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         target_column=env.get("MLOPS_TARGET_COLUMN") or None,
         tracking_uri=tracking_uri,
         mlflow_ui_url=(env.get("MLOPS_MLFLOW_UI_URL") or _default_ui_url(tracking_uri)).rstrip("/"),
-        model_name=env.get("MLOPS_MODEL_NAME") or "mlops-assets-classifier",
+        model_name=_model_name(env.get("MLOPS_MODEL_NAME") or "mlops-assets-classifier"),
         retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * *",
         prometheus_url=(env.get("MLOPS_PROMETHEUS_URL") or f"http://127.0.0.1:{local_ports['prometheus']}").rstrip("/"),
         drift_threshold=_number(env, "MLOPS_DRIFT_THRESHOLD", 0.25),
@@ -130,6 +130,22 @@ def _api_timeouts(raw: str) -> dict:
         return parse_api_timeouts(raw)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
+
+
+# A registered model's name becomes a folder name (the downloaded versions, image tags): letters,
+# digits, '.', '_' and '-', starting with a letter or digit.
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+
+
+def _model_name(raw: str) -> str:
+    import re
+
+    if not re.fullmatch(MODEL_NAME_PATTERN, raw) or ".." in raw:
+        raise SettingsError(
+            f"MLOPS_MODEL_NAME={raw!r} is not a usable model name: use letters, digits, '.', '_' and '-' "
+            "(starting with a letter or digit, at most 128 characters, no '..'), e.g. mlops-assets-classifier"
+        )
+    return raw
 
 
 def _api_key_file(raw: str) -> Path | None:

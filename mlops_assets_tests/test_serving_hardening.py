@@ -376,3 +376,56 @@ def test_forwarder_is_bounded_times_out_idle_pairs_and_survives_accept_errors():
     _roundtrip(port)  # served by the accept already waiting on the real socket
     assert _roundtrip(port, b"still accepting") == b"still accepting"
     assert forwarder.accept_errors == 1 and forwarder.thread.is_alive()
+
+
+# -- low ones ----------------------------------------------------------------------------------
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["../../etc", ".hidden", "x" * 129, "name with space", "a..b"])
+def test_a_model_name_that_would_make_a_path_is_refused(name, tmp_path):
+    from mlops_assets.resources.ray_serve import RayServe, RayServeError
+    from mlops_assets.serving.model import ModelSource
+    from mlops_assets.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="MLOPS_MODEL_NAME=.* is not a usable model name"):
+        load_settings({"MLOPS_MODEL_NAME": name})
+    with pytest.raises(RayServeError, match="is not a usable folder name"):
+        RayServe(state_dir=str(tmp_path))._download(ModelSource(f"models:/{name}/1"), "1")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.unit
+def test_readyz_gives_a_short_reason_not_the_exception_text():
+    from mlops_assets.serving.app import _short_reason
+    from mlops_assets.serving.model import ModelSourceError
+
+    ours = ModelSourceError("the model in /m has no signature; log it with `signature=`\nmore detail")
+    assert _short_reason(ours) == "ModelSourceError: the model in /m has no signature; log it with `signature=`"
+    theirs = KeyError("/home/secret/path/in/a/traceback")
+    assert "secret" not in _short_reason(theirs) and _short_reason(theirs).startswith("KeyError")
+
+
+@pytest.mark.unit
+def test_a_pid_file_naming_another_process_is_not_ours(tmp_path):
+    from mlops_assets.resources.prometheus import _running_pid, _start_time
+
+    marker = f"--web.listen-address=127.0.0.1:1 {tmp_path}"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    try:
+        pid_file = tmp_path / "x.pid"
+        pid_file.write_text(f"{sleeper.pid} {_start_time(sleeper.pid)}")
+        assert _running_pid(pid_file, marker) == sleeper.pid
+        # The same PID with another start time (a PID reused after a crash): not ours.
+        pid_file.write_text(f"{sleeper.pid} {int(_start_time(sleeper.pid)) - 1}")
+        assert _running_pid(pid_file, marker) is None
+        # A process of another user with the same command line: not ours either.
+        other = subprocess.Popen(["sleep", "60"], user=NOBODY) if os.geteuid() == 0 else None
+        if other is not None:
+            try:
+                pid_file.write_text(f"{other.pid} {_start_time(other.pid)}")
+                assert _running_pid(pid_file, "sleep") is None
+            finally:
+                other.kill()
+                other.wait()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,7 +31,13 @@ from mlops_assets import serving
 from mlops_assets.rollout import DeployFailed, Deployment, Rollout, RolloutError
 from mlops_assets.serving import deploy as serve_deploy
 from mlops_assets.serving.client import ApiClient
-from mlops_assets.serving.runtime import RayServeRuntime, instance_processes, stop_instance, write_private_file
+from mlops_assets.serving.runtime import (
+    RayServeRuntime,
+    _processes,
+    instance_processes,
+    stop_instance,
+    write_private_file,
+)
 from mlops_assets.state import RECORDS
 from mlops_assets.versioning import code_version_of
 
@@ -118,13 +125,37 @@ class RayServe(dg.ConfigurableResource):
         return self.runtime().metrics_url
 
     def is_running(self) -> bool:
-        return bool(instance_processes(self.runtime())) and _port_open(self.host, self.gcs_port)
+        return bool(instance_processes(self.runtime())) and not self.missing_parts()
+
+    def missing_parts(self) -> list[str]:
+        """What a whole instance of ours has and this one lacks: its GCS, its raylet (a raylet
+        that crashed leaves a GCS that answers but cannot serve: "Failed to get node info"),
+        GCS's port. Empty when whole, or when nothing of it runs."""
+        table = _processes()
+        pids = [p for p in instance_processes(self.runtime()) if p in table]
+        if not pids:
+            return []
+        names = {Path(table[p][1].split(" ", 1)[0]).name for p in pids}
+        missing = [part for part in ("gcs_server", "raylet") if part not in names]
+        if not _port_open(self.host, self.gcs_port):
+            missing.append(f"GCS port {self.gcs_port}")
+        return missing
 
     def ensure_started(self, log: Callable[[str], None] | None = None) -> bool:
-        """Start the Ray instance unless it runs already. Returns True if it was started."""
+        """Start the Ray instance unless it runs already, whole. An instance of ours that is
+        not whole (a process crashed) is stopped and started afresh. Returns True if started."""
         runtime = self.runtime()
-        if self.is_running():
+        missing = self.missing_parts()
+        if instance_processes(runtime) and not missing:
             return False
+        if missing:
+            if log:
+                log(f"the Ray instance on {runtime.address} is not whole ({', '.join(missing)} gone): "
+                    "stopping what is left of it and starting it again")
+            stop_instance(runtime)
+            deadline = time.monotonic() + 15
+            while _port_open(self.host, self.gcs_port) and time.monotonic() < deadline:
+                time.sleep(0.2)
         if _port_open(self.host, self.gcs_port):
             raise RayServeError(
                 f"port {self.gcs_port} on {self.host} is taken by another program (another Ray?); "
@@ -235,6 +266,11 @@ class RayServe(dg.ConfigurableResource):
         from mlops_assets.serving import model as model_lib
 
         name = source.model_uri.removeprefix("models:/").split("/")[0].split("@")[0]
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name) or ".." in name:
+            raise RayServeError(f"model name {name!r} (from {source.model_uri}) is not a usable folder name: "
+                                "use letters, digits, '.', '_' and '-' (MLOPS_MODEL_NAME)")
+        if not re.fullmatch(r"[0-9]{1,12}", str(version)):
+            raise RayServeError(f"model version {version!r} is not a registry version number")
         target = Path(self.state_dir) / "models" / name / version
         if not (target / "MLmodel").is_file():
             staging = target.with_name(f".{version}.partial")
