@@ -429,3 +429,29 @@ def test_a_pid_file_naming_another_process_is_not_ours(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+@pytest.mark.unit
+def test_key_and_timeout_settings(tmp_path):
+    from mlops_assets.settings import SettingsError, load_settings
+    from mlops_assets.targets import resources_for
+
+    settings = load_settings({"MLOPS_HOME": str(tmp_path), "MLOPS_API_KEYS": "k-one, k-two",
+                              "MLOPS_API_TIMEOUTS": "http_request=4,request=12"})
+    assert settings.api_keys == ("k-one", "k-two") and "k-one" not in repr(settings)
+    ray_serve = resources_for(settings)["api_deployer"].ray_serve
+    assert (ray_serve.timeout_http_request_s, ray_serve.request_timeout_s, ray_serve.timeout_client_s) == (4, 12, 30)
+    assert ray_serve.runtime().http_options()["request_timeout_s"] == 12
+    with pytest.raises(SettingsError, match="MLOPS_API_TIMEOUTS names 'idle'; use any of client, server"):
+        load_settings({"MLOPS_API_TIMEOUTS": "idle=3"})
+    with pytest.raises(SettingsError, match="'request=0' is not request=SECONDS"):
+        load_settings({"MLOPS_API_TIMEOUTS": "request=0"})
+    with pytest.raises(SettingsError, match="MLOPS_API_KEYS works for the local target only.*MLOPS_API_KEY_FILE"):
+        load_settings({"MLOPS_TARGET": "sim", "MLOPS_API_KEYS": "k"})
+    with pytest.raises(SettingsError, match="MLOPS_API_KEY_FILE=.* is not a file"):
+        load_settings({"MLOPS_API_KEY_FILE": str(tmp_path / "absent")})
+    keys = tmp_path / "keys"
+    keys.write_text("file-key\n")
+    sim = resources_for(load_settings({"MLOPS_HOME": str(tmp_path), "MLOPS_TARGET": "sim", "MLOPS_API_KEY_FILE": str(keys)}))
+    assert sim["api_deployer"].api_key_file == str(keys)
+    assert sim["api_deployer"].ansible.extra_vars["api_key_file"] == str(keys)  # the api role mounts it
