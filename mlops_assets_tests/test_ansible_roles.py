@@ -139,7 +139,7 @@ def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, invento
         ("/etc/mlops-assets/api-keys", "/run/secrets/mlops-api", False)]
     assert "role-test-key" not in json.dumps(config)
     assert hosts.ssh("api", "sudo stat -c '%u %a' /etc/mlops-assets/api-keys/keys", user="admin").stdout.split() == ["10001", "400"]
-    assert hosts.ssh("api", "sudo docker exec mlops-api cat /run/secrets/mlops-api/keys", user="admin").stdout.strip() == "role-test-key"
+    assert hosts.ssh("api", "sudo docker exec --user 10001 mlops-api cat /run/secrets/mlops-api/keys", user="admin").stdout.strip() == "role-test-key"
     assert "role-test-key" not in hosts.ssh("api", "ps -eo args", user="admin").stdout
     api = hosts.address("api")
     # Verify through the API host's address: ready with the expected version, predicts.
