@@ -35,6 +35,7 @@ from mlops_assets.serving.runtime import (
     RayServeRuntime,
     _processes,
     instance_processes,
+    private_dir,
     stop_instance,
     write_private_file,
 )
@@ -196,9 +197,9 @@ class RayServe(dg.ConfigurableResource):
         """api_keys into state_dir/api-keys (0600, no-follow), where the replicas read them."""
         keys = self._keys()
         if keys:
-            runtime = self.runtime()
-            runtime.prepare_dirs()
-            write_private_file(runtime.state_dir, "api-keys", "\n".join(keys) + "\n")
+            state = Path(self.state_dir)
+            state.parent.mkdir(parents=True, exist_ok=True)
+            write_private_file(private_dir(state), "api-keys", "\n".join(keys) + "\n")
 
     def client_key(self) -> str | None:
         """A key for this project's own requests (smoke checks): the first one."""
