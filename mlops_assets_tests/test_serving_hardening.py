@@ -174,8 +174,11 @@ def test_idle_connections_are_closed_and_predict_is_answered(serving_api, test_s
         # HAProxy's http-request timeout ends each idle connection with 408, all of them by
         # then (HAProxy's client timeout, 30 s, would end them much later).
         time.sleep(HTTP_REQUEST_TIMEOUT_S + 1)
-        readable, _, _ = select.select(idle, [], [], 0)
-        answers = [sock.recv(4096) for sock in readable]
+        poller = select.poll()
+        for sock in idle:
+            poller.register(sock, select.POLLIN)
+        by_fd = {sock.fileno(): sock for sock in idle}
+        answers = [by_fd[fd].recv(4096) for fd, _ in poller.poll(0)]
         assert len(answers) == len(idle)
         assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), {a[:40] for a in answers}
     finally:
