@@ -455,3 +455,16 @@ def test_key_and_timeout_settings(tmp_path):
     sim = resources_for(load_settings({"MLOPS_HOME": str(tmp_path), "MLOPS_TARGET": "sim", "MLOPS_API_KEY_FILE": str(keys)}))
     assert sim["api_deployer"].api_key_file == str(keys)
     assert sim["api_deployer"].ansible.extra_vars["api_key_file"] == str(keys)  # the api role mounts it
+
+
+@pytest.mark.unit
+def test_a_timeout_change_restarts_ray_on_the_next_deploy(short_base):
+    """Ray's processes read HAProxy's timeouts at start: a running instance started with others
+    is restarted (ensure_started compares this fingerprint with the one recorded at start)."""
+    from mlops_assets.resources.ray_serve import _start_fingerprint
+
+    runtime = RayServeRuntime(state_dir=short_base / "s")
+    assert _start_fingerprint(runtime) == _start_fingerprint(RayServeRuntime(state_dir=short_base / "s"))
+    assert _start_fingerprint(runtime) != _start_fingerprint(
+        RayServeRuntime(state_dir=short_base / "s", timeout_http_request_s=4))
+    assert _start_fingerprint(runtime) != _start_fingerprint(RayServeRuntime(state_dir=short_base / "s", timeout_client_s=9))

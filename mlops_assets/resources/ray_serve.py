@@ -53,6 +53,22 @@ SERVING_CODE_VERSION = code_version_of(Path(serving.__file__).parent)
 STATUS_EVERY_S = 10.0
 
 
+# What the running instance was started with (a hash of its command and environment): Ray's
+# processes read their settings (HAProxy's timeouts, ports...) only at start.
+START_RECORD = "ray-started"
+
+
+def _start_fingerprint(runtime: RayServeRuntime) -> str:
+    import dataclasses
+    import hashlib
+
+    # The runtime's fields too: the shim's http-request timeout and Serve's http_options are
+    # fixed when the instance starts as well.
+    fields = {f.name: str(getattr(runtime, f.name)) for f in dataclasses.fields(runtime)}
+    started_with = [runtime.start_command(), sorted(runtime.environment().items()), sorted(fields.items())]
+    return hashlib.sha256(json.dumps(started_with).encode()).hexdigest()[:16]
+
+
 class RayServeError(RolloutError):
     """The Ray instance or the API did not come up as asked."""
 
@@ -147,12 +163,18 @@ class RayServe(dg.ConfigurableResource):
         not whole (a process crashed) is stopped and started afresh. Returns True if started."""
         runtime = self.runtime()
         missing = self.missing_parts()
-        if instance_processes(runtime) and not missing:
+        running = bool(instance_processes(runtime))
+        fingerprint = _start_fingerprint(runtime)
+        record = Path(self.state_dir) / START_RECORD
+        whole = running and not missing
+        stale = whole and (not record.is_file() or record.read_text() != fingerprint)
+        if whole and not stale:
             return False
-        if missing:
+        if missing or stale:
             if log:
-                log(f"the Ray instance on {runtime.address} is not whole ({', '.join(missing)} gone): "
-                    "stopping what is left of it and starting it again")
+                why = (f"is not whole ({', '.join(missing)} gone)" if missing else
+                       "was started with other settings (timeouts, ports or the environment Ray reads at start)")
+                log(f"the Ray instance on {runtime.address} {why}: stopping it and starting it again")
             stop_instance(runtime)
             deadline = time.monotonic() + 15
             while _port_open(self.host, self.gcs_port) and time.monotonic() < deadline:
@@ -172,6 +194,7 @@ class RayServe(dg.ConfigurableResource):
                 f"Ray's logs are in {runtime.ray_dir}; a port may be taken (gcs {self.gcs_port}, "
                 f"metrics {self.metrics_port}, client {self.client_port})"
             )
+        write_private_file(runtime.state_dir, START_RECORD, fingerprint)
         if log:
             log(f"started Ray on {runtime.address} in {time.monotonic() - started:.1f}s (state {runtime.ray_dir})")
         return True
