@@ -10,7 +10,8 @@ machine's Podman), through five scenarios in order:
    no retraining;
 5. new hyperparameters: retraining; the champion stays, so nothing downstream rebuilds;
 6. a crash: the raylet alone (GCS left alive), Prometheus and node_exporter killed with
-   SIGKILL; one `cli run` finds the Ray instance not whole, starts it again, and restarts both.
+   SIGKILL; one `cli run` finds the Ray instance not whole, starts it again, and restarts both
+   (the same run turns API keys on: /predict needs one, the smoke check sends one).
 
 Needs root for the container engine (CI runs as root).
 """
@@ -198,14 +199,21 @@ def test_one_run_after_a_crash_restores_ray_prometheus_and_node_exporter(stack, 
     assert Path(f"/proc/{gcs}").exists()  # GCS alive: the instance answers but cannot serve
     assert ray_serve.missing_parts() == ["raylet"]
 
-    run = _ok(stack.cli("run"))
+    # The same run turns API keys on: the replicas get the key file, the smoke check sends a key.
+    run = _ok(stack.cli("run", MLOPS_API_KEYS="lazy-key-1,lazy-key-2"))
     stack.outcomes["6 crash recovery"] = (run.seconds, run.materialized)
     assert "is not whole (raylet gone)" in run.output, run.tail()
+    assert "lazy-key" not in run.output
     champion = str(stack.metadata("selected_model")["champion_version"])
-    assert _readyz(stack)["model"]["version"] == champion
+    assert _readyz(stack)["model"]["version"] == champion  # health checks need no key
     row = {"instances": [{"island": "Biscoe", "bill_length_mm": 45.0, "bill_depth_mm": 15.0,
                           "flipper_length_mm": 210.0, "body_mass_g": 5000.0, "sex": "male"}]}
-    assert requests.post(f"{stack.api_url}/predict", json=row, timeout=30).status_code == 200
+    refused = requests.post(f"{stack.api_url}/predict", json=row, timeout=30)
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer"), refused.text
+    wrong = requests.post(f"{stack.api_url}/predict", json=row, headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 401
+    answered = requests.post(f"{stack.api_url}/predict", json=row, headers={"Authorization": "Bearer lazy-key-2"}, timeout=30)
+    assert answered.status_code == 200, answered.text
     assert ray_serve.is_running() and not ray_serve.missing_parts()
     assert prometheus.pid() not in (None, killed["prometheus"])
     assert prometheus.node_exporter_pid() not in (None, killed["node_exporter"])
