@@ -214,6 +214,12 @@ def test_one_run_after_a_crash_restores_ray_prometheus_and_node_exporter(stack, 
     assert wrong.status_code == 401
     answered = requests.post(f"{stack.api_url}/predict", json=row, headers={"Authorization": "Bearer lazy-key-2"}, timeout=30)
     assert answered.status_code == 200, answered.text
+    # The keys reach the replicas through the key file, not Ray's processes' environment.
+    for pid in instance_processes(ray_serve.runtime()):
+        try:
+            assert b"lazy-key" not in Path(f"/proc/{pid}/environ").read_bytes(), table.get(pid)
+        except FileNotFoundError:
+            pass
     assert ray_serve.is_running() and not ray_serve.missing_parts()
     assert prometheus.pid() not in (None, killed["prometheus"])
     assert prometheus.node_exporter_pid() not in (None, killed["node_exporter"])

@@ -185,7 +185,7 @@ class RayServe(dg.ConfigurableResource):
                 "stop it or set the ray_serve resource's gcs_port"
             )
         stop_instance(runtime)  # leftovers of a crashed instance of ours
-        env = {**os.environ, **runtime.environment()}  # creates the private folders
+        env = {**_environ(), **runtime.environment()}  # creates the private folders
         started = time.monotonic()
         result = subprocess.run(runtime.start_command(), env=env, capture_output=True, text=True)
         if result.returncode != 0:
@@ -339,7 +339,7 @@ class RayServe(dg.ConfigurableResource):
         return self.client().predict(instances)
 
     def _run_deployer(self, argument: str, what: str, timeout: float = 300, stdin: str | None = None) -> str:
-        env = {**os.environ, **self.runtime().environment()}
+        env = {**_environ(), **self.runtime().environment()}
         result = subprocess.run(
             [sys.executable, "-m", "mlops_assets.serving.deploy", self.runtime().address, argument],
             env=env, input=stdin, capture_output=True, text=True, timeout=timeout,
@@ -347,6 +347,12 @@ class RayServe(dg.ConfigurableResource):
         if result.returncode != 0:
             raise RayServeError(f"{what} failed: {result.stderr.strip()[-3000:]}")
         return result.stdout
+
+
+def _environ() -> dict[str, str]:
+    """This process's environment for Ray's processes, without the API keys (the replicas
+    read them from the key file; Ray's processes would keep them in their environment)."""
+    return {k: v for k, v in os.environ.items() if k != "MLOPS_API_KEYS"}
 
 
 def _status_summary(status: dict[str, Any]) -> str:
