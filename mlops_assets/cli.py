@@ -16,7 +16,13 @@ import time
 
 
 def _prepare_home(settings) -> None:
-    for path in (settings.home, settings.dagster_home, settings.mlflow_dir, settings.artifact_root, settings.io_dir):
+    from mlops_assets.serving.runtime import private_dir
+
+    # MLOPS_HOME is closed to other users (0700): it holds the registry, secrets and the API's
+    # Ray and HAProxy folders (docs/security.md).
+    settings.home.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.home)
+    for path in (settings.dagster_home, settings.mlflow_dir, settings.artifact_root, settings.io_dir):
         path.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
     # An empty dagster.yaml: the default sqlite storage in DAGSTER_HOME, said explicitly.
@@ -39,12 +45,14 @@ def run(job_name: str, everything: bool = False, config_path: str | None = None,
     from mlops_assets.settings import SettingsError, load_settings
     from mlops_assets.state import RunBusy
 
+    from mlops_assets.serving.runtime import UnsafeFolder
+
     try:
         settings = load_settings()
-    except SettingsError as exc:
+        _prepare_home(settings)
+    except (SettingsError, UnsafeFolder) as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    _prepare_home(settings)
     try:
         with _locked(settings, "run"):
             return _run(settings, job_name, everything, config_path, assets)
@@ -152,8 +160,14 @@ def down() -> int:
     from mlops_assets.state import RunBusy
     from mlops_assets.targets import resources_for
 
+    from mlops_assets.serving.runtime import UnsafeFolder
+
     settings = load_settings()
-    _prepare_home(settings)
+    try:
+        _prepare_home(settings)
+    except UnsafeFolder as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     try:
         with _locked(settings, "down"):
             resources = resources_for(settings)

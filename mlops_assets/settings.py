@@ -61,6 +61,12 @@ class Settings:
     run_lock_timeout_s: float = 1800.0
     # The local target's ports: LOCAL_PORTS with MLOPS_LOCAL_PORTS applied.
     local_ports: dict = field(default_factory=lambda: dict(LOCAL_PORTS), hash=False)
+    # The public API's timeouts: serving.runtime.API_TIMEOUTS with MLOPS_API_TIMEOUTS applied.
+    api_timeouts: dict = field(default_factory=lambda: _api_timeouts(""), hash=False)
+    # API keys for POST /predict (docs/security.md): a file of keys (MLOPS_API_KEY_FILE), or
+    # the keys themselves (MLOPS_API_KEYS, comma-separated; never printed: repr=False).
+    api_key_file: Path | None = None
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def dagster_home(self) -> Path:
@@ -89,6 +95,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         )
     tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     local_ports = _local_ports(env.get("MLOPS_LOCAL_PORTS") or "")
+    if env.get("MLOPS_API_KEYS") and target != "local":
+        raise SettingsError(
+            f"MLOPS_API_KEYS works for the local target only; for {target}, put the keys in a file (one a line) "
+            "and set MLOPS_API_KEY_FILE: the api role copies it to the host and mounts it into the container"
+        )
     return Settings(
         home=home,
         target=target,
@@ -96,7 +107,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         target_column=env.get("MLOPS_TARGET_COLUMN") or None,
         tracking_uri=tracking_uri,
         mlflow_ui_url=(env.get("MLOPS_MLFLOW_UI_URL") or _default_ui_url(tracking_uri)).rstrip("/"),
-        model_name=env.get("MLOPS_MODEL_NAME") or "mlops-assets-classifier",
+        model_name=_model_name(env.get("MLOPS_MODEL_NAME") or "mlops-assets-classifier"),
         retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * *",
         prometheus_url=(env.get("MLOPS_PROMETHEUS_URL") or f"http://127.0.0.1:{local_ports['prometheus']}").rstrip("/"),
         drift_cooldown_minutes=_number(env, "MLOPS_DRIFT_COOLDOWN_MINUTES", 60.0),
@@ -104,7 +115,44 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         ssh_private_key=env.get("MLOPS_SSH_PRIVATE_KEY") or None,
         run_lock_timeout_s=_number(env, "MLOPS_RUN_LOCK_TIMEOUT", 1800.0),
         local_ports=local_ports,
+        api_timeouts=_api_timeouts(env.get("MLOPS_API_TIMEOUTS") or ""),
+        api_key_file=_api_key_file(env.get("MLOPS_API_KEY_FILE") or ""),
+        api_keys=tuple(k.strip() for k in (env.get("MLOPS_API_KEYS") or "").split(",") if k.strip()),
     )
+
+
+def _api_timeouts(raw: str) -> dict:
+    from mlops_assets.serving.runtime import parse_api_timeouts
+
+    try:
+        return parse_api_timeouts(raw)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+# A registered model's name becomes a folder name (the downloaded versions, image tags): letters,
+# digits, '.', '_' and '-', starting with a letter or digit.
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+
+
+def _model_name(raw: str) -> str:
+    import re
+
+    if not re.fullmatch(MODEL_NAME_PATTERN, raw) or ".." in raw:
+        raise SettingsError(
+            f"MLOPS_MODEL_NAME={raw!r} is not a usable model name: use letters, digits, '.', '_' and '-' "
+            "(starting with a letter or digit, at most 128 characters, no '..'), e.g. mlops-assets-classifier"
+        )
+    return raw
+
+
+def _api_key_file(raw: str) -> Path | None:
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise SettingsError(f"MLOPS_API_KEY_FILE={raw!r} is not a file; point it at a file of API keys, one a line")
+    return path.resolve()
 
 
 def _local_ports(raw: str) -> dict:

@@ -73,19 +73,25 @@ def resources_for(settings: Settings) -> dict[str, Any]:
     )
     resources["host_configurator"] = AnsibleHosts(ansible=ansible)
     resources["api_deployer"] = ImageOnApiHosts(ansible=ansible,
-                                                record_file=str(RECORDS["api_deployed"].under(home, target).path))
+                                                record_file=str(RECORDS["api_deployed"].under(home, target).path),
+                                                api_key_file=str(settings.api_key_file) if settings.api_key_file else None)
     resources["monitoring"] = MonitoringHost(**monitoring_common, ansible=ansible, grafana_render_only=target == "sim")
     return resources
 
 
 def local_ray_serve(settings: Settings) -> RayServe:
     """The local Ray instance on loopback: API :8000, metrics :8080, or where MLOPS_LOCAL_PORTS puts them."""
-    ports = settings.local_ports
+    ports, timeouts = settings.local_ports, settings.api_timeouts
     return RayServe(
         state_dir=str(settings.home / "serving"), api_port=ports["api"], metrics_port=ports["metrics"],
         gcs_port=ports["ray_gcs"], client_port=ports["ray_client"], haproxy_metrics_port=ports["haproxy_metrics"],
         haproxy_stats_port=ports["haproxy_stats"], fallback_proxy_port=ports["serve_fallback"],
         replica_port_min=ports["replicas"][0], replica_port_max=ports["replicas"][1],
+        timeout_client_s=timeouts["client"], timeout_server_s=timeouts["server"], timeout_connect_s=timeouts["connect"],
+        timeout_http_request_s=timeouts["http_request"], request_timeout_s=timeouts["request"],
+        api_key_file=str(settings.api_key_file) if settings.api_key_file else None,
+        # Resolved by Dagster at run time and never shown in its UI (settings has read it already).
+        api_keys=dg.EnvVar("MLOPS_API_KEYS") if settings.api_keys else None,
     )
 
 
@@ -130,6 +136,8 @@ def ansible_for(settings: Settings) -> Ansible:
         "extra_vars": {
             "prometheus_rule_files_dir": str(home / "monitoring" / "prometheus" / "rules"),
             "grafana_dashboards_src_dir": str(home / "monitoring" / "dashboards"),
+            # The api role copies the key file to the host and mounts it into the container.
+            **({"api_key_file": str(settings.api_key_file)} if settings.api_key_file else {}),
         },
     }
     if target == "sim":

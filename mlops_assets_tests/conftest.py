@@ -120,3 +120,12 @@ def pytest_runtest_logstart(nodeid, location):
     progress = os.environ.get("MLOPS_TEST_PROGRESS_FILE")
     if progress:
         Path(progress).write_text(f"{nodeid} (started {time.strftime('%H:%M:%S')})\n")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's state folder from /tmp after a passing session (a failing one, or
+    MLOPS_KEEP_TEST_HOME=1, keeps it to look at)."""
+    if exitstatus == 0 and not os.environ.get("MLOPS_KEEP_TEST_HOME") and not hasattr(session.config, "workerinput"):
+        import shutil
+
+        shutil.rmtree(_SESSION_HOME, ignore_errors=True)

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 REPLICAS = 2
+HTTP_REQUEST_TIMEOUT_S = 3
 
 
 def _free(port: int) -> bool:
@@ -72,6 +73,8 @@ def serving_api(trained_home):
         replica_port_max=replica_low + 99,
         num_replicas=REPLICAS,
         metrics_report_interval_ms=1000,
+        # Short enough for the timeout tests to wait for (test_serving_hardening.py).
+        timeout_http_request_s=HTTP_REQUEST_TIMEOUT_S,
     )
     try:
         resource.deploy(selected.model_uri, selected.version, tracking_uri=settings.tracking_uri)
@@ -85,7 +88,7 @@ def serving_api(trained_home):
             versions=[selected.version],
         )
     finally:
-        resource.shutdown()
+        resource.shutdown()  # and its folders in /tmp
 
 
 @pytest.fixture(scope="session")

@@ -130,8 +130,11 @@ def test_docker_role(hosts, ansible, inventory):
     assert hosts.exec("monitoring", f"cat /proc/{pid}/comm").stdout.strip() == "dockerd"
 
 
-def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, inventory, engine):
+def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, inventory, engine, tmp_path):
     from mlops_assets.rehearsal.images import build_test_api_image, save_archive
+
+    key_file = tmp_path / "api-keys"
+    key_file.write_text("role-test-key\n")
 
     good = build_test_api_image(engine)
     broken = build_test_api_image(engine, broken=True)
@@ -141,8 +144,19 @@ def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, invento
     repository, good_tag = good.rsplit(":", 1)
 
     variables = {"api_image_repository": repository, "api_image_tag": good_tag, "api_image_source": "archive",
-                 "api_image_archive": str(good_archive), "api_model_version": "1", "api_ready_timeout": 30}
+                 "api_image_archive": str(good_archive), "api_model_version": "1", "api_ready_timeout": 30,
+                 "api_key_file": str(key_file)}
     converge_twice(ansible, inventory, "tests/api.yml", "api", **variables)
+    # The key file reaches the container as a read-only mount whose path MLOPS_API_KEY_FILE
+    # names; the key itself is in neither the container's config nor a command line.
+    config = json.loads(hosts.ssh("api", "sudo docker inspect mlops-api", user="admin").stdout)[0]
+    assert "MLOPS_API_KEY_FILE=/run/secrets/mlops-api/keys" in config["Config"]["Env"]
+    assert [(m["Source"], m["Destination"], m["RW"]) for m in config["Mounts"]] == [
+        ("/etc/mlops-assets/api-keys", "/run/secrets/mlops-api", False)]
+    assert "role-test-key" not in json.dumps(config)
+    assert hosts.ssh("api", "sudo stat -c '%u %a' /etc/mlops-assets/api-keys/keys", user="admin").stdout.split() == ["10001", "400"]
+    assert hosts.ssh("api", "sudo docker exec --user 10001 mlops-api cat /run/secrets/mlops-api/keys", user="admin").stdout.strip() == "role-test-key"
+    assert "role-test-key" not in hosts.ssh("api", "ps -eo args", user="admin").stdout
     api = hosts.address("api")
     # Verify through the API host's address: ready with the expected version, predicts.
     assert http_json(f"http://{api}:8000/readyz") == (200, {"status": "ready", "model": {"name": "test-model", "version": "1"}})

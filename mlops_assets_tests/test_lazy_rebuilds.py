@@ -8,12 +8,18 @@ machine's Podman), through five scenarios in order:
 3. new data with a better model: the whole chain rebuilds and the API serves the new version;
 4. serving code changed (a developer's edit in the checkout): a new image and a redeployed API,
    no retraining;
-5. new hyperparameters: retraining; the champion stays, so nothing downstream rebuilds.
+5. new hyperparameters: retraining; the champion stays, so nothing downstream rebuilds;
+6. a crash: the raylet alone (GCS left alive), Prometheus and node_exporter killed with
+   SIGKILL; one `cli run` finds the Ray instance not whole, starts it again, and restarts both
+   (the same run turns API keys on: /predict needs one, the smoke check sends one).
 
 Needs root for the container engine (CI runs as root).
 """
 
+import os
+import signal
 import time
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -168,3 +174,54 @@ def test_new_hyperparameters_retrain_and_nothing_downstream_rebuilds(stack, cold
     assert stack.metadata("container_image")["rebuilt"] is False
     assert stack.metadata("deployed_api")["action"] == "unchanged"
     assert stack.replica_pids() == pids
+
+
+def test_one_run_after_a_crash_restores_ray_prometheus_and_node_exporter(stack, cold):
+    from mlops_assets.serving.runtime import _processes, instance_processes
+    from mlops_assets.settings import load_settings
+    from mlops_assets.targets import resources_for
+
+    resources = resources_for(load_settings(stack.env))
+    ray_serve, prometheus = resources["api_deployer"].ray_serve, resources["monitoring"].prometheus
+    table = _processes()
+    by_name = {}
+    for pid in instance_processes(ray_serve.runtime()):
+        by_name.setdefault(Path(table[pid][1].split(" ", 1)[0]).name, []).append(pid)
+    (raylet,), (gcs,) = by_name["raylet"], by_name["gcs_server"]
+    killed = {"raylet": raylet, "prometheus": prometheus.pid(), "node_exporter": prometheus.node_exporter_pid()}
+    assert None not in killed.values(), killed
+    for pid in killed.values():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+              for pid in killed.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert Path(f"/proc/{gcs}").exists()  # GCS alive: the instance answers but cannot serve
+    assert ray_serve.missing_parts() == ["raylet"]
+
+    # The same run turns API keys on: the replicas get the key file, the smoke check sends a key.
+    run = _ok(stack.cli("run", MLOPS_API_KEYS="lazy-key-1,lazy-key-2"))
+    stack.outcomes["6 crash recovery"] = (run.seconds, run.materialized)
+    assert "is not whole (raylet gone)" in run.output, run.tail()
+    assert "lazy-key" not in run.output
+    champion = str(stack.metadata("selected_model")["champion_version"])
+    assert _readyz(stack)["model"]["version"] == champion  # health checks need no key
+    row = {"instances": [{"island": "Biscoe", "bill_length_mm": 45.0, "bill_depth_mm": 15.0,
+                          "flipper_length_mm": 210.0, "body_mass_g": 5000.0, "sex": "male"}]}
+    refused = requests.post(f"{stack.api_url}/predict", json=row, timeout=30)
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer"), refused.text
+    wrong = requests.post(f"{stack.api_url}/predict", json=row, headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 401
+    answered = requests.post(f"{stack.api_url}/predict", json=row, headers={"Authorization": "Bearer lazy-key-2"}, timeout=30)
+    assert answered.status_code == 200, answered.text
+    # The keys reach the replicas through the key file, not Ray's processes' environment.
+    for pid in instance_processes(ray_serve.runtime()):
+        try:
+            assert b"lazy-key" not in Path(f"/proc/{pid}/environ").read_bytes(), table.get(pid)
+        except FileNotFoundError:
+            pass
+    assert ray_serve.is_running() and not ray_serve.missing_parts()
+    assert prometheus.pid() not in (None, killed["prometheus"])
+    assert prometheus.node_exporter_pid() not in (None, killed["node_exporter"])
+    assert prometheus.wait_until(lambda: all(prometheus.targets_up().values()) and prometheus.targets_up(), 90,
+                                 "every scrape target up again")

@@ -88,7 +88,7 @@ class RayServeOnThisMachine(ApiDeployer):
         # The container_image and deployed_hosts inputs only order the graph: this machine
         # needs neither. The served version is the data version: the same champion finds the
         # API already serving it and touches nothing.
-        client = ApiClient(self.ray_serve.api_url)
+        client = self.ray_serve.client()
         try:
             deployment = self.ray_serve.deploy(
                 champion.model_uri, champion.version, tracking_uri=champion.tracking_uri, log=log.info,
@@ -118,6 +118,8 @@ class ImageOnApiHosts(ApiDeployer):
     ansible: Ansible
     record_file: str  # state.RECORDS["api_deployed"]: the last deployment that passed its smoke test
     ready_timeout_s: int = 180
+    # The API keys the api role installs (MLOPS_API_KEY_FILE): the smoke checks send the first.
+    api_key_file: str | None = None
 
     def deploy(self, champion: Champion, smoke_rows: list[dict], *, image: ContainerImage | None,
                hosts: DeployedHosts | None, log) -> ApiResult:
@@ -134,7 +136,7 @@ class ImageOnApiHosts(ApiDeployer):
         image_ref = image.remote_ref or (archive_image_name(archive) if archive else None) or image.ref
         url = f"http://{hosts.api_addresses[0]}:{group_var(hosts.inventory, 'api', 'api_port', 8000)}"
         metrics_url = f"http://{hosts.api_addresses[0]}:{group_var(hosts.inventory, 'api', 'metrics_port', 8080)}/metrics"
-        client = ApiClient(url)
+        client = ApiClient(url, api_key=_first_key(self.api_key_file))
         record = StateFile(self.record_file)
         role = code_version_of(API_ROLE_DIR) if API_ROLE_DIR.is_dir() else None
         wanted = {"image": image_ref, "url": url, "model_version": str(champion.version), "role": role}
@@ -192,3 +194,11 @@ def archive_image_name(archive: str) -> str | None:
         return None
     tags = [t for entry in manifest for t in (entry.get("RepoTags") or [])]
     return tags[0] if tags else None
+
+
+def _first_key(key_file: str | None) -> str | None:
+    if not key_file:
+        return None
+    from mlops_assets.serving.auth import read_keys
+
+    return read_keys(key_file)[0]

@@ -329,20 +329,36 @@ def _http_ok(url: str) -> bool:
 
 
 def _running_pid(pid_file: Path, marker: str) -> int | None:
-    """The pid file's process if it still runs with `marker` in its command line."""
+    """The pid file's process if it is still the one we started: the same start time (written
+    beside the PID), run by this user, with `marker` in its command line. A PID reused by
+    another program after a crash is never ours (and never signalled)."""
     try:
-        pid = int(pid_file.read_text().strip())
+        pid_text, _, started = pid_file.read_text().strip().partition(" ")
+        pid = int(pid_text)
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        owner = Path(f"/proc/{pid}").stat().st_uid
     except (OSError, ValueError):
         return None
-    return pid if marker in cmdline else None
+    if owner != os.geteuid() or marker not in cmdline:
+        return None
+    if started and _start_time(pid) != started:
+        return None
+    return pid
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks after boot, /proc/PID/stat field 22)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _spawn(command: list[str], pid_file: Path, log_file: Path, ready, timeout_s: float, what: str) -> int:
     """Start a daemon that outlives this process (`make run` leaves it up); wait until ready."""
     with open(log_file, "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    pid_file.write_text(str(process.pid))
+    pid_file.write_text(f"{process.pid} {_start_time(process.pid) or ''}".strip())
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:

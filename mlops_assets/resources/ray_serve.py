@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,7 +31,14 @@ from mlops_assets import serving
 from mlops_assets.rollout import DeployFailed, Deployment, Rollout, RolloutError
 from mlops_assets.serving import deploy as serve_deploy
 from mlops_assets.serving.client import ApiClient
-from mlops_assets.serving.runtime import RayServeRuntime, instance_processes, stop_instance
+from mlops_assets.serving.runtime import (
+    RayServeRuntime,
+    _processes,
+    instance_processes,
+    private_dir,
+    stop_instance,
+    write_private_file,
+)
 from mlops_assets.state import RECORDS
 from mlops_assets.versioning import code_version_of
 
@@ -43,6 +51,22 @@ SERVING_CODE_VERSION = code_version_of(Path(serving.__file__).parent)
 # While waiting for a version, how often Serve is asked whether it gave up (a short-lived
 # driver process: ~2 s of CPU each time).
 STATUS_EVERY_S = 10.0
+
+
+# What the running instance was started with (a hash of its command and environment): Ray's
+# processes read their settings (HAProxy's timeouts, ports...) only at start.
+START_RECORD = "ray-started"
+
+
+def _start_fingerprint(runtime: RayServeRuntime) -> str:
+    import dataclasses
+    import hashlib
+
+    # The runtime's fields too: the shim's http-request timeout and Serve's http_options are
+    # fixed when the instance starts as well.
+    fields = {f.name: str(getattr(runtime, f.name)) for f in dataclasses.fields(runtime)}
+    started_with = [runtime.start_command(), sorted(runtime.environment().items()), sorted(fields.items())]
+    return hashlib.sha256(json.dumps(started_with).encode()).hexdigest()[:16]
 
 
 class RayServeError(RolloutError):
@@ -82,6 +106,18 @@ class RayServe(dg.ConfigurableResource):
     # each); "registry" = replicas resolve the `models:/` URI with MLflow themselves.
     model_transport: str = "folder"
     metrics_report_interval_ms: int = 10000
+    # The public API's timeouts, seconds (settings.API_TIMEOUTS, MLOPS_API_TIMEOUTS).
+    timeout_client_s: int = 30
+    timeout_server_s: int = 60
+    timeout_connect_s: int = 5
+    timeout_http_request_s: int = 10
+    request_timeout_s: float = 30.0
+    # API keys for POST /predict (docs/security.md): a file of keys, one a line, that the
+    # replicas read (and re-read when it changes); or the keys, comma-separated (wire it as
+    # dg.EnvVar("MLOPS_API_KEYS") so that Dagster never shows it), written to a 0600 file in
+    # state_dir. Neither: no key needed.
+    api_key_file: str | None = None
+    api_keys: str | None = None
 
     # -- the Ray instance --------------------------------------------------------------------
     def runtime(self) -> RayServeRuntime:
@@ -92,6 +128,9 @@ class RayServe(dg.ConfigurableResource):
             num_cpus=self.num_cpus, throughput_optimized=self.throughput_optimized, haproxy=self.haproxy,
             replica_port_min=self.replica_port_min, replica_port_max=self.replica_port_max,
             metrics_report_interval_ms=self.metrics_report_interval_ms,
+            timeout_client_s=self.timeout_client_s, timeout_server_s=self.timeout_server_s,
+            timeout_connect_s=self.timeout_connect_s, timeout_http_request_s=self.timeout_http_request_s,
+            request_timeout_s=self.request_timeout_s,
         )
 
     @property
@@ -103,21 +142,50 @@ class RayServe(dg.ConfigurableResource):
         return self.runtime().metrics_url
 
     def is_running(self) -> bool:
-        return bool(instance_processes(self.runtime())) and _port_open(self.host, self.gcs_port)
+        return bool(instance_processes(self.runtime())) and not self.missing_parts()
+
+    def missing_parts(self) -> list[str]:
+        """What a whole instance of ours has and this one lacks: its GCS, its raylet (a raylet
+        that crashed leaves a GCS that answers but cannot serve: "Failed to get node info"),
+        GCS's port. Empty when whole, or when nothing of it runs."""
+        table = _processes()
+        pids = [p for p in instance_processes(self.runtime()) if p in table]
+        if not pids:
+            return []
+        names = {Path(table[p][1].split(" ", 1)[0]).name for p in pids}
+        missing = [part for part in ("gcs_server", "raylet") if part not in names]
+        if not _port_open(self.host, self.gcs_port):
+            missing.append(f"GCS port {self.gcs_port}")
+        return missing
 
     def ensure_started(self, log: Callable[[str], None] | None = None) -> bool:
-        """Start the Ray instance unless it runs already. Returns True if it was started."""
+        """Start the Ray instance unless it runs already, whole. An instance of ours that is
+        not whole (a process crashed) is stopped and started afresh. Returns True if started."""
         runtime = self.runtime()
-        if self.is_running():
+        missing = self.missing_parts()
+        running = bool(instance_processes(runtime))
+        fingerprint = _start_fingerprint(runtime)
+        record = Path(self.state_dir) / START_RECORD
+        whole = running and not missing
+        stale = whole and (not record.is_file() or record.read_text() != fingerprint)
+        if whole and not stale:
             return False
+        if missing or stale:
+            if log:
+                why = (f"is not whole ({', '.join(missing)} gone)" if missing else
+                       "was started with other settings (timeouts, ports or the environment Ray reads at start)")
+                log(f"the Ray instance on {runtime.address} {why}: stopping it and starting it again")
+            stop_instance(runtime)
+            deadline = time.monotonic() + 15
+            while _port_open(self.host, self.gcs_port) and time.monotonic() < deadline:
+                time.sleep(0.2)
         if _port_open(self.host, self.gcs_port):
             raise RayServeError(
                 f"port {self.gcs_port} on {self.host} is taken by another program (another Ray?); "
                 "stop it or set the ray_serve resource's gcs_port"
             )
         stop_instance(runtime)  # leftovers of a crashed instance of ours
-        runtime.state_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **runtime.environment()}
+        env = {**_environ(), **runtime.environment()}  # creates the private folders
         started = time.monotonic()
         result = subprocess.run(runtime.start_command(), env=env, capture_output=True, text=True)
         if result.returncode != 0:
@@ -126,6 +194,7 @@ class RayServe(dg.ConfigurableResource):
                 f"Ray's logs are in {runtime.ray_dir}; a port may be taken (gcs {self.gcs_port}, "
                 f"metrics {self.metrics_port}, client {self.client_port})"
             )
+        write_private_file(runtime.state_dir, START_RECORD, fingerprint)
         if log:
             log(f"started Ray on {runtime.address} in {time.monotonic() - started:.1f}s (state {runtime.ray_dir})")
         return True
@@ -133,14 +202,48 @@ class RayServe(dg.ConfigurableResource):
     def shutdown(self) -> int:
         """Stop the Ray instance, the API and its haproxy. Returns how many processes ended."""
         stopped = stop_instance(self.runtime())
+        self.runtime().remove_short_dirs()  # Ray's folder in /tmp, if the state folder was too deep
         RECORDS["deployed"].in_folder(self.state_dir).remove()
         return stopped
+
+    # -- API keys --------------------------------------------------------------------------
+    def _keys(self) -> list[str]:
+        return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
+
+    def key_file(self) -> str | None:
+        """The file of keys the replicas read: api_key_file, or state_dir/api-keys for api_keys."""
+        if self._keys():
+            return str(Path(self.state_dir) / "api-keys")
+        return self.api_key_file
+
+    def write_key_file(self) -> None:
+        """api_keys into state_dir/api-keys (0600, no-follow), where the replicas read them."""
+        keys = self._keys()
+        if keys:
+            state = Path(self.state_dir)
+            state.parent.mkdir(parents=True, exist_ok=True)
+            write_private_file(private_dir(state), "api-keys", "\n".join(keys) + "\n")
+
+    def client_key(self) -> str | None:
+        """A key for this project's own requests (smoke checks): the first one."""
+        keys = self._keys()
+        if keys:
+            return keys[0]
+        if self.api_key_file:
+            from mlops_assets.serving.auth import read_keys
+
+            return next(iter(read_keys(self.api_key_file)), None)
+        return None
+
+    def client(self) -> ApiClient:
+        return ApiClient(self.api_url, api_key=self.client_key())
 
     # -- the application ---------------------------------------------------------------------
     def app_args(self, features: list[dict[str, str]]) -> dict[str, Any]:
         return {
             "features": features, "max_rows": self.max_rows, "max_body_bytes": self.max_body_bytes,
             "batch_max_size": self.batch_max_size, "batch_wait_s": self.batch_wait_s, "bind_host": self.host,
+            **({"api_key_file": self.key_file()} if self.key_file() else {}),
         }
 
     def rollout(self) -> Rollout:
@@ -153,6 +256,7 @@ class RayServe(dg.ConfigurableResource):
         """Serve `model_uri` (an MLflow URI pinned to a version, or a model folder) and wait
         until the API reports `expected_version` (rollout.py: unchanged, reconfigured in place
         or deployed; `check()` then runs, and a failure rolls back)."""
+        self.write_key_file()
         # What was asked, before any registry lookup: the same request as the last healthy
         # deployment, with the API serving that version, needs nothing (not even MLflow).
         request = {
@@ -186,6 +290,11 @@ class RayServe(dg.ConfigurableResource):
         from mlops_assets.serving import model as model_lib
 
         name = source.model_uri.removeprefix("models:/").split("/")[0].split("@")[0]
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", name) or ".." in name:
+            raise RayServeError(f"model name {name!r} (from {source.model_uri}) is not a usable folder name: "
+                                "use letters, digits, '.', '_' and '-' (MLOPS_MODEL_NAME)")
+        if not re.fullmatch(r"[0-9]{1,12}", str(version)):
+            raise RayServeError(f"model version {version!r} is not a registry version number")
         target = Path(self.state_dir) / "models" / name / version
         if not (target / "MLmodel").is_file():
             staging = target.with_name(f".{version}.partial")
@@ -214,7 +323,7 @@ class RayServe(dg.ConfigurableResource):
         return f"the replica logs in {self.runtime().ray_dir}/session_latest/logs/serve"
 
     def readyz(self, timeout: float = 2.0) -> dict[str, Any] | None:
-        return ApiClient(self.api_url).readyz(timeout)
+        return self.client().readyz(timeout)
 
     def app_status(self) -> dict[str, Any] | None:
         """Serve's status of the application (serving/deploy.py `status`), None if unknown."""
@@ -229,10 +338,10 @@ class RayServe(dg.ConfigurableResource):
 
     def predict(self, instances: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
         """One POST /predict. Returns (answer, seconds)."""
-        return ApiClient(self.api_url).predict(instances)
+        return self.client().predict(instances)
 
     def _run_deployer(self, argument: str, what: str, timeout: float = 300, stdin: str | None = None) -> str:
-        env = {**os.environ, **self.runtime().environment()}
+        env = {**_environ(), **self.runtime().environment()}
         result = subprocess.run(
             [sys.executable, "-m", "mlops_assets.serving.deploy", self.runtime().address, argument],
             env=env, input=stdin, capture_output=True, text=True, timeout=timeout,
@@ -240,6 +349,12 @@ class RayServe(dg.ConfigurableResource):
         if result.returncode != 0:
             raise RayServeError(f"{what} failed: {result.stderr.strip()[-3000:]}")
         return result.stdout
+
+
+def _environ() -> dict[str, str]:
+    """This process's environment for Ray's processes, without the API keys (the replicas
+    read them from the key file; Ray's processes would keep them in their environment)."""
+    return {k: v for k, v in os.environ.items() if k != "MLOPS_API_KEYS"}
 
 
 def _status_summary(status: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ from ray import serve
 
 from . import APP_NAME, DEPLOYMENT_NAME  # noqa: F401  (re-exported)
 from . import model as model_lib
+from .auth import PROTECTED_ROUTES, ApiKeys
 from .schema import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
@@ -53,13 +54,15 @@ LOAD_ATTEMPTS = 3
 
 
 class ApiMiddleware:
-    """Pure ASGI (no BaseHTTPMiddleware overhead): refuses bodies over the limit with 413 and
+    """Pure ASGI (no BaseHTTPMiddleware overhead): refuses a protected route without a valid
+    API key with 401 (when keys are configured; auth.py), bodies over the limit with 413, and
     records every request's status and latency."""
 
-    def __init__(self, app, max_body_bytes: int, record) -> None:
+    def __init__(self, app, max_body_bytes: int, record, api_keys=None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.record = record
+        self.api_keys = api_keys  # auth.ApiKeys, or None: no key needed
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -69,6 +72,18 @@ class ApiMiddleware:
         route = path if path in KNOWN_ROUTES else "other"
         status = 500
         limit = self.max_body_bytes
+
+        if self.api_keys is not None and path in PROTECTED_ROUTES:
+            authorization = next((value for key, value in scope.get("headers", ()) if key == b"authorization"), None)
+            refused = self.api_keys.check(authorization)
+            if refused:
+                code, message = refused
+                extra = [(b"www-authenticate", b'Bearer realm="mlops-api"')] if code == 401 else []
+                await _send_json(send, code, {"detail": [{"field": "authorization", "message": message,
+                                                          "type": "unauthorized" if code == 401 else "unavailable"}]},
+                                 extra)
+                self.record(route, code, time.perf_counter() - started)
+                return
 
         declared = next((value for key, value in scope.get("headers", ()) if key == b"content-length"), None)
         if declared is not None:
@@ -121,7 +136,7 @@ def _too_large_detail(limit: int) -> dict[str, str]:
     return {"field": "body", "message": f"request body is larger than {limit} bytes", "type": "body_too_large"}
 
 
-async def _send_json(send, status: int, body: dict) -> None:
+async def _send_json(send, status: int, body: dict, headers: list | None = None) -> None:
     import json
 
     payload = json.dumps(body).encode()
@@ -129,10 +144,21 @@ async def _send_json(send, status: int, body: dict) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                        *(headers or [])],
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+def _short_reason(exc: BaseException) -> str:
+    """What /readyz (a public port) says about a refused model: our own errors' first line,
+    which name what to fix; for anything else only its type (the whole text is in the replica's
+    log, not on the public port)."""
+    if isinstance(exc, model_lib.ModelSourceError):
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"{type(exc).__name__}: {first[:300]}"
+    return f"{type(exc).__name__} while loading the model (the replica's log has the details)"
 
 
 def _bind_internal_grpc_to(host: str) -> None:
@@ -174,6 +200,7 @@ def build_app(args: dict[str, Any]):
     batch_wait_s      how long a batch waits to fill (default 0.002)
     title             OpenAPI title
     bind_host         bind the replicas' internal gRPC server to this address (e.g. 127.0.0.1)
+    api_key_file      a file of API keys: POST /predict then needs `Authorization: Bearer <key>`
     """
     features = _features_from_args(args)
     max_rows = int(args.get("max_rows", DEFAULT_MAX_ROWS))
@@ -215,7 +242,9 @@ def build_app(args: dict[str, Any]):
             self._source: model_lib.ModelSource | None = None
             self._rejected: dict[str, Any] | None = None  # the last model refused by reconfigure
             self._metrics = ApiMetrics(features)
-            app.add_middleware(ApiMiddleware, max_body_bytes=max_body_bytes, record=self._metrics.request)
+            api_keys = ApiKeys(str(args["api_key_file"])) if args.get("api_key_file") else None
+            app.add_middleware(ApiMiddleware, max_body_bytes=max_body_bytes, record=self._metrics.request,
+                               api_keys=api_keys)
             if args.get("model_uri"):
                 # Without a user_config (plain `serve run`), serve the builder's model.
                 self._load_sync(model_lib.ModelSource(args["model_uri"], args.get("tracking_uri")))
@@ -238,7 +267,7 @@ def build_app(args: dict[str, Any]):
                 self._rejected = {
                     "model_uri": source.model_uri,
                     "version": source.version,
-                    "error": f"{type(exc).__name__}: {exc}"[:2000],
+                    "error": _short_reason(exc),
                 }
                 logger.error(
                     f"kept model {self._model.name} version {self._model.version}: "

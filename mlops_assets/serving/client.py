@@ -19,6 +19,10 @@ class ApiError(RuntimeError):
 @dataclass(frozen=True)
 class ApiClient:
     url: str  # http://HOST:PORT
+    api_key: str | None = None  # sent as `Authorization: Bearer` on /predict when the API needs one
+
+    def __repr__(self) -> str:  # never the key
+        return f"ApiClient(url={self.url!r}, api_key={'set' if self.api_key else None})"
 
     def readyz(self, timeout_s: float = 2.0) -> dict[str, Any] | None:
         """/readyz's answer when it is 200 (a model is loaded), else None."""
@@ -40,7 +44,10 @@ class ApiClient:
         """One POST /predict: (answer, seconds). Raises ApiError with the API's own error
         when it does not answer 200."""
         body = json.dumps({"instances": instances}).encode()
-        request = urllib.request.Request(f"{self.url}/predict", data=body, headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(f"{self.url}/predict", data=body, headers=headers)
         started = time.perf_counter()
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:

@@ -26,6 +26,12 @@ Settings (environment; the image sets the first one):
     MLOPS_HAPROXY               1 (default): haproxy in front of the replicas; 0: Serve's proxy
     MLOPS_OBJECT_STORE_BYTES    Ray's object store (128 MiB; the API passes no large objects)
     MLOPS_STATE_DIR             Ray's and haproxy's files (/tmp/mlops-serving)
+    MLOPS_API_TIMEOUTS          client=30,server=60,connect=5,http_request=10,request=30 (seconds; any of them)
+    MLOPS_API_KEY_FILE          a file of API keys (bind-mounted read-only): /predict then needs
+                                `Authorization: Bearer <key>` (docs/security.md)
+    MLOPS_API_KEYS              the keys themselves, comma-separated (prefer the file: an
+                                environment variable shows in `docker inspect`)
+    MLOPS_FORWARD_MAX_CONNECTIONS, MLOPS_FORWARD_IDLE_S   the metrics forwarder's bounds (64, 60)
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from pathlib import Path
 
 from . import deploy as serve_deploy
 from . import model as model_lib
-from .runtime import RayServeRuntime, stop_instance
+from .runtime import RayServeRuntime, parse_api_timeouts, stop_instance, write_private_file
 
 LOOPBACK = "127.0.0.1"
 
@@ -63,6 +69,14 @@ class ContainerSettings:
     object_store_bytes: int
     state_dir: Path
     app_options: dict
+    timeouts: dict
+    api_key_file: Path | None = None
+    api_keys: tuple = ()
+    forward_max_connections: int = 64
+    forward_idle_s: float = 60.0
+
+    def __repr__(self) -> str:  # never the keys
+        return f"ContainerSettings(model_dir={self.model_dir!r}, api_keys={len(self.api_keys)})"
 
     @classmethod
     def from_env(cls, env=os.environ) -> "ContainerSettings":
@@ -73,6 +87,10 @@ class ContainerSettings:
             except ValueError:
                 raise SystemExit(f"{name}={raw!r} is not a number (default {default})") from None
 
+        try:
+            timeouts = parse_api_timeouts(env.get("MLOPS_API_TIMEOUTS") or "")
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
         options = {
             "max_rows": number("MLOPS_MAX_ROWS", 1000),
             "max_body_bytes": number("MLOPS_MAX_BODY_BYTES", 1024 * 1024),
@@ -92,6 +110,11 @@ class ContainerSettings:
             object_store_bytes=number("MLOPS_OBJECT_STORE_BYTES", 128 * 1024 * 1024),
             state_dir=Path(env.get("MLOPS_STATE_DIR") or "/tmp/mlops-serving"),
             app_options=options,
+            timeouts=timeouts,
+            api_key_file=Path(env["MLOPS_API_KEY_FILE"]) if env.get("MLOPS_API_KEY_FILE") else None,
+            api_keys=tuple(k.strip() for k in (env.get("MLOPS_API_KEYS") or "").split(",") if k.strip()),
+            forward_max_connections=number("MLOPS_FORWARD_MAX_CONNECTIONS", 64),
+            forward_idle_s=number("MLOPS_FORWARD_IDLE_S", 60.0, float),
         )
 
     @property
@@ -106,19 +129,18 @@ class ContainerRuntime(RayServeRuntime):
 
     public_host: str = "0.0.0.0"
 
-    def write_haproxy_shim(self) -> Path:
-        shim = super().write_haproxy_shim()
+    def shim_text(self, real: str) -> str:
+        text = super().shim_text(real)
         # After the shim's own rewrite (every `bind *:PORT` to loopback), move the API
         # frontend's bind, and only it, to the public address.
         public = (
             f"    sed -i -E 's/^([[:space:]]*bind[[:space:]]+){self.host}:{self.api_port}([^0-9]|$)/"
             f"\\1{self.public_host}:{self.api_port}\\2/' \"$arg\"\n"
         )
-        lines = shim.read_text().splitlines(keepends=True)
+        lines = text.splitlines(keepends=True)
         at = next(i for i, line in enumerate(lines) if line.strip().startswith("sed -i"))
         lines.insert(at + 1, public)
-        shim.write_text("".join(lines))
-        return shim
+        return "".join(lines)
 
 
 def runtime_for(settings: ContainerSettings) -> ContainerRuntime:
@@ -130,12 +152,18 @@ def runtime_for(settings: ContainerSettings) -> ContainerRuntime:
         num_cpus=settings.num_cpus,
         haproxy=settings.haproxy,
         public_host=settings.public_host,
+        timeout_client_s=settings.timeouts["client"], timeout_server_s=settings.timeouts["server"],
+        timeout_connect_s=settings.timeouts["connect"], timeout_http_request_s=settings.timeouts["http_request"],
+        request_timeout_s=settings.timeouts["request"],
     )
 
 
 def serve_config_for(settings: ContainerSettings, runtime: RayServeRuntime) -> dict:
     features = [{"name": f.name, "type": f.type} for f in model_lib.features_of_folder(settings.model_dir)]
     args = {"features": features, "bind_host": LOOPBACK, **settings.app_options}
+    key_file = api_key_file(settings)
+    if key_file:
+        args["api_key_file"] = str(key_file)
     return serve_deploy.serve_config(
         args,
         model_lib.ModelSource(str(settings.model_dir)).to_config(),
@@ -144,14 +172,32 @@ def serve_config_for(settings: ContainerSettings, runtime: RayServeRuntime) -> d
     )
 
 
+def api_key_file(settings: ContainerSettings) -> Path | None:
+    """The file the replicas read the keys from: MLOPS_API_KEY_FILE, or MLOPS_API_KEYS written
+    to a 0600 file in the state folder."""
+    if settings.api_keys:
+        return write_private_file(settings.state_dir, "api-keys", "\n".join(settings.api_keys) + "\n")
+    if settings.api_key_file and not settings.api_key_file.is_file():
+        raise SystemExit(f"MLOPS_API_KEY_FILE={settings.api_key_file} is not a file: mount the key file there")
+    return settings.api_key_file
+
+
 class Forwarder:
     """TCP forwarding from a public port to a loopback one (the metrics port; the API too when
-    haproxy is off). Threads: scrapes are few and small."""
+    haproxy is off). Threads: scrapes are few and small. Bounded: at most `max_connections`
+    pairs at once (a connection beyond waits up to `slot_wait_s` for a slot, then is closed),
+    each side dropped after `idle_s` without data; an accept error is logged and accepting
+    goes on (a failed forwarder would leave /metrics dead while /readyz passes)."""
 
-    def __init__(self, host: str, port: int, target_port: int) -> None:
-        self.target_port = target_port
+    def __init__(self, host: str, port: int, target_port: int, max_connections: int = 64, idle_s: float = 60.0,
+                 slot_wait_s: float = 5.0) -> None:
+        self.port, self.target_port = port, target_port
+        self.max_connections, self.idle_s, self.slot_wait_s = max_connections, idle_s, slot_wait_s
         self.server = socket.create_server((host, port), reuse_port=False, backlog=128)
         self.thread = threading.Thread(target=self._accept, daemon=True, name=f"forward-{port}")
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lock = threading.Lock()
+        self.active = self.peak = self.accept_errors = self.refused = 0
 
     def start(self) -> "Forwarder":
         self.thread.start()
@@ -159,25 +205,51 @@ class Forwarder:
 
     def _accept(self) -> None:
         while True:
-            client, _ = self.server.accept()
-            threading.Thread(target=self._pair, args=(client,), daemon=True).start()
+            try:
+                client, _ = self.server.accept()
+            except OSError as exc:  # EMFILE, ENOBUFS, ECONNABORTED...: log and go on
+                self.accept_errors += 1
+                _log(f"forwarder :{self.port}: accept failed ({exc}); still accepting")
+                time.sleep(0.1)  # no busy loop while the cause lasts
+                continue
+            if not self._slots.acquire(timeout=self.slot_wait_s):
+                self.refused += 1
+                client.close()
+                continue
+            try:
+                threading.Thread(target=self._pair, args=(client,), daemon=True).start()
+            except RuntimeError as exc:  # no thread to be had
+                _log(f"forwarder :{self.port}: {exc}; connection closed")
+                client.close()
+                self._slots.release()
 
     def _pair(self, client: socket.socket) -> None:
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
         try:
-            upstream = socket.create_connection((LOOPBACK, self.target_port), timeout=10)
-        except OSError:
-            client.close()
-            return
-        upstream.settimeout(None)
-        threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
-        _pipe(client, upstream)
+            client.settimeout(self.idle_s)
+            try:
+                upstream = socket.create_connection((LOOPBACK, self.target_port), timeout=10)
+            except OSError:
+                client.close()
+                return
+            upstream.settimeout(self.idle_s)
+            back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+            back.start()
+            _pipe(client, upstream)
+            back.join()
+        finally:
+            with self._lock:
+                self.active -= 1
+            self._slots.release()
 
 
 def _pipe(source: socket.socket, sink: socket.socket) -> None:
     try:
         while data := source.recv(65536):
             sink.sendall(data)
-    except OSError:
+    except OSError:  # a timeout too: the pair is idle
         pass
     finally:
         for sock in (source, sink):
@@ -219,8 +291,8 @@ def serve(settings: ContainerSettings) -> int:
     del loaded
 
     runtime = runtime_for(settings)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **runtime.environment()}
+    env = {**os.environ, **runtime.environment()}  # creates the private folders
+    env.pop("MLOPS_API_KEYS", None)  # Ray's processes need not see them (the replicas read the file)
     command = [*runtime.start_command(), "--block", f"--object-store-memory={settings.object_store_bytes}"]
     started = time.monotonic()
     ray = subprocess.Popen(command, env=env)
@@ -245,9 +317,10 @@ def serve(settings: ContainerSettings) -> int:
         if deployed.returncode != 0:
             _log("deploying the application failed (see above)")
             return 1
-        Forwarder(settings.public_host, settings.metrics_port, settings.ray_metrics_port).start()
+        bounds = {"max_connections": settings.forward_max_connections, "idle_s": settings.forward_idle_s}
+        Forwarder(settings.public_host, settings.metrics_port, settings.ray_metrics_port, **bounds).start()
         if not settings.haproxy:
-            Forwarder(settings.public_host, settings.api_port, settings.internal_api_port).start()
+            Forwarder(settings.public_host, settings.api_port, settings.internal_api_port, **bounds).start()
         _log(f"deployed in {time.monotonic() - started:.1f}s: API http://{settings.public_host}:{settings.api_port} "
              f"(/readyz once the replicas have loaded the model), metrics :{settings.metrics_port}/metrics")
         while ray.poll() is None:
@@ -266,10 +339,16 @@ def serve(settings: ContainerSettings) -> int:
 
 
 def healthcheck(env=os.environ) -> int:
-    """Exit 0 when /readyz answers 200 on loopback (the HEALTHCHECK of the image)."""
+    """Exit 0 when /readyz answers 200 on loopback and the metrics port answers through its
+    forwarder (the HEALTHCHECK of the image)."""
     port = env.get("MLOPS_API_PORT") or "8000"
+    host = env.get("MLOPS_API_HOST") or "0.0.0.0"
+    metrics = f"http://{LOOPBACK if host in ('0.0.0.0', '::') else host}:{env.get('MLOPS_METRICS_PORT') or '8080'}/metrics"
     try:
         with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/readyz", timeout=3) as response:
+            if response.status != 200:
+                return 1
+        with urllib.request.urlopen(metrics, timeout=5) as response:
             return 0 if response.status == 200 else 1
     except OSError:
         return 1

