@@ -25,9 +25,13 @@ def _new_champion_version(serving_api) -> str:
     same signature, another version, which is what a retraining that wins looks like here."""
     from mlflow import MlflowClient
 
+    from mlops_assets.resources.mlflow_registry import MANIFEST_TAG
+
     client = MlflowClient(tracking_uri=serving_api.tracking_uri, registry_uri=serving_api.tracking_uri)
     current = client.get_model_version_by_alias(serving_api.model_name, "champion")
-    created = client.create_model_version(serving_api.model_name, current.source, run_id=current.run_id)
+    # The same files, so the same manifest (what `selected_model` copies onto a version it registers).
+    created = client.create_model_version(serving_api.model_name, current.source, run_id=current.run_id,
+                                          tags={MANIFEST_TAG: current.tags[MANIFEST_TAG]})
     client.set_registered_model_alias(serving_api.model_name, "champion", created.version)
     return str(created.version)
 
