@@ -157,6 +157,14 @@ def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, invento
     assert hosts.ssh("api", "sudo stat -c '%u %a' /etc/mlops-assets/api-keys/keys", user="admin").stdout.split() == ["10001", "400"]
     assert hosts.ssh("api", "sudo docker exec --user 10001 mlops-api cat /run/secrets/mlops-api/keys", user="admin").stdout.strip() == "role-test-key"
     assert "role-test-key" not in hosts.ssh("api", "ps -eo args", user="admin").stdout
+    # Hardened: read-only root with tmpfs where the API writes, no capability, no privilege
+    # gained through setuid, bounded memory (the role's defaults).
+    host_config = config["HostConfig"]
+    assert host_config["ReadonlyRootfs"] is True and host_config["CapDrop"] == ["ALL"]
+    assert any(opt.startswith("no-new-privileges") for opt in host_config["SecurityOpt"]), host_config["SecurityOpt"]
+    assert host_config["Memory"] == 2 * 1024**3 and host_config["ShmSize"] == 256 * 1024**2
+    assert set(host_config["Tmpfs"]) == {"/tmp", "/home/api"}
+    assert hosts.ssh("api", "sudo docker exec mlops-api touch /opt/x", user="admin", check=False).returncode != 0
     api = hosts.address("api")
     # Verify through the API host's address: ready with the expected version, predicts.
     assert http_json(f"http://{api}:8000/readyz") == (200, {"status": "ready", "model": {"name": "test-model", "version": "1"}})

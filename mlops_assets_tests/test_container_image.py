@@ -174,6 +174,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _role_hardening() -> dict:
+    """The `api` role's container hardening (its defaults), as Docker SDK arguments: the real
+    image must serve with a read-only root, no capability, no-new-privileges and the memory
+    limit the role sets."""
+    import yaml
+
+    defaults = yaml.safe_load((Path(__file__).parents[1] / "ansible_roles/api/defaults/main.yml").read_text())
+    return {
+        "read_only": defaults["api_read_only"],
+        "tmpfs": dict(entry.split(":", 1) for entry in defaults["api_tmpfs"]),
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "mem_limit": defaults["api_memory_limit"],
+        "shm_size": defaults["api_shm_size"],
+    }
+
+
 @pytest.fixture(scope="module")
 def running_api(first_build, docker_client):
     image, _ = first_build
@@ -185,6 +202,7 @@ def running_api(first_build, docker_client):
         ports={"8000/tcp": ("127.0.0.1", api_port), "8080/tcp": ("127.0.0.1", metrics_port)},
         # What the Ansible `api` role sets; one replica keeps the test light on 2 cores.
         environment={"MLOPS_MODEL_VERSION": image.model_version, "MLOPS_NUM_REPLICAS": "1"},
+        **_role_hardening(),
     )
     url = f"http://127.0.0.1:{api_port}"
     try:

@@ -14,7 +14,9 @@ lazy-rebuild scenarios follow, each one `cli run`: no change (only the live-serv
 run, and they find everything in place: no build, no Ansible, the container not restarted);
 new hyperparameters (retraining, the champion stays, nothing downstream rebuilds); a serving
 code change (a new image deployed by the api role, no retraining); new data with a better
-model (the whole chain, and the api host serves the new version). A materialization of
+model (the whole chain, and the api host serves the new version); a crash on the api host
+(its engine and every process it ran SIGKILLed: the next run starts the engine again and the
+API comes back). A materialization of
 everything (`run --all`) then applies nothing, builds nothing, and Ansible changes nothing on
 any host. `make down`'s code path (`cli down`) destroys the emulated infrastructure, removes
 the hosts and stops the emulator: nothing is left behind.
@@ -329,6 +331,28 @@ def test_new_data_with_a_better_model_rebuilds_the_chain_and_the_api_host_serves
     assert latest["container_image"]["model_version"] == version
     ready = _get_json(latest["deployed_api"]["url"].removesuffix("/docs") + "/readyz")
     assert str(ready["model"]["version"]) == version
+
+
+def test_a_crashed_engine_and_api_container_on_the_api_host_are_restored_by_the_next_run(rehearsal):
+    """The engine on the api host and every process it ran SIGKILLed (as in a crash, not a
+    `docker stop`): one `make run` starts the engine again and the API comes back."""
+    hosts = rehearsal["hosts"]
+    latest = _latest(rehearsal["home"])
+    version = latest["selected_model"][1]["champion_version"]
+    readyz = latest["deployed_api"][1]["url"].removesuffix("/docs") + "/readyz"
+    # The host's own PID namespace: only its processes (the container's among them) are hit.
+    hosts.exec("mlops-assets-api", "pkill -KILL -x dockerd; pkill -KILL -x containerd; pkill -KILL -f containerd-shim; "
+               "pkill -KILL -f mlops_assets.serving.container; pkill -KILL -x raylet; pkill -KILL -x gcs_server",
+               check=False)
+    assert hosts.exec("mlops-assets-api", "docker info", check=False).returncode != 0
+    with pytest.raises(OSError):  # refused or reset: nothing answers on the API port
+        _get_json(readyz, timeout=5)
+
+    materialized, after = _scenario(rehearsal, "6 engine and API container killed on the api host")
+    assert "deployed_api" in materialized and after["deployed_api"]["ansible_seconds"] > 0
+    assert not materialized & {"dataset", "candidate_models", "selected_model", "tofu_state", "deployed_hosts"}
+    assert hosts.exec("mlops-assets-api", "docker info --format '{{.ServerVersion}}'").stdout.strip()
+    assert str(_get_json(readyz)["model"]["version"]) == version
 
 
 def test_second_materialization_changes_nothing(rehearsal):
