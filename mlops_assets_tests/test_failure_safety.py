@@ -1,37 +1,29 @@
 """Failure safety of the local target, against the real components: a real MLflow registry, the
-session's real Ray Serve instance (serving_fixtures.py), real Dagster materializations and a
-real `python -m mlops_assets.cli run` killed midway.
+session's real Ray Serve instance (serving_fixtures.py) and real Dagster materializations.
 
 - a new version that fails its health check is rolled back, and requests keep being answered;
 - a failure before anything is applied leaves the API untouched;
-- a candidate that loses the selection or misses the quality floor is never deployed;
-- a run killed midway leaves registry, API and deployed.json consistent, and the next run
-  finishes the job.
+- a candidate that loses the selection or misses the quality floor is never deployed.
+
+A real `cli run` killed midway is the last scenario of test_lazy_rebuilds.py (it reuses that
+module's whole local stack instead of starting a cold one of its own).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from .conftest import make_settings
-from .lazy_stack import free_local_ports, run_cli
-from .serving_fixtures import Load, as_instances, wait_for
+from .serving_fixtures import Load, as_instances
 
 pytestmark = pytest.mark.service
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -368,127 +360,3 @@ def test_a_candidate_that_loses_or_misses_the_floor_is_never_deployed(serving_ap
     assert registry.champion(settings.model_name).version == champion
     assert _served(serving_api.resource) == champion
     assert _state(serving_api.resource) == before_state
-
-
-# -- c: a run killed midway -------------------------------------------------------------------
-def _cli_env(home: Path, ports: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLOPS_DATASET", "MLOPS_TARGET_COLUMN", "MLFLOW_TRACKING_URI")}
-    env.update(MLOPS_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), MLOPS_TARGET="local", MLOPS_LOCAL_PORTS=ports,
-               PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}", **extra)
-    return env
-
-
-def _cli(args: list[str], env: dict[str, str], log_dir: Path, timeout: float = 600) -> str:
-    returncode, text = run_cli(args, ROOT, env, log_dir, timeout)
-    assert returncode == 0, text[-5000:]
-    return text
-
-
-def _relabelled_penguins(path: Path) -> Path:
-    """The same measurements with the species names rotated: the old champion gets almost every
-    answer wrong, a model trained on it is as good as the first one."""
-    import polars as pl
-
-    from mlops_assets.ml.data import _read_palmerpenguins
-
-    rotate = {"Adelie": "Gentoo", "Gentoo": "Chinstrap", "Chinstrap": "Adelie"}
-    _read_palmerpenguins().with_columns(pl.col("species").replace(rotate)).write_csv(path)
-    return path
-
-
-def _observed(home: Path, api, model_name: str) -> dict[str, str | None]:
-    from mlops_assets.resources.mlflow_registry import MlflowRegistry
-
-    registry = MlflowRegistry(tracking_uri=make_settings(home).tracking_uri)
-    champion = registry.champion(model_name)
-    state_file = home / "serving" / "deployed.json"
-    ready = api.readyz()
-    return {
-        "registry": champion.version if champion else None,
-        "api": ready["model"]["version"] if ready else None,
-        "deployed.json": json.loads(state_file.read_text())["version"] if state_file.exists() else None,
-    }
-
-
-def test_a_run_killed_midway_leaves_a_consistent_state_and_the_next_run_completes(tmp_path):
-    home = tmp_path / "home"
-    _, ports = free_local_ports()
-    env = _cli_env(home, ports)
-    settings = make_settings(home, MLOPS_LOCAL_PORTS=ports)
-    from mlops_assets.targets import resources_for
-
-    api = resources_for(settings)["api_deployer"].ray_serve
-    model = settings.model_name
-    killed = None
-    try:
-        started = time.monotonic()
-        _cli(["run"], env, tmp_path, timeout=900)
-        first_seconds = time.monotonic() - started
-        assert _observed(home, api, model) == {"registry": "1", "api": "1", "deployed.json": "1"}
-
-        # A new dataset: the champion moves to version 2, then the run is killed while
-        # deployed_api swaps it in.
-        new_data = {"MLOPS_DATASET": str(_relabelled_penguins(tmp_path / "relabelled.csv"))}
-        log = tmp_path / "cli-01-run-killed.log"
-        with log.open("w") as out:
-            killed = subprocess.Popen([sys.executable, "-m", "mlops_assets.cli", "run"], cwd=ROOT,
-                                      env=_cli_env(home, ports, **new_data), stdout=out, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        started = time.monotonic()
-        marker = "applying the Serve config of model version 2"
-        wait_for(lambda: marker in log.read_text() or killed.poll() is not None, timeout=600, interval=0.1,
-                 what=f"'{marker}' in {log}")
-        assert killed.poll() is None, log.read_text()[-5000:]
-        os.killpg(killed.pid, signal.SIGKILL)
-        killed.wait(timeout=30)
-        kill_seconds = time.monotonic() - started
-        after_kill = _observed(home, api, model)
-        # selected_model had moved the alias; the run never confirmed version 2 healthy, so
-        # deployed.json still names version 1, and the API answers (version 1, or version 2
-        # if the apply got through before the kill).
-        assert after_kill["registry"] == "2" and after_kill["deployed.json"] == "1", after_kill
-        assert after_kill["api"] in ("1", "2"), after_kill
-
-        started = time.monotonic()
-        rerun = _cli(["run"], _cli_env(home, ports, **new_data), tmp_path, timeout=900)
-        rerun_seconds = time.monotonic() - started
-        assert f"serves {model} version 2" in rerun, rerun[-3000:]
-        final = _observed(home, api, model)
-        assert final == {"registry": "2", "api": "2", "deployed.json": "2"}, final
-        answer, _ = api.predict([as_instances(_penguin_rows())[0]])
-        assert answer["model"]["version"] == "2"
-        print(f"\nkilled run: first run {first_seconds:.0f}s; killed {kill_seconds:.0f}s into the second run: "
-              f"{after_kill}; the next run completed in {rerun_seconds:.0f}s: {final}")
-    finally:
-        if killed is not None and killed.poll() is None:
-            os.killpg(killed.pid, signal.SIGKILL)
-        down = subprocess.run([sys.executable, "-m", "mlops_assets.cli", "down"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
-        _remove_built_images(settings, tmp_path.glob("cli-*.log"))
-        assert down.returncode == 0, down.stdout + down.stderr
-    assert not api.is_running()
-
-
-def _remove_built_images(settings, logs) -> None:
-    """The API images these runs built (when a container engine answered): tags unique to
-    this test's models, removed from the shared engine."""
-    import re
-
-    from mlops_assets.targets import resources_for
-
-    tags = {m for log in logs for m in re.findall(r"built (mlops-api:[0-9a-f]{16}) in ", log.read_text())}
-    engine = resources_for(settings)["container_engine"]
-    if not tags or engine.reachable_host() is None:
-        return
-    with engine.connected() as client:
-        for tag in tags:
-            try:
-                client.images.remove(tag)
-            except Exception as exc:  # cleanup only: say so, do not fail the test for it
-                print(f"could not remove the test's image {tag}: {exc}")
-
-
-def _penguin_rows():
-    from mlops_assets.ml.data import SplitSpec, build_dataset
-
-    return build_dataset("palmerpenguins", "species", SplitSpec()).xy("test")[0].head(1)

@@ -1,6 +1,6 @@
 """Lazy rebuilds over the whole graph, local target, with real components: `cli run` (what
 `make run` calls) on a stack of its own (scratch checkout, MLOPS_HOME, free ports, the
-machine's Podman), through five scenarios in order:
+machine's Podman), through seven scenarios in order:
 
 1. cold, on a first dataset whose two most telling columns carry no information (a weak but
    serviceable champion, promoted under a lowered quality floor given as run config);
@@ -11,7 +11,9 @@ machine's Podman), through five scenarios in order:
 5. new hyperparameters: retraining; the champion stays, so nothing downstream rebuilds;
 6. a crash: the raylet alone (GCS left alive), Prometheus and node_exporter killed with
    SIGKILL; one `cli run` finds the Ray instance not whole, starts it again, and restarts both
-   (the same run turns API keys on: /predict needs one, the smoke check sends one).
+   (the same run turns API keys on: /predict needs one, the smoke check sends one);
+7. a run killed midway (SIGKILL while deployed_api swaps a new champion in): registry, API
+   and deployed.json stay consistent, and the next run completes the deployment.
 
 Needs root for the container engine (CI runs as root).
 """
@@ -225,3 +227,81 @@ def test_one_run_after_a_crash_restores_ray_prometheus_and_node_exporter(stack, 
     assert prometheus.node_exporter_pid() not in (None, killed["node_exporter"])
     assert prometheus.wait_until(lambda: all(prometheus.targets_up().values()) and prometheus.targets_up(), 90,
                                  "every scrape target up again")
+
+
+def _observed(stack) -> dict[str, str | None]:
+    """The champion in the registry, the version the API serves, the version deployed.json names."""
+    import json
+
+    from mlops_assets.resources.mlflow_registry import MlflowRegistry
+    from mlops_assets.settings import load_settings
+
+    settings = load_settings(stack.env)
+    champion = MlflowRegistry(tracking_uri=settings.tracking_uri).champion(settings.model_name)
+    record = stack.home / "serving" / "deployed.json"
+    try:
+        served = _readyz(stack)["model"]["version"]
+    except (requests.RequestException, KeyError, ValueError):
+        served = None
+    return {
+        "registry": champion.version if champion else None,
+        "api": str(served) if served is not None else None,
+        "deployed.json": str(json.loads(record.read_text())["version"]) if record.exists() else None,
+    }
+
+
+def test_a_run_killed_midway_leaves_a_consistent_state_and_the_next_run_completes(stack, cold):
+    """A `cli run` SIGKILLed while deployed_api swaps a new champion in: the registry may be a
+    version ahead of the API, deployed.json still names the last healthy version, and the next
+    run completes the deployment. (Formerly in test_failure_safety.py with a cold stack of its
+    own; this stack is already warm.)"""
+    import subprocess
+    import sys
+
+    from mlops_assets.ml.data import _read_palmerpenguins
+    from mlops_assets_tests.serving_fixtures import wait_for
+
+    before = _observed(stack)
+    assert before["registry"] == before["api"] == before["deployed.json"] is not None, before
+    new = str(int(before["registry"]) + 1)
+    # The same measurements with the species names rotated: the champion gets almost every
+    # answer wrong, a model trained on them is as good as the first one: it is promoted.
+    rotate = {"Adelie": "Gentoo", "Gentoo": "Chinstrap", "Chinstrap": "Adelie"}
+    relabelled = stack.root / "penguins-relabelled.csv"
+    _read_palmerpenguins().with_columns(pl.col("species").replace(rotate)).write_csv(relabelled)
+    env = {**stack.env, "MLOPS_DATASET": str(relabelled)}
+
+    log = stack.root / "cli-killed-midway.log"
+    started = time.monotonic()
+    with log.open("w") as out:
+        killed = subprocess.Popen([sys.executable, "-m", "mlops_assets.cli", "run"], cwd=stack.checkout, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        marker = f"applying the Serve config of model version {new}"
+        wait_for(lambda: marker in log.read_text() or killed.poll() is not None, timeout=600, interval=0.1,
+                 what=f"'{marker}' in {log}")
+        assert killed.poll() is None, log.read_text()[-5000:]
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            os.killpg(killed.pid, signal.SIGKILL)
+    kill_seconds = time.monotonic() - started
+    after_kill = _observed(stack)
+    # selected_model had moved the alias; the run never confirmed the new version healthy, so
+    # deployed.json still names the old one, and the API answers (the old version, or the new
+    # one if the apply got through before the kill).
+    assert after_kill["registry"] == new and after_kill["deployed.json"] == before["deployed.json"], after_kill
+    assert after_kill["api"] in (before["api"], new), after_kill
+
+    rerun = _ok(stack.cli("run", MLOPS_DATASET=str(relabelled)))
+    stack.outcomes["7 after a run killed midway"] = (rerun.seconds, rerun.materialized)
+    assert f"version {new}" in rerun.output, rerun.tail()
+    final = _observed(stack)
+    assert final == {"registry": new, "api": new, "deployed.json": new}, final
+    row = {"instances": [{"island": "Biscoe", "bill_length_mm": 45.0, "bill_depth_mm": 15.0,
+                          "flipper_length_mm": 210.0, "body_mass_g": 5000.0, "sex": "male"}]}
+    answer = requests.post(f"{stack.api_url}/predict", json=row, timeout=30)
+    assert answer.status_code == 200 and str(answer.json()["model"]["version"]) == new, answer.text
+    print(f"\nkilled run: killed {kill_seconds:.0f}s into the run: {after_kill}; the next run completed in "
+          f"{rerun.seconds:.0f}s: {final}")

@@ -15,8 +15,8 @@ run, and they find everything in place: no build, no Ansible, the container not 
 new hyperparameters (retraining, the champion stays, nothing downstream rebuilds); a serving
 code change (a new image deployed by the api role, no retraining); new data with a better
 model (the whole chain, and the api host serves the new version); a crash on the api host
-(its engine and every process it ran SIGKILLed: the next run starts the engine again and the
-API comes back). A materialization of
+(the API container and then its engine SIGKILLed: the next run starts the engine again and
+the API comes back). A materialization of
 everything (`run --all`) then applies nothing, builds nothing, and Ansible changes nothing on
 any host. `make down`'s code path (`cli down`) destroys the emulated infrastructure, removes
 the hosts and stops the emulator: nothing is left behind.
@@ -334,16 +334,23 @@ def test_new_data_with_a_better_model_rebuilds_the_chain_and_the_api_host_serves
 
 
 def test_a_crashed_engine_and_api_container_on_the_api_host_are_restored_by_the_next_run(rehearsal):
-    """The engine on the api host and every process it ran SIGKILLed (as in a crash, not a
+    """The API container and the engine on the api host SIGKILLed (as in a crash, not a
     `docker stop`): one `make run` starts the engine again and the API comes back."""
     hosts = rehearsal["hosts"]
     latest = _latest(rehearsal["home"])
     version = latest["selected_model"][1]["champion_version"]
     readyz = latest["deployed_api"][1]["url"].removesuffix("/docs") + "/readyz"
-    # The host's own PID namespace: only its processes (the container's among them) are hit.
-    hosts.exec("mlops-assets-api", "pkill -KILL -x dockerd; pkill -KILL -x containerd; pkill -KILL -f containerd-shim; "
-               "pkill -KILL -f mlops_assets.serving.container; pkill -KILL -x raylet; pkill -KILL -x gcs_server",
-               check=False)
+    # Inside the host's own PID namespace: only its processes are hit. SIGKILL to the
+    # container's PID 1 ends every process of the container (the kernel empties its PID
+    # namespace), then the engine itself. (`pkill -f` is not used: its pattern would match the
+    # shell running this command line.)
+    container_pid = hosts.exec("mlops-assets-api", "docker inspect -f '{{.State.Pid}}' mlops-api").stdout.strip()
+    assert int(container_pid) > 0
+    hosts.exec("mlops-assets-api", f"kill -KILL {container_pid}; pkill -KILL -x dockerd")
+    wait_until = time.monotonic() + 30
+    while hosts.exec("mlops-assets-api", f"test -d /proc/{container_pid}", check=False).returncode == 0:
+        assert time.monotonic() < wait_until, "the container's PID 1 outlived SIGKILL for 30 s"
+        time.sleep(0.5)
     assert hosts.exec("mlops-assets-api", "docker info", check=False).returncode != 0
     with pytest.raises(OSError):  # refused or reset: nothing answers on the API port
         _get_json(readyz, timeout=5)
