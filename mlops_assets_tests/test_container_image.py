@@ -56,7 +56,7 @@ def test_tag_follows_every_input(tmp_path, trained_home):
     from mlops_assets.image.build import _model_folder
 
     selected = trained_home["selected"]
-    model = _model_folder(selected.champion, tmp_path / "model")
+    model, _ = _model_folder(selected.champion, tmp_path / "model")
     requirements = "ray==2.60.0\n"
     base = image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, requirements=requirements)
     same = image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, requirements=requirements)
