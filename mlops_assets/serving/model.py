@@ -234,11 +234,8 @@ def registered_manifest(tracking_uri: str | None, name: str, version: str) -> st
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def download(source: ModelSource, destination: str | Path | None = None) -> tuple[Path, str, str]:
