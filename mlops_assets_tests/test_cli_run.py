@@ -2,8 +2,10 @@
 nothing changed; a new data file brings the ML phase back."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,20 +98,50 @@ def test_run_reports_a_missing_data_file(tmp_path):
 
 
 def test_two_runs_started_together_on_one_home_do_not_interleave(tmp_path):
-    """The second `cli run` waits for the first (naming its PID), then finds nothing to do."""
+    """The second `cli run` waits for the first (naming its PID), then finds nothing to do.
+
+    The first run is paused (SIGSTOP) while it holds the lock until the second says it waits:
+    on a loaded machine the second could otherwise start only after the first had finished."""
     home = tmp_path / "home"
     environment = {**os.environ, "MLOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     command = [sys.executable, "-m", "mlops_assets.cli", "run", "--job", "ml_phase"]
-    runs = [subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True) for _ in range(2)]
-    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+
+    def start(log: Path) -> subprocess.Popen:
+        with log.open("w") as out:
+            return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+    def wait_for(what: str, found, process: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 300
+        while not found():
+            assert process.poll() is None, f"exited {process.returncode} before {what}: {process.args}"
+            assert time.monotonic() < deadline, f"no {what} within 300 s"
+            time.sleep(0.2)
+
+    lock = home / ".run.lock"
+    first = start(logs[0])
+    try:
+        wait_for("lock held by the first run", lambda: lock.exists() and f"pid {first.pid}:" in lock.read_text(), first)
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            second = start(logs[1])
+            wait_for("wait announced by the second run", lambda: "another mlops-assets run holds" in logs[1].read_text(),
+                     second)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        runs = [first, second]
+        for run in runs:
+            run.wait(timeout=600)
+    finally:
+        for run in (first, locals().get("second")):
+            if run is not None and run.poll() is None:
+                run.kill()
+    outputs = [log.read_text() for log in logs]
     assert [run.returncode for run in runs] == [0, 0], [o[-2000:] for o in outputs]
-    waited = [o for o in outputs if "another mlops-assets run holds" in o]
-    assert len(waited) == 1, "exactly one run must have waited for the other"
-    first = next(o for o in outputs if o is not waited[0])
-    holder = next(run.pid for run, o in zip(runs, outputs) if o is first)
-    assert f"pid {holder}:" in waited[0]
-    assert "materialized: candidate_models, dataset, selected_model" in first
+    first_out, waited = outputs
+    assert f"pid {first.pid}:" in waited
+    assert "another mlops-assets run holds" not in first_out
+    assert "materialized: candidate_models, dataset, selected_model" in first_out
     # It started only after the first had finished: everything was already up to date.
-    assert "the other run has finished" in waited[0] and "nothing to do" in waited[0]
-    assert "[1] materializing" not in waited[0]
+    assert "the other run has finished" in waited and "nothing to do" in waited
+    assert "[1] materializing" not in waited
