@@ -211,6 +211,15 @@ class RunLock:
         except OSError:
             return "unknown"
 
+    def _named_holder(self, settle_s: float = 2.0) -> str:
+        """The holder's line; the holder writes it just after taking the lock, so an empty file
+        is read again for a moment before the holder is called unknown."""
+        holder, settle = self.holder(), time.monotonic() + settle_s
+        while holder == "unknown" and time.monotonic() < settle:
+            time.sleep(0.05)
+            holder = self.holder()
+        return holder
+
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -224,7 +233,7 @@ class RunLock:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     os.close(fd)
                     raise
-            message = (f"another mlops-assets run holds {self.path.parent} ({self.holder()}); "
+            message = (f"another mlops-assets run holds {self.path.parent} ({self._named_holder()}); "
                        f"this {self.what} waits for it (at most {self.timeout_s:.0f}s)")
             if time.monotonic() >= deadline:
                 os.close(fd)

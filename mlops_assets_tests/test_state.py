@@ -115,6 +115,28 @@ def test_a_second_run_names_the_holder_and_gives_up_after_its_timeout(tmp_path):
         holder.wait()
 
 
+def test_a_run_arriving_before_the_holder_wrote_its_pid_still_names_it(tmp_path):
+    """The holder takes the lock, then writes its line: a second run in between waits a moment
+    for that line instead of calling the holder unknown."""
+    import fcntl
+    import threading
+
+    lock_file = tmp_path / RunLock.FILENAME
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held, nothing written yet
+    writer = threading.Timer(0.4, lambda: os.pwrite(fd, b"pid 4242: cli run, since 12:00:00\n", 0))
+    writer.start()
+    said: list[str] = []
+    try:
+        with pytest.raises(RunBusy):
+            with RunLock(tmp_path, timeout_s=1.5, echo=said.append, poll_s=0.05):
+                pass
+    finally:
+        writer.join()
+        os.close(fd)
+    assert said and "(pid 4242: cli run" in said[0], said
+
+
 def test_a_second_run_waits_for_the_first_and_then_goes_on(tmp_path):
     holder = _holder(tmp_path, 1.5)
     said: list[str] = []
