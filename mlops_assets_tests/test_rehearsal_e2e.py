@@ -16,7 +16,8 @@ new hyperparameters (retraining, the champion stays, nothing downstream rebuilds
 code change (a new image deployed by the api role, no retraining); new data with a better
 model (the whole chain, and the api host serves the new version); a crash on the api host
 (the API container and then its engine SIGKILLed: the next run starts the engine again and
-the API comes back). A materialization of
+the API comes back); a new image that never becomes ready (the api role starts the one that
+ran before again). A materialization of
 everything (`run --all`) then applies nothing, builds nothing, and Ansible changes nothing on
 any host. `make down`'s code path (`cli down`) destroys the emulated infrastructure, removes
 the hosts and stops the emulator: nothing is left behind.
@@ -29,6 +30,7 @@ import base64
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -360,6 +362,47 @@ def test_a_crashed_engine_and_api_container_on_the_api_host_are_restored_by_the_
     assert not materialized & {"dataset", "candidate_models", "selected_model", "tofu_state", "deployed_hosts"}
     assert hosts.exec("mlops-assets-api", "docker info --format '{{.ServerVersion}}'").stdout.strip()
     assert str(_get_json(readyz)["model"]["version"]) == version
+
+
+def test_an_api_image_that_never_becomes_ready_is_rolled_back_to_the_one_running(rehearsal):
+    """The api role's rollback with the real API image: a new tag whose container exits at
+    once (the running image with its entrypoint broken, as a bad build would be) is deployed
+    with a short readiness timeout; the role starts the image that ran before again, /readyz
+    answers with the champion, and the role fails saying what it did."""
+    from mlops_assets.resources.ansible import AnsibleError
+    from mlops_assets.resources.hosts import API_TAG
+    from mlops_assets.settings import load_settings
+    from mlops_assets.targets import ansible_for
+
+    home, hosts, api = rehearsal["home"], rehearsal["hosts"], "mlops-assets-api"
+    latest = _latest(home)
+    version = latest["selected_model"][1]["champion_version"]
+    readyz = latest["deployed_api"][1]["url"].removesuffix("/docs") + "/readyz"
+    running = hosts.exec(api, "docker inspect -f '{{.Config.Image}}' mlops-api").stdout.strip()
+    repository = running.rpartition(":")[0]
+    broken = f"{repository}:broken-entrypoint"
+    hosts.exec(api, "docker commit --change 'ENTRYPOINT [\"python\", \"-c\", \"raise SystemExit(3)\"]' "
+                    f"mlops-api {broken}")
+    started = time.monotonic()
+    try:
+        with pytest.raises(AnsibleError) as failure:
+            ansible_for(load_settings(_env(home))).run_playbook(
+                latest["tofu_state"][1]["ansible_inventory"], "site.yml", tags=[API_TAG], extra_vars={
+                    # already on the host: the archive is not read
+                    "api_image_repository": repository, "api_image_tag": "broken-entrypoint",
+                    "api_image_source": "archive", "api_image_archive": "/nonexistent/already-loaded.tar",
+                    "api_model_version": version, "api_ready_timeout": 20,
+                })
+    finally:
+        PHASES["6b a broken image rolled back by the api role"] = round(time.monotonic() - started, 1)
+    message = str(failure.value)
+    assert f"The API image {broken} did not become ready" in message, message
+    # the container's state is named (Docker may be restarting it: the restart policy)
+    assert re.search(r"The container was (exited|restarting) \(3\)", message), message
+    assert f"Rolled back to the previous image {running} (ready again)" in message, message
+    assert hosts.exec(api, "docker inspect -f '{{.Config.Image}}' mlops-api").stdout.strip() == running
+    assert str(_get_json(readyz)["model"]["version"]) == version
+    hosts.exec(api, f"docker rmi {broken}")
 
 
 def test_second_materialization_changes_nothing(rehearsal):
