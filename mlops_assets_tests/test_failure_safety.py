@@ -247,8 +247,8 @@ def test_a_version_whose_replicas_never_start_is_rolled_back(
 ):
     before_state, served = _state(resource), _served(resource)
     broken = _register_variant(serving_api, tmp_path, _other_signature_unloadable)
-    # Serve gives up after 3 failed starts per replica (~10 s each here): well within this.
-    impatient = _with(resource, ready_timeout_s=150.0)
+    # Serve gives up after 2 failed starts (its default: 3 per replica, ~10-15 s each here).
+    impatient = _with(resource, ready_timeout_s=150.0, replica_start_attempts=2)
 
     failure, load, seconds = _deploy_under_load(serving_api, trained_home, impatient, dataset, body, broken)
 

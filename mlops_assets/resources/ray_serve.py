@@ -101,6 +101,10 @@ class RayServe(dg.ConfigurableResource):
     ready_timeout_s: float = 240.0
     # How long a rollback may take to report the previous version again (None: ready_timeout_s).
     rollback_timeout_s: float | None = None
+    # Failed replica starts before Serve gives up on a new version (Serve's
+    # max_constructor_retry_count; None: Serve's default, 3 per replica). Each failed start
+    # costs a worker process (~10-15 s on 2 cores), so fewer detects a broken version sooner.
+    replica_start_attempts: int | None = None
     # How replicas get a registry model: "folder" = this resource downloads the version into
     # state_dir/models and replicas load the folder (no MLflow in the replicas: ~100 MiB less
     # each); "registry" = replicas resolve the `models:/` URI with MLflow themselves.
@@ -244,6 +248,7 @@ class RayServe(dg.ConfigurableResource):
             "features": features, "max_rows": self.max_rows, "max_body_bytes": self.max_body_bytes,
             "batch_max_size": self.batch_max_size, "batch_wait_s": self.batch_wait_s, "bind_host": self.host,
             **({"api_key_file": self.key_file()} if self.key_file() else {}),
+            **({"replica_start_attempts": self.replica_start_attempts} if self.replica_start_attempts else {}),
         }
 
     def rollout(self) -> Rollout:

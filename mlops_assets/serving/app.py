@@ -380,6 +380,8 @@ def build_app(args: dict[str, Any]):
             return results
 
     deployment = PredictionAPI
+    if args.get("replica_start_attempts"):
+        deployment = deployment.options(max_constructor_retry_count=int(args["replica_start_attempts"]))
     if args.get("model_uri"):
         deployment = deployment.options(
             user_config=model_lib.ModelSource(args["model_uri"], args.get("tracking_uri")).to_config()
