@@ -54,16 +54,19 @@ def main() -> None:
             cold = timed_run(home)
             before = mlflow_counts(home)
             warm = timed_run(home)  # what `make run` does again: only stale assets
+            if mlflow_counts(home) != before:
+                sys.exit(f"a no-change re-run opened an MLflow run or registered: runs/versions {before} -> {mlflow_counts(home)}")
             forced = timed_run(home, "--all")  # every asset re-materialized, each returning early
             after = mlflow_counts(home)
-            if after != before:
-                sys.exit(f"a no-change re-run trained or registered: runs/versions {before} -> {after}")
+            # The forced run's own MLflow run, which names the training it reused; no candidate, no version.
+            if after != (before[0] + 1, before[1]):
+                sys.exit(f"a no-change --all re-run trained or registered: runs/versions {before} -> {after}")
             colds.append(cold)
             warms.append(warm)
             forced_runs.append(forced)
             print(
                 f"[{i + 1}/{args.repeat}] cold {cold:.1f}s  no-change {warm:.1f}s  no-change --all {forced:.1f}s"
-                f"  (MLflow runs/versions {before} unchanged)",
+                f"  (MLflow runs/versions {before} -> {after}: the --all run's own run, naming the reused training)",
                 flush=True,
             )
     cold, warm, forced = (statistics.median(x) for x in (colds, warms, forced_runs))

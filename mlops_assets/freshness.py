@@ -143,7 +143,8 @@ class SkipRule:
 SKIP_RULES: tuple[SkipRule, ...] = (
     SkipRule("dataset", "never: Dagster does not run it unless dataset_source has a new hash (or its code changed)",
              "the data version of `dataset_source` (sha256 of the file and the target name)"),
-    SkipRule("candidate_models", "a finished training with the same fingerprint exists: its runs are reused",
+    SkipRule("candidate_models", "a finished training with the same fingerprint exists: its runs are reused, and the "
+             "Dagster run's own MLflow run only names it (tag `mlops.reused_run_id`)",
              "MLflow: a parent run tagged with the fingerprint (data hash, hyperparameters, seed, training code)"),
     SkipRule("selected_model", "the best candidate is already registered from that run: its recorded test metrics are reused",
              "MLflow: a model version of that run with test metrics tagged for this dataset hash"),

@@ -3,7 +3,8 @@ then select the best, register it and decide whether it becomes the champion.
 
 `candidate_models` calls `train_or_reuse`, `selected_model` calls `select_and_promote`; both
 return plain values the assets turn into outputs and metadata. The pure parts (fitting,
-metrics, the promotion rule) are in ml/; MLflow is reached only through the registry resource.
+metrics, the promotion rule) are in ml/; MLflow is reached only through the registry resource,
+whose `training_run()` is the Dagster run's MLflow run as dagster-mlflow opens it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from mlops_assets.ml import training as ml_training
 from mlops_assets.ml.data import Dataset
 from mlops_assets.ml.validation import sample_json, validation_sample
 from mlops_assets.resources.mlflow_registry import (
+    CANDIDATE_SET,
+    FINGERPRINT_TAG,
     MANIFEST_TAG,
+    REUSED_CANDIDATE_SET,
+    REUSED_TAG,
+    ROLE_TAG,
     Champion,
     LoggedCandidate,
     MlflowRegistry,
@@ -33,10 +39,11 @@ PIP_REQUIREMENTS = [f"{dist}=={installed_version(dist)}" for dist in ("mlflow", 
 class CandidateSet:
     """The `candidate_models` asset's value: the MLflow runs of one training."""
 
-    parent_run_id: str
+    parent_run_id: str  # the training's run, parent of the candidates' runs (an earlier one when reused)
     fingerprint: str
     candidates: list[LoggedCandidate]
     reused: bool
+    mlflow_run_id: str = ""  # the MLflow run of the Dagster run that produced this value
 
 
 @dataclass(frozen=True)
@@ -58,25 +65,35 @@ class SelectedModel:
         return Champion(self.name, str(self.version), self.model_uri, self.tracking_uri)
 
 
-def train_or_reuse(mlflow: MlflowRegistry, dataset: Dataset, specs: dict[str, dict], seed: int, code_version: str,
-                   run_id: str, log) -> CandidateSet:
+def train_or_reuse(mlflow: MlflowRegistry, context, dataset: Dataset, specs: dict[str, dict], seed: int,
+                   code_version: str) -> CandidateSet:
     """Training is keyed on (data, hyperparameters, seed, training code): a training that
-    already finished in MLflow with the same key is reused, so a no-change run trains nothing."""
+    already finished in MLflow with the same key is reused, so a no-change run trains nothing.
+
+    Either way the Dagster run's MLflow run (`mlflow.training_run`) is opened: it is the
+    parent of the candidates' runs when it trains, and names the training it reused
+    (REUSED_TAG) when it does not. `context` is the asset's execution context."""
+    log = context.log
     fingerprint = stable_hash({"data": dataset.content_hash, "specs": specs, "seed": seed, "code": code_version})
     candidates = mlflow.find_finished_training(fingerprint)
     if candidates is not None:
-        parent_run_id = mlflow.parent_run_id(candidates)
-        log.info(f"same data, config and code as MLflow run {parent_run_id}: reusing its {len(candidates)} candidates")
-        return CandidateSet(parent_run_id, fingerprint, candidates, True)
-    trained = ml_training.train_candidates(dataset, specs, seed, log=log)
-    x_val, _ = dataset.xy("validation")
-    sample = validation_sample(dataset.train, dataset.numeric_features, dataset.categorical_features)
-    parent_run_id, candidates = mlflow.log_training(
-        fingerprint, run_id, trained, input_example=x_val.head(5), pip_requirements=PIP_REQUIREMENTS,
-        parent_params={"dataset_hash": dataset.content_hash, "source": dataset.source, "seed": seed}, log=log,
-        validation_sample=sample_json(sample),
-    )
-    return CandidateSet(parent_run_id, fingerprint, candidates, False)
+        reused = mlflow.parent_run_id(candidates)
+        tags = {ROLE_TAG: REUSED_CANDIDATE_SET, FINGERPRINT_TAG: fingerprint, REUSED_TAG: reused}
+        with mlflow.training_run(context, tags) as run:
+            log.info(f"same data, config and code as MLflow run {reused}: reusing its {len(candidates)} candidates"
+                     f" (recorded in MLflow run {run.run_id})")
+        return CandidateSet(reused, fingerprint, candidates, True, run.run_id)
+    tags = {ROLE_TAG: CANDIDATE_SET, FINGERPRINT_TAG: fingerprint, "mlops.candidates": str(len(specs))}
+    with mlflow.training_run(context, tags) as run:
+        trained = ml_training.train_candidates(dataset, specs, seed, log=log)
+        x_val, _ = dataset.xy("validation")
+        sample = validation_sample(dataset.train, dataset.numeric_features, dataset.categorical_features)
+        candidates = mlflow.log_candidates(
+            run, trained, input_example=x_val.head(5), pip_requirements=PIP_REQUIREMENTS,
+            parent_params={"dataset_hash": dataset.content_hash, "source": dataset.source, "seed": seed}, log=log,
+            validation_sample=sample_json(sample),
+        )
+    return CandidateSet(run.run_id, fingerprint, candidates, False, run.run_id)
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,25 @@ def _run(home: Path, *args: str, **env: str) -> str:
     return done.stdout + done.stderr  # Dagster's logs go to stderr
 
 
+def _mlflow_runs(home: Path) -> list:
+    from mlops_assets.resources.mlflow_registry import MlflowRegistry
+
+    registry = MlflowRegistry(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    return registry.client().search_runs([registry.experiment_id()], max_results=1000)
+
+
 def test_run_materializes_only_what_changed(tmp_path):
+    from mlops_assets.resources.mlflow_registry import REUSED_TAG
+
     home = tmp_path / "home"
     cold = _run(home)
     assert "[1] materializing: candidate_models, dataset, selected_model (missing" in cold
     assert "ml_phase: succeeded" in cold and "(1 run:" in cold
 
+    runs = len(_mlflow_runs(home))
     again = _run(home)
     assert "nothing to do" in again
+    assert len(_mlflow_runs(home)) == runs  # the waves did not run candidate_models: no MLflow run
     assert "up to date (nothing changed in their inputs or code): candidate_models, dataset, selected_model" in again
 
     # A new file behind MLOPS_DATASET: the dataset first, then each asset whose input got a
@@ -47,9 +58,14 @@ def test_run_materializes_only_what_changed(tmp_path):
     assert "[2] materializing: candidate_models, selected_model (their inputs have new data versions)" in changed
     assert "materialized: candidate_models, dataset, selected_model" in changed
 
+    runs = _mlflow_runs(home)
     forced = _run(home, "--all", MLOPS_DATASET=str(tmp_path / "fewer.csv"))
     assert "[1] materializing: candidate_models, dataset, selected_model" in forced
     assert "reusing its 3 candidates" in forced
+    # One MLflow run, the forced Dagster run's, naming the training it reused; nothing trained.
+    [record] = [run for run in _mlflow_runs(home) if run.info.run_id not in {r.info.run_id for r in runs}]
+    newest_training = max((r for r in runs if r.data.tags.get("mlops.role") == "candidate_set"), key=lambda r: r.info.start_time)
+    assert record.data.tags[REUSED_TAG] == newest_training.info.run_id and record.info.status == "FINISHED"
 
 
 def test_new_hyperparameters_retrain_and_stop_where_the_champion_stays(tmp_path):

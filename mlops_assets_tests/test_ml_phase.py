@@ -1,6 +1,9 @@
 """The ML phase against a real MLflow store and real Dagster materializations."""
 
+import os
+
 import dagster as dg
+import mlflow
 import numpy as np
 import polars as pl
 import pytest
@@ -48,12 +51,27 @@ def test_lineage_is_as_declared():
         assert graph.get(dg.AssetKey(key)).code_version
 
 
+def _mlflow_process_settings() -> tuple:
+    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}, mlflow.get_tracking_uri(), mlflow.active_run()
+
+
 def test_phase_registers_a_champion_that_matches_tracking_and_reruns_for_free(home, instance):
+    from mlops_assets.resources.mlflow_registry import REUSED_TAG
+
     settings = make_settings(home)
     registry = registry_for(settings)
+    process_settings = _mlflow_process_settings()
     result = materialize_ml(home, instance)
     selected = result.output_for_node("selected_model")
     candidates = result.output_for_node("candidate_models")
+
+    # the parent of the candidates is the Dagster run's MLflow run, opened by dagster-mlflow
+    # and ended with the step; MLflow's process-wide settings are left as they were found
+    parent = registry.client().get_run(candidates.parent_run_id)
+    assert candidates.mlflow_run_id == candidates.parent_run_id
+    assert parent.data.tags["dagster_run_id"] == result.run_id
+    assert parent.info.run_name == result.job_def.name and parent.info.status == "FINISHED"
+    assert _mlflow_process_settings() == process_settings
 
     # the registry holds the champion the asset reports
     champion = registry.champion(settings.model_name)
@@ -82,11 +100,16 @@ def test_phase_registers_a_champion_that_matches_tracking_and_reruns_for_free(ho
     assert np.array_equal(loaded.predict(x_test), in_memory.predict(x_test))
     assert np.allclose(loaded.predict_proba(x_test), in_memory.predict_proba(x_test))
 
-    # a second materialization with nothing changed trains and registers nothing
+    # a second materialization with nothing changed trains and registers nothing: its MLflow
+    # run (one run, no candidates under it) names the training it reused
     runs, versions = count_runs(registry), count_versions(registry, settings.model_name)
     again = materialize_ml(home, instance)
-    assert again.output_for_node("candidate_models").reused
-    assert count_runs(registry) == runs
+    reused = again.output_for_node("candidate_models")
+    assert reused.reused and reused.parent_run_id == candidates.parent_run_id
+    assert count_runs(registry) == runs + 1
+    record = registry.client().get_run(reused.mlflow_run_id)
+    assert record.data.tags["dagster_run_id"] == again.run_id and record.info.status == "FINISHED"
+    assert record.data.tags[REUSED_TAG] == candidates.parent_run_id
     assert count_versions(registry, settings.model_name) == versions
     assert _metadata(again, "selected_model")["new_version_registered"].value is False
     # ... and Dagster sees every asset of the phase as up to date
@@ -142,6 +165,18 @@ def test_a_champion_registered_before_file_manifests_is_replaced_not_kept(home, 
     champion = registry.champion(settings.model_name)
     assert champion.version == again.version and champion.tags.get(MANIFEST_TAG)
     assert "no comparable champion" in _metadata(result, "selected_model")["decision"].value
+
+
+def test_a_training_that_fails_ends_its_mlflow_run_failed(home, instance):
+    """The step fails (an invalid hyperparameter): the Dagster run's MLflow run is ended
+    FAILED, not left running or active in the process, and is never reused."""
+    registry = registry_for(make_settings(home))
+    config = {"ops": {"candidate_models": {"config": {"families": ["logistic_regression"], "logistic_regression": {"C": -1.0}}}}}
+    result = materialize_ml(home, instance, config, raise_on_error=False)
+    assert not result.success
+    runs = registry.client().search_runs([registry.experiment_id()], f"tags.dagster_run_id = '{result.run_id}'")
+    assert [run.info.status for run in runs] == ["FAILED"]
+    assert mlflow.active_run() is None
 
 
 def test_quality_floor_blocks_a_model_that_is_not_good_enough(home, instance):

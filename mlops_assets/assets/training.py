@@ -64,20 +64,20 @@ class CandidateModelsConfig(dg.Config):
     code_version=TRAINING_CODE_VERSION,
     kinds={"scikit-learn", "mlflow"},
     group_name="ml",
-    description="One scikit-learn Pipeline per model family, each a nested MLflow run with validation metrics.",
+    description="One scikit-learn Pipeline per model family, each a nested MLflow run (validation metrics) under the Dagster run's MLflow run.",
 )
 def candidate_models(
     context: dg.AssetExecutionContext, config: CandidateModelsConfig, mlflow: MlflowRegistry, dataset: Dataset
 ) -> dg.Output[CandidateSet]:
     # The models to choose from; an identical earlier training (same data, hyperparameters,
     # seed and code) is reused, so a no-change run trains nothing.
-    trained = ml_phase.train_or_reuse(mlflow, dataset, config.specs(), config.seed, TRAINING_CODE_VERSION,
-                                      context.op_execution_context.run_id, context.log)
+    trained = ml_phase.train_or_reuse(mlflow, context, dataset, config.specs(), config.seed, TRAINING_CODE_VERSION)
     table = markdown_table(["family", "accuracy", "f1_macro", "roc_auc", "log_loss", "MLflow run"],
                            ml_phase.candidates_table(trained, mlflow.run_url))
     return dg.Output(trained, data_version=dg.DataVersion(trained.parent_run_id), metadata={
         "candidates (validation)": dg.MetadataValue.md(table),
         "mlflow_parent_run": dg.MetadataValue.url(mlflow.run_url(trained.parent_run_id)),
+        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(trained.mlflow_run_id)),  # this Dagster run's
         "reused_training": trained.reused,
         "fingerprint": trained.fingerprint,
     })

@@ -1,17 +1,44 @@
-"""MLflow tracking and model registry, wrapped once.
+"""MLflow tracking and model registry, wrapped once, on dagster-mlflow.
 
-Why not dagster-mlflow's `mlflow_tracking` for this: it opens one MLflow run per Dagster run
-(keyed on a `dagster_run_id` tag), has no artifact-location option and configures MLflow
-through process-wide environment variables. The candidate models need one parent run per
-*training* with nested child runs, and a no-change materialization must reuse an earlier
-training instead of opening an empty run. This resource keeps dagster-mlflow's tagging
-convention (`dagster_run_id`) so runs line up with its users' expectations.
+`MlflowRegistry` (resource key `mlflow`) is the typed façade the assets call. The MLflow run
+of a Dagster run that trains is the one dagster-mlflow's `mlflow_tracking` resource opens,
+configured from this resource's Dagster config (tracking URI, experiment): named after the
+Dagster job, tagged `dagster_run_id`, with one nested run per candidate under it. A forced
+re-run whose training fingerprint matches an earlier finished training opens its run too,
+retrains nothing and records the reused training's run id in it (`REUSED_TAG`).
+
+How the façade uses dagster-mlflow, and why this way:
+
+- `training_run()` initializes `mlflow_tracking` through `dg.build_resources` with the
+  step's Dagster run and log, when `candidate_models` starts its work, not as a resource key
+  of the Definitions: with the in-process executor, Dagster initializes every resource a step
+  of the plan needs when the run starts, and `mlflow_tracking` opens its MLflow run in its
+  constructor, so a run whose `candidate_models` is then skipped (a blocking check of
+  `dataset` failed) would leave an empty run RUNNING. Runs that do not execute
+  `candidate_models` (a no-change `make run`) never reach `training_run()`: they open no
+  MLflow run. `selected_model` uses the registry only and opens none either.
+- The run is ended with the step's outcome when the step's work finishes: FINISHED, FAILED
+  on an exception, KILLED on an interrupt. That is what `end_mlflow_on_run_finished` does,
+  which cannot be used as is here: on success it ends the run only when the hooked op is
+  the job's last node (`candidate_models` never is: `selected_model` follows it), and as a
+  job hook its resource would be initialized in every run of the job.
+- `mlflow_tracking` configures MLflow process-wide (the tracking URI, the registry URI and
+  the active experiment, as module globals and as the environment variables
+  MLFLOW_TRACKING_URI, MLFLOW_REGISTRY_URI and MLFLOW_EXPERIMENT_ID), and so does MLflow's
+  fluent API. Several Dagster runs share a process (`cli run`'s waves, the tests), and
+  settings.py reads MLFLOW_TRACKING_URI: every façade call that needs the fluent API runs
+  inside `_process_settings_restored()`, which puts all of them back as it found them.
+- The experiment is created by the façade before `mlflow_tracking` looks for it, with the
+  artifact location of a file-based store (dagster-mlflow has no such option).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -21,9 +48,51 @@ from pydantic import PrivateAttr
 
 ROLE_TAG = "mlops.role"
 FINGERPRINT_TAG = "mlops.fingerprint"
+REUSED_TAG = "mlops.reused_run_id"  # on a run that reused an earlier training: that training's run
+CANDIDATE_SET = "candidate_set"  # ROLE_TAG of a run that trained (the only role find_finished_training reuses)
+REUSED_CANDIDATE_SET = "reused_candidate_set"  # ROLE_TAG of a run that reused one
 CHAMPION_ALIAS = "champion"
 # serving/model.py MANIFEST_TAG (not imported: loading the definitions must not import numpy)
 MANIFEST_TAG = "mlops.files_sha256"
+
+
+# Where MLflow keeps its process-wide settings as environment variables (MLflow's fluent API
+# and dagster-mlflow's resource set them; _process_settings_restored() puts them back).
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+@contextmanager
+def _process_settings_restored() -> Iterator[None]:
+    """Whatever the block sets of MLflow's process-wide settings (tracking URI, registry URI,
+    active experiment, and their environment variables) is put back as it was found."""
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env = {name: os.environ.get(name) for name in _MLFLOW_ENV}
+    tracking_uri, registry_uri = tracking_utils._tracking_uri, registry_utils._registry_uri
+    experiment_id = fluent._active_experiment_id
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking_uri)  # also resets what MLflow derived from it
+        registry_utils._registry_uri = registry_uri
+        fluent._active_experiment_id = experiment_id
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """The Dagster run's MLflow run, as dagster-mlflow's `mlflow_tracking` opened it."""
+
+    run_id: str
+    experiment_id: str
+    tracking: Any  # dagster_mlflow's MlFlow: mlflow's API with the run active
 
 
 @dataclass(frozen=True)
@@ -80,12 +149,15 @@ class MlflowRegistry(dg.ConfigurableResource):
     _experiment_id: str | None = PrivateAttr(default=None)
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _mlflow(self):
+    @contextmanager
+    def _fluent(self):
+        """MLflow's fluent API pointed at this store, for the block only."""
         import mlflow
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
-        return mlflow
+        with _process_settings_restored():
+            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.tracking_uri)
+            yield mlflow
 
     def client(self):
         from mlflow import MlflowClient
@@ -119,7 +191,7 @@ class MlflowRegistry(dg.ConfigurableResource):
         parents = client.search_runs(
             [self.experiment_id()],
             filter_string=(
-                f"tags.`{ROLE_TAG}` = 'candidate_set' and tags.`{FINGERPRINT_TAG}` = '{fingerprint}'"
+                f"tags.`{ROLE_TAG}` = '{CANDIDATE_SET}' and tags.`{FINGERPRINT_TAG}` = '{fingerprint}'"
                 " and attributes.status = 'FINISHED'"
             ),
             order_by=["attributes.start_time DESC"],
@@ -152,82 +224,101 @@ class MlflowRegistry(dg.ConfigurableResource):
             files_sha256=run.data.tags.get(MANIFEST_TAG, ""),
         )
 
-    def log_training(
+    @contextmanager
+    def training_run(self, context: dg.AssetExecutionContext, tags: dict[str, str]) -> Iterator[TrainingRun]:
+        """The MLflow run of this Dagster run, opened by dagster-mlflow's `mlflow_tracking`
+        (experiment and tracking URI from this resource's config, `dagster_run_id` tag, `tags`
+        added) and active for the block; ended FINISHED when the block returns, FAILED when it
+        raises, KILLED on an interrupt. MLflow's process-wide settings are restored after."""
+        import dagster_mlflow
+        from mlflow.entities import RunStatus
+
+        experiment_id = self.experiment_id()  # created first, with the artifact location
+        config = {"experiment_name": self.experiment_name, "mlflow_tracking_uri": self.tracking_uri, "extra_tags": tags}
+        with self._fluent() as mlflow:
+            if mlflow.active_run() is not None:  # mlflow_tracking would silently log into it
+                raise RuntimeError(f"MLflow run {mlflow.active_run().info.run_id} is still active in this process")
+            with dg.build_resources(
+                {"mlflow": dagster_mlflow.mlflow_tracking}, instance=context.instance,
+                resource_config={"mlflow": {"config": config}}, dagster_run=context.run, log_manager=context.log,
+            ) as resources:
+                tracking = resources.mlflow
+                run = TrainingRun(tracking.active_run().info.run_id, experiment_id, tracking)
+                try:
+                    yield run
+                except KeyboardInterrupt:
+                    tracking.end_run(status=RunStatus.to_string(RunStatus.KILLED))
+                    raise
+                except BaseException:
+                    tracking.end_run(status=RunStatus.to_string(RunStatus.FAILED))
+                    raise
+                tracking.end_run()
+
+    def log_candidates(
         self,
-        fingerprint: str,
-        dagster_run_id: str,
+        run: TrainingRun,
         trained: list[tuple[str, Any, dict[str, Any], dict[str, float]]],
         input_example,
         pip_requirements: list[str],
         parent_params: dict[str, Any],
         log: logging.Logger | None = None,
         validation_sample: str | None = None,
-    ) -> tuple[str, list[LoggedCandidate]]:
-        """Log one parent run with a nested run per candidate (params, metrics, model).
+    ) -> list[LoggedCandidate]:
+        """Log a nested run per candidate (params, metrics, model) under the training run.
 
         Each model is logged with skops (types checked against the allow-list), with the
         validation sample (JSON, ml/validation.py) beside it, and the sha256 manifest of its
-        files, computed from the logged files, as the run's MANIFEST_TAG."""
+        files, computed from the logged files, as the run's MANIFEST_TAG. The training run
+        itself gets `parent_params`."""
         import skops.io
         from mlflow.models import infer_signature
 
         from mlops_assets.serving import model as model_lib
 
-        mlflow = self._mlflow()
-        experiment_id = self.experiment_id()
+        mlflow = run.tracking
         logged: list[LoggedCandidate] = []
-        with mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=f"candidates-{fingerprint[:8]}",
-            tags={
-                ROLE_TAG: "candidate_set",
-                FINGERPRINT_TAG: fingerprint,
-                "dagster_run_id": dagster_run_id,
-                "mlops.candidates": str(len(trained)),
-            },
-        ) as parent:
-            mlflow.log_params(parent_params)
-            for family, pipeline, params, metrics in trained:
-                with mlflow.start_run(
-                    experiment_id=experiment_id,
-                    run_name=family,
-                    nested=True,
-                    tags={ROLE_TAG: "candidate", "mlops.family": family, "dagster_run_id": dagster_run_id},
-                ) as child:
-                    mlflow.log_params({k: str(v) for k, v in params.items()})
-                    mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
-                    signature = infer_signature(input_example, pipeline.predict(input_example))
-                    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
-                    if set(trusted) - model_lib.TRUSTED_TYPES:
-                        raise ValueError(
-                            f"candidate {family} holds types the serving loader does not allow: "
-                            f"{', '.join(sorted(set(trusted) - model_lib.TRUSTED_TYPES))}; review them and add them to "
-                            "TRUSTED_TYPES in mlops_assets/serving/model.py"
-                        )
-                    info = mlflow.sklearn.log_model(
-                        pipeline,
-                        name="model",
-                        signature=signature,
-                        input_example=input_example,
-                        pip_requirements=pip_requirements,
-                        serialization_format="skops",
-                        skops_trusted_types=trusted,
+        mlflow.log_params(parent_params)
+        for family, pipeline, params, metrics in trained:
+            with mlflow.start_run(
+                experiment_id=run.experiment_id,
+                run_name=family,
+                nested=True,
+                tags={ROLE_TAG: "candidate", "mlops.family": family},
+            ) as child:
+                mlflow.log_params({k: str(v) for k, v in params.items()})
+                mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
+                signature = infer_signature(input_example, pipeline.predict(input_example))
+                trusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
+                if set(trusted) - model_lib.TRUSTED_TYPES:
+                    raise ValueError(
+                        f"candidate {family} holds types the serving loader does not allow: "
+                        f"{', '.join(sorted(set(trusted) - model_lib.TRUSTED_TYPES))}; review them and add them to "
+                        "TRUSTED_TYPES in mlops_assets/serving/model.py"
                     )
-                    manifest = self._finish_model_files(info, validation_sample)
-                    mlflow.set_tags({"mlops.model_uri": info.model_uri, MANIFEST_TAG: manifest})
-                    if log:
-                        log.info(f"logged candidate {family}: {metrics}")
-                logged.append(
-                    LoggedCandidate(
-                        family=family,
-                        run_id=child.info.run_id,
-                        model_uri=info.model_uri,
-                        params={k: str(v) for k, v in params.items()},
-                        metrics=metrics,
-                        files_sha256=manifest,
-                    )
+                info = mlflow.sklearn.log_model(
+                    pipeline,
+                    name="model",
+                    signature=signature,
+                    input_example=input_example,
+                    pip_requirements=pip_requirements,
+                    serialization_format="skops",
+                    skops_trusted_types=trusted,
                 )
-        return parent.info.run_id, sorted(logged, key=lambda c: c.family)
+                manifest = self._finish_model_files(info, validation_sample)
+                mlflow.set_tags({"mlops.model_uri": info.model_uri, MANIFEST_TAG: manifest})
+                if log:
+                    log.info(f"logged candidate {family}: {metrics}")
+            logged.append(
+                LoggedCandidate(
+                    family=family,
+                    run_id=child.info.run_id,
+                    model_uri=info.model_uri,
+                    params={k: str(v) for k, v in params.items()},
+                    metrics=metrics,
+                    files_sha256=manifest,
+                )
+            )
+        return sorted(logged, key=lambda c: c.family)
 
     def _finish_model_files(self, info, validation_sample: str | None) -> str:
         """Add the validation sample to the logged model and return the manifest of its files,
@@ -236,13 +327,16 @@ class MlflowRegistry(dg.ConfigurableResource):
 
         from mlops_assets.serving import model as model_lib
 
-        mlflow = self._mlflow()
+        import mlflow
+
         with tempfile.TemporaryDirectory(prefix="mlops-logged-model-") as work:
             if validation_sample is not None:
                 sample = Path(work) / model_lib.VALIDATION_SAMPLE
                 sample.write_text(validation_sample)
                 self.client().log_model_artifact(info.model_id, str(sample))
-            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=f"{work}/model"))
+            folder = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=info.model_uri, dst_path=f"{work}/model", tracking_uri=self.tracking_uri,
+                registry_uri=self.tracking_uri))
             return model_lib.manifest_text(model_lib.files_manifest(folder))
 
     def load_model(self, model_uri: str, files_sha256: str | None = None):
@@ -252,7 +346,8 @@ class MlflowRegistry(dg.ConfigurableResource):
         from mlops_assets.serving import model as model_lib
 
         source = model_lib.ModelSource(model_uri, self.tracking_uri, files_sha256=files_sha256 or None)
-        return model_lib.load(source).pipeline
+        with _process_settings_restored():  # the loader points MLflow's fluent API at the store
+            return model_lib.load(source).pipeline
 
     # -- registry ----------------------------------------------------------------------------
     def champion(self, name: str) -> RegisteredVersion | None:
@@ -295,7 +390,8 @@ class MlflowRegistry(dg.ConfigurableResource):
                 existing = RegisteredVersion.from_mlflow(client.get_model_version(name, existing.version))
             return existing, False
         # The manifest computed when the files were logged, not re-hashed now.
-        version = self._mlflow().register_model(candidate.model_uri, name, tags={**tags, MANIFEST_TAG: candidate.files_sha256})
+        with self._fluent() as mlflow:
+            version = mlflow.register_model(candidate.model_uri, name, tags={**tags, MANIFEST_TAG: candidate.files_sha256})
         return RegisteredVersion.from_mlflow(version), True
 
     def set_champion(self, version: RegisteredVersion) -> None:
