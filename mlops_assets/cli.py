@@ -81,6 +81,11 @@ def _run(settings, job_name: str, everything: bool, config_path: str | None, ass
             return 2
     started = time.monotonic()
     defs = build_definitions(settings)
+    # Every materialization pushes the pipeline's metrics, from the first wave on: the local
+    # Pushgateway must be up before `dashboards` (re)starts Prometheus beside it.
+    from mlops_assets.targets import resources_for
+
+    resources_for(settings)["monitoring"].ensure_pushgateway(_EchoLog())
     with dg.DagsterInstance.get() as instance:
         observed = defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, raise_on_error=False)
         if not observed.success:
@@ -118,6 +123,16 @@ def _run(settings, job_name: str, everything: bool, config_path: str | None, ass
         _print_api(result)
         _print_prometheus(result)
     return 0 if done.success else 1
+
+
+class _EchoLog:
+    """A log with Dagster's method names that prints (for resources called outside a run)."""
+
+    def info(self, message: str) -> None:
+        print(message, flush=True)
+
+    def warning(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _materialization(result, key: str):
