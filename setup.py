@@ -15,7 +15,7 @@ INSTALL_REQUIRES = [
     "palmerpenguins==0.1.6",  # the default dataset: its CSV ships in the wheel
     "pyarrow>=14",  # polars DataFrame.to_pandas() (what scikit-learn and MLflow take)
     "ray[serve]==2.60.0",
-    "prometheus-client==0.26.0",
+    "prometheus-client==0.26.0",  # the pipeline pushes its metrics (monitoring/pipeline_metrics.py)
     "ansible-runner==2.4.3",
     "ansible-core==2.19.14",  # ansible-runner drives it but does not install it
     # The full package: the roles use community.docker and ansible.posix (Galaxy is unreachable).

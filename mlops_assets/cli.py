@@ -81,6 +81,13 @@ def _run(settings, job_name: str, everything: bool, config_path: str | None, ass
             return 2
     started = time.monotonic()
     defs = build_definitions(settings)
+    # Every materialization pushes the pipeline's metrics, from the first wave on: a job that
+    # runs `dashboards` (which starts the local Prometheus) starts the local Pushgateway first.
+    # Other jobs (`ml_phase`) push to it only if it already runs: they never leave one behind.
+    if dg.AssetKey("dashboards") in defs.resolve_job_def(job_name).asset_layer.selected_asset_keys:
+        from mlops_assets.targets import resources_for
+
+        resources_for(settings)["monitoring"].ensure_pushgateway(_EchoLog())
     with dg.DagsterInstance.get() as instance:
         observed = defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, raise_on_error=False)
         if not observed.success:
@@ -118,6 +125,16 @@ def _run(settings, job_name: str, everything: bool, config_path: str | None, ass
         _print_api(result)
         _print_prometheus(result)
     return 0 if done.success else 1
+
+
+class _EchoLog:
+    """A log with Dagster's method names that prints (for resources called outside a run)."""
+
+    def info(self, message: str) -> None:
+        print(message, flush=True)
+
+    def warning(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _materialization(result, key: str):

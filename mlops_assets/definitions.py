@@ -23,11 +23,15 @@ from mlops_assets.assets.packaging import container_image  # noqa: E402
 from mlops_assets.assets.training import candidate_models, selected_model  # noqa: E402
 from mlops_assets.automation import build_automation  # noqa: E402
 from mlops_assets.checks import DATASET_CHECKS  # noqa: E402
+from mlops_assets.pipeline_metrics import with_pipeline_metrics  # noqa: E402
 from mlops_assets.settings import Settings, load_settings  # noqa: E402
 from mlops_assets.targets import resources_for  # noqa: E402
 
 SOURCE_ASSETS = [dataset_source]
-ASSETS = [*SOURCE_ASSETS, dataset, candidate_models, selected_model, container_image, tofu_state, deployed_hosts, deployed_api, dashboards]
+# Every materialization pushes the pipeline's metrics (pipeline_metrics.py: a success and a
+# failure hook on each materializable asset, so every job and the UI push alike).
+ASSETS = with_pipeline_metrics(
+    [*SOURCE_ASSETS, dataset, candidate_models, selected_model, container_image, tofu_state, deployed_hosts, deployed_api, dashboards])
 
 # `make run` materializes this job: the whole graph for the chosen target.
 materialize_all = dg.define_asset_job("materialize_all", selection=dg.AssetSelection.all())

@@ -32,6 +32,7 @@ LOCAL_PORTS = {
     "replicas": (30000, 31000),  # each replica's HTTP port; gRPC ports follow the range
     "prometheus": 9090,
     "node_exporter": 9100,
+    "pushgateway": 9091,  # the pipeline's metrics (monitoring/pipeline_metrics.py), scraped by Prometheus
 }
 
 
@@ -51,6 +52,9 @@ class Settings:
     # Automation (schedules and sensors; see automation.py)
     retrain_cron: str = "0 3 * * *"
     prometheus_url: str = "http://127.0.0.1:9090"
+    # sim/aws: the Pushgateway the pipeline pushes its metrics to (MLOPS_PUSHGATEWAY_URL); none:
+    # not pushed there (the local target pushes to its own gateway on loopback).
+    pushgateway_url: str | None = None
     # (the drift threshold and window live with the rules: monitoring/rules.py)
     drift_cooldown_minutes: float = 60.0
     # Container image (assets/packaging.py): registry to push to in the aws target, e.g. ECR.
@@ -110,6 +114,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         model_name=_model_name(env.get("MLOPS_MODEL_NAME") or "mlops-assets-classifier"),
         retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * *",
         prometheus_url=(env.get("MLOPS_PROMETHEUS_URL") or f"http://127.0.0.1:{local_ports['prometheus']}").rstrip("/"),
+        pushgateway_url=(env.get("MLOPS_PUSHGATEWAY_URL") or "").rstrip("/") or None,
         drift_cooldown_minutes=_number(env, "MLOPS_DRIFT_COOLDOWN_MINUTES", 60.0),
         image_registry=env.get("MLOPS_IMAGE_REGISTRY") or None,
         ssh_private_key=env.get("MLOPS_SSH_PRIVATE_KEY") or None,

@@ -10,6 +10,7 @@ project_fully_featured); assets ask the role, never the target:
 | `container_engine` | ContainerEngine (optional) | ContainerEngine (archive) | ContainerEngine (push or archive) |
 | `api_deployer` | RayServeOnThisMachine | ImageOnApiHosts | ImageOnApiHosts |
 | `monitoring` | LocalMonitoring | MonitoringHost (Grafana rendered only) | MonitoringHost |
+| `pipeline_metrics` | LocalPipelineMetrics | PipelineMetrics (MLOPS_PUSHGATEWAY_URL, else off) | PipelineMetrics (same) |
 
 `mlflow`, `data_source`, `io_manager` and `prometheus_api` are the same everywhere.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 import dagster as dg
 
+from mlops_assets.automation import schedule_period_s
 from mlops_assets.ml import data as ml_data
 from mlops_assets.resources.ansible import Ansible, RehearsalAnsible
 from mlops_assets.resources.api_deployer import ImageOnApiHosts, RayServeOnThisMachine
@@ -28,6 +30,7 @@ from mlops_assets.resources.data_source import DataSource
 from mlops_assets.resources.hosts import AnsibleHosts, ThisMachineHosts
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.monitoring import LocalMonitoring, MonitoringHost
+from mlops_assets.resources.pipeline_metrics import LocalPipelineMetrics, PipelineMetrics
 from mlops_assets.resources.opentofu import OpenTofu, RehearsalOpenTofu, ThisMachine
 from mlops_assets.resources.prometheus import LocalPrometheus
 from mlops_assets.resources.prometheus_api import PrometheusApi
@@ -56,14 +59,18 @@ def resources_for(settings: Settings) -> dict[str, Any]:
             password_file=str(home / "rehearsal" / "secrets" / "prometheus_web_password") if target == "sim" else None),
         "container_engine": container_engine_for(settings),
     }
+    pipeline_metrics = {"target": target, "retraining_period_s": schedule_period_s(settings.retrain_cron)}
     if target == "local":
+        prometheus = LocalPrometheus(state_dir=str(home / "prometheus"), port=ports["prometheus"],
+                                     node_exporter_port=ports["node_exporter"], pushgateway_port=ports["pushgateway"])
         resources["infrastructure"] = ThisMachine(api_port=ports["api"], metrics_port=ports["metrics"],
                                                   prometheus_port=ports["prometheus"])
         resources["host_configurator"] = ThisMachineHosts()
         resources["api_deployer"] = RayServeOnThisMachine(ray_serve=local_ray_serve(settings),
                                                           tracking_uri=settings.tracking_uri)
-        resources["monitoring"] = LocalMonitoring(**monitoring_common, prometheus=LocalPrometheus(
-            state_dir=str(home / "prometheus"), port=ports["prometheus"], node_exporter_port=ports["node_exporter"]))
+        resources["monitoring"] = LocalMonitoring(**monitoring_common, prometheus=prometheus)
+        # The same Prometheus resource: its Pushgateway, on loopback.
+        resources["pipeline_metrics"] = LocalPipelineMetrics(**pipeline_metrics, prometheus=prometheus)
         return resources
     tofu = {"module_dir": str(PROJECT_ROOT / "infra_tf"), "work_dir": str(home / "tofu" / target)}
     ansible = ansible_for(settings)
@@ -76,6 +83,8 @@ def resources_for(settings: Settings) -> dict[str, Any]:
                                                 record_file=str(RECORDS["api_deployed"].under(home, target).path),
                                                 api_key_file=str(settings.api_key_file) if settings.api_key_file else None)
     resources["monitoring"] = MonitoringHost(**monitoring_common, ansible=ansible, grafana_render_only=target == "sim")
+    # No role runs a Pushgateway on the monitoring host yet: MLOPS_PUSHGATEWAY_URL, else off.
+    resources["pipeline_metrics"] = PipelineMetrics(**pipeline_metrics, gateway_url=settings.pushgateway_url)
     return resources
 
 

@@ -40,6 +40,10 @@ def test_run_materializes_only_what_changed(tmp_path):
     cold = _run(home)
     assert "[1] materializing: candidate_models, dataset, selected_model (missing" in cold
     assert "ml_phase: succeeded" in cold and "(1 run:" in cold
+    # A job without `dashboards` starts no Pushgateway (none is left behind): each asset's
+    # push says so in a warning, and the run still succeeds.
+    assert not (home / "prometheus" / "pushgateway.pid").exists()
+    assert cold.count("pipeline metrics not pushed: the Pushgateway of") == 3, cold[-3000:]
 
     runs = len(_mlflow_runs(home))
     again = _run(home)

@@ -90,6 +90,17 @@ def test_cold_run_materializes_the_whole_graph(stack, cold):
     assert cold.materialized == set(ASSETS)
     assert stack.metadata("container_image")["rebuilt"] is True
     assert _readyz(stack)["model"]["version"] == "1"
+    # Every asset pushed its metrics to the local Pushgateway, which Prometheus scrapes with
+    # honor_labels (the pushed job); the last push (dashboards') lands within a scrape interval.
+    from mlops_assets.monitoring import pipeline_metrics
+    from mlops_assets.settings import load_settings
+    from mlops_assets.targets import resources_for
+
+    prometheus = resources_for(load_settings(stack.env))["monitoring"].prometheus
+    success = f'{pipeline_metrics.LAST_SUCCESS}{{job="{pipeline_metrics.JOB}", target="local"}} > 0'
+    prometheus.wait_until(lambda: {r["metric"]["asset"] for r in prometheus.query(success)} == set(ASSETS), 60,
+                          "every asset's pushed metrics in Prometheus")
+    assert prometheus.query(f"{pipeline_metrics.CHAMPION_VERSION} == 1")
 
 
 def test_no_change_trains_nothing_builds_nothing_and_keeps_the_api(stack, cold):

@@ -9,7 +9,10 @@ rule runs against it:
   (except the 5xx selectors: a healthy API answers none; the same metric must exist);
 - no expression names a metric the API did not export during the test (recording-rule
   outputs `level:metric:op` and Prometheus' own `up` aside); the hosts dashboard reads only
-  what the local node_exporter exported, and returns data too.
+  what the local node_exporter exported, and returns data too;
+- the pipeline's metrics: a real `dataset` materialization through the push hooks and the
+  other assets' pushes (from real values) land in the local Pushgateway, Prometheus scrapes it
+  with honor_labels, and every panel of the pipeline dashboard returns data.
 """
 
 import json
@@ -23,15 +26,16 @@ import pytest
 import requests
 import yaml
 
-from mlops_assets.monitoring import API_JOB, promql, render
+from mlops_assets.monitoring import API_JOB, pipeline_metrics, promql, render
 from mlops_assets_tests.serving_fixtures import as_instances, free_ports
 
 pytestmark = pytest.mark.service
 
 RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval becomes (scrapes here are every second)
 LOAD_SECONDS = 20
-# Matchers that select nothing in a healthy API; the selector is checked without them.
-EMPTY_WHEN_HEALTHY = ['status_code=~"5.."']
+# Matchers that select nothing in a healthy API; the selector is checked without them. (A
+# `max` quality floor exists only when the selection metric is log_loss; here it is f1_macro.)
+EMPTY_WHEN_HEALTHY = ['status_code=~"5.."', 'direction="max"']
 
 
 class BoundedLoad:
@@ -80,7 +84,7 @@ class BoundedLoad:
 
 
 @pytest.fixture(scope="module")
-def live(serving_api, test_split, tmp_path_factory):
+def live(serving_api, test_split, trained_home, tmp_path_factory):
     """The `dashboards` asset run against the session API, its Prometheus, and load."""
     from mlops_assets.assets.monitoring import DashboardsConfig, dashboards
     from mlops_assets.resources.api_deployer import DeployedApi
@@ -88,8 +92,9 @@ def live(serving_api, test_split, tmp_path_factory):
     from mlops_assets.ml.data import DEFAULT_SOURCE, DEFAULT_TARGET, SplitSpec, build_dataset
     from mlops_assets.resources.prometheus import LocalPrometheus
 
-    port, node_port = free_ports(2)
-    prometheus = LocalPrometheus(state_dir=str(tmp_path_factory.mktemp("prometheus")), port=port, node_exporter_port=node_port)
+    port, node_port, gateway_port = free_ports(3)
+    prometheus = LocalPrometheus(state_dir=str(tmp_path_factory.mktemp("prometheus")), port=port, node_exporter_port=node_port,
+                                 pushgateway_port=gateway_port)
     out = tmp_path_factory.mktemp("monitoring")
     api = DeployedApi(
         url=serving_api.url,
@@ -109,6 +114,7 @@ def live(serving_api, test_split, tmp_path_factory):
         output = dashboards(dg.build_asset_context(), config=config, monitoring=monitoring, deployed_api=api,
                             dataset=dataset)
         asset_seconds = time.monotonic() - started
+        push_pipeline_metrics(prometheus, trained_home, api, tmp_path_factory.mktemp("dagster"))
         statuses = load.join()
         # Ray's exporter lags the app by a few seconds: wait until the app's own series and
         # the recording rules built on them are in Prometheus.
@@ -116,7 +122,8 @@ def live(serving_api, test_split, tmp_path_factory):
             lambda: prometheus.query(f'sum(ray_mlops_api_predictions_total{{job="{API_JOB}"}})')
             and prometheus.query("mlops_api:prediction_class_drift:tvd1h")
             and prometheus.query("mlops_api:feature_mean_shift:zscore1h")
-            and prometheus.query('ray_serve_num_http_requests_total{status_code="422"}'),
+            and prometheus.query('ray_serve_num_http_requests_total{status_code="422"}')
+            and len(prometheus.query(f'count by (asset) ({{job="{pipeline_metrics.JOB}"}})')) == len(PIPELINE_ASSETS),
             timeout_s=90,
             what="the API's series and the recording rules",
         )
@@ -125,6 +132,44 @@ def live(serving_api, test_split, tmp_path_factory):
     finally:
         load.join()
         prometheus.stop()
+
+
+PIPELINE_ASSETS = ("dataset", "candidate_models", "selected_model", "container_image", "tofu_state", "deployed_hosts",
+                   "deployed_api", "dashboards")
+
+
+def push_pipeline_metrics(prometheus, trained_home, api, dagster_dir) -> None:
+    """What `make run` pushes: `dataset` materialized for real through the hooks (so the push
+    path is the product's), the other assets pushed from real values (the session's champion,
+    the API) as their hooks would; a rolled-back deployment first, then a good one."""
+    from mlops_assets import pipeline_metrics as hooks
+    from mlops_assets.assets.data import dataset
+    from mlops_assets.image.build import ContainerImage
+    from mlops_assets.ml_phase import CandidateSet
+    from mlops_assets.resources.data_source import DataSource
+    from mlops_assets.resources.mlflow_registry import LoggedCandidate
+    from mlops_assets.resources.pipeline_metrics import LocalPipelineMetrics
+
+    resource = LocalPipelineMetrics(target="local", prometheus=prometheus)
+    with dg.instance_for_test(temp_dir=str(dagster_dir)) as instance:
+        assert dg.materialize(hooks.with_pipeline_metrics([dataset]), instance=instance, resources={
+            "pipeline_metrics": resource, "data_source": DataSource(location="palmerpenguins", target_column="species")}).success
+    selected = trained_home["selected"]
+    candidates = CandidateSet("parent", "fp", [LoggedCandidate(selected.family, "r1", "u1", {}, {"f1_macro": 0.97, "accuracy": 0.98}),
+                                               LoggedCandidate("logistic_regression", "r2", "u2", {}, {"f1_macro": 0.95})], False)
+    image = ContainerImage(ref="mlops-api:live", tag="live", model_name=selected.name, model_version=selected.version,
+                           size_bytes=150_000_000)
+    values = {"candidate_models": candidates, "selected_model": selected, "container_image": image,
+              "tofu_state": {}, "deployed_hosts": None, "dashboards": None}
+    rollback = dg.Failure(description="rolled back", metadata={"rolled_back": True})
+    runs = [hooks.materialization(asset, "local", succeeded=True, at=time.time(), duration_s=1.5, outputs={"result": value},
+                                  retraining_period_s=86400.0) for asset, value in values.items()]
+    runs.append(hooks.materialization("deployed_api", "local", succeeded=False, at=time.time(), duration_s=3.0, outputs={},
+                                      exception=rollback))
+    runs.append(hooks.materialization("deployed_api", "local", succeeded=True, at=time.time(), duration_s=4.0,
+                                      outputs={"result": api}))
+    for run in runs:
+        assert pipeline_metrics.push(prometheus.pushgateway_url, run, pytest.fail).pushed
 
 
 def _panel_queries(out) -> dict[str, list[tuple[str, str]]]:
@@ -150,8 +195,9 @@ def _rules(out) -> list[dict]:
 
 
 def _exported_names(prometheus) -> set[str]:
-    """Every metric name Prometheus scraped from the API during the test."""
-    return {s["__name__"] for s in prometheus.series(f'{{job="{API_JOB}"}}', lookback_s=900)}
+    """Every metric name Prometheus scraped from the API and the pipeline's pushes during the test."""
+    return {s["__name__"] for job in (API_JOB, pipeline_metrics.JOB)
+            for s in prometheus.series(f'{{job="{job}"}}', lookback_s=900)}
 
 
 def _recorded_names(out) -> set[str]:
@@ -163,7 +209,8 @@ def test_the_asset_provisions_prometheus(live):
     meta = output.metadata
     assert meta["rule_count"].value == len(_rules(live["out"])) > 10
     assert meta["prometheus_url"].value == prometheus.url
-    assert len(meta["targets_up"].data) == 2 and all(meta["targets_up"].data.values())  # API + node_exporter
+    # API + node_exporter + Pushgateway
+    assert len(meta["targets_up"].data) == 3 and all(meta["targets_up"].data.values()), meta["targets_up"].data
     assert output.data_version.value == render.content_hash({p: (live["out"] / p).read_text() for p in output.value.files})
     loaded = {rule["name"] for group in prometheus.rule_groups() for rule in group["rules"]}
     assert {r.get("alert") or r["record"] for r in _rules(live["out"])} == loaded
@@ -176,7 +223,7 @@ def test_the_asset_provisions_prometheus(live):
     assert dropped <= 0.02 * sum(statuses.values()), f"too many failed connections: {statuses}"
 
 
-@pytest.mark.parametrize("dashboard", ["mlops-api.json", "mlops-model.json"])
+@pytest.mark.parametrize("dashboard", ["mlops-api.json", "mlops-model.json", "mlops-pipeline.json"])
 def test_every_panel_query_returns_data(live, dashboard):
     prometheus = live["prometheus"]
     exported = _exported_names(prometheus)
@@ -189,6 +236,19 @@ def test_every_panel_query_returns_data(live, dashboard):
             empty.append(f"{title}: {expr}")
     assert not foreign, f"panels name metrics the API does not export: {foreign}"
     assert not empty, f"panel queries with no data: {empty}"
+
+
+def test_the_pipeline_metrics_keep_their_pushed_labels(live):
+    # honor_labels: the pushed job and grouping labels, not the scrape job's.
+    prometheus = live["prometheus"]
+    rows = prometheus.query(f"{pipeline_metrics.DATASET_ROWS}")
+    assert [r["metric"]["job"] for r in rows] == [pipeline_metrics.JOB] and rows[0]["metric"]["asset"] == "dataset"
+    assert rows[0]["metric"]["target"] == "local" and float(rows[0]["value"][1]) > 300
+    (rollbacks,) = prometheus.query(pipeline_metrics.ROLLBACKS_TOTAL)
+    assert float(rollbacks["value"][1]) == 1
+    # The rollback alert evaluates true on these series (its `for` is 0m).
+    firing = {a["labels"]["alertname"] for a in prometheus.http.api("alerts")["alerts"] if a["state"] == "firing"}
+    assert "MlopsPipelineRollback" in firing and "MlopsPipelineAssetFailing" not in firing
 
 
 def test_hosts_dashboard_queries_return_node_exporter_data(live):
@@ -279,10 +339,10 @@ def test_reload_keeps_the_same_server(live):
     assert prometheus.pid() == pid and prometheus._ready()
 
 
-def test_stop_ends_prometheus_and_node_exporter(live):
+def test_stop_ends_prometheus_node_exporter_and_pushgateway(live):
     prometheus = live["prometheus"]
-    pids = [prometheus.pid(), prometheus.node_exporter_pid()]
+    pids = [prometheus.pid(), prometheus.node_exporter_pid(), prometheus.pushgateway_pid()]
     assert all(pids)
     assert prometheus.stop() is True
-    assert prometheus.pid() is None and prometheus.node_exporter_pid() is None
+    assert prometheus.pid() is None and prometheus.node_exporter_pid() is None and prometheus.pushgateway_pid() is None
     assert not [p for p in pids if __import__("os").path.exists(f"/proc/{p}/cmdline") and open(f"/proc/{p}/cmdline").read()]

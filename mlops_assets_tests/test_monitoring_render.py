@@ -52,7 +52,7 @@ def test_promtool_accepts_the_config_and_rules(promtool):
     out = promtool.check_config(COMMITTED / render.CONFIG_FILE)
     assert "SUCCESS" in out
     rules = sorted((COMMITTED / render.RULES_DIR).glob("*.yml"))
-    assert len(rules) == 2
+    assert len(rules) == 3  # api, model, pipeline
     assert "SUCCESS" in promtool.check_rules(*rules)
 
 
@@ -67,6 +67,16 @@ def test_rule_unit_tests_catch_a_broken_threshold(promtool, tmp_path, fresh):
     model_rules.write_text(model_rules.read_text().replace("tvd1h > 0.25", "tvd1h > 0.99"))
     with pytest.raises(Exception, match="MlopsModelPredictionDrift"):
         promtool.test_rules(tmp_path / render.TESTS_FILE)
+
+
+def test_pipeline_rule_unit_tests_catch_a_broken_rule(promtool, tmp_path, fresh):
+    render.write(fresh, tmp_path)
+    rules = tmp_path / render.RULES_DIR / "mlops-pipeline.rules.yml"
+    rules.write_text(rules.read_text().replace("> 2 * mlops_pipeline_retraining_period_seconds", "> 4 * mlops_pipeline_retraining_period_seconds")
+                     .replace("< 3600", "< 60"))
+    with pytest.raises(Exception, match="MlopsPipelineRetrainingStale") as failed:
+        promtool.test_rules(tmp_path / render.TESTS_FILE)
+    assert "MlopsPipelineRollback" in str(failed.value)
 
 
 def test_every_alert_is_tested_firing_and_not_firing(profile):
@@ -109,6 +119,10 @@ def test_scrape_config_comes_from_the_targets(profile):
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     assert jobs == {API_JOB: ["10.0.0.5:8080", "10.0.0.6:8080"], "node": ["10.0.0.5:9100"]}
     assert config["rule_files"] == ["rules/*.yml"]
+    # The Pushgateway (local target): scraped with honor_labels, so pushed series keep their job.
+    files = render.render_all(profile, render.RenderSettings(pushgateway_targets=("127.0.0.1:9091",)))
+    (gateway,) = [job for job in yaml.safe_load(files[render.CONFIG_FILE])["scrape_configs"] if job["job_name"] == "mlops-pushgateway"]
+    assert gateway["honor_labels"] is True and gateway["static_configs"] == [{"targets": ["127.0.0.1:9091"]}]
 
 
 def test_grafana_provisioning_points_at_prometheus_and_the_dashboards():
@@ -120,7 +134,7 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboards():
     assert p["type"] == "file" and p["options"]["path"] == "/var/lib/grafana/dashboards/mlops-assets"
 
 
-@pytest.mark.parametrize("name", ["mlops-api.json", "mlops-model.json", "mlops-hosts.json"])
+@pytest.mark.parametrize("name", ["mlops-api.json", "mlops-model.json", "mlops-hosts.json", "mlops-pipeline.json"])
 def test_dashboard_json_loads_back_into_the_sdk(name):
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.cog.plugins import register_default_plugins

@@ -1,6 +1,6 @@
-"""scripts/setup_prometheus.sh on this machine: Debian's `prometheus` and
-`prometheus-node-exporter` services are left disabled and masked, so that no reboot starts
-them (they would listen on every interface and take the local Prometheus's port).
+"""scripts/setup_prometheus.sh on this machine: Debian's `prometheus`, `prometheus-node-exporter`
+and `prometheus-pushgateway` services are left disabled and masked, so that no reboot starts
+them (they would listen on every interface and take the local Prometheus's ports).
 
 The services are first put back the way Debian's packages leave them (enabled: the
 multi-user.target.wants and SysV S links, no mask), as on a machine set up by an earlier
@@ -16,7 +16,7 @@ from mlops_assets.settings import PROJECT_ROOT
 
 pytestmark = [pytest.mark.service, pytest.mark.root]
 
-SERVICES = ("prometheus", "prometheus-node-exporter")
+SERVICES = ("prometheus", "prometheus-node-exporter", "prometheus-pushgateway")
 SYSTEMD = Path("/etc/systemd/system")
 
 

@@ -53,6 +53,7 @@ def dashboards(
     profile = training_profile(dataset)
     settings = render_module.RenderSettings(
         api_targets=(metrics_target(deployed_api.metrics_url),), host_targets=monitoring.host_targets(),
+        pushgateway_targets=monitoring.pushgateway_targets(),
         prometheus_url=monitoring.datasource_url(deployed_api.prometheus_url),
         scrape_interval=config.scrape_interval, evaluation_interval=config.evaluation_interval, alerts=alerts,
     )

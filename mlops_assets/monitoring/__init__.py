@@ -6,6 +6,8 @@ Dagster): the `dashboards` asset, `make dashboards` and the Ansible roles all us
     api_dashboard.py        the API: traffic, errors, latency, queue, replicas (ray_serve_*)
     model_dashboard.py      the model: classes predicted, version served, input drift
     hosts_dashboard.py      the API hosts' CPU, memory, disk, network (Ray's node metrics)
+    pipeline_dashboard.py   the pipeline: freshness, quality by version, candidates, durations, rollbacks
+    pipeline_metrics.py     what each materialization pushes to the Pushgateway (prometheus_client)
     rules.py                recording and alert rules (kubernetes-mixin style)
     rule_tests.py           `promtool test rules` cases: each alert firing and not firing
     prometheus_config.py    the scrape configuration from a list of targets

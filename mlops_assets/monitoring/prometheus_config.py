@@ -1,5 +1,7 @@
 """The Prometheus configuration: scrape the API's metrics port (Ray's metrics export port)
-on each API host, load the rule files beside it."""
+on each API host, the hosts' node_exporters and the Pushgateway that holds the pipeline's
+metrics (with `honor_labels`: the pushed `job`, `asset` and `target` labels are kept), load
+the rule files beside it."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from .yaml_text import dump
 from . import API_JOB
 
 HOST_JOB = "node"
+PUSHGATEWAY_JOB = "mlops-pushgateway"  # the scrape job; the pushed series keep their own job label
 RULE_FILES = ["rules/*.yml"]  # relative to the config file: the same layout locally and on a host
 
 
@@ -19,9 +22,11 @@ def prometheus_config(
     scrape_interval: str = "15s",
     evaluation_interval: str = "15s",
     rule_files: Sequence[str] = RULE_FILES,
+    pushgateway_targets: Sequence[str] = (),
 ) -> str:
     """`api_targets` are host:port of the API's metrics endpoints; `host_targets` optional
-    node_exporter endpoints (none are deployed by this project yet: see hosts_dashboard)."""
+    node_exporter endpoints (none are deployed by this project yet: see hosts_dashboard);
+    `pushgateway_targets` optional Pushgateway endpoints (the local target's, on loopback)."""
     if not api_targets:
         raise ValueError("prometheus_config needs at least one API metrics target (host:port)")
     scrape_configs = [
@@ -33,6 +38,11 @@ def prometheus_config(
     ]
     if host_targets:
         scrape_configs.append({"job_name": HOST_JOB, "static_configs": [{"targets": sorted(host_targets)}]})
+    if pushgateway_targets:
+        # honor_labels: a pushed series keeps its `job` (pipeline_metrics.JOB) and grouping labels
+        # instead of getting this scrape job's (the Pushgateway's documented set-up).
+        scrape_configs.append({"job_name": PUSHGATEWAY_JOB, "honor_labels": True,
+                               "static_configs": [{"targets": sorted(pushgateway_targets)}]})
     document = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
         "rule_files": list(rule_files),

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import api_dashboard, hosts_dashboard, model_dashboard
+from . import api_dashboard, hosts_dashboard, model_dashboard, pipeline_dashboard
 from .profile import TrainingProfile
 from .prometheus_config import prometheus_config
 from .provisioning import DEFAULT_DASHBOARDS_PATH, dashboards_provider_yaml, datasource_yaml
@@ -33,7 +33,8 @@ from .rule_tests import rule_tests
 from .rules import AlertSettings, rule_groups
 from .yaml_text import dump
 
-DASHBOARD_BUILDERS = {"mlops-api.json": api_dashboard.build, "mlops-model.json": model_dashboard.build, "mlops-hosts.json": hosts_dashboard.build}
+DASHBOARD_BUILDERS = {"mlops-api.json": api_dashboard.build, "mlops-model.json": model_dashboard.build, "mlops-hosts.json": hosts_dashboard.build,
+                      "mlops-pipeline.json": pipeline_dashboard.build}
 CONFIG_FILE = "prometheus/prometheus.yml"
 RULES_DIR = "prometheus/rules"
 TESTS_FILE = "prometheus/tests/alerts.test.yml"
@@ -45,6 +46,7 @@ DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 class RenderSettings:
     api_targets: Sequence[str] = DEFAULT_API_TARGETS
     host_targets: Sequence[str] = ()
+    pushgateway_targets: Sequence[str] = ()
     prometheus_url: str = DEFAULT_PROMETHEUS_URL  # what Grafana's datasource points at
     dashboards_path: str = DEFAULT_DASHBOARDS_PATH  # where Grafana finds the dashboards' JSON
     scrape_interval: str = "15s"
@@ -68,7 +70,8 @@ def render_all(profile: TrainingProfile, settings: RenderSettings = RenderSettin
     files["provisioning/datasources/mlops-assets.yaml"] = datasource_yaml(settings.prometheus_url)
     files["provisioning/dashboards/mlops-assets.yaml"] = dashboards_provider_yaml(settings.dashboards_path)
     files[CONFIG_FILE] = prometheus_config(
-        settings.api_targets, settings.host_targets, settings.scrape_interval, settings.evaluation_interval
+        settings.api_targets, settings.host_targets, settings.scrape_interval, settings.evaluation_interval,
+        pushgateway_targets=settings.pushgateway_targets,
     )
     groups = rule_groups(profile, settings.alerts)
     for name, document in groups.items():
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "grafana_dashboards"))
     parser.add_argument("--api-target", action="append", help="host:port of an API metrics endpoint (repeatable)")
     parser.add_argument("--host-target", action="append", default=[], help="host:port of a node_exporter (repeatable)")
+    parser.add_argument("--pushgateway-target", action="append", default=[], help="host:port of a Pushgateway (repeatable)")
     parser.add_argument("--prometheus-url", default=DEFAULT_PROMETHEUS_URL, help="the URL Grafana's datasource uses")
     parser.add_argument("--dashboards-path", default=DEFAULT_DASHBOARDS_PATH, help="where Grafana reads the dashboards")
     parser.add_argument("--check", action="store_true", help="exit 1 if the files in --out differ from a fresh render")
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = RenderSettings(
         api_targets=tuple(args.api_target or DEFAULT_API_TARGETS),
         host_targets=tuple(args.host_target),
+        pushgateway_targets=tuple(args.pushgateway_target),
         prometheus_url=args.prometheus_url,
         dashboards_path=args.dashboards_path,
     )

@@ -12,6 +12,7 @@ import re
 from mlops_assets.serving import APP_NAME, DEPLOYMENT_NAME
 
 from . import API_JOB
+from . import pipeline_metrics as pm
 from .profile import TrainingProfile
 from .rules import AlertSettings, rule_groups
 
@@ -213,6 +214,75 @@ def drift_cases(expect: _Expect, profile: TrainingProfile) -> list[dict]:
     ]
 
 
+def _pipeline(asset: str, **labels: str) -> dict[str, str]:
+    return {"job": pm.JOB, "asset": asset, "target": "local", **labels}
+
+
+def pipeline_cases(expect: _Expect) -> list[dict]:
+    """The pipeline's alerts over pushed series (promtool's time() is the evaluation time,
+    from 0): timestamps are seconds into the test."""
+    training = _pipeline("candidate_models")
+    champion = _pipeline("selected_model", model_name="m", model_version="3", family="random_forest")
+    floor = _pipeline("selected_model", metric="f1_macro", direction="min")
+    deployed = _pipeline("deployed_api")
+    dataset = _pipeline("dataset")
+    return [
+        _case(
+            "retraining 1m in, schedule every 10m: fresh at 15m, stale (over 20m) and firing after its 10m at 40m",
+            [_series(pm.LAST_SUCCESS, "60x60", **training), _series(pm.RETRAINING_PERIOD, "600x60", **training)],
+            [("15m", "MlopsPipelineRetrainingStale", []),
+             ("40m", "MlopsPipelineRetrainingStale", [expect.alert("MlopsPipelineRetrainingStale", training)])],
+        ),
+        _case(
+            "retrained every 5m on a 10m schedule: never stale",
+            [_series(pm.LAST_SUCCESS, "0+300x12", **training), _series(pm.RETRAINING_PERIOD, "600x60", **training)],
+            [("40m", "MlopsPipelineRetrainingStale", [])],
+        ),
+        _case(
+            "champion's f1_macro 0.7 under a floor of 0.8: fires; its accuracy (no floor) does not",
+            [_series(pm.CHAMPION_METRIC, "0.7x10", metric="f1_macro", **champion),
+             _series(pm.CHAMPION_METRIC, "0.5x10", metric="accuracy", **champion),
+             _series(pm.QUALITY_FLOOR, "0.8x10", **floor)],
+            [("5m", "MlopsPipelineModelBelowQualityFloor",
+              [expect.alert("MlopsPipelineModelBelowQualityFloor", {**champion, "metric": "f1_macro"})])],
+        ),
+        _case(
+            "champion's f1_macro 0.9 over the floor, log_loss 0.2 under its ceiling of 0.5: no alert",
+            [_series(pm.CHAMPION_METRIC, "0.9x10", metric="f1_macro", **champion),
+             _series(pm.CHAMPION_METRIC, "0.2x10", metric="log_loss", **champion),
+             _series(pm.QUALITY_FLOOR, "0.8x10", **floor),
+             _series(pm.QUALITY_FLOOR, "0.5x10", **_pipeline("selected_model", metric="log_loss", direction="max"))],
+            [("5m", "MlopsPipelineModelBelowQualityFloor", [])],
+        ),
+        _case(
+            "log_loss 0.7 over its ceiling of 0.5: fires",
+            [_series(pm.CHAMPION_METRIC, "0.7x10", metric="log_loss", **champion),
+             _series(pm.QUALITY_FLOOR, "0.5x10", **_pipeline("selected_model", metric="log_loss", direction="max"))],
+            [("5m", "MlopsPipelineModelBelowQualityFloor",
+              [expect.alert("MlopsPipelineModelBelowQualityFloor", {**champion, "metric": "log_loss"})])],
+        ),
+        _case(
+            "a rollback at 10m: fires at once, for an hour",
+            [_series(pm.LAST_ROLLBACK, "0x9 600x120", **deployed)],
+            [("5m", "MlopsPipelineRollback", []),
+             ("20m", "MlopsPipelineRollback", [expect.alert("MlopsPipelineRollback", deployed)]),
+             ("80m", "MlopsPipelineRollback", [])],
+        ),
+        _case(
+            "no rollback ever (0): no alert",
+            [_series(pm.LAST_ROLLBACK, "0x120", **deployed)],
+            [("30m", "MlopsPipelineRollback", [])],
+        ),
+        _case(
+            "dataset failed at 5m after a success at 1m: fires until it succeeds again at 10m",
+            [_series(pm.LAST_SUCCESS, "60x9 600x10", **dataset), _series(pm.LAST_FAILURE, "0x4 300x15", **dataset)],
+            [("3m", "MlopsPipelineAssetFailing", []),
+             ("7m", "MlopsPipelineAssetFailing", [expect.alert("MlopsPipelineAssetFailing", dataset)]),
+             ("15m", "MlopsPipelineAssetFailing", [])],
+        ),
+    ]
+
+
 def rule_tests(profile: TrainingProfile, rule_files: list[str], settings: AlertSettings = AlertSettings()) -> dict:
     """The promtool test document; `rule_files` are paths relative to the test file."""
     expect = _Expect(rule_groups(profile, settings))
@@ -226,6 +296,7 @@ def rule_tests(profile: TrainingProfile, rule_files: list[str], settings: AlertS
             *no_predictions_cases(expect, settings),
             *replica_cases(expect),
             *drift_cases(expect, profile),
+            *pipeline_cases(expect),
         ],
     }
 

@@ -9,6 +9,11 @@ readable `expr`, a `for`, `labels.severity`, and `annotations.summary` / `descri
 - The training reference (class shares, feature means and standard deviations) is rendered
   from the `dataset` asset into `mlops_model:*` recording rules: Prometheus itself holds what
   the served predictions and inputs are compared with.
+- The pipeline itself (pipeline_metrics.py, pushed to the Pushgateway): a retraining older than
+  twice the schedule's period, the champion below its quality floor, a rollback in the last
+  hour, an asset whose last materialization failed. The thresholds are pushed with the metrics
+  (the schedule's period by `candidate_models`, the floor by `selected_model`), so the rules
+  follow MLOPS_RETRAIN_CRON and the run config without a re-render.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from mlops_assets.serving import APP_NAME, DEPLOYMENT_NAME
 
 from . import API_JOB
+from . import pipeline_metrics as pm
 from .profile import TrainingProfile
 
 API = f'job="{API_JOB}"'
@@ -217,6 +223,79 @@ def prediction_drift() -> dict:
     }
 
 
+# -- the pipeline (pushed metrics) ---------------------------------------------------------------
+PIPE = f'job="{pm.JOB}"'
+ROLLBACK_WINDOW_S = 3600
+
+
+def retraining_stale() -> dict:
+    training = f'{PIPE}, asset="candidate_models"'
+    return {
+        "alert": "MlopsPipelineRetrainingStale",
+        # Both series are in candidate_models' group: the same labels, so they match one to one.
+        "expr": f"time() - {pm.LAST_SUCCESS}{{{training}}}\n> 2 * {pm.RETRAINING_PERIOD}{{{training}}}",
+        "for": "10m",
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": "The model has not been retrained for more than twice the schedule's period.",
+            "description": "candidate_models last materialized in the {{ $labels.target }} target more than twice "
+            "the retraining schedule's period ago (MLOPS_RETRAIN_CRON): the schedule is off, its runs fail, or "
+            "the data has not changed since (the schedule materializes stale assets only).",
+        },
+    }
+
+
+def below_quality_floor() -> dict:
+    champion = f"{pm.CHAMPION_METRIC}{{{PIPE}}}"
+    return {
+        "alert": "MlopsPipelineModelBelowQualityFloor",
+        "expr": f'{champion} < on(job, target, metric) group_left {pm.QUALITY_FLOOR}{{{PIPE}, direction="min"}}\n'
+        f'or\n{champion} > on(job, target, metric) group_left {pm.QUALITY_FLOOR}{{{PIPE}, direction="max"}}',
+        "for": "1m",
+        "labels": {"severity": "critical"},
+        "annotations": {
+            "summary": "The model in service is below the quality floor.",
+            "description": "Version {{ $labels.model_version }} of {{ $labels.model_name }} scores below the quality "
+            "floor on {{ $labels.metric }} (test split) in the {{ $labels.target }} target: the floor was raised "
+            "or the test data changed. Retrain, or roll back to a better version.",
+        },
+    }
+
+
+def rollback_recent() -> dict:
+    last = f"{pm.LAST_ROLLBACK}{{{PIPE}}}"
+    return {
+        "alert": "MlopsPipelineRollback",
+        # 0 means never: the first clause keeps it out.
+        "expr": f"{last} > 0\nand\ntime() - {last} < {ROLLBACK_WINDOW_S}",
+        "for": "0m",
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": "A deployment was rolled back in the last hour.",
+            "description": "deployed_api rolled a new model version back in the {{ $labels.target }} target within "
+            "the last hour: the previous version serves. The failed step's log and metadata say why.",
+        },
+    }
+
+
+def asset_failing() -> dict:
+    return {
+        "alert": "MlopsPipelineAssetFailing",
+        "expr": f"{pm.LAST_FAILURE}{{{PIPE}}}\n> {pm.LAST_SUCCESS}{{{PIPE}}}",
+        "for": "0m",
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": "An asset of the pipeline failed its last materialization.",
+            "description": "{{ $labels.asset }} failed in the {{ $labels.target }} target after its last success: "
+            "what depends on it is not updated. See the failed run in Dagster.",
+        },
+    }
+
+
+def pipeline_alerts() -> list[dict]:
+    return [retraining_stale(), below_quality_floor(), rollback_recent(), asset_failing()]
+
+
 def rule_groups(profile: TrainingProfile, settings: AlertSettings = AlertSettings()) -> dict[str, dict]:
     """rule file name -> its content (Prometheus' `groups:` document)."""
     api = {
@@ -243,7 +322,8 @@ def rule_groups(profile: TrainingProfile, settings: AlertSettings = AlertSetting
             {"name": "mlops-model.alerts", "rules": [prediction_drift()]},
         ]
     }
-    return {"mlops-api.rules.yml": api, "mlops-model.rules.yml": model}
+    pipeline = {"groups": [{"name": "mlops-pipeline.alerts", "rules": pipeline_alerts()}]}
+    return {"mlops-api.rules.yml": api, "mlops-model.rules.yml": model, "mlops-pipeline.rules.yml": pipeline}
 
 
 def alert_names(groups: dict[str, dict]) -> set[str]:

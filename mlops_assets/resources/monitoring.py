@@ -3,8 +3,9 @@ and checks they are live. One class per kind of target, chosen in targets.py; `d
 renders the files and calls `check()` then `provision()` without knowing which:
 
 - `LocalMonitoring` (`local`): the local Prometheus on loopback (resources/prometheus.py),
-  started or reloaded with the files, with a node_exporter beside it (this machine is the API
-  host); then every rule must be loaded and every scrape target up.
+  started or reloaded with the files, with a node_exporter (this machine is the API host) and
+  the Pushgateway of the pipeline's metrics beside it; then every rule must be loaded and every
+  scrape target up.
 - `MonitoringHost` (`aws`, `sim`): site.yml's monitoring plays (tag `hosts`, limited to the
   monitoring host) ship the files to Prometheus and Grafana there; then that Prometheus must
   have every rule loaded and scrape the API host. When the previous materialization put these
@@ -87,6 +88,14 @@ class MonitoringProvisioner(dg.ConfigurableResource):
         """node_exporter addresses this provisioner adds to the scrape config."""
         return ()
 
+    def pushgateway_targets(self) -> tuple[str, ...]:
+        """Pushgateway addresses this provisioner adds to the scrape config (honor_labels)."""
+        return ()
+
+    def ensure_pushgateway(self, log) -> None:
+        """Have the Pushgateway that the pipeline pushes to running, if this provisioner runs one
+        (`cli run` calls it before the first wave)."""
+
     def datasource_url(self, api_prometheus_url: str | None) -> str:  # pragma: no cover - abstract
         """The Prometheus that Grafana's datasource points at."""
         raise NotImplementedError
@@ -125,6 +134,16 @@ class LocalMonitoring(MonitoringProvisioner):
     def host_targets(self) -> tuple[str, ...]:
         target = self.prometheus.node_exporter_target
         return (target,) if target else ()
+
+    def pushgateway_targets(self) -> tuple[str, ...]:
+        target = self.prometheus.pushgateway_target
+        return (target,) if target else ()
+
+    def ensure_pushgateway(self, log) -> None:
+        try:
+            self.prometheus.ensure_pushgateway(log)
+        except PrometheusError as exc:
+            log.warning(f"the Pushgateway could not start, so this run's pipeline metrics are not pushed: {exc}")
 
     def datasource_url(self, api_prometheus_url: str | None) -> str:
         return self.prometheus.url

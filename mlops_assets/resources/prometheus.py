@@ -5,6 +5,14 @@ that the `dashboards` asset rendered, its data under MLOPS_HOME; re-rendering re
 place (`/-/reload`, enabled by --web.enable-lifecycle; SIGHUP as a fallback); `make down`
 stops it. `promtool` checks the configuration and the rules, and runs the rules' unit tests.
 
+Beside it, on loopback, run a node_exporter (the hosts dashboard) and a Pushgateway (Debian's
+`prometheus-pushgateway`): the pipeline's assets are batch steps that cannot be scraped, so each
+materialization pushes its metrics there (monitoring/pipeline_metrics.py) and Prometheus scrapes
+the gateway with `honor_labels`. The gateway keeps what was pushed in a persistence file in
+this resource's state folder, so a restart (`make down`, `make run`) keeps the counters. It is
+started with Prometheus, or before it by `cli run` (a cold run pushes from `dataset` before
+`dashboards` starts Prometheus), and stopped with it.
+
 The binary and promtool come from Debian's package (scripts/setup_prometheus.sh, called by
 `make run` and `make test`); the binary itself needs no root. The process is found again by
 its pid file and its command line (our config path), never by name, so another Prometheus on
@@ -130,6 +138,10 @@ class LocalPrometheus(dg.ConfigurableResource):
     node_exporter: bool = True
     node_exporter_port: int = 9100
     node_exporter_binary: str = "prometheus-node-exporter"
+    # A Pushgateway on loopback beside it: the pipeline's metrics (see the module docstring).
+    pushgateway: bool = True
+    pushgateway_port: int = 9091
+    pushgateway_binary: str = "prometheus-pushgateway"
 
     # -- paths and addresses -----------------------------------------------------------------
     @property
@@ -156,6 +168,15 @@ class LocalPrometheus(dg.ConfigurableResource):
     def node_exporter_target(self) -> str | None:
         """host:port of the node_exporter this resource runs, if it runs one."""
         return f"{self.host}:{self.node_exporter_port}" if self.node_exporter else None
+
+    @property
+    def pushgateway_target(self) -> str | None:
+        """host:port of the Pushgateway this resource runs, if it runs one."""
+        return f"{self.host}:{self.pushgateway_port}" if self.pushgateway else None
+
+    @property
+    def pushgateway_url(self) -> str | None:
+        return f"http://{self.pushgateway_target}" if self.pushgateway else None
 
     @property
     def http(self) -> PrometheusHttp:
@@ -210,11 +231,13 @@ class LocalPrometheus(dg.ConfigurableResource):
         running_config = self.config_file_of_running()
         if running_config == str(config_file):
             self.ensure_node_exporter(log)
+            self.ensure_pushgateway(log)
             self.reload()
             if log:
                 log.info(f"Prometheus at {self.url} reloaded its configuration and rules")
             return False
         self.ensure_node_exporter(log)
+        self.ensure_pushgateway(log)
         if running_config is not None:
             _terminate(self.pid(), 15.0)
         self.start(config_file)
@@ -267,6 +290,48 @@ class LocalPrometheus(dg.ConfigurableResource):
             log.info(f"started node_exporter on {self.node_exporter_target}")
         return True
 
+    # -- Pushgateway -------------------------------------------------------------------------
+    @property
+    def pushgateway_persistence_file(self) -> Path:
+        return self._state / "pushgateway.data"
+
+    def pushgateway_command(self) -> list[str]:
+        return [
+            _binary(self.pushgateway_binary),
+            f"--web.listen-address={self.pushgateway_target}",
+            # Debian's default is /var/lib/prometheus/: ours stays in this resource's folder.
+            f"--persistence.file={self.pushgateway_persistence_file}",
+            "--persistence.interval=1m",
+            "--log.level=warn",
+        ]
+
+    def pushgateway_pid(self) -> int | None:
+        if self.pushgateway_target is None:
+            return None
+        return _running_pid(self._state / "pushgateway.pid", f"--web.listen-address={self.pushgateway_target}")
+
+    def ensure_pushgateway(self, log=None) -> bool:
+        """Start the Pushgateway unless it runs. Returns True if it was started."""
+        if self.pushgateway_target is None or self.pushgateway_pid() is not None:
+            return False
+        if _port_open(self.host, self.pushgateway_port):
+            raise PrometheusError(
+                f"{self.pushgateway_target} is taken by another program; stop it or set the prometheus "
+                "resource's pushgateway_port (MLOPS_LOCAL_PORTS pushgateway=PORT)"
+            )
+        self._state.mkdir(parents=True, exist_ok=True)
+        _spawn(
+            self.pushgateway_command(),
+            self._state / "pushgateway.pid",
+            self._state / "pushgateway.log",
+            lambda: _http_ok(f"{self.pushgateway_url}/-/ready"),
+            self.start_timeout_s,
+            "Pushgateway",
+        )
+        if log:
+            log.info(f"started the Pushgateway on {self.pushgateway_target} (persistence {self.pushgateway_persistence_file})")
+        return True
+
     def reload(self) -> None:
         """Re-read the configuration and the rule files (lifecycle API; SIGHUP if it refuses)."""
         import requests
@@ -283,11 +348,15 @@ class LocalPrometheus(dg.ConfigurableResource):
             os.kill(pid, signal.SIGHUP)
 
     def stop(self, timeout_s: float = 15.0) -> bool:
-        """Stop our Prometheus and node_exporter. Returns True if Prometheus was running."""
+        """Stop our Prometheus, node_exporter and Pushgateway. Returns True if Prometheus was running."""
         exporter = self.node_exporter_pid() if self.node_exporter_target else None
         if exporter is not None:
             _terminate(exporter, timeout_s)
         (self._state / "node-exporter.pid").unlink(missing_ok=True)
+        gateway = self.pushgateway_pid()
+        if gateway is not None:
+            _terminate(gateway, timeout_s)  # SIGTERM: it writes its persistence file first
+        (self._state / "pushgateway.pid").unlink(missing_ok=True)
         pid = self.pid()
         if pid is not None:
             _terminate(pid, timeout_s)
