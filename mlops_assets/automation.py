@@ -135,15 +135,3 @@ def _last_observed(instance: dg.DagsterInstance) -> str | None:
     if record is None:
         return None
     return record.asset_observation.tags.get(DATA_VERSION_TAG) if record.asset_observation else None
-
-
-def schedule_period_s(cron: str, timezone: str = "UTC", fires: int = 30) -> float:
-    """The retraining schedule's period: the longest gap between its next `fires` ticks (for
-    `0 3 * * 1-5` the weekend's). What the stale-retraining alert compares with, pushed by
-    `candidate_models` (monitoring/pipeline_metrics.py). Dagster's own cron iterator (the one
-    its scheduler uses; `dagster._utils`, no croniter here)."""
-    from dagster._utils.schedules import cron_string_iterator
-
-    ticks = cron_string_iterator(time.time(), cron, timezone)
-    times = [next(ticks) for _ in range(fires)]
-    return max((b - a).total_seconds() for a, b in zip(times, times[1:]))

@@ -19,7 +19,8 @@ the process is up, so `make run` also materializes them in a last wave; they ret
 everything is in place (the rules are in `SKIP_RULES`, shown in docs/operations.md).
 
 Dagster has no public API for its staleness status (the UI's resolver is `dagster._core`), nor
-for the data-version tag of an observation: both are imported here and nowhere else, and
+for the data-version tag of an observation, nor for the ticks of a cron schedule (how old a
+retraining may get: `schedule_period_s`): they are imported here and nowhere else, and
 `test_freshness.py` fails loudly if an upgrade changes them.
 """
 
@@ -166,3 +167,17 @@ def skip_rules_markdown() -> str:
     rows = ["| asset | returns early when | evidence |", "| --- | --- | --- |"]
     rows += [f"| `{r.asset}` | {r.returns_early_when} | {r.evidence} |" for r in SKIP_RULES]
     return "\n".join(rows)
+
+
+def schedule_period_s(cron: str, timezone: str = "UTC", fires: int = 30) -> float:
+    """The retraining schedule's period: the longest gap between its next `fires` ticks (for
+    `0 3 * * 1-5` the weekend's). What the stale-retraining alert compares with, pushed by
+    `candidate_models` (monitoring/pipeline_metrics.py). Dagster's own cron iterator (the one
+    its scheduler uses; no croniter here)."""
+    import time
+
+    from dagster._utils.schedules import cron_string_iterator
+
+    ticks = cron_string_iterator(time.time(), cron, timezone)
+    times = [next(ticks) for _ in range(fires)]
+    return max((b - a).total_seconds() for a, b in zip(times, times[1:]))

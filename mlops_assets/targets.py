@@ -21,7 +21,7 @@ from typing import Any
 
 import dagster as dg
 
-from mlops_assets.automation import schedule_period_s
+from mlops_assets.freshness import schedule_period_s
 from mlops_assets.ml import data as ml_data
 from mlops_assets.resources.ansible import Ansible, RehearsalAnsible
 from mlops_assets.resources.api_deployer import ImageOnApiHosts, RayServeOnThisMachine

@@ -13,6 +13,7 @@ from mlops_assets.freshness import (
     rebuild_condition,
     ready_to_rebuild,
     requested,
+    schedule_period_s,
     stale_or_missing,
 )
 
@@ -165,3 +166,10 @@ def test_run_up_to_an_asset_takes_it_and_its_upstream_only():
     assert {k.to_user_string() for k in upstream_of(["candidate_models"], keys, graph)} == {"dataset", "candidate_models"}
     with pytest.raises(UnknownAssetError, match="deployed_apii is not an asset of this job; its assets are"):
         upstream_of(["deployed_apii"], keys, graph)
+
+
+@pytest.mark.parametrize("cron, period_s", [("0 3 * * *", 86400.0), ("0 3 * * 1-5", 3 * 86400.0), ("*/15 * * * *", 900.0)])
+def test_the_schedule_period_comes_from_dagsters_own_cron_ticks(cron, period_s):
+    """The stale-retraining alert's period: the longest gap between ticks (a weekday schedule's
+    weekend), from the cron iterator Dagster's scheduler uses (private: checked here)."""
+    assert schedule_period_s(cron) == period_s
