@@ -9,11 +9,12 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install run test test-fast dev mlflow-ui bench clean down bench-serving
 
-# Re-install only when setup.py changes. --no-compile: Python compiles a module when it is first
-# imported; compiling every file of ray, mlflow, dagster... at install costs about a minute on 2 cores.
+# Re-install only when setup.py changes. The bytecode is compiled at install on purpose (no
+# --no-compile): with PYTHONDONTWRITEBYTECODE=1, as on this project's machines, nothing compiled on
+# import is kept, and every process (each Ray worker, each `cli run`) would compile what it imports.
 $(VENV)/.installed: setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check --no-compile -q -e '.[dev]'
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
 	@touch $@
 
 install: $(VENV)/.installed
