@@ -272,22 +272,23 @@ class LocalPrometheus(dg.ConfigurableResource):
         """Start the node_exporter unless it runs. Returns True if it was started."""
         if self.node_exporter_target is None or self.node_exporter_pid() is not None:
             return False
-        if _port_open(self.host, self.node_exporter_port):
-            raise PrometheusError(
-                f"{self.node_exporter_target} is taken by another program; stop it or set the prometheus "
-                "resource's node_exporter_port (or node_exporter=False)"
-            )
+        return self._start_companion(
+            "node_exporter", "node-exporter", self.node_exporter_port, self.node_exporter_command(),
+            f"http://{self.node_exporter_target}/metrics", "node_exporter_port (or node_exporter=False)",
+            f"started node_exporter on {self.node_exporter_target}", log)
+
+    def _start_companion(self, what: str, stem: str, port: int, command: list[str], ready_url: str, setting: str,
+                         started: str, log) -> bool:
+        """Start a program that runs beside Prometheus (node_exporter, the Pushgateway) on `port`,
+        its PID and log files named `stem` in this resource's folder; refuse a port someone else holds."""
+        target = f"{self.host}:{port}"
+        if _port_open(self.host, port):
+            raise PrometheusError(f"{target} is taken by another program; stop it or set the prometheus resource's {setting}")
         self._state.mkdir(parents=True, exist_ok=True)
-        _spawn(
-            self.node_exporter_command(),
-            self._state / "node-exporter.pid",
-            self._state / "node-exporter.log",
-            lambda: _http_ok(f"http://{self.node_exporter_target}/metrics"),
-            self.start_timeout_s,
-            "node_exporter",
-        )
+        _spawn(command, self._state / f"{stem}.pid", self._state / f"{stem}.log", lambda: _http_ok(ready_url),
+               self.start_timeout_s, what)
         if log:
-            log.info(f"started node_exporter on {self.node_exporter_target}")
+            log.info(started)
         return True
 
     # -- Pushgateway -------------------------------------------------------------------------
@@ -314,23 +315,10 @@ class LocalPrometheus(dg.ConfigurableResource):
         """Start the Pushgateway unless it runs. Returns True if it was started."""
         if self.pushgateway_target is None or self.pushgateway_pid() is not None:
             return False
-        if _port_open(self.host, self.pushgateway_port):
-            raise PrometheusError(
-                f"{self.pushgateway_target} is taken by another program; stop it or set the prometheus "
-                "resource's pushgateway_port (MLOPS_LOCAL_PORTS pushgateway=PORT)"
-            )
-        self._state.mkdir(parents=True, exist_ok=True)
-        _spawn(
-            self.pushgateway_command(),
-            self._state / "pushgateway.pid",
-            self._state / "pushgateway.log",
-            lambda: _http_ok(f"{self.pushgateway_url}/-/ready"),
-            self.start_timeout_s,
-            "Pushgateway",
-        )
-        if log:
-            log.info(f"started the Pushgateway on {self.pushgateway_target} (persistence {self.pushgateway_persistence_file})")
-        return True
+        return self._start_companion(
+            "Pushgateway", "pushgateway", self.pushgateway_port, self.pushgateway_command(),
+            f"{self.pushgateway_url}/-/ready", "pushgateway_port (MLOPS_LOCAL_PORTS pushgateway=PORT)",
+            f"started the Pushgateway on {self.pushgateway_target} (persistence {self.pushgateway_persistence_file})", log)
 
     def reload(self) -> None:
         """Re-read the configuration and the rule files (lifecycle API; SIGHUP if it refuses)."""
