@@ -63,6 +63,37 @@ def copy_checkout(dest: Path) -> Path:
     return dest
 
 
+def images_built_in(home: Path) -> set[str]:
+    """Every image reference that `container_image` recorded in this state folder's Dagster
+    instance: what a stack test built, and all it may remove. (Not "every mlops-api tag that
+    appeared since the test started": `make test` runs the rehearsal beside the other stack
+    tests, and each would remove the other's images.)"""
+    import dagster as dg
+
+    refs: set[str] = set()
+    dagster_home = Path(home) / "dagster"
+    if not dagster_home.is_dir():
+        return refs
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        records = instance.fetch_materializations(dg.AssetKey("container_image"), limit=1000).records
+        for record in records:
+            metadata = record.asset_materialization.metadata if record.asset_materialization else {}
+            ref = getattr(metadata.get("image"), "value", None)
+            if ref and ref != "none":
+                refs.add(str(ref))
+    return refs
+
+
+def remove_images(engine, refs: set[str]) -> None:
+    """Remove these image references from the engine (the ones already gone are skipped)."""
+    for ref in refs:
+        try:
+            engine.images.remove(ref, force=True)
+        except Exception as exc:  # noqa: BLE001 - gone already, or still used by a container: say so
+            if "no such image" not in str(exc).lower() and "not found" not in str(exc).lower():
+                print(f"could not remove {ref}: {exc}")
+
+
 def run_cli(args, cwd: Path, env: dict[str, str], log_dir: Path, timeout: float) -> tuple[int, str]:
     """`python -m mlops_assets.cli ARGS` with its output streamed to a numbered log file in
     `log_dir` (a hang can be followed live with `tail -f`); one still running after `timeout`

@@ -27,7 +27,7 @@ import polars as pl
 import pytest
 import requests
 
-from mlops_assets_tests.lazy_stack import ASSETS, LocalStack
+from mlops_assets_tests.lazy_stack import ASSETS, LocalStack, images_built_in, remove_images
 
 pytestmark = [pytest.mark.stack, pytest.mark.root]
 
@@ -50,7 +50,6 @@ def stack(tmp_path_factory):
         root / "penguins-weak.csv"
     )
     engine = docker_client()
-    images_before = {tag for image in engine.images.list() for tag in image.tags}
     stack = LocalStack(root, docker_host=docker_host(), MLOPS_DATASET=str(root / "penguins-weak.csv"))
     stack.data = {"weak": root / "penguins-weak.csv", "full": root / "penguins.csv"}
     stack.outcomes = {}
@@ -58,10 +57,7 @@ def stack(tmp_path_factory):
         yield stack
     finally:
         stack.down()
-        for image in engine.images.list():
-            for tag in set(image.tags) - images_before:
-                if "mlops-api:" in tag:
-                    engine.images.remove(tag, force=True)
+        remove_images(engine, images_built_in(stack.home))  # this stack's images only
         engine.close()
         print("\nlazy rebuild scenarios (s, materialized):")
         for name, (seconds, materialized) in stack.outcomes.items():

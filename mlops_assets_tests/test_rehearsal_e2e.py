@@ -42,6 +42,7 @@ from pathlib import Path
 import pytest
 
 from mlops_assets.settings import PROJECT_ROOT
+from mlops_assets_tests.lazy_stack import images_built_in, remove_images
 
 pytestmark = [pytest.mark.stack, pytest.mark.root]
 
@@ -143,10 +144,6 @@ def _engine(action):
         client.close()
 
 
-def _api_images() -> set[str]:
-    return _engine(lambda c: {tag for image in c.images.list() for tag in image.tags if "mlops-api:" in tag})
-
-
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     """The first materialization from scratch; teardown (cli down) at the end, whatever happens."""
@@ -155,13 +152,12 @@ def rehearsal(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("sim-home")
     _write_datasets(home)
-    images_before = _api_images()
     started = time.monotonic()
     first = _cli(home, "run", "--config", str(_run_config(home, "floor", FLOOR_CONFIG)))
     PHASES["1 first materialization (from scratch)"] = round(time.monotonic() - started, 1)
     hosts_state = home / "rehearsal" / "hosts.json"
     hosts = TestHosts.attach(hosts_state) if hosts_state.exists() else None
-    state = {"home": home, "first": first, "hosts": hosts, "images_before": images_before, "down": None}
+    state = {"home": home, "first": first, "hosts": hosts, "down": None}
     try:
         yield state
     finally:
@@ -170,8 +166,7 @@ def rehearsal(tmp_path_factory):
                 _cli(home, "down", timeout=600)
             finally:
                 teardown_sim(home)  # the hosts and the emulator, even when `down` failed
-        for tag in _api_images() - images_before:  # the API image this test built
-            _engine(lambda c: c.images.remove(tag, force=True))
+        _engine(lambda c: remove_images(c, images_built_in(home)))  # the API images this test built
         (home / "phase-times.json").write_text(json.dumps(PHASES, indent=1))
 
 
@@ -440,8 +435,14 @@ def test_teardown_leaves_nothing_behind(rehearsal, capsys):
     assert hosts is not None and hosts.footprint() == [], hosts and hosts.footprint()
     assert not (home / "rehearsal" / "hosts.json").exists()
     assert not Path(f"/proc/{emulator['pid']}").exists() or b"moto" not in Path(f"/proc/{emulator['pid']}/cmdline").read_bytes()
-    containers = _engine(lambda c: [x.name for x in c.containers.list(all=True)])
-    assert not [name for name in containers if "mlops" in name], containers  # builds leave no container
+    # Builds leave no container: none runs an image this test built (the other stack tests may
+    # run containers of their own beside it, see `make test`).
+    built = images_built_in(home)
+    containers = _engine(lambda c: [(x.name, x.attrs.get("Config", {}).get("Image") or x.attrs.get("Image"))
+                                    for x in c.containers.list(all=True)])
+    leftovers = [(name, image) for name, image in containers
+                 if image in built or ("mlops" in name and not name.startswith("mlops-api-test-"))]
+    assert built and not leftovers, (built, containers)
     with capsys.disabled():
         print("\nrehearsal e2e phase times (s):")
         for phase, seconds in PHASES.items():
