@@ -27,13 +27,9 @@ run: install ## materialize the whole asset graph for MLOPS_TARGET (default loca
 	@bash scripts/setup_podman.sh || echo "make run: no container engine; container_image will be skipped (see above)"
 	$(BIN)/python -m mlops_assets.cli run
 
-# The stack tier runs in two concurrent lanes (scripts/stack_lanes.py: the rehearsal beside the
-# other stack tests); `pytest mlops_assets_tests` alone runs everything one test after the other.
-# pytest's exit status 5 is "no test selected" (a PYTEST_ARGS filter that keeps only one tier).
-test: install ## the whole suite, cheapest tier first (unit, service, then stack in two lanes); stops after a failing tier
+test: install ## the whole suite, cheapest tier first (unit, service, stack); stops after a failing tier
 	@scripts/setup_prometheus.sh || echo 'without prometheus/promtool the monitoring tests fail' >&2
-	$(BIN)/python -m pytest mlops_assets_tests -m "unit or service" $(PYTEST_ARGS) || test $$? -eq 5
-	$(BIN)/python scripts/stack_lanes.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest mlops_assets_tests $(PYTEST_ARGS)
 
 test-fast: install ## the unit tier only: no servers, no root, well under a minute
 	$(BIN)/python -m pytest mlops_assets_tests -m unit $(PYTEST_ARGS)
