@@ -65,9 +65,9 @@ def copy_checkout(dest: Path) -> Path:
 
 def images_built_in(home: Path) -> set[str]:
     """Every image reference that `container_image` recorded in this state folder's Dagster
-    instance: what a stack test built, and all it may remove. (Not "every mlops-api tag that
-    appeared since the test started": `make test` runs the rehearsal beside the other stack
-    tests, and each would remove the other's images.)"""
+    instance: what a stack test built, and all it may remove (not "every mlops-api tag that
+    appeared while the test ran", which would include images of anything else using the engine
+    meanwhile)."""
     import dagster as dg
 
     refs: set[str] = set()

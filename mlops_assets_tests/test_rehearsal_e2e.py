@@ -435,14 +435,8 @@ def test_teardown_leaves_nothing_behind(rehearsal, capsys):
     assert hosts is not None and hosts.footprint() == [], hosts and hosts.footprint()
     assert not (home / "rehearsal" / "hosts.json").exists()
     assert not Path(f"/proc/{emulator['pid']}").exists() or b"moto" not in Path(f"/proc/{emulator['pid']}/cmdline").read_bytes()
-    # Builds leave no container: none runs an image this test built (the other stack tests may
-    # run containers of their own beside it, see `make test`).
-    built = images_built_in(home)
-    containers = _engine(lambda c: [(x.name, x.attrs.get("Config", {}).get("Image") or x.attrs.get("Image"))
-                                    for x in c.containers.list(all=True)])
-    leftovers = [(name, image) for name, image in containers
-                 if image in built or ("mlops" in name and not name.startswith("mlops-api-test-"))]
-    assert built and not leftovers, (built, containers)
+    containers = _engine(lambda c: [x.name for x in c.containers.list(all=True)])
+    assert not [name for name in containers if "mlops" in name], containers  # builds leave no container
     with capsys.disabled():
         print("\nrehearsal e2e phase times (s):")
         for phase, seconds in PHASES.items():
