@@ -9,12 +9,22 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install run test test-fast dev mlflow-ui bench clean down bench-serving
 
-# Re-install only when setup.py changes. The bytecode is compiled at install on purpose (no
-# --no-compile): with PYTHONDONTWRITEBYTECODE=1, as on this project's machines, nothing compiled on
-# import is kept, and every process (each Ray worker, each `cli run`) would compile what it imports.
+# Re-install only when setup.py changes. The bytecode is compiled at install on purpose: with
+# PYTHONDONTWRITEBYTECODE=1, as on this project's machines, nothing compiled on import is kept, and
+# every process (each Ray worker, each `cli run`) would compile what it imports. uv installs the
+# same versions as pip (setup.py's pins; checked with `pip freeze` on both) in about 2 minutes
+# instead of 5.6 on 2 cores: it compiles the 37,600 files on every core. Where uv cannot reach an
+# index (it reads no pip.conf), pip does the install instead.
+UV_VERSION := 0.13.9
 $(VENV)/.installed: setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	@$(BIN)/pip install --disable-pip-version-check -q 'uv==$(UV_VERSION)' || true
+	@if [ -x $(BIN)/uv ] && $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -q -e '.[dev]'; then \
+	  echo "installed with uv $(UV_VERSION)"; \
+	else \
+	  echo "uv unavailable or failed: installing with pip"; \
+	  $(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'; \
+	fi
 	@touch $@
 
 install: $(VENV)/.installed

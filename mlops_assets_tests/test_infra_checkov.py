@@ -28,11 +28,10 @@ def tool_venv(requirement: str) -> Path:
     ready = venv / ".installed"
     if not ready.exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q", requirement],
-            check=True,
-            timeout=900,
-        )
+        uv = Path(sys.executable).parent / "uv"  # `make install` puts uv beside the project's python
+        install = ([str(uv), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), requirement]
+                   if uv.exists() else [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q", requirement])
+        subprocess.run(install, check=True, timeout=900)
         ready.write_text(requirement + "\n")
     return venv / "bin"
 
