@@ -1,35 +1,23 @@
 # The prediction API: the Ray Serve application of mlops_assets/serving with the champion
-# model baked in. Built by the `container_image` asset from a context that
-# mlops_assets/image/context.py assembles (`python -m mlops_assets.image.context DIR` writes
-# one by hand):
+# model baked in, on top of the runtime image (docker/api-runtime.Dockerfile: the pinned
+# serving stack, installed once per set of requirements and base image). Built by the
+# `container_image` asset from a context that mlops_assets/image/context.py assembles
+# (`python -m mlops_assets.image.context MODEL_DIR DIR` writes both contexts by hand):
 #
-#   requirements.txt   the serving stack pinned to the versions the model was tested with,
-#                      each with the sha256 of its wheel
-#   wheels/            those exact wheels, so the build needs no index and no network
 #   app/               mlops_assets/__init__.py and mlops_assets/serving/ (no Dagster, no MLflow)
 #   model/             the champion's MLflow model folder (MLmodel, model.skops, ...)
+#
+# Why two images: the runtime is about 800 MB and changes only with the requirements or the
+# base; the model and the serving code change on every retraining. Built from the runtime
+# image by reference, a new model costs a few seconds of build instead of copying (or, when
+# cached, hashing) the whole virtual environment again.
 #
 # Runs as a non-root user; only the API (8000) and metrics (8080) ports are exposed, every
 # Ray port stays on the container's loopback (see mlops_assets/serving/container.py).
 
-# Any Debian-based image with Python 3.11 (the version the wheels are for): the official slim
-# image by default; tests and offline machines use localhost/mlops-debian-base:bookworm.
-ARG BASE_IMAGE=python:3.11-slim
-
-FROM ${BASE_IMAGE} AS builder
-COPY requirements.txt /build/requirements.txt
-COPY wheels/ /build/wheels/
-# Every pin carries its wheel's sha256 (mlops_assets/image/requirements.py): pip installs
-# nothing whose bytes differ, and nothing unpinned.
-RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-index --require-hashes \
-        --find-links /build/wheels --requirement /build/requirements.txt \
- && cd /opt/venv/lib/python3*/site-packages/ray \
- && rm -rf jars rllib dashboard/client/build
-
-FROM ${BASE_IMAGE}
-RUN useradd --uid 10001 --user-group --create-home --home-dir /home/api --shell /usr/sbin/nologin api
-COPY --from=builder /opt/venv /opt/venv
+# localhost/mlops-api-runtime:<hash of requirements, base and runtime Dockerfile>.
+ARG RUNTIME_IMAGE
+FROM ${RUNTIME_IMAGE}
 COPY app/ /opt/app/
 COPY model/ /opt/model/
 

@@ -66,14 +66,23 @@ def test_tag_follows_every_input(tmp_path, trained_home):
     (serving_copy / "app.py").write_text((serving_copy / "app.py").read_text() + "\n# changed\n")
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text(image_context.DOCKERFILE.read_text() + "\n# changed\n")
+    runtime_dockerfile = tmp_path / "runtime.Dockerfile"
+    runtime_dockerfile.write_text(image_context.RUNTIME_DOCKERFILE.read_text() + "\n# changed\n")
     variants = [
         image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, serving_dir=serving_copy, requirements=requirements),
         image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, dockerfile=dockerfile, requirements=requirements),
         image_context.image_inputs(model, selected.name, selected.version, "python:3.11-slim", requirements=requirements),
         image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, requirements="ray==2.59.0\n"),
         image_context.image_inputs(model, selected.name, "999", BASE_IMAGE, requirements=requirements),
+        image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, requirements=requirements,
+                                   runtime_dockerfile=runtime_dockerfile),
     ]
     assert len({base.tag, *(v.tag for v in variants)}) == 1 + len(variants)
+    # The runtime's tag follows only what the runtime is built from: requirements, base and its
+    # Dockerfile; a new model, new serving code or a new API Dockerfile reuse it.
+    runtime_changes = {v.runtime_tag for v in variants[2:4]} | {variants[5].runtime_tag}
+    assert base.runtime_tag not in runtime_changes and len(runtime_changes) == 3
+    assert {v.runtime_tag for v in (variants[0], variants[1], variants[4])} == {base.runtime_tag}
 
 
 def test_no_engine_is_a_labelled_skip_in_local_and_a_failure_elsewhere(trained_home):
@@ -109,11 +118,12 @@ def docker_client(engine_host):
     # Everything these tests built and saved, and nothing else.
     for archive in Path(IMAGES_DIR).glob("mlops-api-*.tar"):
         archive.unlink()
-    for image in client.images.list(name=TEST_REPOSITORY):
-        try:
-            client.images.remove(image.id, force=True)
-        except Exception:
-            pass
+    for repository in (TEST_REPOSITORY, TEST_REPOSITORY + image_context.RUNTIME_SUFFIX):
+        for image in client.images.list(name=repository):
+            try:
+                client.images.remove(image.id, force=True)
+            except Exception:
+                pass
     client.close()
 
 
@@ -254,6 +264,11 @@ def test_image_is_built_with_its_metadata(first_build, docker_client):
     assert config["User"] == "api"
     assert set(config["ExposedPorts"]) == {"8000/tcp", "8080/tcp"}
     assert config["Labels"]["mlops.model.version"] == image.model_version
+    # Built on the runtime image (the pinned serving stack), which the engine keeps by its own tag.
+    runtime = event.metadata["runtime_image"].value
+    assert runtime.startswith(f"{TEST_REPOSITORY}-runtime:") and docker_client.images.get(runtime)
+    assert attrs["RootFS"]["Layers"][:len(docker_client.images.get(runtime).attrs["RootFS"]["Layers"])] == \
+        docker_client.images.get(runtime).attrs["RootFS"]["Layers"]
 
 
 @needs_root
@@ -331,9 +346,12 @@ def test_serving_code_change_builds_a_new_tag_and_keeps_the_old(first_build, tra
     started = time.monotonic()
     result = _materialize(trained_home, test_engine, ContainerImageConfig(serving_dir=str(serving_copy)))
     event = _materialization(result)
-    print(f"\nrebuild after a code change: {time.monotonic() - started:.0f}s")
+    print(f"\nrebuild after a code change: {time.monotonic() - started:.0f}s, build {event.metadata['build_seconds'].value}s")
     assert event.metadata["rebuilt"].value is True
     assert event.metadata["tag"].value != image.tag
+    # Same requirements and base: built on the runtime image of the first build, not a new one.
+    assert event.metadata["runtime_status"].value == "reused"
+    assert event.metadata["runtime_image"].value == first_build[1].metadata["runtime_image"].value
     assert docker_client.images.get(image.ref)  # the previous image is untouched
 
 

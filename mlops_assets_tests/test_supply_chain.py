@@ -80,9 +80,12 @@ def test_the_committed_hashes_are_well_formed():
 
 
 def test_the_image_installs_with_require_hashes_and_only_from_its_wheels():
-    dockerfile = image_context.DOCKERFILE.read_text()
+    dockerfile = image_context.RUNTIME_DOCKERFILE.read_text()
     install = dockerfile[dockerfile.index("pip install"):dockerfile.index("--requirement /build/requirements.txt")]
     assert "--require-hashes" in install and "--no-index" in install
+    # The API image installs nothing: it adds code and model on top of that runtime.
+    api = image_context.DOCKERFILE.read_text()
+    assert "FROM ${RUNTIME_IMAGE}" in api and "pip" not in api.replace("pipeline", "")
 
 
 def test_debootstrap_checks_signatures_with_debians_keyring(tmp_path):

@@ -1,8 +1,9 @@
 """`container_image`: the prediction API as a container image, with the champion baked in.
 
-docker/api.Dockerfile, built through the `container_engine` resource (the Docker Engine API of
+docker/api.Dockerfile on the runtime image of docker/api-runtime.Dockerfile (built once per set
+of requirements and base), through the `container_engine` resource (the Docker Engine API of
 Docker or Podman) by image/build.py. The tag is a hash of what goes in (model files, serving
-code, Dockerfile, pinned requirements, base image) and is the asset's data version: when the
+code, both Dockerfiles, pinned requirements, base image) and is the asset's data version: when the
 engine already has it nothing is built, and a failed build leaves the last good image as it was.
 What the engine resource does per target (targets.py): `local` builds when an engine answers,
 else records a labelled skip (the local API runs on Ray directly); `sim` saves an archive for
@@ -28,7 +29,7 @@ from .training import SelectedModel
 
 # The Dockerfile, the code the image runs and the code that assembles and builds it.
 IMAGE_CODE_VERSION = code_version_of(
-    image_context.DOCKERFILE, Path(serving.__file__).parent, Path(image_package.__file__).parent, container_engine_module
+    image_context.DOCKERFILE, image_context.RUNTIME_DOCKERFILE, Path(serving.__file__).parent, Path(image_package.__file__).parent, container_engine_module
 )
 
 

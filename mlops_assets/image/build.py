@@ -104,6 +104,9 @@ def image_for_champion(engine: ContainerEngine, champion: Champion, images_dir: 
         "total_seconds": round(time.monotonic() - started, 1),
         "inputs": found["hashes"],
         "model_downloaded": found["downloaded"],
+        # Recipes recorded before the runtime image existed have no "runtime" entry.
+        "runtime_image": found.get("runtime") or "",
+        "runtime_status": "built" if found["runtime_built"] else "reused",
         "engine": engine.reachable_host() or "",
     }
     return ImageResult(image, found["tag"], details)
@@ -145,6 +148,7 @@ def _find_or_build(engine: ContainerEngine, champion: Champion, images_dir: Path
         "model": champion.model_uri, "registry": champion.tracking_uri,
         "serving_code": image_context.serving_code_hash(serving_dir),
         "dockerfile": hashlib.sha256(dockerfile.read_bytes()).hexdigest() if dockerfile.is_file() else None,
+        "runtime_dockerfile": hashlib.sha256(image_context.RUNTIME_DOCKERFILE.read_bytes()).hexdigest(),
         "requirements": requirements, "preferred_base": engine.base_image,
     })
     known = (_recipes(images_dir).read() or {}).get(recipe)
@@ -154,7 +158,7 @@ def _find_or_build(engine: ContainerEngine, champion: Champion, images_dir: Path
             log.info(f"{engine.ref(known['tag'])} exists (same model version, code, Dockerfile, requirements and base): "
                      "nothing to download or build")
             return {**known, "built": False, "build_seconds": 0.0, "image_id": existing.id,
-                    "size": int(existing.attrs.get("Size") or 0), "downloaded": False}
+                    "size": int(existing.attrs.get("Size") or 0), "downloaded": False, "runtime_built": False}
     work = Path(tempfile.mkdtemp(prefix="build-", dir=images_dir))
     try:
         try:
@@ -170,14 +174,16 @@ def _find_or_build(engine: ContainerEngine, champion: Champion, images_dir: Path
             raise PermanentImageError(str(exc)) from None
         ref = engine.ref(inputs.tag)
         existing = engine.image(ref)
+        runtime, runtime_built = engine.runtime_ref(inputs.runtime_tag), False
         if existing is not None:
             log.info(f"{ref} exists (same model, code, Dockerfile, requirements and base): nothing to build")
             built, seconds, image_id, size = False, 0.0, existing.id, int(existing.attrs.get("Size") or 0)
         else:
-            log.info(f"building {ref} for {champion.name} version {champion.version} on {base_image}")
             try:
-                context_dir = image_context.write_context(inputs, work / "context", image_context.default_wheel_cache(), log)
-                result = engine.build(context_dir, inputs.tag, inputs.build_args(), log=log)
+                runtime, runtime_built = _ensure_runtime(engine, inputs, work, log)
+                log.info(f"building {ref} for {champion.name} version {champion.version} on {runtime}")
+                context_dir = image_context.write_context(inputs, work / "context")
+                result = engine.build(context_dir, ref, inputs.build_args(runtime), log=log)
             except ContextError as exc:
                 raise PermanentImageError(str(exc)) from None
             except ImageBuildError as exc:  # an offline build fails the same way twice
@@ -186,7 +192,7 @@ def _find_or_build(engine: ContainerEngine, champion: Champion, images_dir: Path
             log.info(f"built {ref} in {seconds:.0f}s: {size / 1e6:.0f} MB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    entry = {"tag": inputs.tag, "hashes": inputs.hashes, "base_image": base_image}
+    entry = {"tag": inputs.tag, "hashes": inputs.hashes, "base_image": base_image, "runtime": runtime}
 
     def remember(recipes: dict) -> dict:
         recipes.pop(recipe, None)
@@ -194,7 +200,23 @@ def _find_or_build(engine: ContainerEngine, champion: Champion, images_dir: Path
         return dict(list(recipes.items())[-RECIPES_KEPT:])
 
     _recipes(images_dir).update(remember)
-    return {**entry, "built": built, "build_seconds": seconds, "image_id": image_id, "size": size, "downloaded": True}
+    return {**entry, "built": built, "build_seconds": seconds, "image_id": image_id, "size": size, "downloaded": True,
+            "runtime_built": runtime_built}
+
+
+def _ensure_runtime(engine: ContainerEngine, inputs: image_context.ImageInputs, work: Path, log) -> tuple[str, bool]:
+    """The runtime image the API image is built on (docker/api-runtime.Dockerfile) and whether
+    it was built now: found by its tag (a hash of the requirements, the base and its
+    Dockerfile), else built once. Raises ContextError or ImageBuildError like the API image's build."""
+    ref = engine.runtime_ref(inputs.runtime_tag)
+    if engine.image(ref) is not None:
+        log.info(f"runtime {ref} exists (same requirements, base and runtime Dockerfile): reused")
+        return ref, False
+    log.info(f"building the runtime {ref} (requirements and base changed, or first build on this engine)")
+    context_dir = image_context.write_runtime_context(inputs, work / "runtime-context", image_context.default_wheel_cache(), log)
+    result = engine.build(context_dir, ref, inputs.runtime_build_args(), log=log)
+    log.info(f"built the runtime {ref} in {result.seconds:.0f}s: {result.size_bytes / 1e6:.0f} MB")
+    return ref, True
 
 
 def _model_folder(champion: Champion, dest: Path) -> tuple[Path, str]:

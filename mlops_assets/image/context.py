@@ -1,12 +1,15 @@
-"""The API image's build context and the content tag that names it.
+"""The API image's build contexts and the content tags that name them.
 
-The tag is a hash of everything that goes into the image: the model (name, version and the
-bytes of its files), the serving code copied into it, the Dockerfile, the pinned
-requirements and the base image. Same inputs, same tag: an engine that already has the tag
-needs no build. Different inputs, a new tag: the old image is never overwritten.
+Two images: the runtime (docker/api-runtime.Dockerfile: the pinned serving stack on the base
+image, tagged by a hash of the requirements, the base and that Dockerfile) and the API image
+on top of it (docker/api.Dockerfile: serving code and model). The API image's tag is a hash
+of everything that goes into it: the model (name, version and the bytes of its files), the
+serving code, both Dockerfiles, the pinned requirements and the base image. Same inputs, same
+tag: an engine that already has the tag needs no build. Different inputs, a new tag: the old
+image is never overwritten.
 
-`python -m mlops_assets.image.context MODEL_DIR OUT_DIR` writes a context by hand (then
-`docker build OUT_DIR`), with the wheels from this machine's pip.
+`python -m mlops_assets.image.context MODEL_DIR OUT_DIR` writes both contexts by hand (then
+two `docker build`s, printed), with the wheels from this machine's pip.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from mlops_assets.settings import PROJECT_ROOT
 from .requirements import WHEEL_HASHES, closure, hashed_requirements_text, read_hashes, requirements_text, write_hashes
 
 DOCKERFILE = PROJECT_ROOT / "docker" / "api.Dockerfile"
+RUNTIME_DOCKERFILE = PROJECT_ROOT / "docker" / "api-runtime.Dockerfile"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # mlops_assets/
 SERVING_DIR = PACKAGE_DIR / "serving"
 DEFAULT_REPOSITORY = "mlops-api"
+RUNTIME_SUFFIX = "-runtime"  # the runtime's repository: the API image's, plus this
 CACHE_RECORD = "SHA256SUMS"  # in the wheel cache: the sha256 of each wheel when pip fetched it
 
 
@@ -76,14 +81,24 @@ class ImageInputs:
     serving_dir: Path = SERVING_DIR
     hashes: dict[str, str] = field(default_factory=dict)
     files_sha256: str = ""  # the model files' manifest: the container checks them against it
+    runtime_dockerfile: Path = RUNTIME_DOCKERFILE
 
     @property
     def tag(self) -> str:
         return hashlib.sha256(json.dumps(self.hashes, sort_keys=True).encode()).hexdigest()[:16]
 
-    def build_args(self) -> dict[str, str]:
+    @property
+    def runtime_tag(self) -> str:
+        """The runtime image's tag: what it is built from (requirements, base, its Dockerfile)."""
+        parts = {key: self.hashes[key] for key in ("runtime_dockerfile", "requirements", "base_image")}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def runtime_build_args(self) -> dict[str, str]:
+        return {"BASE_IMAGE": self.base_image}
+
+    def build_args(self, runtime_image: str) -> dict[str, str]:
         return {
-            "BASE_IMAGE": self.base_image,
+            "RUNTIME_IMAGE": runtime_image,
             "MODEL_NAME": self.model_name,
             "MODEL_VERSION": self.model_version,
             "IMAGE_TAG": self.tag,
@@ -100,19 +115,22 @@ def image_inputs(
     serving_dir: Path = SERVING_DIR,
     requirements: str | None = None,
     files_sha256: str | None = None,
+    runtime_dockerfile: Path = RUNTIME_DOCKERFILE,
 ) -> ImageInputs:
     """Hash the inputs (cheap: no wheel is fetched, nothing is copied). `files_sha256` is the
     manifest registered with the model (image/build.py checked the folder against it); by hand,
     the folder's own files are hashed."""
     if not (model_dir / "MLmodel").is_file():
         raise ContextError(f"{model_dir} is not an MLflow model folder (no MLmodel file)")
-    if not dockerfile.is_file():
-        raise ContextError(f"the Dockerfile {dockerfile} is missing")
+    for needed in (dockerfile, runtime_dockerfile):
+        if not needed.is_file():
+            raise ContextError(f"the Dockerfile {needed} is missing")
     requirements = requirements if requirements is not None else requirements_text(closure())
     hashes = {
         "model": f"{model_name}/{model_version}/{hash_files(model_dir, _files(model_dir))}",
         "serving_code": serving_code_hash(serving_dir),
         "dockerfile": hashlib.sha256(dockerfile.read_bytes()).hexdigest(),
+        "runtime_dockerfile": hashlib.sha256(runtime_dockerfile.read_bytes()).hexdigest(),
         "requirements": hashlib.sha256(requirements.encode()).hexdigest(),
         "base_image": base_image,
     }
@@ -121,7 +139,7 @@ def image_inputs(
 
         files_sha256 = model_lib.manifest_text(model_lib.files_manifest(model_dir))
     return ImageInputs(model_dir, model_name, model_version, base_image, requirements, dockerfile, serving_dir, hashes,
-                       files_sha256)
+                       files_sha256, runtime_dockerfile)
 
 
 def canonicalize(name: str) -> str:
@@ -222,12 +240,18 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def write_context(inputs: ImageInputs, dest: Path, wheel_cache: Path, log=None) -> Path:
-    """The build context in `dest` (created empty): Dockerfile, requirements, wheels, app, model."""
+def _empty(dest: Path, dockerfile: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    shutil.copy2(inputs.dockerfile, dest / "Dockerfile")
+    shutil.copy2(dockerfile, dest / "Dockerfile")
+    (dest / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")
+
+
+def write_runtime_context(inputs: ImageInputs, dest: Path, wheel_cache: Path, log=None) -> Path:
+    """The runtime's build context in `dest` (created empty): its Dockerfile, the hashed
+    requirements and their wheels."""
+    _empty(dest, inputs.runtime_dockerfile)
     pins = pins_of(inputs.requirements)
     wheels = verified_wheels(pins, wheel_cache, log)
     hashes = {name: digest for name, (_, digest) in wheels.items()}
@@ -240,11 +264,16 @@ def write_context(inputs: ImageInputs, dest: Path, wheel_cache: Path, log=None) 
         shutil.copyfile(wheel, target)
         if _sha256(target) != hashes[name]:
             raise ContextError(f"the wheel {wheel} changed while it was copied into the build context; run again")
+    return dest
+
+
+def write_context(inputs: ImageInputs, dest: Path) -> Path:
+    """The API image's build context in `dest` (created empty): its Dockerfile, app, model."""
+    _empty(dest, inputs.dockerfile)
     for source, inside in app_files(inputs.serving_dir):
         _link_or_copy(source, dest / "app" / inside)
     for file in _files(inputs.model_dir):
         _link_or_copy(file, dest / "model" / file.relative_to(inputs.model_dir))
-    (dest / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")
     return dest
 
 
@@ -266,9 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-image", default="python:3.11-slim")
     args = parser.parse_args(argv)
     inputs = image_inputs(args.model_dir, args.name, args.version, args.base_image)
-    write_context(inputs, args.out_dir, default_wheel_cache())
-    build_args = " ".join(f"--build-arg {k}={shlex.quote(v)}" for k, v in inputs.build_args().items())
-    print(f"docker build {build_args} -t {DEFAULT_REPOSITORY}:{inputs.tag} {args.out_dir}")
+    runtime = f"{DEFAULT_REPOSITORY}{RUNTIME_SUFFIX}:{inputs.runtime_tag}"
+    write_runtime_context(inputs, args.out_dir / "runtime", default_wheel_cache())
+    write_context(inputs, args.out_dir / "api")
+    for image, folder, build_args in ((runtime, "runtime", inputs.runtime_build_args()),
+                                      (f"{DEFAULT_REPOSITORY}:{inputs.tag}", "api", inputs.build_args(runtime))):
+        arguments = " ".join(f"--build-arg {k}={shlex.quote(v)}" for k, v in build_args.items())
+        print(f"docker build {arguments} -t {image} {args.out_dir / folder}")
     return 0
 
 

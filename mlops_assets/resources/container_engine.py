@@ -142,6 +142,13 @@ class ContainerEngine(dg.ConfigurableResource):
     def ref(self, tag: str) -> str:
         return f"{self.repository}:{tag}"
 
+    def runtime_ref(self, tag: str) -> str:
+        """The API image's runtime (docker/api-runtime.Dockerfile) in this engine: the
+        repository's name plus `-runtime`. Kept when API images are removed: it is their cache."""
+        from mlops_assets.image.context import RUNTIME_SUFFIX
+
+        return f"{self.repository}{RUNTIME_SUFFIX}:{tag}"
+
     def image(self, ref: str):
         """The engine's image `ref`, or None."""
         import docker
@@ -189,10 +196,9 @@ class ContainerEngine(dg.ConfigurableResource):
                 log.info(f"imported the offline base {tag} in {report.seconds:.1f}s")
             return tag
 
-    def build(self, context_dir: Path, tag: str, build_args: dict[str, str], log=None, progress_every_s: float = 5.0) -> BuiltImage:
-        """Build `context_dir` into `repository:tag` only (no other tag is touched), streaming
-        the builder's lines to `log` (debug; a progress line at info every few seconds)."""
-        ref = self.ref(tag)
+    def build(self, context_dir: Path, ref: str, build_args: dict[str, str], log=None, progress_every_s: float = 5.0) -> BuiltImage:
+        """Build `context_dir` into the image reference `ref` only (no other tag is touched),
+        streaming the builder's lines to `log` (debug; a progress line at info every few seconds)."""
         tail: deque[str] = deque(maxlen=40)
         lines = 0
         started = last_progress = time.monotonic()
