@@ -9,7 +9,7 @@ project_fully_featured); assets ask the role, never the target:
 | `host_configurator` | ThisMachineHosts | AnsibleHosts(RehearsalAnsible) | AnsibleHosts(Ansible) |
 | `container_engine` | ContainerEngine (optional) | ContainerEngine (archive) | ContainerEngine (push or archive) |
 | `api_deployer` | RayServeOnThisMachine | ImageOnApiHosts | ImageOnApiHosts |
-| `monitoring` | LocalMonitoring | MonitoringHost (Grafana rendered only) | MonitoringHost |
+| `monitoring` | LocalMonitoring (+ Alertmanager on loopback) | MonitoringHost (Grafana rendered only) | MonitoringHost |
 | `pipeline_metrics` | LocalPipelineMetrics | PipelineMetrics (MLOPS_PUSHGATEWAY_URL, else off) | PipelineMetrics (same) |
 
 `mlflow`, `data_source`, `io_manager` and `prometheus_api` are the same everywhere.
@@ -44,6 +44,10 @@ def resources_for(settings: Settings) -> dict[str, Any]:
     monitoring_common = {
         "out_dir": str(home / "monitoring"),
         "promtool_record": str(RECORDS["promtool_passed"].under(home).path),
+        # Resolved by Dagster at run time and never shown in its UI (it may carry a token).
+        "alert_webhook_url": dg.EnvVar("MLOPS_ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None,
+        "alert_smtp": settings.alert_smtp,
+        "alert_timings": settings.alert_timings,
     }
     resources: dict[str, Any] = {
         "mlflow": MlflowRegistry(tracking_uri=settings.tracking_uri, artifact_root=str(settings.artifact_root),
@@ -62,7 +66,8 @@ def resources_for(settings: Settings) -> dict[str, Any]:
     pipeline_metrics = {"target": target, "retraining_period_s": schedule_period_s(settings.retrain_cron)}
     if target == "local":
         prometheus = LocalPrometheus(state_dir=str(home / "prometheus"), port=ports["prometheus"],
-                                     node_exporter_port=ports["node_exporter"], pushgateway_port=ports["pushgateway"])
+                                     node_exporter_port=ports["node_exporter"], pushgateway_port=ports["pushgateway"],
+                                     alertmanager_port=ports["alertmanager"])
         resources["infrastructure"] = ThisMachine(api_port=ports["api"], metrics_port=ports["metrics"],
                                                   prometheus_port=ports["prometheus"])
         resources["host_configurator"] = ThisMachineHosts()
@@ -145,6 +150,8 @@ def ansible_for(settings: Settings) -> Ansible:
         "extra_vars": {
             "prometheus_rule_files_dir": str(home / "monitoring" / "prometheus" / "rules"),
             "grafana_dashboards_src_dir": str(home / "monitoring" / "dashboards"),
+            # The Alertmanager configuration `dashboards` renders (until then the role's own, no receiver).
+            "alertmanager_config_src": str(home / "monitoring" / "alertmanager" / "alertmanager.yml"),
             # The api role copies the key file to the host and mounts it into the container.
             **({"api_key_file": str(settings.api_key_file)} if settings.api_key_file else {}),
         },
