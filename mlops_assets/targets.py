@@ -129,9 +129,9 @@ def container_engine_for(settings: Settings) -> ContainerEngine:
 def ansible_for(settings: Settings) -> Ansible:
     """ansible_roles/ over SSH: `aws` with MLOPS_SSH_PRIVATE_KEY (known_hosts in MLOPS_HOME, the
     keys pinned from each instance's console output, checked strictly); `sim` with the rehearsal's key, its local images and its
-    namespace hosts. Grafana's admin password comes from MLOPS_GRAFANA_ADMIN_PASSWORD and the
-    monitoring host's Prometheus basic-auth password from MLOPS_PROMETHEUS_PASSWORD (both
-    generated once for sim)."""
+    namespace hosts. Grafana's admin password comes from MLOPS_GRAFANA_ADMIN_PASSWORD, the
+    monitoring host's Prometheus and Alertmanager basic-auth passwords from
+    MLOPS_PROMETHEUS_PASSWORD and MLOPS_ALERTMANAGER_PASSWORD (all generated once for sim)."""
     home, target = settings.home, settings.target
     common = {
         "target": target,
@@ -143,7 +143,8 @@ def ansible_for(settings: Settings) -> Ansible:
         "host_key_checking": "strict",
         "host_keys_from_console": True,
         "secret_extra_vars_env": {"grafana_admin_password": "MLOPS_GRAFANA_ADMIN_PASSWORD",
-                                  "prometheus_web_password": "MLOPS_PROMETHEUS_PASSWORD"},
+                                  "prometheus_web_password": "MLOPS_PROMETHEUS_PASSWORD",
+                                  "alertmanager_web_password": "MLOPS_ALERTMANAGER_PASSWORD"},
         # The rules and dashboards the `dashboards` asset renders for these hosts (the
         # monitoring resource's out_dir): deployed_hosts and dashboards provision the same
         # files, so a second run changes nothing. Before the first `dashboards` run the folders are empty.

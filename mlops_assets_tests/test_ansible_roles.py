@@ -318,8 +318,8 @@ def test_unreachable_host_is_named_with_its_task(hosts, ansible):
 
 
 def test_deployed_hosts_then_the_api_through_the_asset_code(hosts, ansible, inventory, engine, tmp_path):
-    """deployed_hosts runs site.yml's base plays (the sim target's settings: Prometheus from the
-    local archive, Grafana rendered only); a second materialization changes nothing and keeps
+    """deployed_hosts runs site.yml's base plays (the sim target's settings: Prometheus and
+    Alertmanager from the local archives, Grafana rendered only); a second materialization changes nothing and keeps
     the data version. Then the hosts' API deployer (ImageOnApiHosts) ships the image and predicts
     through the API host's address."""
     import logging
@@ -339,7 +339,8 @@ def test_deployed_hosts_then_the_api_through_the_asset_code(hosts, ansible, inve
         playbook_dir=ansible.playbook_dir, work_dir=ansible.work_dir, private_key_file=ansible.private_key_file,
         known_hosts_file=ansible.known_hosts_file, host_key_checking="strict",
         secret_extra_vars_env={"grafana_admin_password": "MLOPS_TEST_UNSET_GRAFANA_PASSWORD",
-                               "prometheus_web_password": "MLOPS_TEST_UNSET_PROMETHEUS_PASSWORD"},
+                               "prometheus_web_password": "MLOPS_TEST_UNSET_PROMETHEUS_PASSWORD",
+                               "alertmanager_web_password": "MLOPS_TEST_UNSET_ALERTMANAGER_PASSWORD"},
         generated_secrets_dir=str(tmp_path / "secrets"),
         extra_vars={"prometheus_rule_files_dir": str(rendered / "prometheus/rules"),
                     "grafana_dashboards_src_dir": str(rendered / "dashboards")},

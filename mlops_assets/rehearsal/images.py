@@ -6,7 +6,9 @@
   the metrics port); `broken=True` makes one whose /readyz never becomes ready (rollback tests);
 - Prometheus from Debian's `prometheus` package, with prom/prometheus's layout (entrypoint the
   binary, user nobody, data in /prometheus), so the `prometheus` role runs it exactly as it
-  would run the official image, through the same variables.
+  would run the official image, through the same variables;
+- Alertmanager from Debian's `prometheus-alertmanager` package, laid out like prom/alertmanager
+  (entrypoint the binary, user nobody, data in /alertmanager), for the `alertmanager` role.
 
 Images are built once per engine (the tag is a hash of the build context) and saved as
 archives under the cache folder.
@@ -23,6 +25,7 @@ from mlops_assets.offline_base import BASE_IMAGE, default_cache_dir, ensure_base
 
 TEST_API_REPOSITORY = "localhost/mlops-test-api"
 PROMETHEUS_REPOSITORY = "localhost/mlops-prometheus"
+ALERTMANAGER_REPOSITORY = "localhost/mlops-alertmanager"
 
 _TEST_API_SERVER = r'''
 import json, os, sys
@@ -103,6 +106,20 @@ ENTRYPOINT ["/usr/bin/prometheus"]
 CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
 """
 
+_ALERTMANAGER_DOCKERFILE = """\
+FROM {base}
+RUN apt-get update -qq \\
+ && apt-get install -y -qq --no-install-recommends prometheus-alertmanager \\
+ && rm -rf /var/lib/apt/lists/* \\
+ && mkdir -p /alertmanager /etc/alertmanager \\
+ && chown nobody:nogroup /alertmanager
+USER nobody
+WORKDIR /alertmanager
+EXPOSE 9093
+ENTRYPOINT ["/usr/bin/prometheus-alertmanager"]
+CMD ["--config.file=/etc/alertmanager/alertmanager.yml", "--storage.path=/alertmanager"]
+"""
+
 
 def _context(files: dict[str, str]) -> tuple[bytes, str]:
     """A build context tar and the hash of its files."""
@@ -141,6 +158,13 @@ def build_prometheus_image(engine) -> str:
     """Prometheus from Debian's package, laid out like prom/prometheus; returns repository:tag."""
     ensure_base_image(engine)
     return _build(engine, PROMETHEUS_REPOSITORY, {"Dockerfile": _PROMETHEUS_DOCKERFILE.format(base=BASE_IMAGE)}, "debian-bookworm")
+
+
+def build_alertmanager_image(engine) -> str:
+    """Alertmanager from Debian's package, laid out like prom/alertmanager; returns repository:tag."""
+    ensure_base_image(engine)
+    return _build(engine, ALERTMANAGER_REPOSITORY, {"Dockerfile": _ALERTMANAGER_DOCKERFILE.format(base=BASE_IMAGE)},
+                  "debian-bookworm")
 
 
 def save_archive(engine, reference: str, directory: Path | None = None) -> Path:

@@ -271,7 +271,10 @@ class MonitoringHost(MonitoringProvisioner):
                 inventory, "site.yml", tags=["hosts"], limit="monitoring", log=log.info,
                 extra_vars={"prometheus_rule_files_dir": str(rendered.rules_dir),
                             "grafana_dashboards_src_dir": str(rendered.dashboards_dir),
-                            "alertmanager_config_src": str(rendered.alertmanager_file)},
+                            "alertmanager_config_src": str(rendered.alertmanager_file),
+                            # read by Alertmanager from a file the role writes (smtp_password_file)
+                            **({"alertmanager_smtp_password": os.environ["MLOPS_ALERT_SMTP_PASSWORD"]}
+                               if self.smtp_password_file() else {})},
             )
         except AnsibleError as exc:
             raise dg.Failure(description=f"provisioning the monitoring host failed: {exc}") from None
