@@ -73,10 +73,9 @@ def test_amtool_refuses_a_broken_alertmanager_config(tmp_path, fresh):
 
     render.write(fresh, tmp_path)
     config = tmp_path / render.ALERTMANAGER_FILE
-    config.write_text(config.read_text().replace("receiver: 'null'
-  group_by", "receiver: nobody
-  group_by"))
-    with pytest.raises(PrometheusError, match="amtool check-config.*\n.*undefined receiver \"nobody\""):
+    # The root route names a receiver that does not exist.
+    config.write_text(config.read_text().replace("  receiver: 'null'\n  group_by", "  receiver: nobody\n  group_by"))
+    with pytest.raises(PrometheusError, match=r"amtool check-config .*\n.*undefined receiver \"nobody\""):
         Amtool().check_config(config)
 
 
