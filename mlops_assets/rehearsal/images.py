@@ -92,32 +92,20 @@ EXPOSE 8000 8080
 CMD ["python3", "/srv/server.py"]
 """
 
-_PROMETHEUS_DOCKERFILE = """\
+# A server from a Debian package laid out like its official prom/ image: the binary as entrypoint,
+# user nobody, its data in /{name}, its configuration under /etc/{name}.
+_DEBIAN_SERVER_DOCKERFILE = """\
 FROM {base}
 RUN apt-get update -qq \\
- && apt-get install -y -qq --no-install-recommends prometheus \\
+ && apt-get install -y -qq --no-install-recommends {package} \\
  && rm -rf /var/lib/apt/lists/* \\
- && mkdir -p /prometheus /etc/prometheus \\
- && chown nobody:nogroup /prometheus
+ && mkdir -p /{name} /etc/{name} \\
+ && chown nobody:nogroup /{name}
 USER nobody
-WORKDIR /prometheus
-EXPOSE 9090
-ENTRYPOINT ["/usr/bin/prometheus"]
-CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
-"""
-
-_ALERTMANAGER_DOCKERFILE = """\
-FROM {base}
-RUN apt-get update -qq \\
- && apt-get install -y -qq --no-install-recommends prometheus-alertmanager \\
- && rm -rf /var/lib/apt/lists/* \\
- && mkdir -p /alertmanager /etc/alertmanager \\
- && chown nobody:nogroup /alertmanager
-USER nobody
-WORKDIR /alertmanager
-EXPOSE 9093
-ENTRYPOINT ["/usr/bin/prometheus-alertmanager"]
-CMD ["--config.file=/etc/alertmanager/alertmanager.yml", "--storage.path=/alertmanager"]
+WORKDIR /{name}
+EXPOSE {port}
+ENTRYPOINT ["/usr/bin/{package}"]
+CMD ["--config.file=/etc/{name}/{name}.yml", "--{storage_flag}=/{name}"]
 """
 
 
@@ -154,17 +142,22 @@ def build_test_api_image(engine, *, broken: bool = False, tag: str | None = None
     return _build(engine, TEST_API_REPOSITORY, files, tag)
 
 
+def _debian_server_image(engine, repository: str, **layout: str) -> str:
+    ensure_base_image(engine)
+    dockerfile = _DEBIAN_SERVER_DOCKERFILE.format(base=BASE_IMAGE, **layout)
+    return _build(engine, repository, {"Dockerfile": dockerfile}, "debian-bookworm")
+
+
 def build_prometheus_image(engine) -> str:
     """Prometheus from Debian's package, laid out like prom/prometheus; returns repository:tag."""
-    ensure_base_image(engine)
-    return _build(engine, PROMETHEUS_REPOSITORY, {"Dockerfile": _PROMETHEUS_DOCKERFILE.format(base=BASE_IMAGE)}, "debian-bookworm")
+    return _debian_server_image(engine, PROMETHEUS_REPOSITORY, package="prometheus", name="prometheus", port="9090",
+                                storage_flag="storage.tsdb.path")
 
 
 def build_alertmanager_image(engine) -> str:
     """Alertmanager from Debian's package, laid out like prom/alertmanager; returns repository:tag."""
-    ensure_base_image(engine)
-    return _build(engine, ALERTMANAGER_REPOSITORY, {"Dockerfile": _ALERTMANAGER_DOCKERFILE.format(base=BASE_IMAGE)},
-                  "debian-bookworm")
+    return _debian_server_image(engine, ALERTMANAGER_REPOSITORY, package="prometheus-alertmanager", name="alertmanager",
+                                port="9093", storage_flag="storage.path")
 
 
 def save_archive(engine, reference: str, directory: Path | None = None) -> Path:
