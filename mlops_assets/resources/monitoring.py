@@ -235,6 +235,9 @@ class MonitoringHost(MonitoringProvisioner):
         host = urlparse(api_prometheus_url).hostname if api_prometheus_url else None
         return (f"{host}:{self.alertmanager_port}",) if host else ()
 
+    def alertmanager_url(self, prometheus_url: str) -> str:
+        return f"http://{self.alertmanager_targets(prometheus_url)[0]}"
+
     def smtp_password_file(self) -> str | None:
         """Inside the Alertmanager container: the role writes MLOPS_ALERT_SMTP_PASSWORD there."""
         return "/etc/alertmanager/smtp_password" if os.environ.get("MLOPS_ALERT_SMTP_PASSWORD") else None
@@ -264,7 +267,7 @@ class MonitoringHost(MonitoringProvisioner):
                     "Ansible not run")
                 return MonitoringResult(url, healthy, {
                     "provisioned_by": "unchanged: the monitoring host already runs these files (checked live)",
-                    "changed": 0, "grafana": previous.get("grafana", grafana)})
+                    "changed": 0, "grafana": previous.get("grafana", grafana), "alertmanager_url": self.alertmanager_url(url)})
             log.info(f"{url} does not answer with every rule and the api target up: provisioning again")
         try:
             result = self.ansible.run_playbook(
@@ -290,7 +293,7 @@ class MonitoringHost(MonitoringProvisioner):
         log.info(f"{url}: {rendered.expected_rules} rules loaded, targets up: {targets_up} (changed={result.changed})")
         return MonitoringResult(url, targets_up, {
             "provisioned_by": "ansible (site.yml, tag hosts, monitoring host)", "changed": result.changed,
-            "per_host": dg.MetadataValue.json(result.per_host), "grafana": grafana})
+            "per_host": dg.MetadataValue.json(result.per_host), "grafana": grafana, "alertmanager_url": self.alertmanager_url(url)})
 
 
 def healthy_targets(http: PrometheusHttp, expected_rules: int, api_target: str) -> dict[str, bool] | None:
