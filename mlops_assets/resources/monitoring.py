@@ -96,9 +96,10 @@ class MonitoringProvisioner(dg.ConfigurableResource):
     alert_webhook_url: str | None = None
     alert_smtp: dict[str, str] = {}
     alert_timings: str = ""
-    # Where the Alertmanager that reads the rendered file finds the SMTP password (written from
-    # MLOPS_ALERT_SMTP_PASSWORD by the subclass); None: no password file.
+
     def smtp_password_file(self) -> str | None:
+        """Where the Alertmanager that reads the rendered file finds the SMTP password (from
+        MLOPS_ALERT_SMTP_PASSWORD, written by the subclass); None: no password file."""
         return None
 
     def alert_routing(self) -> tuple[am.AlertRouting, str]:
