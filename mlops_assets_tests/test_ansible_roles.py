@@ -210,20 +210,27 @@ def rendered_monitoring_files(tmp_path: Path) -> Path:
     return out
 
 
-def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine, tmp_path):
-    from mlops_assets.rehearsal.images import build_prometheus_image, save_archive
+def archived_image(engine, role: str) -> tuple[str, str, str]:
+    """The rehearsal's image of `role` (prometheus, alertmanager) built from Debian's package and
+    saved as an archive: (repository, tag, archive), the build timed."""
+    from mlops_assets.rehearsal import images
 
     started = time.monotonic()
-    image = build_prometheus_image(engine)
-    archive = save_archive(engine, image)
-    TIMINGS["prometheus_image_s"] = round(time.monotonic() - started, 2)
+    image = getattr(images, f"build_{role}_image")(engine)
+    archive = images.save_archive(engine, image)
+    TIMINGS[f"{role}_image_s"] = round(time.monotonic() - started, 2)
     repository, tag = image.rsplit(":", 1)
+    return repository, tag, str(archive)
+
+
+def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine, tmp_path):
+    repository, tag, archive = archived_image(engine, "prometheus")
     rules_dir = rendered_monitoring_files(tmp_path) / "prometheus/rules"
     rule_files = sorted(p.name for p in rules_dir.glob("*.yml"))
     assert rule_files
     # The variables a user sets to load Prometheus from an archive instead of pulling it.
     variables = {"prometheus_image_source": "archive", "prometheus_image_repository": repository,
-                 "prometheus_image_tag": tag, "prometheus_image_archive": str(archive),
+                 "prometheus_image_tag": tag, "prometheus_image_archive": archive,
                  "prometheus_rule_files_dir": str(rules_dir), "prometheus_scrape_interval": "2s"}
     with pytest.raises(AnsibleError) as failure:  # no web password: a clear refusal
         ansible.run_playbook(inventory, "tests/prometheus.yml", extra_vars=variables)
@@ -268,13 +275,8 @@ def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine,
 def test_alertmanager_role_runs_the_rendered_config_behind_basic_auth(hosts, ansible, inventory, engine, tmp_path):
     from mlops_assets.monitoring import render
     from mlops_assets.monitoring.alertmanager_config import AlertRouting, Smtp
-    from mlops_assets.rehearsal.images import build_alertmanager_image, save_archive
 
-    started = time.monotonic()
-    image = build_alertmanager_image(engine)
-    archive = save_archive(engine, image)
-    TIMINGS["alertmanager_image_s"] = round(time.monotonic() - started, 2)
-    repository, tag = image.rsplit(":", 1)
+    repository, tag, archive = archived_image(engine, "alertmanager")
     # What `dashboards` renders with a webhook and e-mail (the password file as the container sees it).
     routing = AlertRouting(webhook_url="http://172.17.0.1:9097/alerts",
                            smtp=Smtp("smtp.example.org:587", "am@example.org", "ops@example.org", "am",
@@ -283,7 +285,7 @@ def test_alertmanager_role_runs_the_rendered_config_behind_basic_auth(hosts, ans
     render.write(render.render_all(render.default_profile(), render.RenderSettings(routing=routing)), out)
     rendered = out / render.ALERTMANAGER_FILE
     variables = {"alertmanager_image_source": "archive", "alertmanager_image_repository": repository,
-                 "alertmanager_image_tag": tag, "alertmanager_image_archive": str(archive),
+                 "alertmanager_image_tag": tag, "alertmanager_image_archive": archive,
                  "alertmanager_config_src": str(rendered), "alertmanager_smtp_password": "smtp-secret-1"}
     with pytest.raises(AnsibleError) as failure:  # no web password: a clear refusal
         ansible.run_playbook(inventory, "tests/alertmanager.yml", extra_vars=variables)
