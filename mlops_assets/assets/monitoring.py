@@ -1,7 +1,8 @@
-"""`dashboards`: the monitoring of the deployed API as files, checked with promtool, and in
-service: rendered here (monitoring/), then put in service by the `monitoring` resource
-(resources/monitoring.py): the local Prometheus in `local`, Prometheus and Grafana on the
-monitoring host through Ansible in `aws` and `sim`, read back live either way."""
+"""`dashboards`: the monitoring of the deployed API as files, checked with promtool and amtool,
+and in service: rendered here (monitoring/), then put in service by the `monitoring` resource
+(resources/monitoring.py): the local Prometheus and Alertmanager in `local`, Prometheus,
+Alertmanager and Grafana on the monitoring host through Ansible in `aws` and `sim`, read back
+live either way."""
 
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from mlops_assets import monitoring as monitoring_package
 from mlops_assets.freshness import LIVE_SERVICE_TAG, rebuild_condition
 from mlops_assets.metadata import previous_materialization
 from mlops_assets.ml.data import Dataset
+from mlops_assets.monitoring import alertmanager_config
 from mlops_assets.monitoring import render as render_module
 from mlops_assets.monitoring.profile import training_profile
 from mlops_assets.monitoring.rules import AlertSettings, alert_names, rule_count, rule_groups
@@ -49,13 +51,18 @@ def dashboards(
 ) -> dg.Output[Monitoring]:
     # What an operator looks at once the API serves: its traffic, errors, latency, and whether
     # predictions still look like the training data (the reference comes from `dataset`).
-    alerts = AlertSettings(availability_slo=config.availability_slo, latency_p99_slo_s=config.latency_p99_slo_s)
+    # Alertmanager delivers the alerts to the receivers the settings name (none: listed only).
+    routing, target_down_for = monitoring.alert_routing()
+    alerts = AlertSettings(availability_slo=config.availability_slo, latency_p99_slo_s=config.latency_p99_slo_s,
+                           target_down_for=target_down_for)
     profile = training_profile(dataset)
     settings = render_module.RenderSettings(
         api_targets=(metrics_target(deployed_api.metrics_url),), host_targets=monitoring.host_targets(),
         pushgateway_targets=monitoring.pushgateway_targets(),
+        alertmanager_targets=monitoring.alertmanager_targets(deployed_api.prometheus_url),
         prometheus_url=monitoring.datasource_url(deployed_api.prometheus_url),
         scrape_interval=config.scrape_interval, evaluation_interval=config.evaluation_interval, alerts=alerts,
+        routing=routing,
     )
     out = Path(config.out_dir or monitoring.out_dir)
     files = render_module.render_all(profile, settings)
@@ -72,6 +79,7 @@ def dashboards(
         "files": dg.MetadataValue.json(value.files),
         "rule_count": rendered.expected_rules,
         "alerts": ", ".join(sorted(alert_names(groups))),
+        "alert_delivery": alertmanager_config.describe(routing),
         "dashboards": ", ".join(p for p in value.files if p.startswith("dashboards/")),
         "prometheus_url": dg.MetadataValue.url(result.prometheus_url) if result.prometheus_url else "not run",
         **result.details,
