@@ -30,8 +30,9 @@ class DashboardsConfig(dg.Config):
                                 "grafana_dashboards/); default: MLOPS_HOME/monitoring (the monitoring resource's out_dir).")
     availability_slo: float = Field(default=0.995, description="Share of requests not answered with a 5xx.")
     latency_p99_slo_s: float = Field(default=0.25, description="p99 objective of POST /predict, in seconds.")
-    scrape_interval: str = "15s"
-    evaluation_interval: str = "15s"
+    scrape_interval: str = Field(default="15s", description="Prometheus's scrape interval: in the rendered "
+                                 "prometheus.yml (local) and given to the prometheus role (monitoring host).")
+    evaluation_interval: str = Field(default="15s", description="How often Prometheus evaluates the rules (same places).")
     targets_up_timeout_s: float = 60.0
 
 
@@ -68,7 +69,8 @@ def dashboards(
     files = render_module.render_all(profile, settings)
     render_module.write(files, out)
     groups = rule_groups(profile, alerts)
-    rendered = Rendered.of(out, render_module.content_hash(files), rule_count(groups), settings.api_targets[0])
+    rendered = Rendered.of(out, render_module.content_hash(files), rule_count(groups), settings.api_targets[0],
+                           config.scrape_interval, config.evaluation_interval)
     monitoring.check(rendered, context.log)
     result = monitoring.provision(rendered, previous=previous_materialization(context).metadata,
                                   api_prometheus_url=deployed_api.prometheus_url, inventory=deployed_api.inventory,

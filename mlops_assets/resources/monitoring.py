@@ -48,12 +48,17 @@ class Rendered:
     expected_rules: int
     api_target: str  # host:port of the API's metrics
     alertmanager_file: Path
+    # The `dashboards` config's intervals: in the rendered file for the local Prometheus, passed
+    # to the prometheus role on the monitoring host.
+    scrape_interval: str = "15s"
+    evaluation_interval: str = "15s"
 
     @classmethod
-    def of(cls, out_dir: Path, content_hash: str, expected_rules: int, api_target: str) -> "Rendered":
+    def of(cls, out_dir: Path, content_hash: str, expected_rules: int, api_target: str,
+           scrape_interval: str = "15s", evaluation_interval: str = "15s") -> "Rendered":
         return cls(out_dir, out_dir / render_module.CONFIG_FILE, out_dir / render_module.TESTS_FILE,
                    out_dir / render_module.RULES_DIR, out_dir / "dashboards", content_hash, expected_rules, api_target,
-                   out_dir / render_module.ALERTMANAGER_FILE)
+                   out_dir / render_module.ALERTMANAGER_FILE, scrape_interval, evaluation_interval)
 
 
 @dataclass(frozen=True)
@@ -274,6 +279,8 @@ class MonitoringHost(MonitoringProvisioner):
             result = self.ansible.run_playbook(
                 inventory, "site.yml", tags=["hosts"], limit="monitoring", log=log.info,
                 extra_vars={"prometheus_rule_files_dir": str(rendered.rules_dir),
+                            "prometheus_scrape_interval": rendered.scrape_interval,
+                            "prometheus_evaluation_interval": rendered.evaluation_interval,
                             "grafana_dashboards_src_dir": str(rendered.dashboards_dir),
                             "alertmanager_config_src": str(rendered.alertmanager_file),
                             # read by Alertmanager from a file the role writes (smtp_password_file)
