@@ -58,7 +58,7 @@ bench-serving: install ## prediction API vs bare FastAPI vs `mlflow models serve
 	$(BIN)/python bench/serving_bench.py
 
 .PHONY: dashboards
-dashboards: install ## re-render grafana_dashboards/ (dashboards, provisioning, Prometheus config, rules, rule tests)
+dashboards: install ## re-render grafana_dashboards/ (dashboards, provisioning, Prometheus config, rules, rule tests, Alertmanager config)
 	$(BIN)/python -m mlops_assets.monitoring.render --out grafana_dashboards
 
 bench: install ## benchmarks (docs/performance.md): the ML phase, then the whole graph (root: image builds)

@@ -126,6 +126,16 @@ resource "aws_vpc_security_group_ingress_rule" "monitoring_prometheus" {
   tags              = local.tags
 }
 
+resource "aws_vpc_security_group_ingress_rule" "monitoring_alertmanager" {
+  security_group_id = aws_security_group.monitoring.id
+  description       = "Alertmanager UI and API (silences) from the admin network"
+  ip_protocol       = "tcp"
+  from_port         = var.alertmanager_port
+  to_port           = var.alertmanager_port
+  cidr_ipv4         = var.admin_cidr
+  tags              = local.tags
+}
+
 resource "aws_vpc_security_group_ingress_rule" "monitoring_grafana" {
   security_group_id = aws_security_group.monitoring.id
   description       = "Grafana from the admin network"
@@ -218,7 +228,7 @@ resource "aws_instance" "api" {
 
 resource "aws_instance" "monitoring" {
   # checkov:skip=CKV2_AWS_41: the hosts call no AWS API (Prometheus scrapes a static target), so no instance profile is attached.
-  # checkov:skip=CKV_AWS_88: admins reach Prometheus and Grafana over the Internet from admin_cidr only.
+  # checkov:skip=CKV_AWS_88: admins reach Prometheus, Alertmanager and Grafana over the Internet from admin_cidr only.
   ami                         = local.ami_id
   instance_type               = var.monitoring_instance_type
   key_name                    = aws_key_pair.admin.key_name

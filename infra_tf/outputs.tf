@@ -66,8 +66,9 @@ output "ansible_inventory" {
         }
         monitoring = {
           vars = {
-            prometheus_port = var.prometheus_port
-            grafana_port    = var.grafana_port
+            prometheus_port   = var.prometheus_port
+            alertmanager_port = var.alertmanager_port
+            grafana_port      = var.grafana_port
           }
           hosts = {
             "${var.name}-monitoring" = {

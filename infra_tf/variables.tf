@@ -194,6 +194,17 @@ variable "prometheus_port" {
   }
 }
 
+variable "alertmanager_port" {
+  description = "TCP port of Alertmanager on the monitoring host (admin network only; Prometheus reaches it on the host)."
+  type        = number
+  default     = 9093
+
+  validation {
+    condition     = var.alertmanager_port > 0 && var.alertmanager_port < 65536
+    error_message = "alertmanager_port must be a TCP port."
+  }
+}
+
 variable "grafana_port" {
   description = "TCP port of Grafana on the monitoring host (admin network only)."
   type        = number

@@ -166,6 +166,8 @@ def _print_prometheus(result) -> None:
     meta = monitoring.metadata
     print(f"Prometheus: {meta['prometheus_url'].value} ({meta['rule_count'].value} rules; "
           f"targets up: {', '.join(meta['targets_up'].data)}); dashboards for Grafana: {meta['out_dir'].value}")
+    if "alertmanager_url" in meta:
+        print(f"Alertmanager: {meta['alertmanager_url'].value} ({meta['alert_delivery'].value})")
 
 
 def down() -> int:

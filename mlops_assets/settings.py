@@ -5,7 +5,8 @@ Every project setting is read here, once, when `build_definitions(settings)` or 
 module. A few variables belong to the tool they configure and are read where it is wrapped, at
 run time: DOCKER_HOST (resources/container_engine.py), MLOPS_GRAFANA_ADMIN_PASSWORD and
 MLOPS_PROMETHEUS_PASSWORD (passed to Ansible by resources/ansible.py; the latter also read by
-resources/monitoring.py and resources/prometheus_api.py), MLOPS_HAPROXY_BINARY (serving/runtime.py), and the API
+resources/monitoring.py and resources/prometheus_api.py), MLOPS_ALERT_SMTP_PASSWORD (written to a
+0600 file for Alertmanager by resources/monitoring.py), MLOPS_HAPROXY_BINARY (serving/runtime.py), and the API
 container's own settings (serving/container.py).
 """
 
@@ -33,6 +34,7 @@ LOCAL_PORTS = {
     "prometheus": 9090,
     "node_exporter": 9100,
     "pushgateway": 9091,  # the pipeline's metrics (monitoring/pipeline_metrics.py), scraped by Prometheus
+    "alertmanager": 9093,  # delivers Prometheus's alerts (monitoring/alertmanager_config.py)
 }
 
 
@@ -55,6 +57,15 @@ class Settings:
     # sim/aws: the Pushgateway the pipeline pushes its metrics to (MLOPS_PUSHGATEWAY_URL); none:
     # not pushed there (the local target pushes to its own gateway on loopback).
     pushgateway_url: str | None = None
+    # Where Alertmanager delivers the alerts (monitoring/alertmanager_config.py): a webhook
+    # (MLOPS_ALERT_WEBHOOK_URL) and/or e-mail (MLOPS_ALERT_SMTP_SMARTHOST, _FROM, _TO, _USERNAME;
+    # the password from MLOPS_ALERT_SMTP_PASSWORD at run time). Checked where they are used, so a
+    # wrong value fails the `dashboards` asset with a message naming the variable.
+    alert_webhook_url: str | None = field(default=None, repr=False)  # may carry a token
+    alert_smtp: dict = field(default_factory=dict, hash=False)
+    # MLOPS_ALERT_TIMINGS: Alertmanager's group_wait/group_interval/repeat_interval per severity
+    # and the target-down alert's `for` (tests shorten them), "name=DURATION,..." unparsed.
+    alert_timings: str = ""
     # (the drift threshold and window live with the rules: monitoring/rules.py)
     drift_cooldown_minutes: float = 60.0
     # Container image (assets/packaging.py): registry to push to in the aws target, e.g. ECR.
@@ -115,6 +126,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * *",
         prometheus_url=(env.get("MLOPS_PROMETHEUS_URL") or f"http://127.0.0.1:{local_ports['prometheus']}").rstrip("/"),
         pushgateway_url=(env.get("MLOPS_PUSHGATEWAY_URL") or "").rstrip("/") or None,
+        alert_webhook_url=env.get("MLOPS_ALERT_WEBHOOK_URL") or None,
+        alert_smtp={key: env.get(f"MLOPS_ALERT_SMTP_{key.upper()}", "") for key in ("smarthost", "from", "to", "username")},
+        alert_timings=env.get("MLOPS_ALERT_TIMINGS") or "",
         drift_cooldown_minutes=_number(env, "MLOPS_DRIFT_COOLDOWN_MINUTES", 60.0),
         image_registry=env.get("MLOPS_IMAGE_REGISTRY") or None,
         ssh_private_key=env.get("MLOPS_SSH_PRIVATE_KEY") or None,

@@ -9,7 +9,7 @@ project_fully_featured); assets ask the role, never the target:
 | `host_configurator` | ThisMachineHosts | AnsibleHosts(RehearsalAnsible) | AnsibleHosts(Ansible) |
 | `container_engine` | ContainerEngine (optional) | ContainerEngine (archive) | ContainerEngine (push or archive) |
 | `api_deployer` | RayServeOnThisMachine | ImageOnApiHosts | ImageOnApiHosts |
-| `monitoring` | LocalMonitoring | MonitoringHost (Grafana rendered only) | MonitoringHost |
+| `monitoring` | LocalMonitoring (+ Alertmanager on loopback) | MonitoringHost (Grafana rendered only) | MonitoringHost |
 | `pipeline_metrics` | LocalPipelineMetrics | PipelineMetrics (MLOPS_PUSHGATEWAY_URL, else off) | PipelineMetrics (same) |
 
 `mlflow`, `data_source`, `io_manager` and `prometheus_api` are the same everywhere.
@@ -44,6 +44,10 @@ def resources_for(settings: Settings) -> dict[str, Any]:
     monitoring_common = {
         "out_dir": str(home / "monitoring"),
         "promtool_record": str(RECORDS["promtool_passed"].under(home).path),
+        # Resolved by Dagster at run time and never shown in its UI (it may carry a token).
+        "alert_webhook_url": dg.EnvVar("MLOPS_ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None,
+        "alert_smtp": settings.alert_smtp,
+        "alert_timings": settings.alert_timings,
     }
     resources: dict[str, Any] = {
         "mlflow": MlflowRegistry(tracking_uri=settings.tracking_uri, artifact_root=str(settings.artifact_root),
@@ -62,7 +66,8 @@ def resources_for(settings: Settings) -> dict[str, Any]:
     pipeline_metrics = {"target": target, "retraining_period_s": schedule_period_s(settings.retrain_cron)}
     if target == "local":
         prometheus = LocalPrometheus(state_dir=str(home / "prometheus"), port=ports["prometheus"],
-                                     node_exporter_port=ports["node_exporter"], pushgateway_port=ports["pushgateway"])
+                                     node_exporter_port=ports["node_exporter"], pushgateway_port=ports["pushgateway"],
+                                     alertmanager_port=ports["alertmanager"])
         resources["infrastructure"] = ThisMachine(api_port=ports["api"], metrics_port=ports["metrics"],
                                                   prometheus_port=ports["prometheus"])
         resources["host_configurator"] = ThisMachineHosts()
@@ -124,9 +129,9 @@ def container_engine_for(settings: Settings) -> ContainerEngine:
 def ansible_for(settings: Settings) -> Ansible:
     """ansible_roles/ over SSH: `aws` with MLOPS_SSH_PRIVATE_KEY (known_hosts in MLOPS_HOME, the
     keys pinned from each instance's console output, checked strictly); `sim` with the rehearsal's key, its local images and its
-    namespace hosts. Grafana's admin password comes from MLOPS_GRAFANA_ADMIN_PASSWORD and the
-    monitoring host's Prometheus basic-auth password from MLOPS_PROMETHEUS_PASSWORD (both
-    generated once for sim)."""
+    namespace hosts. Grafana's admin password comes from MLOPS_GRAFANA_ADMIN_PASSWORD, the
+    monitoring host's Prometheus and Alertmanager basic-auth passwords from
+    MLOPS_PROMETHEUS_PASSWORD and MLOPS_ALERTMANAGER_PASSWORD (all generated once for sim)."""
     home, target = settings.home, settings.target
     common = {
         "target": target,
@@ -138,13 +143,16 @@ def ansible_for(settings: Settings) -> Ansible:
         "host_key_checking": "strict",
         "host_keys_from_console": True,
         "secret_extra_vars_env": {"grafana_admin_password": "MLOPS_GRAFANA_ADMIN_PASSWORD",
-                                  "prometheus_web_password": "MLOPS_PROMETHEUS_PASSWORD"},
+                                  "prometheus_web_password": "MLOPS_PROMETHEUS_PASSWORD",
+                                  "alertmanager_web_password": "MLOPS_ALERTMANAGER_PASSWORD"},
         # The rules and dashboards the `dashboards` asset renders for these hosts (the
         # monitoring resource's out_dir): deployed_hosts and dashboards provision the same
         # files, so a second run changes nothing. Before the first `dashboards` run the folders are empty.
         "extra_vars": {
             "prometheus_rule_files_dir": str(home / "monitoring" / "prometheus" / "rules"),
             "grafana_dashboards_src_dir": str(home / "monitoring" / "dashboards"),
+            # The Alertmanager configuration `dashboards` renders (until then the role's own, no receiver).
+            "alertmanager_config_src": str(home / "monitoring" / "alertmanager" / "alertmanager.yml"),
             # The api role copies the key file to the host and mounts it into the container.
             **({"api_key_file": str(settings.api_key_file)} if settings.api_key_file else {}),
         },

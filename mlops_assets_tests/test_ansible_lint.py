@@ -29,7 +29,8 @@ def test_ansible_lint_passes(tmp_path):
     assert "profile 'production' was required, and it passed" in (result.stdout + result.stderr).lower()
 
 
-@pytest.mark.parametrize("playbook", ["site.yml", "tests/docker.yml", "tests/api.yml", "tests/prometheus.yml", "tests/grafana.yml"])
+@pytest.mark.parametrize("playbook", ["site.yml", "tests/docker.yml", "tests/api.yml", "tests/prometheus.yml", "tests/alertmanager.yml",
+                                      "tests/grafana.yml"])
 def test_playbook_syntax(playbook, tmp_path):
     inventory = tmp_path / "inventory.ini"
     inventory.write_text("[api]\napi-host ansible_host=192.0.2.10\n[monitoring]\nmonitoring-host ansible_host=192.0.2.11\n")
@@ -41,7 +42,7 @@ def test_playbook_syntax(playbook, tmp_path):
 def test_every_role_has_the_usual_layout_and_documents_its_defaults():
     import yaml
 
-    for role in ("docker", "api", "prometheus", "grafana"):
+    for role in ("docker", "api", "prometheus", "alertmanager", "grafana"):
         base = ROLES / role
         for part in ("defaults/main.yml", "tasks/main.yml", "handlers/main.yml", "meta/main.yml", "README.md"):
             assert (base / part).is_file(), f"{role}: missing {part}"

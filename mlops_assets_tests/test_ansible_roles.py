@@ -5,8 +5,8 @@ again and fail on any change, verify.
 Everything goes through the `Ansible` resource (the one deployed_hosts uses), with an
 inventory shaped like tofu_state's `ansible_inventory`. Tests talk only to the test hosts'
 addresses. Images come from archives built locally from the offline Debian base (no registry
-is reachable): a stand-in API, and Prometheus from Debian's package loaded through the
-`prometheus` role's own variables, exactly as a user would set them. No Grafana image exists
+is reachable): a stand-in API, and Prometheus and Alertmanager from Debian's packages loaded
+through the roles' own variables, exactly as a user would set them. No Grafana image exists
 offline: the `grafana` role runs in render-only mode and its files are checked on the host.
 """
 
@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.root]
 TIMINGS: dict[str, float] = {}
 GRAFANA_PASSWORD = "rehearsal-" + os.urandom(6).hex()
 PROMETHEUS_PASSWORD = "prometheus-" + os.urandom(6).hex()
+ALERTMANAGER_PASSWORD = "alertmanager-" + os.urandom(6).hex()
 
 
 @pytest.fixture(scope="module")
@@ -209,20 +210,27 @@ def rendered_monitoring_files(tmp_path: Path) -> Path:
     return out
 
 
-def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine, tmp_path):
-    from mlops_assets.rehearsal.images import build_prometheus_image, save_archive
+def archived_image(engine, role: str) -> tuple[str, str, str]:
+    """The rehearsal's image of `role` (prometheus, alertmanager) built from Debian's package and
+    saved as an archive: (repository, tag, archive), the build timed."""
+    from mlops_assets.rehearsal import images
 
     started = time.monotonic()
-    image = build_prometheus_image(engine)
-    archive = save_archive(engine, image)
-    TIMINGS["prometheus_image_s"] = round(time.monotonic() - started, 2)
+    image = getattr(images, f"build_{role}_image")(engine)
+    archive = images.save_archive(engine, image)
+    TIMINGS[f"{role}_image_s"] = round(time.monotonic() - started, 2)
     repository, tag = image.rsplit(":", 1)
+    return repository, tag, str(archive)
+
+
+def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine, tmp_path):
+    repository, tag, archive = archived_image(engine, "prometheus")
     rules_dir = rendered_monitoring_files(tmp_path) / "prometheus/rules"
     rule_files = sorted(p.name for p in rules_dir.glob("*.yml"))
     assert rule_files
     # The variables a user sets to load Prometheus from an archive instead of pulling it.
     variables = {"prometheus_image_source": "archive", "prometheus_image_repository": repository,
-                 "prometheus_image_tag": tag, "prometheus_image_archive": str(archive),
+                 "prometheus_image_tag": tag, "prometheus_image_archive": archive,
                  "prometheus_rule_files_dir": str(rules_dir), "prometheus_scrape_interval": "2s"}
     with pytest.raises(AnsibleError) as failure:  # no web password: a clear refusal
         ansible.run_playbook(inventory, "tests/prometheus.yml", extra_vars=variables)
@@ -262,6 +270,46 @@ def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine,
     assert changed.per_host["monitoring"]["changed"] >= 1
     assert http_status(f"{prometheus}/-/ready", auth=auth) == 401
     assert http_status(f"{prometheus}/-/ready", auth=("admin", PROMETHEUS_PASSWORD + "-new")) == 200
+
+
+def test_alertmanager_role_runs_the_rendered_config_behind_basic_auth(hosts, ansible, inventory, engine, tmp_path):
+    from mlops_assets.monitoring import render
+    from mlops_assets.monitoring.alertmanager_config import AlertRouting, Smtp
+
+    repository, tag, archive = archived_image(engine, "alertmanager")
+    # What `dashboards` renders with a webhook and e-mail (the password file as the container sees it).
+    routing = AlertRouting(webhook_url="http://172.17.0.1:9097/alerts",
+                           smtp=Smtp("smtp.example.org:587", "am@example.org", "ops@example.org", "am",
+                                     "/etc/alertmanager/smtp_password"))
+    out = tmp_path / "rendered"
+    render.write(render.render_all(render.default_profile(), render.RenderSettings(routing=routing)), out)
+    rendered = out / render.ALERTMANAGER_FILE
+    variables = {"alertmanager_image_source": "archive", "alertmanager_image_repository": repository,
+                 "alertmanager_image_tag": tag, "alertmanager_image_archive": archive,
+                 "alertmanager_config_src": str(rendered), "alertmanager_smtp_password": "smtp-secret-1"}
+    with pytest.raises(AnsibleError) as failure:  # no web password: a clear refusal
+        ansible.run_playbook(inventory, "tests/alertmanager.yml", extra_vars=variables)
+    assert "monitoring failed at task 'Check that the web password is set from a secret'" in str(failure.value)
+    variables["alertmanager_web_password"] = ALERTMANAGER_PASSWORD
+    converge_twice(ansible, inventory, "tests/alertmanager.yml", "alertmanager", **variables)
+
+    folder = "/etc/mlops-assets/alertmanager"
+    files = hosts.exec("monitoring", f"cd {folder} && stat -c '%n %a %u:%g' alertmanager.yml smtp_password web.yml").stdout
+    assert files.split("\n")[:3] == [f"{name} 640 0:65534" for name in ("alertmanager.yml", "smtp_password", "web.yml")]
+    assert hosts.exec("monitoring", f"cat {folder}/alertmanager.yml").stdout == rendered.read_text()
+    assert ALERTMANAGER_PASSWORD not in hosts.exec("monitoring", f"cat {folder}/web.yml").stdout
+    alertmanager = f"http://{hosts.address('monitoring')}:9093"
+    auth = ("admin", ALERTMANAGER_PASSWORD)
+    assert http_status(f"{alertmanager}/api/v2/status") == 401
+    assert http_status(f"{alertmanager}/-/ready", auth=("admin", "wrong-password-1")) == 401
+    _, status = http_json(f"{alertmanager}/api/v2/status", auth=auth)
+    assert "mlops-critical" in status["config"]["original"] and status["cluster"]["status"] == "disabled"
+
+    # Without a rendered file (before the first `dashboards`): the role's own, delivering nowhere.
+    again = ansible.run_playbook(inventory, "tests/alertmanager.yml", extra_vars={**variables, "alertmanager_config_src": ""})
+    assert again.per_host["monitoring"]["changed"] >= 1
+    _, status = http_json(f"{alertmanager}/api/v2/status", auth=auth)
+    assert "mlops-critical" not in status["config"]["original"] and "receiver: \"null\"" in status["config"]["original"]
 
 
 def test_grafana_role_renders_its_configuration(hosts, ansible, inventory, tmp_path):
@@ -318,8 +366,8 @@ def test_unreachable_host_is_named_with_its_task(hosts, ansible):
 
 
 def test_deployed_hosts_then_the_api_through_the_asset_code(hosts, ansible, inventory, engine, tmp_path):
-    """deployed_hosts runs site.yml's base plays (the sim target's settings: Prometheus from the
-    local archive, Grafana rendered only); a second materialization changes nothing and keeps
+    """deployed_hosts runs site.yml's base plays (the sim target's settings: Prometheus and
+    Alertmanager from the local archives, Grafana rendered only); a second materialization changes nothing and keeps
     the data version. Then the hosts' API deployer (ImageOnApiHosts) ships the image and predicts
     through the API host's address."""
     import logging
@@ -339,7 +387,8 @@ def test_deployed_hosts_then_the_api_through_the_asset_code(hosts, ansible, inve
         playbook_dir=ansible.playbook_dir, work_dir=ansible.work_dir, private_key_file=ansible.private_key_file,
         known_hosts_file=ansible.known_hosts_file, host_key_checking="strict",
         secret_extra_vars_env={"grafana_admin_password": "MLOPS_TEST_UNSET_GRAFANA_PASSWORD",
-                               "prometheus_web_password": "MLOPS_TEST_UNSET_PROMETHEUS_PASSWORD"},
+                               "prometheus_web_password": "MLOPS_TEST_UNSET_PROMETHEUS_PASSWORD",
+                               "alertmanager_web_password": "MLOPS_TEST_UNSET_ALERTMANAGER_PASSWORD"},
         generated_secrets_dir=str(tmp_path / "secrets"),
         extra_vars={"prometheus_rule_files_dir": str(rendered / "prometheus/rules"),
                     "grafana_dashboards_src_dir": str(rendered / "dashboards")},

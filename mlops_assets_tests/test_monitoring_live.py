@@ -92,9 +92,9 @@ def live(serving_api, test_split, trained_home, tmp_path_factory):
     from mlops_assets.ml.data import DEFAULT_SOURCE, DEFAULT_TARGET, SplitSpec, build_dataset
     from mlops_assets.resources.prometheus import LocalPrometheus
 
-    port, node_port, gateway_port = free_ports(3)
+    port, node_port, gateway_port, alertmanager_port = free_ports(4)
     prometheus = LocalPrometheus(state_dir=str(tmp_path_factory.mktemp("prometheus")), port=port, node_exporter_port=node_port,
-                                 pushgateway_port=gateway_port)
+                                 pushgateway_port=gateway_port, alertmanager_port=alertmanager_port)
     out = tmp_path_factory.mktemp("monitoring")
     api = DeployedApi(
         url=serving_api.url,
@@ -214,6 +214,11 @@ def test_the_asset_provisions_prometheus(live):
     assert output.data_version.value == render.content_hash({p: (live["out"] / p).read_text() for p in output.value.files})
     loaded = {rule["name"] for group in prometheus.rule_groups() for rule in group["rules"]}
     assert {r.get("alert") or r["record"] for r in _rules(live["out"])} == loaded
+    # The Alertmanager beside it runs and Prometheus sends to it; no receiver is configured here.
+    assert prometheus.alertmanager_pid() is not None and meta["alertmanager_url"].value == prometheus.alertmanager_url
+    active = prometheus.http.api("alertmanagers")["activeAlertmanagers"]
+    assert [a["url"] for a in active] == [f"{prometheus.alertmanager_url}/api/v2/alerts"]
+    assert meta["alert_delivery"].value.startswith("no receiver configured")
     # The load produced what the panels need: answers, rejected inputs, an oversized body.
     statuses = live["statuses"]
     assert statuses.get(200, 0) > 50 and statuses.get(422) and statuses.get(413), statuses
@@ -339,10 +344,11 @@ def test_reload_keeps_the_same_server(live):
     assert prometheus.pid() == pid and prometheus._ready()
 
 
-def test_stop_ends_prometheus_node_exporter_and_pushgateway(live):
+def test_stop_ends_prometheus_node_exporter_pushgateway_and_alertmanager(live):
     prometheus = live["prometheus"]
-    pids = [prometheus.pid(), prometheus.node_exporter_pid(), prometheus.pushgateway_pid()]
+    pids = [prometheus.pid(), prometheus.node_exporter_pid(), prometheus.pushgateway_pid(), prometheus.alertmanager_pid()]
     assert all(pids)
     assert prometheus.stop() is True
     assert prometheus.pid() is None and prometheus.node_exporter_pid() is None and prometheus.pushgateway_pid() is None
+    assert prometheus.alertmanager_pid() is None
     assert not [p for p in pids if __import__("os").path.exists(f"/proc/{p}/cmdline") and open(f"/proc/{p}/cmdline").read()]

@@ -37,7 +37,7 @@ def test_committed_files_equal_a_fresh_render(fresh):
     committed = {
         str(p.relative_to(COMMITTED)): p.read_text()
         for p in COMMITTED.rglob("*")
-        if p.is_file() and p.relative_to(COMMITTED).parts[0] in ("dashboards", "provisioning", "prometheus")
+        if p.is_file() and p.relative_to(COMMITTED).parts[0] in render.OWNED_FOLDERS
     }
     assert sorted(committed) == sorted(fresh), "run `make dashboards` and commit grafana_dashboards/"
     stale = [path for path, text in fresh.items() if committed[path] != text]
@@ -54,6 +54,34 @@ def test_promtool_accepts_the_config_and_rules(promtool):
     rules = sorted((COMMITTED / render.RULES_DIR).glob("*.yml"))
     assert len(rules) == 3  # api, model, pipeline
     assert "SUCCESS" in promtool.check_rules(*rules)
+
+
+def test_amtool_accepts_the_alertmanager_config_with_and_without_receivers(tmp_path, profile):
+    from mlops_assets.monitoring.alertmanager_config import AlertRouting, Smtp
+    from mlops_assets.resources.prometheus import Amtool
+
+    assert "SUCCESS" in Amtool().check_config(COMMITTED / render.ALERTMANAGER_FILE)  # no receiver: null
+    routing = AlertRouting(webhook_url="http://127.0.0.1:9/hook",
+                           smtp=Smtp("smtp.example.org:587", "am@example.org", "ops@example.org", "am", str(tmp_path / "pw")))
+    render.write(render.render_all(profile, render.RenderSettings(routing=routing)), tmp_path)
+    assert "3 receivers" in Amtool().check_config(tmp_path / render.ALERTMANAGER_FILE)  # null, critical, warning
+    assert (tmp_path / render.ALERTMANAGER_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_amtool_refuses_a_broken_alertmanager_config(tmp_path, fresh):
+    from mlops_assets.resources.prometheus import Amtool, PrometheusError
+
+    render.write(fresh, tmp_path)
+    config = tmp_path / render.ALERTMANAGER_FILE
+    # The root route names a receiver that does not exist.
+    config.write_text(config.read_text().replace("  receiver: 'null'\n  group_by", "  receiver: nobody\n  group_by"))
+    with pytest.raises(PrometheusError, match=r"amtool check-config .*\n.*undefined receiver \"nobody\""):
+        Amtool().check_config(config)
+
+
+def test_the_rendered_prometheus_config_sends_alerts_to_the_alertmanager(fresh):
+    alerting = yaml.safe_load(fresh[render.CONFIG_FILE])["alerting"]
+    assert alerting == {"alertmanagers": [{"static_configs": [{"targets": list(render.DEFAULT_ALERTMANAGER_TARGETS)}]}]}
 
 
 def test_promtool_rule_unit_tests_pass(promtool):

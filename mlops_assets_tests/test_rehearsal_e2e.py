@@ -6,10 +6,13 @@ materializes the whole graph: dataset -> candidate_models -> selected_model -> c
 through the provider test double) -> deployed_hosts (test hosts at the instances' private
 addresses, Ansible over real SSH: Docker, Prometheus from a locally built image, Grafana
 rendered only) -> deployed_api (the image shipped to the api host and run by the `api` role)
--> dashboards (rules and dashboards provisioned on the monitoring host).
+-> dashboards (rules, dashboards and Alertmanager's routes provisioned on the monitoring host).
 
 Then: a prediction through the api host's address answers like the pipeline's champion;
-Prometheus on the monitoring host has the api target up and served-prediction series. The
+Prometheus on the monitoring host has the api target up and served-prediction series; the API
+container stopped, MlopsApiTargetDown reaches a webhook receiver the test runs on the
+monitoring host (its `for:` and Alertmanager's waits shortened by MLOPS_ALERT_TIMINGS), and
+started again, the resolved notice arrives too. The
 lazy-rebuild scenarios follow, each one `cli run`: no change (only the live-service checks
 run, and they find everything in place: no build, no Ansible, the container not restarted);
 new hyperparameters (retraining, the champion stays, nothing downstream rebuilds); a serving
@@ -47,6 +50,8 @@ from mlops_assets_tests.lazy_stack import images_built_in, remove_images
 pytestmark = [pytest.mark.stack, pytest.mark.root]
 
 PHASES: dict[str, float] = {}
+# Docker's default bridge address inside the monitoring host, and a free port there.
+RECEIVER_ADDRESS, RECEIVER_PORT = "172.17.0.1", 9097
 ASSETS = ["dataset", "candidate_models", "selected_model", "container_image", "tofu_state", "deployed_hosts",
           "deployed_api", "dashboards"]
 
@@ -59,6 +64,11 @@ def _env(home: Path) -> dict[str, str]:
     from mlops_assets.rehearsal.engine import docker_host
 
     env["DOCKER_HOST"] = docker_host()  # Podman set up when no engine answers (scripts/setup_podman.sh)
+    # Alertmanager on the monitoring host delivers to the receiver that
+    # test_a_stopped_api_fires_target_down_at_a_webhook_and_its_start_resolves_it runs there, on
+    # the host's Docker bridge (reachable from its containers only); every run renders the same.
+    env.update(MLOPS_ALERT_WEBHOOK_URL=f"http://{RECEIVER_ADDRESS}:{RECEIVER_PORT}/alerts",
+               MLOPS_ALERT_TIMINGS="group_wait=2s,group_interval=5s,target_down_for=15s")
     return env
 
 
@@ -247,7 +257,89 @@ def test_prometheus_on_the_monitoring_host_scrapes_the_api(rehearsal):
     rendered = sorted(p.name for p in (rehearsal["home"] / "monitoring" / "dashboards").glob("*.json"))
     assert rendered and hosts.exec("mlops-assets-monitoring", f"ls {grafana}/dashboards").stdout.split() == rendered
     assert "[auth.anonymous]\nenabled = false" in hosts.exec("mlops-assets-monitoring", f"cat {grafana}/grafana.ini").stdout
-    assert hosts.exec("mlops-assets-monitoring", "docker ps -a --format '{{.Names}}'").stdout.split() == ["prometheus"]
+    assert sorted(hosts.exec("mlops-assets-monitoring", "docker ps -a --format '{{.Names}}'").stdout.split()) == [
+        "alertmanager", "prometheus"]
+
+
+# A webhook receiver for the monitoring host: appends each POSTed body as one JSON line.
+RECEIVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Receiver(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open(sys.argv[3], "ab") as log:
+            log.write(body.replace(b"\\n", b" ") + b"\\n")
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer((sys.argv[1], int(sys.argv[2])), Receiver).serve_forever()
+"""
+
+
+def _notice(hosts, status: str, timeout_s: float) -> tuple[dict, float]:
+    """The first notice of MlopsApiTargetDown with `status` the receiver got, and when."""
+    started = time.monotonic()
+    while time.monotonic() < started + timeout_s:
+        lines = hosts.exec("mlops-assets-monitoring", "cat /tmp/alerts.jsonl 2>/dev/null", check=False).stdout.splitlines()
+        for notice in map(json.loads, lines):
+            if notice["status"] == status and any(a["labels"]["alertname"] == "MlopsApiTargetDown" for a in notice["alerts"]):
+                return notice, round(time.monotonic() - started, 1)
+        time.sleep(2)
+    log = hosts.exec("mlops-assets-monitoring", "docker logs --tail 20 alertmanager 2>&1", check=False).stdout
+    raise AssertionError(f"no {status} MlopsApiTargetDown at the receiver within {timeout_s:.0f}s; Alertmanager's log:\n{log}")
+
+
+def test_a_stopped_api_fires_target_down_at_a_webhook_and_its_start_resolves_it(rehearsal):
+    assert rehearsal["first"].returncode == 0, _tail(rehearsal["first"])
+    home, hosts, monitoring, api = rehearsal["home"], rehearsal["hosts"], "mlops-assets-monitoring", "mlops-assets-api"
+    latest = _latest(home)
+    assert "webhook at" in latest["dashboards"][1]["alert_delivery"]
+    inventory = latest["tofu_state"][1]["ansible_inventory"]["all"]["children"]
+    address = inventory["monitoring"]["hosts"][monitoring]["ansible_host"]
+    api_address = inventory["api"]["hosts"][api]["ansible_host"]
+    # Alertmanager answers only with its basic auth (the rehearsal's generated password).
+    alertmanager = f"http://{address}:9093"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _get_json(f"{alertmanager}/api/v2/status")
+    assert refused.value.code == 401
+    password = (home / "rehearsal" / "secrets" / "alertmanager_web_password").read_text().strip()
+    assert _get_json(f"{alertmanager}/api/v2/status", auth=("admin", password))["cluster"]["status"] == "disabled"
+    assert RECEIVER_ADDRESS in hosts.exec(monitoring, "ip -4 -o addr show docker0").stdout, "Docker's bridge moved"
+    hosts.exec(monitoring, "cat > /tmp/alert-receiver.py; rm -f /tmp/alerts.jsonl", input=RECEIVER)
+    hosts.exec(monitoring, f"setsid python3 /tmp/alert-receiver.py {RECEIVER_ADDRESS} {RECEIVER_PORT} /tmp/alerts.jsonl "
+                           "</dev/null >/tmp/alert-receiver.log 2>&1 & echo $! > /tmp/alert-receiver.pid")
+    readyz = latest["deployed_api"][1]["url"].removesuffix("/docs") + "/readyz"
+    started = time.monotonic()
+    try:
+        hosts.exec(api, "docker stop mlops-api")
+        firing, fired_after = _notice(hosts, "firing", timeout_s=150)
+        hosts.exec(api, "docker start mlops-api")
+        resolved, resolved_after = _notice(hosts, "resolved", timeout_s=150)
+    finally:
+        hosts.exec(api, "docker start mlops-api", check=False)  # whatever failed: the API runs again
+        hosts.exec(monitoring, "kill $(cat /tmp/alert-receiver.pid)", check=False)
+        PHASES["alert: API stopped -> firing at the webhook -> started -> resolved"] = round(time.monotonic() - started, 1)
+    for notice in (firing, resolved):
+        assert notice["receiver"] == "mlops-critical", notice
+        alert = next(a for a in notice["alerts"] if a["labels"]["alertname"] == "MlopsApiTargetDown")
+        assert alert["labels"]["severity"] == "critical" and alert["labels"]["instance"] == f"{api_address}:8080", alert
+    PHASES["  firing delivered after the stop / resolved after the start (s)"] = f"{fired_after} / {resolved_after}"
+    # The next scenarios find the API as it was deployed: ready with the champion.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if str(_get_json(readyz, timeout=5)["model"]["version"]) == str(latest["deployed_api"][1]["model_version"]):
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(2)
+    else:
+        raise AssertionError(f"{readyz} not ready again within 120 s of `docker start`")
 
 
 LIVE_SERVICE_CHECKS = {"container_image", "deployed_api", "dashboards"}

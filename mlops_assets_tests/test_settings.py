@@ -13,14 +13,14 @@ def test_local_ports_move_every_local_listener(tmp_path):
         "MLOPS_HOME": str(tmp_path),
         "MLOPS_LOCAL_PORTS": "api=18000, metrics=18080,ray_gcs=16379,ray_client=20001,haproxy_metrics=19101,"
                              "haproxy_stats=18404,serve_fallback=18500,replicas=33000-33099,prometheus=19090,"
-                             "node_exporter=19100",
+                             "node_exporter=19100,alertmanager=19093",
     })
     resources = resources_for(settings)
     api, prometheus = resources["api_deployer"].ray_serve, resources["monitoring"].prometheus
     assert (api.api_port, api.metrics_port, api.gcs_port, api.client_port) == (18000, 18080, 16379, 20001)
     assert (api.haproxy_metrics_port, api.haproxy_stats_port, api.fallback_proxy_port) == (19101, 18404, 18500)
     assert (api.replica_port_min, api.replica_port_max) == (33000, 33099)
-    assert (prometheus.port, prometheus.node_exporter_port) == (19090, 19100)
+    assert (prometheus.port, prometheus.node_exporter_port, prometheus.alertmanager_port) == (19090, 19100, 19093)
     assert settings.prometheus_url == "http://127.0.0.1:19090"  # what the drift sensor reads
     inventory = resources["infrastructure"].provision(lambda message: None).outputs["ansible_inventory"]
     assert inventory["all"]["vars"] == {"api_port": 18000, "metrics_port": 18080}

@@ -1,5 +1,5 @@
-"""scripts/setup_prometheus.sh on this machine: Debian's `prometheus`, `prometheus-node-exporter`
-and `prometheus-pushgateway` services are left disabled and masked, so that no reboot starts
+"""scripts/setup_prometheus.sh on this machine: Debian's `prometheus`, `prometheus-node-exporter`,
+`prometheus-pushgateway` and `prometheus-alertmanager` services are left disabled and masked, so that no reboot starts
 them (they would listen on every interface and take the local Prometheus's ports).
 
 The services are first put back the way Debian's packages leave them (enabled: the
@@ -16,7 +16,7 @@ from mlops_assets.settings import PROJECT_ROOT
 
 pytestmark = [pytest.mark.service, pytest.mark.root]
 
-SERVICES = ("prometheus", "prometheus-node-exporter", "prometheus-pushgateway")
+SERVICES = ("prometheus", "prometheus-node-exporter", "prometheus-pushgateway", "prometheus-alertmanager")
 SYSTEMD = Path("/etc/systemd/system")
 
 

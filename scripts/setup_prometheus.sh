@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs Debian's `prometheus` package (server + promtool), `prometheus-node-exporter` and
-# `prometheus-pushgateway` if missing: the local Prometheus that `make run` starts (with a
-# node_exporter on loopback for the hosts dashboard, and a Pushgateway on loopback that the
-# pipeline pushes its metrics to) and the rules/config checks of the tests need them.
+# Installs Debian's `prometheus` package (server + promtool), `prometheus-node-exporter`,
+# `prometheus-pushgateway` and `prometheus-alertmanager` (server + amtool) if missing: the local
+# Prometheus that `make run` starts (with a node_exporter on loopback for the hosts dashboard, a
+# Pushgateway on loopback that the pipeline pushes its metrics to, and an Alertmanager on loopback
+# that delivers the alerts) and the rules/config checks of the tests need them.
 # Called by `make run` and `make test` (so also by .ci/run). Idempotent and quiet when
 # prometheus and promtool are already on PATH.
 #
@@ -14,7 +15,7 @@
 # Machines set up by an earlier version of this script get the masks on the next run.
 set -euo pipefail
 
-debian_services=(prometheus prometheus-node-exporter prometheus-pushgateway)
+debian_services=(prometheus prometheus-node-exporter prometheus-pushgateway prometheus-alertmanager)
 
 # True when every Debian service is masked and has no SysV start link.
 services_blocked() {
@@ -48,7 +49,8 @@ block_services() {
 
 installed=0
 if command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v prometheus-node-exporter >/dev/null \
-  && command -v prometheus-pushgateway >/dev/null; then
+  && command -v prometheus-pushgateway >/dev/null && command -v prometheus-alertmanager >/dev/null \
+  && command -v amtool >/dev/null; then
   installed=1
 fi
 if [ "$installed" = 1 ] && services_blocked; then
@@ -65,7 +67,7 @@ if [ "$installed" = 1 ]; then
 fi
 if [ "$(id -u)" != 0 ]; then
   echo "prometheus is not installed and this is not root: run" >&2
-  echo "'sudo apt-get install --no-install-recommends prometheus prometheus-node-exporter prometheus-pushgateway'" >&2
+  echo "'sudo apt-get install --no-install-recommends prometheus prometheus-node-exporter prometheus-pushgateway prometheus-alertmanager'" >&2
   echo "(or 'sudo $0'), then 'make run' again" >&2
   exit 1
 fi
@@ -81,8 +83,8 @@ cleanup() { if [ "$created_policy" = 1 ]; then rm -f "$policy"; fi; }
 trap cleanup EXIT
 
 export DEBIAN_FRONTEND=noninteractive
-packages=(prometheus prometheus-node-exporter prometheus-pushgateway)
-echo "installing Debian's ${packages[*]} (server, promtool, node_exporter, Pushgateway)..."
+packages=(prometheus prometheus-node-exporter prometheus-pushgateway prometheus-alertmanager)
+echo "installing Debian's ${packages[*]} (server, promtool, node_exporter, Pushgateway, Alertmanager, amtool)..."
 if ! apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null

@@ -1,7 +1,7 @@
 """The Prometheus configuration: scrape the API's metrics port (Ray's metrics export port)
 on each API host, the hosts' node_exporters and the Pushgateway that holds the pipeline's
 metrics (with `honor_labels`: the pushed `job`, `asset` and `target` labels are kept), load
-the rule files beside it."""
+the rule files beside it, send the alerts to the Alertmanagers named (alertmanager_config.py)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,13 @@ def prometheus_config(
     evaluation_interval: str = "15s",
     rule_files: Sequence[str] = RULE_FILES,
     pushgateway_targets: Sequence[str] = (),
+    alertmanager_targets: Sequence[str] = (),
 ) -> str:
     """`api_targets` are host:port of the API's metrics endpoints; `host_targets` optional
     node_exporter endpoints (none are deployed by this project yet: see hosts_dashboard);
-    `pushgateway_targets` optional Pushgateway endpoints (the local target's, on loopback)."""
+    `pushgateway_targets` optional Pushgateway endpoints (the local target's, on loopback);
+    `alertmanager_targets` host:port of the Alertmanagers that receive the alerts (none: the
+    alerts are only listed in Prometheus)."""
     if not api_targets:
         raise ValueError("prometheus_config needs at least one API metrics target (host:port)")
     scrape_configs = [
@@ -48,4 +51,6 @@ def prometheus_config(
         "rule_files": list(rule_files),
         "scrape_configs": scrape_configs,
     }
+    if alertmanager_targets:
+        document["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": sorted(alertmanager_targets)}]}]}
     return dump(document)

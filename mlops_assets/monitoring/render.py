@@ -14,6 +14,7 @@ Layout (what the Ansible `prometheus` and `grafana` roles copy):
     prometheus/prometheus.yml               scrape config; loads rules/*.yml beside it
     prometheus/rules/*.rules.yml            recording and alert rules
     prometheus/tests/alerts.test.yml        promtool unit tests of the alerts
+    alertmanager/alertmanager.yml           routes by severity to the configured receivers
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import api_dashboard, hosts_dashboard, model_dashboard, pipeline_dashboard
+from .alertmanager_config import AlertRouting, alertmanager_config
 from .profile import TrainingProfile
 from .prometheus_config import prometheus_config
 from .provisioning import DEFAULT_DASHBOARDS_PATH, dashboards_provider_yaml, datasource_yaml
@@ -38,7 +40,10 @@ DASHBOARD_BUILDERS = {"mlops-api.json": api_dashboard.build, "mlops-model.json":
 CONFIG_FILE = "prometheus/prometheus.yml"
 RULES_DIR = "prometheus/rules"
 TESTS_FILE = "prometheus/tests/alerts.test.yml"
+ALERTMANAGER_FILE = "alertmanager/alertmanager.yml"
+OWNED_FOLDERS = ("dashboards", "provisioning", "prometheus", "alertmanager")
 DEFAULT_API_TARGETS = ("127.0.0.1:8080",)
+DEFAULT_ALERTMANAGER_TARGETS = ("127.0.0.1:9093",)
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 
 
@@ -47,11 +52,13 @@ class RenderSettings:
     api_targets: Sequence[str] = DEFAULT_API_TARGETS
     host_targets: Sequence[str] = ()
     pushgateway_targets: Sequence[str] = ()
+    alertmanager_targets: Sequence[str] = DEFAULT_ALERTMANAGER_TARGETS  # where Prometheus sends its alerts
     prometheus_url: str = DEFAULT_PROMETHEUS_URL  # what Grafana's datasource points at
     dashboards_path: str = DEFAULT_DASHBOARDS_PATH  # where Grafana finds the dashboards' JSON
     scrape_interval: str = "15s"
     evaluation_interval: str = "15s"
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    routing: AlertRouting = field(default_factory=AlertRouting)
 
 
 def dashboard_json(build) -> str:
@@ -71,8 +78,9 @@ def render_all(profile: TrainingProfile, settings: RenderSettings = RenderSettin
     files["provisioning/dashboards/mlops-assets.yaml"] = dashboards_provider_yaml(settings.dashboards_path)
     files[CONFIG_FILE] = prometheus_config(
         settings.api_targets, settings.host_targets, settings.scrape_interval, settings.evaluation_interval,
-        pushgateway_targets=settings.pushgateway_targets,
+        pushgateway_targets=settings.pushgateway_targets, alertmanager_targets=settings.alertmanager_targets,
     )
+    files[ALERTMANAGER_FILE] = alertmanager_config(settings.routing)
     groups = rule_groups(profile, settings.alerts)
     for name, document in groups.items():
         files[f"{RULES_DIR}/{name}"] = dump(document)
@@ -89,7 +97,8 @@ def content_hash(files: dict[str, str]) -> str:
 
 def write(files: dict[str, str], out_dir: str | Path) -> list[Path]:
     """Write the tree; files of an earlier render that are no longer rendered are removed
-    (only under the folders this renderer owns)."""
+    (only under the folders this renderer owns). Alertmanager's file may name a webhook URL
+    with a token in it: readable by its owner only."""
     out = Path(out_dir)
     written = []
     for path, text in files.items():
@@ -97,8 +106,10 @@ def write(files: dict[str, str], out_dir: str | Path) -> list[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists() or target.read_text() != text:
             target.write_text(text)
+        if path == ALERTMANAGER_FILE:
+            target.chmod(0o600)
         written.append(target)
-    for owned in ("dashboards", "provisioning", "prometheus"):
+    for owned in OWNED_FOLDERS:
         for stale in (out / owned).rglob("*") if (out / owned).exists() else []:
             if stale.is_file() and str(stale.relative_to(out)) not in files:
                 stale.unlink()
@@ -121,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-target", action="append", help="host:port of an API metrics endpoint (repeatable)")
     parser.add_argument("--host-target", action="append", default=[], help="host:port of a node_exporter (repeatable)")
     parser.add_argument("--pushgateway-target", action="append", default=[], help="host:port of a Pushgateway (repeatable)")
+    parser.add_argument("--alertmanager-target", action="append", default=[], help="host:port of an Alertmanager (repeatable)")
     parser.add_argument("--prometheus-url", default=DEFAULT_PROMETHEUS_URL, help="the URL Grafana's datasource uses")
     parser.add_argument("--dashboards-path", default=DEFAULT_DASHBOARDS_PATH, help="where Grafana reads the dashboards")
     parser.add_argument("--check", action="store_true", help="exit 1 if the files in --out differ from a fresh render")
@@ -129,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         api_targets=tuple(args.api_target or DEFAULT_API_TARGETS),
         host_targets=tuple(args.host_target),
         pushgateway_targets=tuple(args.pushgateway_target),
+        alertmanager_targets=tuple(args.alertmanager_target or DEFAULT_ALERTMANAGER_TARGETS),
         prometheus_url=args.prometheus_url,
         dashboards_path=args.dashboards_path,
     )

@@ -59,16 +59,25 @@ def _case(name: str, series: list[dict], checks: list[tuple[str, str, list[dict]
     }
 
 
-def target_cases(expect: _Expect) -> list[dict]:
+def _minutes(duration: str) -> int:
+    """A Prometheus duration (30s, 2m, 1h30m), in whole minutes rounded up."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    seconds = sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smhd])", duration))
+    return -(-seconds // 60)
+
+
+def target_cases(expect: _Expect, settings: AlertSettings) -> list[dict]:
     target = {**JOB, "instance": INSTANCE}
+    # Scrapes fail from minute 6: pending from then, firing once `for` has passed.
+    wait = _minutes(settings.target_down_for)
     return [
         _case(
-            "target down: fires after 2m of failed scrapes, not before",
+            f"target down: fires after {settings.target_down_for} of failed scrapes, not before",
             [_series("up", "1x5 0x15", **target)],
             [
                 ("5m", "MlopsApiTargetDown", []),
-                ("7m", "MlopsApiTargetDown", []),
-                ("10m", "MlopsApiTargetDown", [expect.alert("MlopsApiTargetDown", target)]),
+                (f"{5 + wait}m", "MlopsApiTargetDown", []),
+                (f"{8 + wait}m", "MlopsApiTargetDown", [expect.alert("MlopsApiTargetDown", target)]),
             ],
         ),
         _case(
@@ -290,7 +299,7 @@ def rule_tests(profile: TrainingProfile, rule_files: list[str], settings: AlertS
         "rule_files": rule_files,
         "evaluation_interval": "1m",
         "tests": [
-            *target_cases(expect),
+            *target_cases(expect, settings),
             *burn_rate_cases(expect),
             *latency_cases(expect, settings),
             *no_predictions_cases(expect, settings),

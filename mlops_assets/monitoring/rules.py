@@ -41,6 +41,9 @@ class AlertSettings:
     availability_slo: float = 0.995  # share of requests not answered with a 5xx
     latency_p99_slo_s: float = 0.25  # POST /predict, measured by the app
     no_predictions_for: str = "30m"
+    # How long the API's metrics endpoint must fail before MlopsApiTargetDown fires (a test
+    # shortens it through MLOPS_ALERT_TIMINGS target_down_for=...).
+    target_down_for: str = "2m"
 
 
 # -- recording rules ---------------------------------------------------------------------------
@@ -102,15 +105,15 @@ def served_distribution_rules() -> list[dict]:
 
 
 # -- alerts ------------------------------------------------------------------------------------
-def target_down() -> dict:
+def target_down(settings: AlertSettings) -> dict:
     return {
         "alert": "MlopsApiTargetDown",
         "expr": f"up{{{API}}} == 0",
-        "for": "2m",
+        "for": settings.target_down_for,
         "labels": {"severity": "critical"},
         "annotations": {
             "summary": "The prediction API's metrics endpoint cannot be scraped.",
-            "description": "Prometheus has failed to scrape {{ $labels.instance }} (job {{ $labels.job }}) for 2 minutes: "
+            "description": f"Prometheus has failed to scrape {{{{ $labels.instance }}}} (job {{{{ $labels.job }}}}) for {settings.target_down_for}: "
             "the API host or its Ray instance is down, or the metrics port is blocked.",
         },
     }
@@ -304,7 +307,7 @@ def rule_groups(profile: TrainingProfile, settings: AlertSettings = AlertSetting
             {
                 "name": "mlops-api.alerts",
                 "rules": [
-                    target_down(),
+                    target_down(settings),
                     target_absent(),
                     *error_budget_burn(settings),
                     latency_p99_high(settings),

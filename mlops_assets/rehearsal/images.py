@@ -6,7 +6,9 @@
   the metrics port); `broken=True` makes one whose /readyz never becomes ready (rollback tests);
 - Prometheus from Debian's `prometheus` package, with prom/prometheus's layout (entrypoint the
   binary, user nobody, data in /prometheus), so the `prometheus` role runs it exactly as it
-  would run the official image, through the same variables.
+  would run the official image, through the same variables;
+- Alertmanager from Debian's `prometheus-alertmanager` package, laid out like prom/alertmanager
+  (entrypoint the binary, user nobody, data in /alertmanager), for the `alertmanager` role.
 
 Images are built once per engine (the tag is a hash of the build context) and saved as
 archives under the cache folder.
@@ -23,6 +25,7 @@ from mlops_assets.offline_base import BASE_IMAGE, default_cache_dir, ensure_base
 
 TEST_API_REPOSITORY = "localhost/mlops-test-api"
 PROMETHEUS_REPOSITORY = "localhost/mlops-prometheus"
+ALERTMANAGER_REPOSITORY = "localhost/mlops-alertmanager"
 
 _TEST_API_SERVER = r'''
 import json, os, sys
@@ -89,18 +92,20 @@ EXPOSE 8000 8080
 CMD ["python3", "/srv/server.py"]
 """
 
-_PROMETHEUS_DOCKERFILE = """\
+# A server from a Debian package laid out like its official prom/ image: the binary as entrypoint,
+# user nobody, its data in /{name}, its configuration under /etc/{name}.
+_DEBIAN_SERVER_DOCKERFILE = """\
 FROM {base}
 RUN apt-get update -qq \\
- && apt-get install -y -qq --no-install-recommends prometheus \\
+ && apt-get install -y -qq --no-install-recommends {package} \\
  && rm -rf /var/lib/apt/lists/* \\
- && mkdir -p /prometheus /etc/prometheus \\
- && chown nobody:nogroup /prometheus
+ && mkdir -p /{name} /etc/{name} \\
+ && chown nobody:nogroup /{name}
 USER nobody
-WORKDIR /prometheus
-EXPOSE 9090
-ENTRYPOINT ["/usr/bin/prometheus"]
-CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
+WORKDIR /{name}
+EXPOSE {port}
+ENTRYPOINT ["/usr/bin/{package}"]
+CMD ["--config.file=/etc/{name}/{name}.yml", "--{storage_flag}=/{name}"]
 """
 
 
@@ -137,10 +142,22 @@ def build_test_api_image(engine, *, broken: bool = False, tag: str | None = None
     return _build(engine, TEST_API_REPOSITORY, files, tag)
 
 
+def _debian_server_image(engine, repository: str, **layout: str) -> str:
+    ensure_base_image(engine)
+    dockerfile = _DEBIAN_SERVER_DOCKERFILE.format(base=BASE_IMAGE, **layout)
+    return _build(engine, repository, {"Dockerfile": dockerfile}, "debian-bookworm")
+
+
 def build_prometheus_image(engine) -> str:
     """Prometheus from Debian's package, laid out like prom/prometheus; returns repository:tag."""
-    ensure_base_image(engine)
-    return _build(engine, PROMETHEUS_REPOSITORY, {"Dockerfile": _PROMETHEUS_DOCKERFILE.format(base=BASE_IMAGE)}, "debian-bookworm")
+    return _debian_server_image(engine, PROMETHEUS_REPOSITORY, package="prometheus", name="prometheus", port="9090",
+                                storage_flag="storage.tsdb.path")
+
+
+def build_alertmanager_image(engine) -> str:
+    """Alertmanager from Debian's package, laid out like prom/alertmanager; returns repository:tag."""
+    return _debian_server_image(engine, ALERTMANAGER_REPOSITORY, package="prometheus-alertmanager", name="alertmanager",
+                                port="9093", storage_flag="storage.path")
 
 
 def save_archive(engine, reference: str, directory: Path | None = None) -> Path:

@@ -448,8 +448,8 @@ def _per_host(stats: dict) -> dict[str, dict[str, int]]:
 
 
 class RehearsalAnsible(Ansible):
-    """`sim`: the same playbooks, with the images a registry would serve built locally from the
-    offline Debian base (rehearsal/images.py) and loaded from archives through the roles' own
+    """`sim`: the same playbooks, with the images a registry would serve (Prometheus,
+    Alertmanager) built locally from the offline Debian base (rehearsal/images.py) and loaded from archives through the roles' own
     variables; Grafana is rendered only (no Grafana image offline). Before each run, the hosts
     themselves: a rehearsal host (network namespace, own Debian root, sshd) at each address of
     the inventory, accepting tofu_state's generated key (rehearsal/sim_hosts.py)."""
@@ -508,23 +508,22 @@ class RehearsalAnsible(Ansible):
 
     def prepare(self, log: Log) -> dict[str, Any]:
         from mlops_assets.rehearsal.engine import docker_client
-        from mlops_assets.rehearsal.images import build_prometheus_image, save_archive
+        from mlops_assets.rehearsal.images import build_alertmanager_image, build_prometheus_image, save_archive
 
+        variables: dict[str, Any] = {"grafana_render_only": True}
+        role = "prometheus"
         try:
             engine = docker_client()
-            image = build_prometheus_image(engine)
-            archive = save_archive(engine, image, Path(self.images_dir) if self.images_dir else None)
+            for role, build in (("prometheus", build_prometheus_image), ("alertmanager", build_alertmanager_image)):
+                image = build(engine)
+                archive = save_archive(engine, image, Path(self.images_dir) if self.images_dir else None)
+                log(f"sim: {role} image {image} from Debian's package, archive {archive}")
+                repository, _, tag = image.rpartition(":")
+                variables.update({f"{role}_image_source": "archive", f"{role}_image_repository": repository,
+                                  f"{role}_image_tag": tag, f"{role}_image_archive": str(archive)})
         except Exception as exc:  # no engine, no Debian mirror for the build: say what failed
             raise AnsibleError(
-                "sim: could not build the local Prometheus image that replaces prom/prometheus offline "
+                f"sim: could not build the local {role} image that replaces prom/{role} offline "
                 f"(needs a Docker-compatible engine, see scripts/setup_podman.sh): {exc}"
             ) from None
-        log(f"sim: Prometheus image {image} from Debian's package, archive {archive}")
-        repository, _, tag = image.rpartition(":")
-        return {
-            "prometheus_image_source": "archive",
-            "prometheus_image_repository": repository,
-            "prometheus_image_tag": tag,
-            "prometheus_image_archive": str(archive),
-            "grafana_render_only": True,
-        }
+        return variables

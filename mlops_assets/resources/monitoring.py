@@ -11,12 +11,15 @@ renders the files and calls `check()` then `provision()` without knowing which:
   have every rule loaded and scrape the API host. When the previous materialization put these
   very files in service and that Prometheus still answers with them, Ansible is not run.
 
-Both check the files with promtool first; files that passed once (record `promtool_passed`)
-are not tested again.
+Both check the files with promtool and Alertmanager's configuration with amtool first; files
+that passed once (record `promtool_passed`) are not tested again. Both build Alertmanager's
+routing from the settings (a webhook, SMTP, timings; monitoring/alertmanager_config.py): a wrong
+value is a failure naming its variable, no receiver at all is a valid configuration.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +27,11 @@ from urllib.parse import urlparse
 
 import dagster as dg
 
+from mlops_assets.monitoring import alertmanager_config as am
 from mlops_assets.monitoring import render as render_module
 from mlops_assets.resources.ansible import Ansible, AnsibleError
-from mlops_assets.resources.prometheus import LocalPrometheus, PrometheusError, PrometheusHttp, Promtool
+from mlops_assets.resources.prometheus import Amtool, LocalPrometheus, PrometheusError, PrometheusHttp, Promtool
+from mlops_assets.state import atomic_write_text
 from mlops_assets.state import StateFile
 
 
@@ -42,11 +47,18 @@ class Rendered:
     content_hash: str
     expected_rules: int
     api_target: str  # host:port of the API's metrics
+    alertmanager_file: Path
+    # The `dashboards` config's intervals: in the rendered file for the local Prometheus, passed
+    # to the prometheus role on the monitoring host.
+    scrape_interval: str = "15s"
+    evaluation_interval: str = "15s"
 
     @classmethod
-    def of(cls, out_dir: Path, content_hash: str, expected_rules: int, api_target: str) -> "Rendered":
+    def of(cls, out_dir: Path, content_hash: str, expected_rules: int, api_target: str,
+           scrape_interval: str = "15s", evaluation_interval: str = "15s") -> "Rendered":
         return cls(out_dir, out_dir / render_module.CONFIG_FILE, out_dir / render_module.TESTS_FILE,
-                   out_dir / render_module.RULES_DIR, out_dir / "dashboards", content_hash, expected_rules, api_target)
+                   out_dir / render_module.RULES_DIR, out_dir / "dashboards", content_hash, expected_rules, api_target,
+                   out_dir / render_module.ALERTMANAGER_FILE, scrape_interval, evaluation_interval)
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,36 @@ class MonitoringProvisioner(dg.ConfigurableResource):
     out_dir: str  # where `dashboards` renders (same layout as grafana_dashboards/)
     promtool_record: str  # state.RECORDS["promtool_passed"]
     promtool_binary: str = "promtool"
+    amtool_binary: str = "amtool"
+    # Alertmanager's receivers and timings (settings.py: MLOPS_ALERT_*); the webhook URL is
+    # resolved from the environment at run time (it may carry a token).
+    alert_webhook_url: str | None = None
+    alert_smtp: dict[str, str] = {}
+    alert_timings: str = ""
+
+    def smtp_password_file(self) -> str | None:
+        """Where the Alertmanager that reads the rendered file finds the SMTP password (from
+        MLOPS_ALERT_SMTP_PASSWORD, written by the subclass); None: no password file."""
+        return None
+
+    def alert_routing(self) -> tuple[am.AlertRouting, str]:
+        """Alertmanager's routing and the target-down alert's `for`, from the settings."""
+        try:
+            timings, target_down_for = am.parse_timings(self.alert_timings)
+            smtp = self.alert_smtp or {}
+            am.check_smtp(smtp.get("smarthost", ""), smtp.get("from", ""), smtp.get("to", ""))
+            webhook = am.check_webhook_url(self.alert_webhook_url) if self.alert_webhook_url else None
+        except ValueError as exc:
+            raise dg.Failure(description=f"Alertmanager's settings: {exc}") from None
+        email = None
+        if smtp.get("smarthost"):
+            email = am.Smtp(smtp["smarthost"], smtp["from"], smtp["to"], smtp.get("username", ""),
+                            self.smtp_password_file() or "")
+        return am.AlertRouting(webhook, email, timings), target_down_for
+
+    def alertmanager_targets(self, api_prometheus_url: str | None) -> tuple[str, ...]:
+        """host:port of the Alertmanager the rendered Prometheus configuration sends alerts to."""
+        return ()
 
     def host_targets(self) -> tuple[str, ...]:
         """node_exporter addresses this provisioner adds to the scrape config."""
@@ -111,10 +153,11 @@ class MonitoringProvisioner(dg.ConfigurableResource):
         try:
             promtool.check_config(rendered.config_file)  # also checks every rule file it loads
             promtool.test_rules(rendered.tests_file)
+            Amtool(self.amtool_binary).check_config(rendered.alertmanager_file)
         except PrometheusError as exc:
-            raise dg.Failure(description=f"the rendered monitoring files in {rendered.out_dir} failed promtool: {exc}") from None
+            raise dg.Failure(description=f"the rendered monitoring files in {rendered.out_dir} failed their checks: {exc}") from None
         record.write(passed)
-        log.info(f"promtool: config, rules and alert unit tests pass ({rendered.out_dir})")
+        log.info(f"promtool: config, rules and alert unit tests pass; amtool: Alertmanager's config passes ({rendered.out_dir})")
         return True
 
     def provision(self, rendered: Rendered, *, previous: dict[str, Any], api_prometheus_url: str | None,
@@ -148,11 +191,26 @@ class LocalMonitoring(MonitoringProvisioner):
     def datasource_url(self, api_prometheus_url: str | None) -> str:
         return self.prometheus.url
 
+    def alertmanager_targets(self, api_prometheus_url: str | None) -> tuple[str, ...]:
+        target = self.prometheus.alertmanager_target
+        return (target,) if target else ()
+
+    def smtp_password_file(self) -> str | None:
+        """MLOPS_ALERT_SMTP_PASSWORD in a 0600 file of the local Alertmanager's folder."""
+        password = os.environ.get("MLOPS_ALERT_SMTP_PASSWORD")
+        if not password:
+            return None
+        path = self.prometheus.alertmanager_dir / "smtp_password"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != password:
+            atomic_write_text(path, password, mode=0o600)
+        return str(path)
+
     def provision(self, rendered: Rendered, *, previous: dict[str, Any], api_prometheus_url: str | None,
                   inventory: dict | None, targets_up_timeout_s: float, log) -> MonitoringResult:
         prometheus, http = self.prometheus, self.prometheus.http
         try:
-            prometheus.ensure_running(rendered.config_file, log=log)
+            prometheus.ensure_running(rendered.config_file, log=log, alertmanager_config=rendered.alertmanager_file)
             http.wait_until(lambda: rules_loaded(http) == rendered.expected_rules, timeout_s=30,
                             what=f"{rendered.expected_rules} rules to be loaded")
             targets_up = http.wait_until(lambda: (up := http.targets_up()) and all(up.values()) and up,
@@ -160,7 +218,7 @@ class LocalMonitoring(MonitoringProvisioner):
         except PrometheusError as exc:
             raise dg.Failure(description=f"{exc} (Prometheus log: {prometheus.log_file})") from None
         log.info(f"Prometheus at {prometheus.url}: {rendered.expected_rules} rules loaded, targets up: {targets_up}")
-        return MonitoringResult(prometheus.url, targets_up)
+        return MonitoringResult(prometheus.url, targets_up, {"alertmanager_url": prometheus.alertmanager_url or "not run"})
 
     def stop(self) -> bool:
         return self.prometheus.stop()
@@ -175,6 +233,20 @@ class MonitoringHost(MonitoringProvisioner):
     # Prometheus's basic auth there: the prometheus role's web user; the password is the
     # Ansible resource's secret extra var (MLOPS_PROMETHEUS_PASSWORD, generated for sim).
     prometheus_user: str = "admin"
+    # The alertmanager role's published port on the monitoring host (alertmanager_port).
+    alertmanager_port: int = 9093
+
+    def alertmanager_targets(self, api_prometheus_url: str | None) -> tuple[str, ...]:
+        """The monitoring host's Alertmanager (the prometheus role's own template says the same)."""
+        host = urlparse(api_prometheus_url).hostname if api_prometheus_url else None
+        return (f"{host}:{self.alertmanager_port}",) if host else ()
+
+    def alertmanager_url(self, prometheus_url: str) -> str:
+        return f"http://{self.alertmanager_targets(prometheus_url)[0]}"
+
+    def smtp_password_file(self) -> str | None:
+        """Inside the Alertmanager container: the role writes MLOPS_ALERT_SMTP_PASSWORD there."""
+        return "/etc/alertmanager/smtp_password" if os.environ.get("MLOPS_ALERT_SMTP_PASSWORD") else None
 
     def prometheus_http(self, url: str) -> PrometheusHttp:
         password = self.ansible.secret("prometheus_web_password")
@@ -201,13 +273,19 @@ class MonitoringHost(MonitoringProvisioner):
                     "Ansible not run")
                 return MonitoringResult(url, healthy, {
                     "provisioned_by": "unchanged: the monitoring host already runs these files (checked live)",
-                    "changed": 0, "grafana": previous.get("grafana", grafana)})
+                    "changed": 0, "grafana": previous.get("grafana", grafana), "alertmanager_url": self.alertmanager_url(url)})
             log.info(f"{url} does not answer with every rule and the api target up: provisioning again")
         try:
             result = self.ansible.run_playbook(
                 inventory, "site.yml", tags=["hosts"], limit="monitoring", log=log.info,
                 extra_vars={"prometheus_rule_files_dir": str(rendered.rules_dir),
-                            "grafana_dashboards_src_dir": str(rendered.dashboards_dir)},
+                            "prometheus_scrape_interval": rendered.scrape_interval,
+                            "prometheus_evaluation_interval": rendered.evaluation_interval,
+                            "grafana_dashboards_src_dir": str(rendered.dashboards_dir),
+                            "alertmanager_config_src": str(rendered.alertmanager_file),
+                            # read by Alertmanager from a file the role writes (smtp_password_file)
+                            **({"alertmanager_smtp_password": os.environ["MLOPS_ALERT_SMTP_PASSWORD"]}
+                               if self.smtp_password_file() else {})},
             )
         except AnsibleError as exc:
             raise dg.Failure(description=f"provisioning the monitoring host failed: {exc}") from None
@@ -223,7 +301,7 @@ class MonitoringHost(MonitoringProvisioner):
         log.info(f"{url}: {rendered.expected_rules} rules loaded, targets up: {targets_up} (changed={result.changed})")
         return MonitoringResult(url, targets_up, {
             "provisioned_by": "ansible (site.yml, tag hosts, monitoring host)", "changed": result.changed,
-            "per_host": dg.MetadataValue.json(result.per_host), "grafana": grafana})
+            "per_host": dg.MetadataValue.json(result.per_host), "grafana": grafana, "alertmanager_url": self.alertmanager_url(url)})
 
 
 def healthy_targets(http: PrometheusHttp, expected_rules: int, api_target: str) -> dict[str, bool] | None:

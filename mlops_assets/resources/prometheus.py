@@ -11,7 +11,10 @@ materialization pushes its metrics there (monitoring/pipeline_metrics.py) and Pr
 the gateway with `honor_labels`. The gateway keeps what was pushed in a persistence file in
 this resource's state folder, so a restart (`make down`, `make run`) keeps the counters. It is
 started with Prometheus, or before it by `cli run` (a cold run pushes from `dataset` before
-`dashboards` starts Prometheus), and stopped with it.
+`dashboards` starts Prometheus), and stopped with it. And an Alertmanager (Debian's
+`prometheus-alertmanager`), to which Prometheus sends its alerts: configured with the file the
+`dashboards` asset rendered (monitoring/alertmanager_config.py), its silences and notification
+log in this resource's state folder, gossip off (one instance); reloaded with Prometheus.
 
 The binary and promtool come from Debian's package (scripts/setup_prometheus.sh, called by
 `make run` and `make test`); the binary itself needs no root. The process is found again by
@@ -32,7 +35,8 @@ from typing import Any
 
 import dagster as dg
 
-SETUP_HINT = "install it with scripts/setup_prometheus.sh (as root: Debian's `prometheus` package), then retry"
+SETUP_HINT = ("install it with scripts/setup_prometheus.sh (as root: Debian's `prometheus` and `prometheus-alertmanager` "
+              "packages), then retry")
 
 
 class PrometheusError(RuntimeError):
@@ -46,19 +50,26 @@ def _binary(name: str) -> str:
     return found
 
 
-class Promtool:
-    """promtool: checks the configuration and rules, runs the alert rules' unit tests."""
+class _CheckTool:
+    """A checking command line tool (promtool, amtool)."""
 
-    def __init__(self, binary: str = "promtool") -> None:
+    def __init__(self, binary: str) -> None:
         self.binary = binary
 
     def run(self, *args: str, cwd: str | Path | None = None) -> str:
-        """Run promtool; raise with its own output when it fails. Returns its output."""
+        """Run the tool; raise with its own output when it fails. Returns its output."""
         result = subprocess.run([_binary(self.binary), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
         output = (result.stdout + result.stderr).strip()
         if result.returncode != 0:
-            raise PrometheusError(f"`promtool {' '.join(args)}` failed:\n{output}")
+            raise PrometheusError(f"`{Path(self.binary).name} {' '.join(args)}` failed:\n{output}")
         return output
+
+
+class Promtool(_CheckTool):
+    """promtool: checks the configuration and rules, runs the alert rules' unit tests."""
+
+    def __init__(self, binary: str = "promtool") -> None:
+        super().__init__(binary)
 
     def check_config(self, config_file: str | Path) -> str:
         """`promtool check config` (also checks every rule file the config names)."""
@@ -70,6 +81,16 @@ class Promtool:
     def test_rules(self, *test_files: str | Path) -> str:
         """`promtool test rules`: alert unit tests; paths inside a test file are relative to it."""
         return self.run("test", "rules", *map(str, test_files))
+
+
+class Amtool(_CheckTool):
+    """amtool (Debian's `prometheus-alertmanager`): checks Alertmanager's configuration."""
+
+    def __init__(self, binary: str = "amtool") -> None:
+        super().__init__(binary)
+
+    def check_config(self, config_file: str | Path) -> str:
+        return self.run("check-config", str(config_file))
 
 
 class PrometheusHttp:
@@ -142,6 +163,10 @@ class LocalPrometheus(dg.ConfigurableResource):
     pushgateway: bool = True
     pushgateway_port: int = 9091
     pushgateway_binary: str = "prometheus-pushgateway"
+    # An Alertmanager on loopback beside it: delivers the alerts (see the module docstring).
+    alertmanager: bool = True
+    alertmanager_port: int = 9093
+    alertmanager_binary: str = "prometheus-alertmanager"
 
     # -- paths and addresses -----------------------------------------------------------------
     @property
@@ -177,6 +202,20 @@ class LocalPrometheus(dg.ConfigurableResource):
     @property
     def pushgateway_url(self) -> str | None:
         return f"http://{self.pushgateway_target}" if self.pushgateway else None
+
+    @property
+    def alertmanager_target(self) -> str | None:
+        """host:port of the Alertmanager this resource runs, if it runs one."""
+        return f"{self.host}:{self.alertmanager_port}" if self.alertmanager else None
+
+    @property
+    def alertmanager_url(self) -> str | None:
+        return f"http://{self.alertmanager_target}" if self.alertmanager else None
+
+    @property
+    def alertmanager_dir(self) -> Path:
+        """Alertmanager's silences and notification log, and its SMTP password file."""
+        return self._state / "alertmanager"
 
     @property
     def http(self) -> PrometheusHttp:
@@ -224,11 +263,14 @@ class LocalPrometheus(dg.ConfigurableResource):
             "--log.level=warn",
         ]
 
-    def ensure_running(self, config_file: str | Path, log=None) -> bool:
+    def ensure_running(self, config_file: str | Path, log=None, alertmanager_config: str | Path | None = None) -> bool:
         """Start Prometheus with `config_file` unless it runs already (then reload it if it
-        runs with this file, restart it if with another). Returns True if it was started."""
+        runs with this file, restart it if with another), and the Alertmanager with
+        `alertmanager_config` (when given) the same way. Returns True if Prometheus was started."""
         config_file = Path(config_file).resolve()
         running_config = self.config_file_of_running()
+        if alertmanager_config is not None:
+            self.ensure_alertmanager(alertmanager_config, log)
         if running_config == str(config_file):
             self.ensure_node_exporter(log)
             self.ensure_pushgateway(log)
@@ -320,23 +362,50 @@ class LocalPrometheus(dg.ConfigurableResource):
             f"{self.pushgateway_url}/-/ready", "pushgateway_port (MLOPS_LOCAL_PORTS pushgateway=PORT)",
             f"started the Pushgateway on {self.pushgateway_target} (persistence {self.pushgateway_persistence_file})", log)
 
-    def reload(self) -> None:
-        """Re-read the configuration and the rule files (lifecycle API; SIGHUP if it refuses)."""
-        import requests
+    # -- Alertmanager ------------------------------------------------------------------------
+    def alertmanager_command(self, config_file: str | Path) -> list[str]:
+        return [
+            _binary(self.alertmanager_binary),
+            f"--config.file={config_file}",
+            f"--storage.path={self.alertmanager_dir}",
+            f"--web.listen-address={self.alertmanager_target}",
+            "--cluster.listen-address=",  # one instance: no gossip port on any interface
+            "--log.level=warn",
+        ]
 
+    def alertmanager_pid(self) -> int | None:
+        if self.alertmanager_target is None:
+            return None
+        return _running_pid(self._state / "alertmanager.pid", f"--web.listen-address={self.alertmanager_target}")
+
+    def ensure_alertmanager(self, config_file: str | Path, log=None) -> bool:
+        """Start the Alertmanager with `config_file` unless it runs with it (then it re-reads
+        the file); one running with another file is restarted. Returns True if it was started."""
+        if self.alertmanager_target is None:
+            return False
+        config_file = Path(config_file).resolve()
+        pid = self.alertmanager_pid()
+        if pid is not None:
+            if f"--config.file={config_file}\0".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                _post_reload(f"{self.alertmanager_url}/-/reload", pid, "Alertmanager")
+                return False
+            _terminate(pid, 15.0)
+        self.alertmanager_dir.mkdir(parents=True, exist_ok=True)
+        return self._start_companion(
+            "Alertmanager", "alertmanager", self.alertmanager_port, self.alertmanager_command(config_file),
+            f"{self.alertmanager_url}/-/ready", "alertmanager_port (MLOPS_LOCAL_PORTS alertmanager=PORT)",
+            f"started the Alertmanager on {self.alertmanager_target} (config {config_file})", log)
+
+    def reload(self) -> None:
+        """Re-read the configuration and the rule files (lifecycle API; SIGHUP if it does not answer)."""
         pid = self.pid()
         if pid is None:
             raise PrometheusError(f"no Prometheus of ours runs for {self.state_dir}; start it first")
-        try:
-            response = requests.post(f"{self.url}/-/reload", timeout=30)
-            if response.status_code == 200:
-                return
-            raise PrometheusError(f"Prometheus refused to reload: {response.status_code} {response.text.strip()}")
-        except requests.ConnectionError:
-            os.kill(pid, signal.SIGHUP)
+        _post_reload(f"{self.url}/-/reload", pid, "Prometheus")
 
     def stop(self, timeout_s: float = 15.0) -> bool:
-        """Stop our Prometheus, node_exporter and Pushgateway. Returns True if Prometheus was running."""
+        """Stop our Prometheus, node_exporter, Pushgateway and Alertmanager. Returns True if
+        Prometheus was running."""
         exporter = self.node_exporter_pid() if self.node_exporter_target else None
         if exporter is not None:
             _terminate(exporter, timeout_s)
@@ -345,6 +414,10 @@ class LocalPrometheus(dg.ConfigurableResource):
         if gateway is not None:
             _terminate(gateway, timeout_s)  # SIGTERM: it writes its persistence file first
         (self._state / "pushgateway.pid").unlink(missing_ok=True)
+        alertmanager = self.alertmanager_pid()
+        if alertmanager is not None:
+            _terminate(alertmanager, timeout_s)  # SIGTERM: it writes its silences first
+        (self._state / "alertmanager.pid").unlink(missing_ok=True)
         pid = self.pid()
         if pid is not None:
             _terminate(pid, timeout_s)
@@ -369,6 +442,19 @@ class LocalPrometheus(dg.ConfigurableResource):
 
     def _ready(self) -> bool:
         return _http_ok(f"{self.url}/-/ready")
+
+def _post_reload(url: str, pid: int, what: str) -> None:
+    """Have a server re-read its configuration: POST /-/reload, SIGHUP if it does not answer."""
+    import requests
+
+    try:
+        response = requests.post(url, timeout=30)
+    except requests.ConnectionError:
+        os.kill(pid, signal.SIGHUP)
+        return
+    if response.status_code != 200:
+        raise PrometheusError(f"{what} refused to reload: {response.status_code} {response.text.strip()}")
+
 
 def _port_open(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
