@@ -49,7 +49,7 @@ def assert_expected_security(ec2, outputs: dict, admin_cidr: str, client_cidrs: 
 
     monitoring = ingress_rules(ec2, monitoring_sg)
     assert sorted((r["FromPort"], r["CidrIpv4"]) for r in monitoring) == sorted(
-        [(22, admin_cidr), (9090, admin_cidr), (3000, admin_cidr)]
+        [(22, admin_cidr), (9090, admin_cidr), (9093, admin_cidr), (3000, admin_cidr)]
     )
     for rule in api + monitoring:
         assert rule["IpProtocol"] == "tcp" and rule["FromPort"] == rule["ToPort"]

@@ -70,7 +70,8 @@ def test_every_variable_is_described_and_typed(module):
     # The admin network has no default at all (so never 0.0.0.0/0) and refuses the Internet.
     assert "default" not in variables["admin_cidr"]
     assert "0.0.0.0/0" in str(variables["admin_cidr"]["validation"])
-    for port, default in {"api_port": 8000, "metrics_port": 8080, "prometheus_port": 9090, "grafana_port": 3000}.items():
+    for port, default in {"api_port": 8000, "metrics_port": 8080, "prometheus_port": 9090, "grafana_port": 3000,
+                          "alertmanager_port": 9093}.items():
         assert variables[port]["default"] == default
 
 
@@ -87,7 +88,7 @@ def test_security_group_rules_are_separate_described_and_least_privilege(module)
     assert "var.api_client_cidrs" in str(ingress["api_clients"]["for_each"])
     assert "aws_security_group.monitoring.id" in str(ingress["api_metrics_from_monitoring"]["referenced_security_group_id"])
     assert "cidr_ipv4" not in ingress["api_metrics_from_monitoring"]
-    for name in ("api_ssh", "monitoring_ssh", "monitoring_prometheus", "monitoring_grafana"):
+    for name in ("api_ssh", "monitoring_ssh", "monitoring_prometheus", "monitoring_alertmanager", "monitoring_grafana"):
         assert "var.admin_cidr" in str(ingress[name]["cidr_ipv4"]), name
     # No literal port of Ray's anywhere in the rules.
     for name, rule in {**ingress, **egress}.items():
