@@ -53,7 +53,8 @@ class Settings:
     retrain_cron: str = "0 3 * * *"
     prometheus_url: str = "http://127.0.0.1:9090"
     # sim/aws: the Pushgateway the pipeline pushes its metrics to (MLOPS_PUSHGATEWAY_URL); none:
-    # not pushed there (the local target pushes to its own gateway on loopback).
+    # the monitoring host's, once deployed_hosts ran (the local target pushes to its own gateway
+    # on loopback).
     pushgateway_url: str | None = None
     # (the drift threshold and window live with the rules: monitoring/rules.py)
     drift_cooldown_minutes: float = 60.0
