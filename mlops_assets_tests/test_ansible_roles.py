@@ -13,6 +13,7 @@ offline: the `grafana` role runs in render-only mode and its files are checked o
 import base64
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +29,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.root]
 TIMINGS: dict[str, float] = {}
 GRAFANA_PASSWORD = "rehearsal-" + os.urandom(6).hex()
 PROMETHEUS_PASSWORD = "prometheus-" + os.urandom(6).hex()
+PUSHGATEWAY_PASSWORD = "pushgateway-" + os.urandom(6).hex()
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +192,75 @@ def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, invento
     assert hosts.ssh("api", "docker inspect mlops-api --format '{{.Config.Image}}'").stdout.strip() == good
 
 
+def archive_variables(engine, role: str, build) -> dict[str, str]:
+    """The variables a user sets to load a role's image from an archive instead of pulling it."""
+    from mlops_assets.rehearsal.images import save_archive
+
+    started = time.monotonic()
+    image = build(engine)
+    archive = save_archive(engine, image)
+    TIMINGS[f"{role}_image_s"] = round(time.monotonic() - started, 2)
+    repository, tag = image.rsplit(":", 1)
+    return {f"{role}_image_source": "archive", f"{role}_image_repository": repository, f"{role}_image_tag": tag,
+            f"{role}_image_archive": str(archive)}
+
+
+def test_node_exporter_role_on_every_host(hosts, ansible, inventory, engine):
+    from mlops_assets.rehearsal.images import build_node_exporter_image
+
+    variables = archive_variables(engine, "node_exporter", build_node_exporter_image)
+    first, _ = converge_twice(ansible, inventory, "tests/node_exporter.yml", "node_exporter", **variables)
+    assert set(first.per_host) == {"api", "monitoring"}
+    for name in ("api", "monitoring"):
+        address = hosts.address(name)
+        config = json.loads(hosts.exec(name, "docker inspect node-exporter").stdout)[0]
+        host_config = config["HostConfig"]
+        # node_exporter's documented container set-up: the host's namespaces, its root read-only.
+        assert host_config["NetworkMode"] == "host" and host_config["PidMode"] == "host"
+        assert [(m["Source"], m["Destination"], m["RW"]) for m in config["Mounts"]] == [("/", "/host", False)]
+        assert host_config["ReadonlyRootfs"] is True and host_config["CapDrop"] == ["ALL"]
+        assert f"--web.listen-address={address}:9100" in config["Args"]
+        # Only on the private address: nothing answers on the host's loopback.
+        assert hosts.exec(name, "curl -sf -o /dev/null http://127.0.0.1:9100/metrics", check=False).returncode != 0
+        with urllib.request.urlopen(f"http://{address}:9100/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        # What the hosts dashboard reads, the root filesystem (an overlay here) included.
+        for series in ("node_cpu_seconds_total{", "node_load1 ", "node_memory_MemAvailable_bytes ",
+                       "node_network_receive_bytes_total{"):
+            assert series in metrics, series
+        assert re.search(r'^node_filesystem_avail_bytes\{[^}]*mountpoint="/"\} [0-9.e+]+$', metrics, re.M), metrics[-2000:]
+        assert "node_disk_" not in metrics  # only the dashboard's collectors
+
+
+def test_pushgateway_role_keeps_pushes_behind_basic_auth_across_restarts(hosts, ansible, inventory, engine):
+    from mlops_assets.monitoring import pipeline_metrics as pm
+    from mlops_assets.rehearsal.images import build_pushgateway_image
+
+    variables = archive_variables(engine, "pushgateway", build_pushgateway_image)
+    with pytest.raises(AnsibleError) as failure:  # no password: a clear refusal
+        ansible.run_playbook(inventory, "tests/pushgateway.yml", extra_vars=variables)
+    assert "monitoring failed at task 'Check the web password'" in str(failure.value)
+    variables["pushgateway_web_password"] = PUSHGATEWAY_PASSWORD
+    converge_twice(ansible, inventory, "tests/pushgateway.yml", "pushgateway", **variables)
+
+    web = hosts.exec("monitoring", "stat -c '%a %u:%g' /etc/mlops-assets/pushgateway/web.yml; "
+                     "cat /etc/mlops-assets/pushgateway/web.yml").stdout
+    assert web.startswith("640 0:65534\n") and '"admin": "$2b$' in web and PUSHGATEWAY_PASSWORD not in web
+    gateway, auth = f"http://{hosts.address('monitoring')}:9091", ("admin", PUSHGATEWAY_PASSWORD)
+    assert http_status(f"{gateway}/metrics") == 401
+    assert http_status(f"{gateway}/-/ready", auth=auth) == 200
+    run = pm.Materialization("dataset", "sim", True, time.time(), dataset_rows=344)
+    warnings: list[str] = []
+    assert not pm.push(gateway, run, warnings.append).pushed and "401" in warnings[0]
+    assert pm.push(gateway, run, pytest.fail, auth=auth).pushed
+    # A restart (SIGTERM: the gateway writes its persistence file) keeps what was pushed.
+    hosts.exec("monitoring", "docker restart pushgateway")
+    deadline = time.monotonic() + 30
+    while http_status(f"{gateway}/-/ready", auth=auth) != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert pm.read_group(gateway, {"asset": "dataset", "target": "sim"}, auth=auth)[pm.DATASET_ROWS] == 344
+
+
 def rendered_monitoring_files(tmp_path: Path) -> Path:
     """The tree the monitoring code renders (rules under prometheus/rules, dashboards/): what
     the `dashboards` asset provisions and the roles copy."""
@@ -210,20 +281,14 @@ def rendered_monitoring_files(tmp_path: Path) -> Path:
 
 
 def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine, tmp_path):
-    from mlops_assets.rehearsal.images import build_prometheus_image, save_archive
+    from mlops_assets.rehearsal.images import build_prometheus_image
 
-    started = time.monotonic()
-    image = build_prometheus_image(engine)
-    archive = save_archive(engine, image)
-    TIMINGS["prometheus_image_s"] = round(time.monotonic() - started, 2)
-    repository, tag = image.rsplit(":", 1)
     rules_dir = rendered_monitoring_files(tmp_path) / "prometheus/rules"
     rule_files = sorted(p.name for p in rules_dir.glob("*.yml"))
     assert rule_files
-    # The variables a user sets to load Prometheus from an archive instead of pulling it.
-    variables = {"prometheus_image_source": "archive", "prometheus_image_repository": repository,
-                 "prometheus_image_tag": tag, "prometheus_image_archive": str(archive),
-                 "prometheus_rule_files_dir": str(rules_dir), "prometheus_scrape_interval": "2s"}
+    variables = {**archive_variables(engine, "prometheus", build_prometheus_image),
+                 "prometheus_rule_files_dir": str(rules_dir), "prometheus_scrape_interval": "2s",
+                 "pushgateway_web_password": PUSHGATEWAY_PASSWORD}
     with pytest.raises(AnsibleError) as failure:  # no web password: a clear refusal
         ansible.run_playbook(inventory, "tests/prometheus.yml", extra_vars=variables)
     assert "monitoring failed at task 'Check that the web password is set from a secret'" in str(failure.value)
@@ -255,6 +320,23 @@ def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine,
     assert up[0]["metric"]["instance"] == f"{hosts.address('api')}:8080"
     _, rules = http_json(f"{prometheus}/api/v1/rules", auth=auth)
     assert rules["data"]["groups"], "no rule group loaded"
+    # The node_exporter of every host (job `node`, one instance each) and the Pushgateway, with
+    # its basic auth and honor_labels (the earlier tests' roles run there); the password file
+    # is Prometheus's group's only.
+    password_file = hosts.exec("monitoring", "stat -c '%a %u:%g' /etc/mlops-assets/prometheus/pushgateway_password").stdout
+    assert password_file.split() == ["640", "0:65534"] and PUSHGATEWAY_PASSWORD not in config
+    expected = {f"{hosts.address(name)}:9100" for name in ("api", "monitoring")}
+    deadline, nodes, pushed = time.monotonic() + 60, set(), []
+    while time.monotonic() < deadline:
+        _, answer = http_json(f"{prometheus}/api/v1/query?query=up%7Bjob%3D%22node%22%7D%3D%3D1", auth=auth)
+        nodes = {r["metric"]["instance"] for r in answer["data"]["result"]}
+        _, answer = http_json(f"{prometheus}/api/v1/query?query=mlops_pipeline_dataset_rows", auth=auth)
+        pushed = answer["data"]["result"]
+        if nodes == expected and pushed:
+            break
+        time.sleep(1)
+    assert nodes == expected, f"node_exporter targets up: {nodes}"
+    assert [(r["metric"]["job"], r["metric"]["asset"], r["value"][1]) for r in pushed] == [("mlops-pipeline", "dataset", "344")]
 
     # A new password takes effect on the next run (new hash, restart); the old one is refused.
     changed = ansible.run_playbook(inventory, "tests/prometheus.yml",
@@ -339,7 +421,8 @@ def test_deployed_hosts_then_the_api_through_the_asset_code(hosts, ansible, inve
         playbook_dir=ansible.playbook_dir, work_dir=ansible.work_dir, private_key_file=ansible.private_key_file,
         known_hosts_file=ansible.known_hosts_file, host_key_checking="strict",
         secret_extra_vars_env={"grafana_admin_password": "MLOPS_TEST_UNSET_GRAFANA_PASSWORD",
-                               "prometheus_web_password": "MLOPS_TEST_UNSET_PROMETHEUS_PASSWORD"},
+                               "prometheus_web_password": "MLOPS_TEST_UNSET_PROMETHEUS_PASSWORD",
+                               "pushgateway_web_password": "MLOPS_TEST_UNSET_PUSHGATEWAY_PASSWORD"},
         generated_secrets_dir=str(tmp_path / "secrets"),
         extra_vars={"prometheus_rule_files_dir": str(rendered / "prometheus/rules"),
                     "grafana_dashboards_src_dir": str(rendered / "dashboards")},

@@ -448,11 +448,11 @@ def _per_host(stats: dict) -> dict[str, dict[str, int]]:
 
 
 class RehearsalAnsible(Ansible):
-    """`sim`: the same playbooks, with the images a registry would serve built locally from the
-    offline Debian base (rehearsal/images.py) and loaded from archives through the roles' own
-    variables; Grafana is rendered only (no Grafana image offline). Before each run, the hosts
-    themselves: a rehearsal host (network namespace, own Debian root, sshd) at each address of
-    the inventory, accepting tofu_state's generated key (rehearsal/sim_hosts.py)."""
+    """`sim`: the same playbooks, with the images a registry would serve (Prometheus, node_exporter,
+    the Pushgateway) built locally from the offline Debian base (rehearsal/images.py) and loaded
+    from archives through the roles' own variables; Grafana is rendered only (no Grafana image
+    offline). Before each run, the hosts themselves: a rehearsal host (network namespace, own
+    Debian root, sshd) at each address of the inventory, accepting tofu_state's generated key (rehearsal/sim_hosts.py)."""
 
     target: str = "sim"
     images_dir: str = Field(default="", description="Where the rehearsal's image archives are saved.")
@@ -507,24 +507,29 @@ class RehearsalAnsible(Ansible):
             raise AnsibleError(f"sim: could not bring up the rehearsal hosts of the inventory: {exc}") from None
 
     def prepare(self, log: Log) -> dict[str, Any]:
+        from mlops_assets.rehearsal import images as rehearsal_images
         from mlops_assets.rehearsal.engine import docker_client
-        from mlops_assets.rehearsal.images import build_prometheus_image, save_archive
 
+        # role -> the local image that replaces its registry image offline, from Debian's package.
+        builders = {
+            "prometheus": rehearsal_images.build_prometheus_image,
+            "node_exporter": rehearsal_images.build_node_exporter_image,
+            "pushgateway": rehearsal_images.build_pushgateway_image,
+        }
+        variables: dict[str, Any] = {"grafana_render_only": True}
         try:
             engine = docker_client()
-            image = build_prometheus_image(engine)
-            archive = save_archive(engine, image, Path(self.images_dir) if self.images_dir else None)
+            for role, build in builders.items():
+                image = build(engine)
+                archive = rehearsal_images.save_archive(engine, image, Path(self.images_dir) if self.images_dir else None)
+                log(f"sim: {role} image {image} from Debian's package, archive {archive}")
+                repository, _, tag = image.rpartition(":")
+                variables.update({f"{role}_image_source": "archive", f"{role}_image_repository": repository,
+                                  f"{role}_image_tag": tag, f"{role}_image_archive": str(archive)})
         except Exception as exc:  # no engine, no Debian mirror for the build: say what failed
             raise AnsibleError(
-                "sim: could not build the local Prometheus image that replaces prom/prometheus offline "
-                f"(needs a Docker-compatible engine, see scripts/setup_podman.sh): {exc}"
+                "sim: could not build the local monitoring images that replace prom/prometheus, prom/node-exporter "
+                "and prom/pushgateway offline (needs a Docker-compatible engine, see scripts/setup_podman.sh): "
+                f"{exc}"
             ) from None
-        log(f"sim: Prometheus image {image} from Debian's package, archive {archive}")
-        repository, _, tag = image.rpartition(":")
-        return {
-            "prometheus_image_source": "archive",
-            "prometheus_image_repository": repository,
-            "prometheus_image_tag": tag,
-            "prometheus_image_archive": str(archive),
-            "grafana_render_only": True,
-        }
+        return variables
