@@ -9,7 +9,9 @@ rendered only) -> deployed_api (the image shipped to the api host and run by the
 -> dashboards (rules and dashboards provisioned on the monitoring host).
 
 Then: a prediction through the api host's address answers like the pipeline's champion;
-Prometheus on the monitoring host has the api target up and served-prediction series. The
+Prometheus on the monitoring host has the api target up and served-prediction series, every
+panel of the hosts dashboard returns data for each of the two hosts (node_exporter on both),
+and the pipeline's metrics pushed to the monitoring host's Pushgateway. The
 lazy-rebuild scenarios follow, each one `cli run`: no change (only the live-service checks
 run, and they find everything in place: no build, no Ansible, the container not restarted);
 new hyperparameters (retraining, the champion stays, nothing downstream rebuilds); a serving
@@ -247,7 +249,54 @@ def test_prometheus_on_the_monitoring_host_scrapes_the_api(rehearsal):
     rendered = sorted(p.name for p in (rehearsal["home"] / "monitoring" / "dashboards").glob("*.json"))
     assert rendered and hosts.exec("mlops-assets-monitoring", f"ls {grafana}/dashboards").stdout.split() == rendered
     assert "[auth.anonymous]\nenabled = false" in hosts.exec("mlops-assets-monitoring", f"cat {grafana}/grafana.ini").stdout
-    assert hosts.exec("mlops-assets-monitoring", "docker ps -a --format '{{.Names}}'").stdout.split() == ["prometheus"]
+    assert sorted(hosts.exec("mlops-assets-monitoring", "docker ps -a --format '{{.Names}}'").stdout.split()) == [
+        "node-exporter", "prometheus", "pushgateway"]
+
+
+def _monitoring_prometheus(rehearsal) -> tuple[str, tuple[str, str], dict]:
+    """The monitoring host's Prometheus URL, its basic auth and the inventory's groups."""
+    inventory = _latest(rehearsal["home"])["tofu_state"][1]["ansible_inventory"]["all"]["children"]
+    monitoring_address = inventory["monitoring"]["hosts"]["mlops-assets-monitoring"]["ansible_host"]
+    return f"http://{monitoring_address}:9090", _prometheus_auth(rehearsal["home"]), inventory
+
+
+def _panels_without_data(prometheus: str, auth, dashboard: str, home: Path, instances: set[str] = frozenset()) -> list[str]:
+    """The panels of a rendered dashboard whose queries return nothing (or, where a query splits
+    by instance, nothing for one of `instances`), run against the monitoring host's Prometheus;
+    $__rate_interval as Grafana makes it of a 15 s scrape interval."""
+    from mlops_assets.monitoring.panels import panel_queries
+
+    empty = []
+    for title, expr in panel_queries(json.loads((home / "monitoring" / "dashboards" / dashboard).read_text()), "1m"):
+        result = _query(prometheus, expr, auth)
+        found = {r["metric"]["instance"] for r in result if "instance" in r["metric"]}
+        if not result or (found and not instances <= found):
+            empty.append(f"{title}: {expr} -> {sorted(found) or len(result)}")
+    return empty
+
+
+def test_the_hosts_dashboard_shows_both_hosts_and_the_pipeline_pushes_to_the_monitoring_host(rehearsal):
+    """node_exporter on both hosts, scraped at their private addresses (job `node`): every panel
+    of `mlops-hosts` returns data for each host. The materializations from deployed_hosts on
+    pushed to the monitoring host's Pushgateway, which that Prometheus scrapes with honor_labels."""
+    assert rehearsal["first"].returncode == 0, _tail(rehearsal["first"])
+    prometheus, auth, inventory = _monitoring_prometheus(rehearsal)
+    nodes = {f"{host['private_ip']}:9100" for group in inventory.values() for host in group["hosts"].values()}
+    assert len(nodes) == 2
+    started = time.monotonic()
+    deadline, empty, pushed = started + 60, ["not run"], set()
+    while time.monotonic() < deadline:
+        empty = _panels_without_data(prometheus, auth, "mlops-hosts.json", rehearsal["home"], nodes)
+        pushed = {(r["metric"]["job"], r["metric"]["asset"], r["metric"]["target"])
+                  for r in _query(prometheus, "mlops_pipeline_asset_last_success_timestamp_seconds > 0", auth)}
+        if not empty and {"deployed_hosts", "deployed_api"} <= {asset for _, asset, _ in pushed}:
+            break
+        time.sleep(2)
+    PHASES["wait for both hosts' node_exporter and the pushed pipeline metrics"] = round(time.monotonic() - started, 1)
+    assert not empty, f"hosts dashboard panels without data for both hosts {sorted(nodes)}: {empty}"
+    assert float(_query(prometheus, 'sum(up{job="node"})', auth)[0]["value"][1]) == 2
+    # Pushed from this machine (the admin network) once deployed_hosts had put the gateway up.
+    assert {("mlops-pipeline", "deployed_hosts", "sim"), ("mlops-pipeline", "deployed_api", "sim")} <= pushed, pushed
 
 
 LIVE_SERVICE_CHECKS = {"container_image", "deployed_api", "dashboards"}
@@ -421,6 +470,16 @@ def test_second_materialization_changes_nothing(rehearsal):
     assert after["dashboards"][1]["changed"] == 0
     assert set(after["deployed_hosts"][1]["per_host"]) == {"mlops-assets-api", "mlops-assets-monitoring"}
     assert after["deployed_hosts"][1]["data_version_kept"] is True
+    # Every asset pushed to the monitoring host's Pushgateway this time: every panel of the
+    # pipeline dashboard returns data there.
+    prometheus, auth, _ = _monitoring_prometheus(rehearsal)
+    started = time.monotonic()
+    deadline, empty = started + 60, ["not run"]
+    while time.monotonic() < deadline and empty:
+        empty = _panels_without_data(prometheus, auth, "mlops-pipeline.json", home)
+        time.sleep(0 if not empty else 2)
+    PHASES["wait for every pipeline panel's data on the monitoring host"] = round(time.monotonic() - started, 1)
+    assert not empty, f"pipeline dashboard panels without data on the monitoring host: {empty}"
 
 
 def test_teardown_leaves_nothing_behind(rehearsal, capsys):
