@@ -452,7 +452,8 @@ class RehearsalAnsible(Ansible):
     the Pushgateway) built locally from the offline Debian base (rehearsal/images.py) and loaded
     from archives through the roles' own variables; Grafana is rendered only (no Grafana image
     offline). Before each run, the hosts themselves: a rehearsal host (network namespace, own
-    Debian root, sshd) at each address of the inventory, accepting tofu_state's generated key (rehearsal/sim_hosts.py)."""
+    Debian root, sshd) at each address of the inventory, accepting tofu_state's generated key
+    (rehearsal/sim_hosts.py)."""
 
     target: str = "sim"
     images_dir: str = Field(default="", description="Where the rehearsal's image archives are saved.")
