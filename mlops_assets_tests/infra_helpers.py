@@ -50,8 +50,8 @@ def assert_expected_security(ec2, outputs: dict, admin_cidr: str, client_cidrs: 
 
     monitoring = ingress_rules(ec2, monitoring_sg)
     sources = sorted((r["FromPort"], r.get("CidrIpv4") or r["ReferencedGroupInfo"]["GroupId"]) for r in monitoring)
-    assert sources == sorted([(22, admin_cidr), (9090, admin_cidr), (9091, admin_cidr), (3000, admin_cidr),
-                              (9100, monitoring_sg)])
+    assert sources == sorted([(22, admin_cidr), (9090, admin_cidr), (9091, admin_cidr), (9093, admin_cidr),
+                              (3000, admin_cidr), (9100, monitoring_sg)])
     for rule in api + monitoring:
         assert rule["IpProtocol"] == "tcp" and rule["FromPort"] == rule["ToPort"]
         assert rule["FromPort"] not in RAY_PORTS
