@@ -1,7 +1,7 @@
 # Two Debian 12 hosts for the prediction API and its monitoring, with least-privilege
 # security groups: clients reach only the API port, the monitoring host alone scrapes the
-# metrics port, and SSH, Prometheus and Grafana answer only the admin network. Ray's
-# internal ports are never opened.
+# metrics port and both hosts' node_exporter, and SSH, Prometheus, the Pushgateway,
+# Alertmanager and Grafana answer only the admin network. Ray's internal ports are never opened.
 
 provider "aws" {
   region = var.region
@@ -96,6 +96,23 @@ resource "aws_vpc_security_group_ingress_rule" "api_metrics_from_monitoring" {
   tags                         = local.tags
 }
 
+# node_exporter on both hosts, scraped by the monitoring host only (its own included: its
+# Prometheus scrapes the private address).
+resource "aws_vpc_security_group_ingress_rule" "node_exporter_from_monitoring" {
+  for_each = {
+    api        = aws_security_group.api.id
+    monitoring = aws_security_group.monitoring.id
+  }
+
+  security_group_id            = each.value
+  description                  = "node_exporter scraped by the monitoring host only"
+  ip_protocol                  = "tcp"
+  from_port                    = var.node_exporter_port
+  to_port                      = var.node_exporter_port
+  referenced_security_group_id = aws_security_group.monitoring.id
+  tags                         = local.tags
+}
+
 resource "aws_vpc_security_group_ingress_rule" "api_ssh" {
   security_group_id = aws_security_group.api.id
   description       = "SSH from the admin network (Ansible)"
@@ -132,6 +149,16 @@ resource "aws_vpc_security_group_ingress_rule" "monitoring_alertmanager" {
   ip_protocol       = "tcp"
   from_port         = var.alertmanager_port
   to_port           = var.alertmanager_port
+  cidr_ipv4         = var.admin_cidr
+  tags              = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "monitoring_pushgateway" {
+  security_group_id = aws_security_group.monitoring.id
+  description       = "Pushgateway from the admin network (the pipeline pushes its metrics)"
+  ip_protocol       = "tcp"
+  from_port         = var.pushgateway_port
+  to_port           = var.pushgateway_port
   cidr_ipv4         = var.admin_cidr
   tags              = local.tags
 }
@@ -189,6 +216,21 @@ resource "aws_vpc_security_group_egress_rule" "monitoring_scrape" {
   tags                         = local.tags
 }
 
+resource "aws_vpc_security_group_egress_rule" "monitoring_scrape_node_exporter" {
+  for_each = {
+    api        = aws_security_group.api.id
+    monitoring = aws_security_group.monitoring.id
+  }
+
+  security_group_id            = aws_security_group.monitoring.id
+  description                  = "Prometheus scrapes node_exporter on the ${each.key} host"
+  ip_protocol                  = "tcp"
+  from_port                    = var.node_exporter_port
+  to_port                      = var.node_exporter_port
+  referenced_security_group_id = each.value
+  tags                         = local.tags
+}
+
 ################################################################################
 # Instances
 ################################################################################
@@ -228,7 +270,7 @@ resource "aws_instance" "api" {
 
 resource "aws_instance" "monitoring" {
   # checkov:skip=CKV2_AWS_41: the hosts call no AWS API (Prometheus scrapes a static target), so no instance profile is attached.
-  # checkov:skip=CKV_AWS_88: admins reach Prometheus, Alertmanager and Grafana over the Internet from admin_cidr only.
+  # checkov:skip=CKV_AWS_88: admins reach Prometheus, the Pushgateway, Alertmanager and Grafana over the Internet from admin_cidr only.
   ami                         = local.ami_id
   instance_type               = var.monitoring_instance_type
   key_name                    = aws_key_pair.admin.key_name

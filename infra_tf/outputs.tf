@@ -45,9 +45,10 @@ output "ansible_inventory" {
     all = {
       vars = merge(
         {
-          ansible_user = var.ssh_user
-          api_port     = var.api_port
-          metrics_port = var.metrics_port
+          ansible_user       = var.ssh_user
+          api_port           = var.api_port
+          metrics_port       = var.metrics_port
+          node_exporter_port = var.node_exporter_port
           # Where the instances' console output (their SSH host keys) is read from.
           aws_region = var.region
         },
@@ -67,6 +68,7 @@ output "ansible_inventory" {
         monitoring = {
           vars = {
             prometheus_port   = var.prometheus_port
+            pushgateway_port  = var.pushgateway_port
             alertmanager_port = var.alertmanager_port
             grafana_port      = var.grafana_port
           }

@@ -100,7 +100,7 @@ variable "vpc_id" {
 }
 
 variable "admin_cidr" {
-  description = "The only network allowed to reach SSH, Prometheus and Grafana, e.g. your office or VPN egress as 203.0.113.7/32: an IPv4 prefix of /8 or longer. Never the whole Internet."
+  description = "The only network allowed to reach SSH, Prometheus, the Pushgateway, Alertmanager and Grafana, e.g. your office or VPN egress as 203.0.113.7/32: an IPv4 prefix of /8 or longer. Never the whole Internet."
   type        = string
 
   validation {
@@ -213,5 +213,27 @@ variable "grafana_port" {
   validation {
     condition     = var.grafana_port > 0 && var.grafana_port < 65536
     error_message = "grafana_port must be a TCP port."
+  }
+}
+
+variable "node_exporter_port" {
+  description = "TCP port of node_exporter on both hosts (scraped by the monitoring host only)."
+  type        = number
+  default     = 9100
+
+  validation {
+    condition     = var.node_exporter_port > 0 && var.node_exporter_port < 65536 && !contains([6379, 8076, 8265, 10001, 52365], var.node_exporter_port)
+    error_message = "node_exporter_port must be a TCP port and not one of Ray's internal ports."
+  }
+}
+
+variable "pushgateway_port" {
+  description = "TCP port of the Pushgateway on the monitoring host (admin network only: the pipeline pushes from there)."
+  type        = number
+  default     = 9091
+
+  validation {
+    condition     = var.pushgateway_port > 0 && var.pushgateway_port < 65536
+    error_message = "pushgateway_port must be a TCP port."
   }
 }

@@ -55,7 +55,8 @@ class Settings:
     retrain_cron: str = "0 3 * * *"
     prometheus_url: str = "http://127.0.0.1:9090"
     # sim/aws: the Pushgateway the pipeline pushes its metrics to (MLOPS_PUSHGATEWAY_URL); none:
-    # not pushed there (the local target pushes to its own gateway on loopback).
+    # the monitoring host's, once deployed_hosts ran (the local target pushes to its own gateway
+    # on loopback).
     pushgateway_url: str | None = None
     # Where Alertmanager delivers the alerts (monitoring/alertmanager_config.py): a webhook
     # (MLOPS_ALERT_WEBHOOK_URL) and/or e-mail (MLOPS_ALERT_SMTP_SMARTHOST, _FROM, _TO, _USERNAME;

@@ -76,6 +76,12 @@ RECORDS: dict[str, Record] = {
         "finds the champion's image without downloading the model (newest 50)",
         "image/build.py (after a build or a find)",
     ),
+    "pushgateway": Record(
+        "ansible/{target}/pushgateway.json",
+        "the monitoring host's Pushgateway that deployed_hosts put in service (sim, aws): where the pipeline's "
+        "metrics are pushed when MLOPS_PUSHGATEWAY_URL is unset",
+        "resources/hosts.py (AnsibleHosts, after the base plays succeeded)",
+    ),
     "promtool_passed": Record(
         "monitoring/promtool-passed.json",
         "the hash of the rendered monitoring files that passed promtool's checks and rule tests, and their folder",

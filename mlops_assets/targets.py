@@ -10,7 +10,7 @@ project_fully_featured); assets ask the role, never the target:
 | `container_engine` | ContainerEngine (optional) | ContainerEngine (archive) | ContainerEngine (push or archive) |
 | `api_deployer` | RayServeOnThisMachine | ImageOnApiHosts | ImageOnApiHosts |
 | `monitoring` | LocalMonitoring (+ Alertmanager on loopback) | MonitoringHost (Grafana rendered only) | MonitoringHost |
-| `pipeline_metrics` | LocalPipelineMetrics | PipelineMetrics (MLOPS_PUSHGATEWAY_URL, else off) | PipelineMetrics (same) |
+| `pipeline_metrics` | LocalPipelineMetrics | PipelineMetrics (the monitoring host's Pushgateway) | PipelineMetrics (same) |
 
 `mlflow`, `data_source`, `io_manager` and `prometheus_api` are the same everywhere.
 """
@@ -30,7 +30,12 @@ from mlops_assets.resources.data_source import DataSource
 from mlops_assets.resources.hosts import AnsibleHosts, ThisMachineHosts
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.resources.monitoring import LocalMonitoring, MonitoringHost
-from mlops_assets.resources.pipeline_metrics import LocalPipelineMetrics, PipelineMetrics
+from mlops_assets.resources.pipeline_metrics import (
+    PUSHGATEWAY_PASSWORD_ENV,
+    PUSHGATEWAY_SECRET,
+    LocalPipelineMetrics,
+    PipelineMetrics,
+)
 from mlops_assets.resources.opentofu import OpenTofu, RehearsalOpenTofu, ThisMachine
 from mlops_assets.resources.prometheus import LocalPrometheus
 from mlops_assets.resources.prometheus_api import PrometheusApi
@@ -83,13 +88,17 @@ def resources_for(settings: Settings) -> dict[str, Any]:
         RehearsalOpenTofu(**tofu, rehearsal_dir=str(home / "rehearsal")) if target == "sim"
         else OpenTofu(**tofu, target="aws", var_file=str(home / "aws.tfvars"))
     )
-    resources["host_configurator"] = AnsibleHosts(ansible=ansible)
+    gateway_record = str(RECORDS["pushgateway"].under(home, target).path)
+    resources["host_configurator"] = AnsibleHosts(ansible=ansible, pushgateway_record=gateway_record)
     resources["api_deployer"] = ImageOnApiHosts(ansible=ansible,
                                                 record_file=str(RECORDS["api_deployed"].under(home, target).path),
                                                 api_key_file=str(settings.api_key_file) if settings.api_key_file else None)
     resources["monitoring"] = MonitoringHost(**monitoring_common, ansible=ansible, grafana_render_only=target == "sim")
-    # No role runs a Pushgateway on the monitoring host yet: MLOPS_PUSHGATEWAY_URL, else off.
-    resources["pipeline_metrics"] = PipelineMetrics(**pipeline_metrics, gateway_url=settings.pushgateway_url)
+    # MLOPS_PUSHGATEWAY_URL, else the monitoring host's gateway once deployed_hosts recorded it.
+    resources["pipeline_metrics"] = PipelineMetrics(
+        **pipeline_metrics, gateway_url=settings.pushgateway_url, gateway_record=gateway_record, username="admin",
+        password_env=PUSHGATEWAY_PASSWORD_ENV,
+        password_file=str(home / "rehearsal" / "secrets" / PUSHGATEWAY_SECRET) if target == "sim" else None)
     return resources
 
 
@@ -130,8 +139,9 @@ def ansible_for(settings: Settings) -> Ansible:
     """ansible_roles/ over SSH: `aws` with MLOPS_SSH_PRIVATE_KEY (known_hosts in MLOPS_HOME, the
     keys pinned from each instance's console output, checked strictly); `sim` with the rehearsal's key, its local images and its
     namespace hosts. Grafana's admin password comes from MLOPS_GRAFANA_ADMIN_PASSWORD, the
-    monitoring host's Prometheus and Alertmanager basic-auth passwords from
-    MLOPS_PROMETHEUS_PASSWORD and MLOPS_ALERTMANAGER_PASSWORD (all generated once for sim)."""
+    monitoring host's Prometheus, Alertmanager and Pushgateway basic-auth passwords from
+    MLOPS_PROMETHEUS_PASSWORD, MLOPS_ALERTMANAGER_PASSWORD and MLOPS_PUSHGATEWAY_PASSWORD (all
+    generated once for sim)."""
     home, target = settings.home, settings.target
     common = {
         "target": target,
@@ -144,7 +154,8 @@ def ansible_for(settings: Settings) -> Ansible:
         "host_keys_from_console": True,
         "secret_extra_vars_env": {"grafana_admin_password": "MLOPS_GRAFANA_ADMIN_PASSWORD",
                                   "prometheus_web_password": "MLOPS_PROMETHEUS_PASSWORD",
-                                  "alertmanager_web_password": "MLOPS_ALERTMANAGER_PASSWORD"},
+                                  "alertmanager_web_password": "MLOPS_ALERTMANAGER_PASSWORD",
+                                  PUSHGATEWAY_SECRET: PUSHGATEWAY_PASSWORD_ENV},
         # The rules and dashboards the `dashboards` asset renders for these hosts (the
         # monitoring resource's out_dir): deployed_hosts and dashboards provision the same
         # files, so a second run changes nothing. Before the first `dashboards` run the folders are empty.

@@ -41,16 +41,17 @@ def assert_expected_security(ec2, outputs: dict, admin_cidr: str, client_cidrs: 
     api_by_port: dict[int, list[dict]] = {}
     for rule in api:
         api_by_port.setdefault(rule["FromPort"], []).append(rule)
-    assert set(api_by_port) == {8000, 8080, 22}, api_by_port
+    assert set(api_by_port) == {8000, 8080, 9100, 22}, api_by_port
     assert sorted(r["CidrIpv4"] for r in api_by_port[8000]) == sorted(client_cidrs)
-    assert [r.get("ReferencedGroupInfo", {}).get("GroupId") for r in api_by_port[8080]] == [monitoring_sg]
-    assert "CidrIpv4" not in api_by_port[8080][0]
+    for port in (8080, 9100):  # the API's metrics and node_exporter: the monitoring host only
+        assert [r.get("ReferencedGroupInfo", {}).get("GroupId") for r in api_by_port[port]] == [monitoring_sg], port
+        assert "CidrIpv4" not in api_by_port[port][0], port
     assert [r["CidrIpv4"] for r in api_by_port[22]] == [admin_cidr]
 
     monitoring = ingress_rules(ec2, monitoring_sg)
-    assert sorted((r["FromPort"], r["CidrIpv4"]) for r in monitoring) == sorted(
-        [(22, admin_cidr), (9090, admin_cidr), (9093, admin_cidr), (3000, admin_cidr)]
-    )
+    sources = sorted((r["FromPort"], r.get("CidrIpv4") or r["ReferencedGroupInfo"]["GroupId"]) for r in monitoring)
+    assert sources == sorted([(22, admin_cidr), (9090, admin_cidr), (9091, admin_cidr), (9093, admin_cidr),
+                              (3000, admin_cidr), (9100, monitoring_sg)])
     for rule in api + monitoring:
         assert rule["IpProtocol"] == "tcp" and rule["FromPort"] == rule["ToPort"]
         assert rule["FromPort"] not in RAY_PORTS
@@ -60,9 +61,11 @@ def assert_expected_security(ec2, outputs: dict, admin_cidr: str, client_cidrs: 
     api_egress = sorted((r["IpProtocol"], r["FromPort"]) for r in ingress_rules(ec2, api_sg, egress=True))
     assert api_egress == [("tcp", 80), ("tcp", 443)]
     monitoring_egress = ingress_rules(ec2, monitoring_sg, egress=True)
-    assert sorted(r["FromPort"] for r in monitoring_egress) == [80, 443, 8080]
+    assert sorted(r["FromPort"] for r in monitoring_egress) == [80, 443, 8080, 9100, 9100]
     scrape = [r for r in monitoring_egress if r["FromPort"] == 8080][0]
     assert scrape["ReferencedGroupInfo"]["GroupId"] == api_sg
+    node_scrapes = sorted(r["ReferencedGroupInfo"]["GroupId"] for r in monitoring_egress if r["FromPort"] == 9100)
+    assert node_scrapes == sorted([api_sg, monitoring_sg])
 
 
 def assert_expected_instances(ec2, outputs: dict) -> None:

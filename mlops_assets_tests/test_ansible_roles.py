@@ -13,6 +13,7 @@ offline: the `grafana` role runs in render-only mode and its files are checked o
 import base64
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +30,7 @@ TIMINGS: dict[str, float] = {}
 GRAFANA_PASSWORD = "rehearsal-" + os.urandom(6).hex()
 PROMETHEUS_PASSWORD = "prometheus-" + os.urandom(6).hex()
 ALERTMANAGER_PASSWORD = "alertmanager-" + os.urandom(6).hex()
+PUSHGATEWAY_PASSWORD = "pushgateway-" + os.urandom(6).hex()
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +193,74 @@ def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, invento
     assert hosts.ssh("api", "docker inspect mlops-api --format '{{.Config.Image}}'").stdout.strip() == good
 
 
+def archive_variables(engine, role: str) -> dict[str, str]:
+    """The variables a user sets to load a role's image from an archive instead of pulling it:
+    the rehearsal's image of `role` (prometheus, alertmanager, node_exporter, pushgateway) built
+    from Debian's package and saved as an archive, the build timed."""
+    from mlops_assets.rehearsal import images
+
+    started = time.monotonic()
+    image = getattr(images, f"build_{role}_image")(engine)
+    archive = images.save_archive(engine, image)
+    TIMINGS[f"{role}_image_s"] = round(time.monotonic() - started, 2)
+    repository, tag = image.rsplit(":", 1)
+    return {f"{role}_image_source": "archive", f"{role}_image_repository": repository, f"{role}_image_tag": tag,
+            f"{role}_image_archive": str(archive)}
+
+
+def test_node_exporter_role_on_every_host(hosts, ansible, inventory, engine):
+    variables = archive_variables(engine, "node_exporter")
+    first, _ = converge_twice(ansible, inventory, "tests/node_exporter.yml", "node_exporter", **variables)
+    assert set(first.per_host) == {"api", "monitoring"}
+    for name in ("api", "monitoring"):
+        address = hosts.address(name)
+        config = json.loads(hosts.exec(name, "docker inspect node-exporter").stdout)[0]
+        host_config = config["HostConfig"]
+        # node_exporter's documented container set-up: the host's namespaces, its root read-only.
+        assert host_config["NetworkMode"] == "host" and host_config["PidMode"] == "host"
+        assert [(m["Source"], m["Destination"], m["RW"]) for m in config["Mounts"]] == [("/", "/host", False)]
+        assert host_config["ReadonlyRootfs"] is True and host_config["CapDrop"] == ["ALL"]
+        assert f"--web.listen-address={address}:9100" in config["Args"]
+        # Only on the private address: nothing answers on the host's loopback.
+        assert hosts.exec(name, "curl -sf -o /dev/null http://127.0.0.1:9100/metrics", check=False).returncode != 0
+        with urllib.request.urlopen(f"http://{address}:9100/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        # What the hosts dashboard reads, the root filesystem (an overlay here) included.
+        for series in ("node_cpu_seconds_total{", "node_load1 ", "node_memory_MemAvailable_bytes ",
+                       "node_network_receive_bytes_total{"):
+            assert series in metrics, series
+        assert re.search(r'^node_filesystem_avail_bytes\{[^}]*mountpoint="/"\} [0-9.e+]+$', metrics, re.M), metrics[-2000:]
+        assert "node_disk_" not in metrics  # only the dashboard's collectors
+
+
+def test_pushgateway_role_keeps_pushes_behind_basic_auth_across_restarts(hosts, ansible, inventory, engine):
+    from mlops_assets.monitoring import pipeline_metrics as pm
+
+    variables = archive_variables(engine, "pushgateway")
+    with pytest.raises(AnsibleError) as failure:  # no password: a clear refusal
+        ansible.run_playbook(inventory, "tests/pushgateway.yml", extra_vars=variables)
+    assert "monitoring failed at task 'Check the web password'" in str(failure.value)
+    variables["pushgateway_web_password"] = PUSHGATEWAY_PASSWORD
+    converge_twice(ansible, inventory, "tests/pushgateway.yml", "pushgateway", **variables)
+
+    web = hosts.exec("monitoring", "stat -c '%a %u:%g' /etc/mlops-assets/pushgateway/web.yml; "
+                     "cat /etc/mlops-assets/pushgateway/web.yml").stdout
+    assert web.startswith("640 0:65534\n") and '"admin": "$2b$' in web and PUSHGATEWAY_PASSWORD not in web
+    gateway, auth = f"http://{hosts.address('monitoring')}:9091", ("admin", PUSHGATEWAY_PASSWORD)
+    assert http_status(f"{gateway}/metrics") == 401
+    assert http_status(f"{gateway}/-/ready", auth=auth) == 200
+    run = pm.Materialization("dataset", "sim", True, time.time(), dataset_rows=344)
+    warnings: list[str] = []
+    assert not pm.push(gateway, run, warnings.append).pushed and "401" in warnings[0]
+    assert pm.push(gateway, run, pytest.fail, auth=auth).pushed
+    # A restart (SIGTERM: the gateway writes its persistence file) keeps what was pushed.
+    hosts.exec("monitoring", "docker restart pushgateway")
+    deadline = time.monotonic() + 30
+    while http_status(f"{gateway}/-/ready", auth=auth) != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert pm.read_group(gateway, {"asset": "dataset", "target": "sim"}, auth=auth)[pm.DATASET_ROWS] == 344
+
+
 def rendered_monitoring_files(tmp_path: Path) -> Path:
     """The tree the monitoring code renders (rules under prometheus/rules, dashboards/): what
     the `dashboards` asset provisions and the roles copy."""
@@ -210,28 +280,13 @@ def rendered_monitoring_files(tmp_path: Path) -> Path:
     return out
 
 
-def archived_image(engine, role: str) -> tuple[str, str, str]:
-    """The rehearsal's image of `role` (prometheus, alertmanager) built from Debian's package and
-    saved as an archive: (repository, tag, archive), the build timed."""
-    from mlops_assets.rehearsal import images
-
-    started = time.monotonic()
-    image = getattr(images, f"build_{role}_image")(engine)
-    archive = images.save_archive(engine, image)
-    TIMINGS[f"{role}_image_s"] = round(time.monotonic() - started, 2)
-    repository, tag = image.rsplit(":", 1)
-    return repository, tag, str(archive)
-
-
 def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine, tmp_path):
-    repository, tag, archive = archived_image(engine, "prometheus")
     rules_dir = rendered_monitoring_files(tmp_path) / "prometheus/rules"
     rule_files = sorted(p.name for p in rules_dir.glob("*.yml"))
     assert rule_files
-    # The variables a user sets to load Prometheus from an archive instead of pulling it.
-    variables = {"prometheus_image_source": "archive", "prometheus_image_repository": repository,
-                 "prometheus_image_tag": tag, "prometheus_image_archive": archive,
-                 "prometheus_rule_files_dir": str(rules_dir), "prometheus_scrape_interval": "2s"}
+    variables = {**archive_variables(engine, "prometheus"),
+                 "prometheus_rule_files_dir": str(rules_dir), "prometheus_scrape_interval": "2s",
+                 "pushgateway_web_password": PUSHGATEWAY_PASSWORD}
     with pytest.raises(AnsibleError) as failure:  # no web password: a clear refusal
         ansible.run_playbook(inventory, "tests/prometheus.yml", extra_vars=variables)
     assert "monitoring failed at task 'Check that the web password is set from a secret'" in str(failure.value)
@@ -263,6 +318,23 @@ def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine,
     assert up[0]["metric"]["instance"] == f"{hosts.address('api')}:8080"
     _, rules = http_json(f"{prometheus}/api/v1/rules", auth=auth)
     assert rules["data"]["groups"], "no rule group loaded"
+    # The node_exporter of every host (job `node`, one instance each) and the Pushgateway, with
+    # its basic auth and honor_labels (the earlier tests' roles run there); the password file
+    # is Prometheus's group's only.
+    password_file = hosts.exec("monitoring", "stat -c '%a %u:%g' /etc/mlops-assets/prometheus/pushgateway_password").stdout
+    assert password_file.split() == ["640", "0:65534"] and PUSHGATEWAY_PASSWORD not in config
+    expected = {f"{hosts.address(name)}:9100" for name in ("api", "monitoring")}
+    deadline, nodes, pushed = time.monotonic() + 60, set(), []
+    while time.monotonic() < deadline:
+        _, answer = http_json(f"{prometheus}/api/v1/query?query=up%7Bjob%3D%22node%22%7D%3D%3D1", auth=auth)
+        nodes = {r["metric"]["instance"] for r in answer["data"]["result"]}
+        _, answer = http_json(f"{prometheus}/api/v1/query?query=mlops_pipeline_dataset_rows", auth=auth)
+        pushed = answer["data"]["result"]
+        if nodes == expected and pushed:
+            break
+        time.sleep(1)
+    assert nodes == expected, f"node_exporter targets up: {nodes}"
+    assert [(r["metric"]["job"], r["metric"]["asset"], r["value"][1]) for r in pushed] == [("mlops-pipeline", "dataset", "344")]
 
     # A new password takes effect on the next run (new hash, restart); the old one is refused.
     changed = ansible.run_playbook(inventory, "tests/prometheus.yml",
@@ -276,7 +348,6 @@ def test_alertmanager_role_runs_the_rendered_config_behind_basic_auth(hosts, ans
     from mlops_assets.monitoring import render
     from mlops_assets.monitoring.alertmanager_config import AlertRouting, Smtp
 
-    repository, tag, archive = archived_image(engine, "alertmanager")
     # What `dashboards` renders with a webhook and e-mail (the password file as the container sees it).
     routing = AlertRouting(webhook_url="http://172.17.0.1:9097/alerts",
                            smtp=Smtp("smtp.example.org:587", "am@example.org", "ops@example.org", "am",
@@ -284,8 +355,7 @@ def test_alertmanager_role_runs_the_rendered_config_behind_basic_auth(hosts, ans
     out = tmp_path / "rendered"
     render.write(render.render_all(render.default_profile(), render.RenderSettings(routing=routing)), out)
     rendered = out / render.ALERTMANAGER_FILE
-    variables = {"alertmanager_image_source": "archive", "alertmanager_image_repository": repository,
-                 "alertmanager_image_tag": tag, "alertmanager_image_archive": archive,
+    variables = {**archive_variables(engine, "alertmanager"),
                  "alertmanager_config_src": str(rendered), "alertmanager_smtp_password": "smtp-secret-1"}
     with pytest.raises(AnsibleError) as failure:  # no web password: a clear refusal
         ansible.run_playbook(inventory, "tests/alertmanager.yml", extra_vars=variables)
@@ -388,7 +458,8 @@ def test_deployed_hosts_then_the_api_through_the_asset_code(hosts, ansible, inve
         known_hosts_file=ansible.known_hosts_file, host_key_checking="strict",
         secret_extra_vars_env={"grafana_admin_password": "MLOPS_TEST_UNSET_GRAFANA_PASSWORD",
                                "prometheus_web_password": "MLOPS_TEST_UNSET_PROMETHEUS_PASSWORD",
-                               "alertmanager_web_password": "MLOPS_TEST_UNSET_ALERTMANAGER_PASSWORD"},
+                               "alertmanager_web_password": "MLOPS_TEST_UNSET_ALERTMANAGER_PASSWORD",
+                               "pushgateway_web_password": "MLOPS_TEST_UNSET_PUSHGATEWAY_PASSWORD"},
         generated_secrets_dir=str(tmp_path / "secrets"),
         extra_vars={"prometheus_rule_files_dir": str(rendered / "prometheus/rules"),
                     "grafana_dashboards_src_dir": str(rendered / "dashboards")},

@@ -27,9 +27,9 @@ pytestmark = pytest.mark.service
 
 ADMIN_CIDR = "198.51.100.7/32"
 CLIENT_CIDRS = ["203.0.113.0/24", "192.0.2.0/24"]
-# key pair, hosts_generation, 2 groups, 2 instances, 6 admin/metrics ingress rules (Alertmanager's included),
-# 5 egress rules, 1 per client network
-RESOURCES = 17 + len(CLIENT_CIDRS)
+# key pair, hosts_generation, 2 groups, 2 instances, 9 admin/metrics/node_exporter ingress rules (Alertmanager's
+# included), 7 egress rules, 1 per client network
+RESOURCES = 22 + len(CLIENT_CIDRS)
 
 
 def _public_key() -> str:

@@ -71,7 +71,7 @@ def test_every_variable_is_described_and_typed(module):
     assert "default" not in variables["admin_cidr"]
     assert "0.0.0.0/0" in str(variables["admin_cidr"]["validation"])
     for port, default in {"api_port": 8000, "metrics_port": 8080, "prometheus_port": 9090, "grafana_port": 3000,
-                          "alertmanager_port": 9093}.items():
+                          "node_exporter_port": 9100, "pushgateway_port": 9091, "alertmanager_port": 9093}.items():
         assert variables[port]["default"] == default
 
 
@@ -88,7 +88,13 @@ def test_security_group_rules_are_separate_described_and_least_privilege(module)
     assert "var.api_client_cidrs" in str(ingress["api_clients"]["for_each"])
     assert "aws_security_group.monitoring.id" in str(ingress["api_metrics_from_monitoring"]["referenced_security_group_id"])
     assert "cidr_ipv4" not in ingress["api_metrics_from_monitoring"]
-    for name in ("api_ssh", "monitoring_ssh", "monitoring_prometheus", "monitoring_alertmanager", "monitoring_grafana"):
+    # node_exporter on both hosts: from the monitoring host's group only.
+    node_exporter = ingress["node_exporter_from_monitoring"]
+    assert "aws_security_group.monitoring.id" in str(node_exporter["referenced_security_group_id"])
+    assert "cidr_ipv4" not in node_exporter
+    assert {"api", "monitoring"} == set(node_exporter["for_each"]) and "var.node_exporter_port" in str(node_exporter["from_port"])
+    for name in ("api_ssh", "monitoring_ssh", "monitoring_prometheus", "monitoring_pushgateway", "monitoring_alertmanager",
+                 "monitoring_grafana"):
         assert "var.admin_cidr" in str(ingress[name]["cidr_ipv4"]), name
     # No literal port of Ray's anywhere in the rules.
     for name, rule in {**ingress, **egress}.items():

@@ -27,6 +27,7 @@ import requests
 import yaml
 
 from mlops_assets.monitoring import API_JOB, pipeline_metrics, promql, render
+from mlops_assets.monitoring.panels import panel_queries
 from mlops_assets_tests.serving_fixtures import as_instances, free_ports
 
 pytestmark = pytest.mark.service
@@ -174,15 +175,8 @@ def push_pipeline_metrics(prometheus, trained_home, api, dagster_dir) -> None:
 
 def _panel_queries(out) -> dict[str, list[tuple[str, str]]]:
     """dashboard file -> [(panel title, expr)], $__rate_interval substituted."""
-    found = {}
-    for path in sorted((out / "dashboards").glob("*.json")):
-        panels = json.loads(path.read_text())["panels"]
-        found[path.name] = [
-            (panel["title"], target["expr"].replace("$__rate_interval", RATE_INTERVAL))
-            for panel in panels
-            for target in panel.get("targets", [])
-        ]
-    return found
+    return {path.name: panel_queries(json.loads(path.read_text()), RATE_INTERVAL)
+            for path in sorted((out / "dashboards").glob("*.json"))}
 
 
 def _rules(out) -> list[dict]:

@@ -54,6 +54,31 @@ def test_every_materializable_asset_pushes_in_every_target(tmp_path, target):
     else:
         assert type(resource) is PipelineMetrics
         assert resource.gateway_url == ("http://10.0.0.9:9091" if target == "aws" else None)
+        # Else the monitoring host's gateway, where deployed_hosts records it, with its basic auth.
+        assert resource.gateway_record == defs.resources["host_configurator"].pushgateway_record
+        assert resource.gateway_record.endswith(f"ansible/{target}/pushgateway.json")
+        assert resource.username == "admin" and resource.password_env == "MLOPS_PUSHGATEWAY_PASSWORD"
+        assert (resource.password_file or "").endswith("rehearsal/secrets/pushgateway_web_password" if target == "sim" else "")
+
+
+@pytest.mark.unit
+def test_sim_and_aws_push_to_the_recorded_monitoring_host_gateway_with_basic_auth(tmp_path, monkeypatch):
+    from mlops_assets.state import StateFile
+
+    record = tmp_path / "pushgateway.json"
+    resource = PipelineMetrics(target="sim", gateway_record=str(record), username="admin",
+                               password_env="MLOPS_TEST_PUSHGATEWAY_PASSWORD", password_file=str(tmp_path / "secret"))
+    log = type("Log", (), {"messages": [], "info": lambda self, m: self.messages.append(m)})()
+    assert resource.gateway(log) is None and "deployed_hosts puts one on the monitoring host" in log.messages[0]
+    StateFile(record).write({"url": "http://172.31.0.3:9091"})
+    assert resource.gateway(log) == "http://172.31.0.3:9091"
+    assert resource.model_copy(update={"gateway_url": "http://10.0.0.9:9091"}).gateway(log) == "http://10.0.0.9:9091"
+    monkeypatch.delenv("MLOPS_TEST_PUSHGATEWAY_PASSWORD", raising=False)
+    assert resource.auth() is None  # no password known: the gateway refuses the push (a warning)
+    (tmp_path / "secret").write_text("generated-password\n")
+    assert resource.auth() == ("admin", "generated-password")
+    monkeypatch.setenv("MLOPS_TEST_PUSHGATEWAY_PASSWORD", "from-the-environment")
+    assert resource.auth() == ("admin", "from-the-environment")
 
 
 @pytest.mark.unit
@@ -192,6 +217,40 @@ def test_a_real_materialization_lands_in_debians_pushgateway_and_survives_a_rest
         assert pm.read_group(prometheus.pushgateway_url, {"asset": "dataset", "target": "local"})[pm.DATASET_ROWS] > 0
     finally:
         prometheus.stop()
+
+
+@pytest.mark.service
+def test_a_gateway_with_basic_auth_takes_pushes_with_the_password_only(tmp_path):
+    """The monitoring host's set-up (the pushgateway role): Debian's Pushgateway with a web
+    config file holding a bcrypt hash. A push with the password lands; one without is refused
+    and is a warning."""
+    import subprocess
+
+    import bcrypt
+    import requests
+
+    port, = free_ports(1)
+    (tmp_path / "web.yml").write_text(f'basic_auth_users:\n  admin: "{bcrypt.hashpw(b"gateway-password", bcrypt.gensalt(4)).decode()}"\n')
+    gateway = subprocess.Popen(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}",
+                                f"--web.config.file={tmp_path / 'web.yml'}", "--log.level=warn"])
+    url, auth = f"http://127.0.0.1:{port}", ("admin", "gateway-password")
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/-/ready", auth=auth, timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        assert requests.get(f"{url}/-/ready", timeout=2).status_code == 401
+        run = pm.Materialization("dataset", "aws", True, time.time(), dataset_rows=344)
+        warnings: list[str] = []
+        assert not pm.push(url, run, warnings.append).pushed and "401" in warnings[0]
+        assert pm.push(url, run, pytest.fail, auth=auth).pushed
+        assert pm.read_group(url, {"asset": "dataset", "target": "aws"}, auth=auth)[pm.DATASET_ROWS] == 344
+    finally:
+        gateway.terminate()
+        gateway.wait(10)
 
 
 def _alive(pid: int) -> bool:

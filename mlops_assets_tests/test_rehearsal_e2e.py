@@ -4,15 +4,17 @@ From scratch (a fresh MLOPS_HOME): `python -m mlops_assets.cli run` (what `make 
 materializes the whole graph: dataset -> candidate_models -> selected_model -> container_image
 (built with podman, saved as an archive); tofu_state (infra_tf/ applied to the EC2 emulator
 through the provider test double) -> deployed_hosts (test hosts at the instances' private
-addresses, Ansible over real SSH: Docker, Prometheus from a locally built image, Grafana
-rendered only) -> deployed_api (the image shipped to the api host and run by the `api` role)
+addresses, Ansible over real SSH: Docker and node_exporter on both, Prometheus, Alertmanager
+and the Pushgateway from locally built images, Grafana rendered only) -> deployed_api (the image shipped to the api host and run by the `api` role)
 -> dashboards (rules, dashboards and Alertmanager's routes provisioned on the monitoring host).
 
 Then: a prediction through the api host's address answers like the pipeline's champion;
-Prometheus on the monitoring host has the api target up and served-prediction series; the API
-container stopped, MlopsApiTargetDown reaches a webhook receiver the test runs on the
-monitoring host (its `for:` and Alertmanager's waits shortened by MLOPS_ALERT_TIMINGS), and
-started again, the resolved notice arrives too. The
+Prometheus on the monitoring host has the api target up and served-prediction series, every
+panel of the hosts dashboard returns data for each of the two hosts (node_exporter on both),
+and the pipeline's metrics pushed to the monitoring host's Pushgateway; the API container
+stopped, MlopsApiTargetDown reaches a webhook receiver the test runs on the monitoring host
+(its `for:` and Alertmanager's waits shortened by MLOPS_ALERT_TIMINGS), and started again, the
+resolved notice arrives too. The
 lazy-rebuild scenarios follow, each one `cli run`: no change (only the live-service checks
 run, and they find everything in place: no build, no Ansible, the container not restarted);
 new hyperparameters (retraining, the champion stays, nothing downstream rebuilds); a serving
@@ -258,7 +260,53 @@ def test_prometheus_on_the_monitoring_host_scrapes_the_api(rehearsal):
     assert rendered and hosts.exec("mlops-assets-monitoring", f"ls {grafana}/dashboards").stdout.split() == rendered
     assert "[auth.anonymous]\nenabled = false" in hosts.exec("mlops-assets-monitoring", f"cat {grafana}/grafana.ini").stdout
     assert sorted(hosts.exec("mlops-assets-monitoring", "docker ps -a --format '{{.Names}}'").stdout.split()) == [
-        "alertmanager", "prometheus"]
+        "alertmanager", "node-exporter", "prometheus", "pushgateway"]
+
+
+def _monitoring_prometheus(rehearsal) -> tuple[str, tuple[str, str], dict]:
+    """The monitoring host's Prometheus URL, its basic auth and the inventory's groups."""
+    inventory = _latest(rehearsal["home"])["tofu_state"][1]["ansible_inventory"]["all"]["children"]
+    monitoring_address = inventory["monitoring"]["hosts"]["mlops-assets-monitoring"]["ansible_host"]
+    return f"http://{monitoring_address}:9090", _prometheus_auth(rehearsal["home"]), inventory
+
+
+def _panels_without_data(prometheus: str, auth, dashboard: str, home: Path, instances: set[str] = frozenset()) -> list[str]:
+    """The panels of a rendered dashboard whose queries return nothing (or, where a query splits
+    by instance, nothing for one of `instances`), run against the monitoring host's Prometheus;
+    $__rate_interval as Grafana makes it of a 15 s scrape interval."""
+    from mlops_assets.monitoring.panels import panel_queries
+
+    empty = []
+    for title, expr in panel_queries(json.loads((home / "monitoring" / "dashboards" / dashboard).read_text()), "1m"):
+        result = _query(prometheus, expr, auth)
+        found = {r["metric"]["instance"] for r in result if "instance" in r["metric"]}
+        if not result or (found and not instances <= found):
+            empty.append(f"{title}: {expr} -> {sorted(found) or len(result)}")
+    return empty
+
+
+def test_the_hosts_dashboard_shows_both_hosts_and_the_pipeline_pushes_to_the_monitoring_host(rehearsal):
+    """node_exporter on both hosts, scraped at their private addresses (job `node`): every panel
+    of `mlops-hosts` returns data for each host. The materializations from deployed_hosts on
+    pushed to the monitoring host's Pushgateway, which that Prometheus scrapes with honor_labels."""
+    assert rehearsal["first"].returncode == 0, _tail(rehearsal["first"])
+    prometheus, auth, inventory = _monitoring_prometheus(rehearsal)
+    nodes = {f"{host['private_ip']}:9100" for group in inventory.values() for host in group["hosts"].values()}
+    assert len(nodes) == 2
+    started = time.monotonic()
+    deadline, empty, pushed = started + 60, ["not run"], set()
+    while time.monotonic() < deadline:
+        empty = _panels_without_data(prometheus, auth, "mlops-hosts.json", rehearsal["home"], nodes)
+        pushed = {(r["metric"]["job"], r["metric"]["asset"], r["metric"]["target"])
+                  for r in _query(prometheus, "mlops_pipeline_asset_last_success_timestamp_seconds > 0", auth)}
+        if not empty and {"deployed_hosts", "deployed_api"} <= {asset for _, asset, _ in pushed}:
+            break
+        time.sleep(2)
+    PHASES["wait for both hosts' node_exporter and the pushed pipeline metrics"] = round(time.monotonic() - started, 1)
+    assert not empty, f"hosts dashboard panels without data for both hosts {sorted(nodes)}: {empty}"
+    assert float(_query(prometheus, 'sum(up{job="node"})', auth)[0]["value"][1]) == 2
+    # Pushed from this machine (the admin network) once deployed_hosts had put the gateway up.
+    assert {("mlops-pipeline", "deployed_hosts", "sim"), ("mlops-pipeline", "deployed_api", "sim")} <= pushed, pushed
 
 
 # A webhook receiver for the monitoring host: appends each POSTed body as one JSON line.
@@ -513,6 +561,16 @@ def test_second_materialization_changes_nothing(rehearsal):
     assert after["dashboards"][1]["changed"] == 0
     assert set(after["deployed_hosts"][1]["per_host"]) == {"mlops-assets-api", "mlops-assets-monitoring"}
     assert after["deployed_hosts"][1]["data_version_kept"] is True
+    # Every asset pushed to the monitoring host's Pushgateway this time: every panel of the
+    # pipeline dashboard returns data there.
+    prometheus, auth, _ = _monitoring_prometheus(rehearsal)
+    started = time.monotonic()
+    deadline, empty = started + 60, ["not run"]
+    while time.monotonic() < deadline and empty:
+        empty = _panels_without_data(prometheus, auth, "mlops-pipeline.json", home)
+        time.sleep(0 if not empty else 2)
+    PHASES["wait for every pipeline panel's data on the monitoring host"] = round(time.monotonic() - started, 1)
+    assert not empty, f"pipeline dashboard panels without data on the monitoring host: {empty}"
 
 
 def test_teardown_leaves_nothing_behind(rehearsal, capsys):

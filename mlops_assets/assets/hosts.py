@@ -2,7 +2,8 @@
 
 The `host_configurator` resource does the work (resources/hosts.py): nothing in `local` (the
 hosts are this machine), ansible_roles/site.yml's base plays over SSH in `aws` and `sim`
-(Docker everywhere, Prometheus and Grafana on the monitoring host).
+(Docker and node_exporter everywhere; Prometheus, Alertmanager, the Pushgateway and Grafana on
+the monitoring host).
 """
 
 import dagster as dg

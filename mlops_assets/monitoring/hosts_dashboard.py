@@ -2,8 +2,9 @@
 node_exporter (job `node`, from the renderer's host targets).
 
 In the `local` target the monitoring provisioner runs a node_exporter on loopback beside
-Prometheus (this machine is the API host). The `sim` and `aws` hosts run no node_exporter yet,
-so there the panels stay empty (docs/architecture.md, Monitoring). One function per panel."""
+Prometheus (this machine is the API host). In `sim` and `aws` the `node_exporter` role runs one
+on every host, at its private address, and the `prometheus` role scrapes them all in job `node`:
+one `instance` per host, which the panels split by. One function per panel."""
 
 from __future__ import annotations
 

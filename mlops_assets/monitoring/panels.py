@@ -99,3 +99,10 @@ def dashboard(uid: str, title: str, description: str) -> dashboard_builders.Dash
 
 def row(title: str) -> dashboard_builders.Row:
     return dashboard_builders.Row(title)
+
+
+def panel_queries(dashboard_json: dict, rate_interval: str) -> list[tuple[str, str]]:
+    """[(panel title, PromQL)] of a rendered dashboard, `$__rate_interval` replaced by
+    `rate_interval` (what Grafana would make of it): what a live check runs against Prometheus."""
+    return [(panel["title"], target["expr"].replace(RATE, rate_interval))
+            for panel in dashboard_json.get("panels", []) for target in panel.get("targets", [])]

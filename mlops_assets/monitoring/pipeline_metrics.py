@@ -39,6 +39,7 @@ rules (`rules.py`) read these names.
 
 from __future__ import annotations
 
+import base64
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ ROLLBACKS_TOTAL = ROLLBACKS + "_total"
 LAST_ROLLBACK = PREFIX + "last_rollback_timestamp_seconds"
 
 Warn = Callable[[str], None]
+Auth = tuple[str, str]  # (user, password): the basic auth of the monitoring host's gateway
 
 
 @dataclass(frozen=True)
@@ -118,12 +120,14 @@ def _number(text: str) -> float | None:
         return None
 
 
-def read_group(gateway: str, grouping_key: dict[str, str], timeout_s: float = 5.0) -> dict[str, float]:
+def read_group(gateway: str, grouping_key: dict[str, str], timeout_s: float = 5.0,
+               auth: Auth | None = None) -> dict[str, float]:
     """The samples (name -> value) the gateway holds now for this job and grouping key, read
     from its /metrics with prometheus_client's parser. Raises OSError when it does not answer."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"{_url(gateway)}/metrics", timeout=timeout_s) as response:  # noqa: S310 - our gateway
+    request = urllib.request.Request(f"{_url(gateway)}/metrics", headers=_auth_header(auth))
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - our gateway
         text = response.read().decode("utf-8", errors="replace")
     wanted = {"job": JOB, **grouping_key}
     found: dict[str, float] = {}
@@ -132,6 +136,12 @@ def read_group(gateway: str, grouping_key: dict[str, str], timeout_s: float = 5.
             if all(sample.labels.get(k) == v for k, v in wanted.items()):
                 found[sample.name] = sample.value
     return found
+
+
+def _auth_header(auth: Auth | None) -> dict[str, str]:
+    if not auth:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(":".join(auth).encode()).decode()}
 
 
 def _url(gateway: str) -> str:
@@ -220,16 +230,24 @@ def build_registry(run: Materialization, previous: dict[str, float] | None = Non
     return registry
 
 
-def push(gateway: str, run: Materialization, warn: Warn, timeout_s: float = 5.0) -> PushResult:
-    """Read the group back, then pushadd this materialization's registry. Never raises: a
-    gateway that is down or refuses the push is a warning (`warn`) and `pushed=False`."""
+def push(gateway: str, run: Materialization, warn: Warn, timeout_s: float = 5.0, auth: Auth | None = None) -> PushResult:
+    """Read the group back, then pushadd this materialization's registry (with basic auth when
+    `auth` is given). Never raises: a gateway that is down or refuses the push is a warning
+    (`warn`) and `pushed=False`."""
     from prometheus_client import pushadd_to_gateway
+    from prometheus_client.exposition import basic_auth_handler, default_handler
+
+    def handler(url, method, timeout, headers, data):
+        if auth:
+            return basic_auth_handler(url, method, timeout, headers, data, *auth)
+        return default_handler(url, method, timeout, headers, data)
 
     url = _url(gateway)
     try:
-        previous = read_group(url, run.grouping_key, timeout_s)
+        previous = read_group(url, run.grouping_key, timeout_s, auth)
         registry = build_registry(run, previous)
-        pushadd_to_gateway(url, job=JOB, registry=registry, grouping_key=run.grouping_key, timeout=timeout_s)
+        pushadd_to_gateway(url, job=JOB, registry=registry, grouping_key=run.grouping_key, timeout=timeout_s,
+                           handler=handler)
     except Exception as exc:  # noqa: BLE001 - metrics must never fail an asset, whatever went wrong
         message = (f"pipeline metrics of {run.asset} not pushed to the Pushgateway at {url}: "
                    f"{type(exc).__name__}: {exc} (the asset is not affected)")

@@ -26,10 +26,11 @@ def prometheus_config(
     alertmanager_targets: Sequence[str] = (),
 ) -> str:
     """`api_targets` are host:port of the API's metrics endpoints; `host_targets` optional
-    node_exporter endpoints (none are deployed by this project yet: see hosts_dashboard);
-    `pushgateway_targets` optional Pushgateway endpoints (the local target's, on loopback);
-    `alertmanager_targets` host:port of the Alertmanagers that receive the alerts (none: the
-    alerts are only listed in Prometheus)."""
+    node_exporter endpoints; `pushgateway_targets` optional Pushgateway endpoints (the local
+    target's, on loopback); `alertmanager_targets` host:port of the Alertmanagers that receive
+    the alerts (none: the alerts are only listed in Prometheus). On the monitoring host (sim,
+    aws) the `prometheus` role writes the same jobs from the inventory (`mlops-api`, `node`,
+    `mlops-pushgateway`) and the alerting block for its `alertmanager` role."""
     if not api_targets:
         raise ValueError("prometheus_config needs at least one API metrics target (host:port)")
     scrape_configs = [

@@ -8,7 +8,10 @@
   binary, user nobody, data in /prometheus), so the `prometheus` role runs it exactly as it
   would run the official image, through the same variables;
 - Alertmanager from Debian's `prometheus-alertmanager` package, laid out like prom/alertmanager
-  (entrypoint the binary, user nobody, data in /alertmanager), for the `alertmanager` role.
+  (entrypoint the binary, user nobody, data in /alertmanager), for the `alertmanager` role;
+- node_exporter and the Pushgateway from Debian's `prometheus-node-exporter` and
+  `prometheus-pushgateway`, laid out like prom/node-exporter and prom/pushgateway (entrypoint
+  the binary, user nobody) for the `node_exporter` and `pushgateway` roles.
 
 Images are built once per engine (the tag is a hash of the build context) and saved as
 archives under the cache folder.
@@ -26,6 +29,8 @@ from mlops_assets.offline_base import BASE_IMAGE, default_cache_dir, ensure_base
 TEST_API_REPOSITORY = "localhost/mlops-test-api"
 PROMETHEUS_REPOSITORY = "localhost/mlops-prometheus"
 ALERTMANAGER_REPOSITORY = "localhost/mlops-alertmanager"
+NODE_EXPORTER_REPOSITORY = "localhost/mlops-node-exporter"
+PUSHGATEWAY_REPOSITORY = "localhost/mlops-pushgateway"
 
 _TEST_API_SERVER = r'''
 import json, os, sys
@@ -109,6 +114,27 @@ CMD ["--config.file=/etc/{name}/{name}.yml", "--{storage_flag}=/{name}"]
 """
 
 
+# Debian's Go programs need nothing but themselves and the C library: the image is the binary,
+# libc, the loader and the nobody user on an empty root (about 15 MB to ship to each host, not
+# the 200 MB of the base).
+_GO_BINARY_DOCKERFILE = """\
+FROM {base} AS package
+RUN apt-get update -qq \\
+ && apt-get install -y -qq --no-install-recommends {package} \\
+ && mkdir -p /out/usr/bin /out/lib/x86_64-linux-gnu /out/lib64 /out/etc \\
+ && cp /usr/bin/{package} /out/usr/bin/ \\
+ && cp -L /lib/x86_64-linux-gnu/libc.so.6 /out/lib/x86_64-linux-gnu/ \\
+ && cp -L /lib64/ld-linux-x86-64.so.2 /out/lib64/ \\
+ && grep -E '^(root|nobody):' /etc/passwd > /out/etc/passwd \\
+ && grep -E '^(root|nogroup):' /etc/group > /out/etc/group
+FROM scratch
+COPY --from=package /out/ /
+USER 65534
+EXPOSE {port}
+ENTRYPOINT ["/usr/bin/{package}"]
+"""
+
+
 def _context(files: dict[str, str]) -> tuple[bytes, str]:
     """A build context tar and the hash of its files."""
     buffer = io.BytesIO()
@@ -158,6 +184,22 @@ def build_alertmanager_image(engine) -> str:
     """Alertmanager from Debian's package, laid out like prom/alertmanager; returns repository:tag."""
     return _debian_server_image(engine, ALERTMANAGER_REPOSITORY, package="prometheus-alertmanager", name="alertmanager",
                                 port="9093", storage_flag="storage.path")
+
+
+def build_node_exporter_image(engine) -> str:
+    """node_exporter from Debian's package, laid out like prom/node-exporter; returns repository:tag."""
+    return _build_go_binary_image(engine, NODE_EXPORTER_REPOSITORY, "prometheus-node-exporter", 9100)
+
+
+def build_pushgateway_image(engine) -> str:
+    """The Pushgateway from Debian's package, laid out like prom/pushgateway; returns repository:tag."""
+    return _build_go_binary_image(engine, PUSHGATEWAY_REPOSITORY, "prometheus-pushgateway", 9091)
+
+
+def _build_go_binary_image(engine, repository: str, package: str, port: int) -> str:
+    ensure_base_image(engine)
+    dockerfile = _GO_BINARY_DOCKERFILE.format(base=BASE_IMAGE, package=package, port=port)
+    return _build(engine, repository, {"Dockerfile": dockerfile})  # tagged with the Dockerfile's hash
 
 
 def save_archive(engine, reference: str, directory: Path | None = None) -> Path:

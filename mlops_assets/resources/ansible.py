@@ -448,11 +448,12 @@ def _per_host(stats: dict) -> dict[str, dict[str, int]]:
 
 
 class RehearsalAnsible(Ansible):
-    """`sim`: the same playbooks, with the images a registry would serve (Prometheus,
-    Alertmanager) built locally from the offline Debian base (rehearsal/images.py) and loaded from archives through the roles' own
-    variables; Grafana is rendered only (no Grafana image offline). Before each run, the hosts
-    themselves: a rehearsal host (network namespace, own Debian root, sshd) at each address of
-    the inventory, accepting tofu_state's generated key (rehearsal/sim_hosts.py)."""
+    """`sim`: the same playbooks, with the images a registry would serve (Prometheus, Alertmanager,
+    node_exporter, the Pushgateway) built locally from the offline Debian base
+    (rehearsal/images.py) and loaded from archives through the roles' own variables; Grafana is
+    rendered only (no Grafana image offline). Before each run, the hosts themselves: a rehearsal
+    host (network namespace, own Debian root, sshd) at each address of the inventory, accepting
+    tofu_state's generated key (rehearsal/sim_hosts.py)."""
 
     target: str = "sim"
     images_dir: str = Field(default="", description="Where the rehearsal's image archives are saved.")
@@ -507,23 +508,31 @@ class RehearsalAnsible(Ansible):
             raise AnsibleError(f"sim: could not bring up the rehearsal hosts of the inventory: {exc}") from None
 
     def prepare(self, log: Log) -> dict[str, Any]:
+        from mlops_assets.rehearsal import images as rehearsal_images
         from mlops_assets.rehearsal.engine import docker_client
-        from mlops_assets.rehearsal.images import build_alertmanager_image, build_prometheus_image, save_archive
 
+        # role -> the local image that replaces its registry image (prom/<role>) offline, from
+        # Debian's package.
+        builders = {
+            "prometheus": rehearsal_images.build_prometheus_image,
+            "alertmanager": rehearsal_images.build_alertmanager_image,
+            "node_exporter": rehearsal_images.build_node_exporter_image,
+            "pushgateway": rehearsal_images.build_pushgateway_image,
+        }
         variables: dict[str, Any] = {"grafana_render_only": True}
         role = "prometheus"
         try:
             engine = docker_client()
-            for role, build in (("prometheus", build_prometheus_image), ("alertmanager", build_alertmanager_image)):
+            for role, build in builders.items():
                 image = build(engine)
-                archive = save_archive(engine, image, Path(self.images_dir) if self.images_dir else None)
+                archive = rehearsal_images.save_archive(engine, image, Path(self.images_dir) if self.images_dir else None)
                 log(f"sim: {role} image {image} from Debian's package, archive {archive}")
                 repository, _, tag = image.rpartition(":")
                 variables.update({f"{role}_image_source": "archive", f"{role}_image_repository": repository,
                                   f"{role}_image_tag": tag, f"{role}_image_archive": str(archive)})
         except Exception as exc:  # no engine, no Debian mirror for the build: say what failed
             raise AnsibleError(
-                f"sim: could not build the local {role} image that replaces prom/{role} offline "
+                f"sim: could not build the local {role} image that replaces prom/{role.replace('_', '-')} offline "
                 f"(needs a Docker-compatible engine, see scripts/setup_podman.sh): {exc}"
             ) from None
         return variables

@@ -6,8 +6,10 @@ without knowing which:
 - `ThisMachineHosts` (`local`): the hosts are this machine; nothing runs. The local Ray
   instance and Prometheus are started by the API deployer and the monitoring provisioner.
 - `AnsibleHosts` (`aws`, `sim`): ansible_roles/site.yml's base plays (tag `hosts`) over SSH:
-  Docker everywhere, Prometheus and Grafana on the monitoring host. When Ansible changed
-  nothing, the previous data version is kept, so nothing downstream becomes stale.
+  Docker and node_exporter everywhere; Prometheus, Alertmanager, the Pushgateway and Grafana on
+  the monitoring host. When Ansible changed nothing, the previous data version is kept, so nothing
+  downstream becomes stale. The monitoring host's Pushgateway is recorded (`pushgateway_record`)
+  for the `pipeline_metrics` resource, which pushes there from then on.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dagster as dg
 
 from mlops_assets.metadata import markdown_table
 from mlops_assets.resources.ansible import Ansible, AnsibleError, PlaybookResult
+from mlops_assets.state import StateFile
 from mlops_assets.versioning import stable_hash
 
 HOSTS_TAG = "hosts"  # site.yml's base plays
@@ -106,6 +109,9 @@ class AnsibleHosts(HostConfigurator):
     """`aws`, `sim`: site.yml's base plays (tag `hosts`) through the `ansible` resource."""
 
     ansible: Ansible
+    # state.RECORDS["pushgateway"]: where the pipeline pushes once the monitoring host runs its
+    # Pushgateway ("" records nothing).
+    pushgateway_record: str = ""
 
     def configure(self, inventory: dict, *, previous_data_version: str | None, run_id: str, code_version: str,
                   log) -> HostsResult:
@@ -123,6 +129,9 @@ class AnsibleHosts(HostConfigurator):
             grafana_url=f"http://{monitoring[0]}:{grafana_port}" if monitoring else None,
             per_host=result.per_host,
         )
+        if self.pushgateway_record and monitoring:
+            port = group_var(inventory, "monitoring", "pushgateway_port", 9091)
+            StateFile(self.pushgateway_record).write({"url": f"http://{monitoring[0]}:{port}"})
         # Ansible changed nothing: the hosts are as they were, and so is the data version.
         kept = previous_data_version if result.changed == 0 else None
         version = kept or stable_hash({"inventory": inventory, "roles": code_version,

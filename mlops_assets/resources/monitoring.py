@@ -8,8 +8,10 @@ renders the files and calls `check()` then `provision()` without knowing which:
   scrape target up.
 - `MonitoringHost` (`aws`, `sim`): site.yml's monitoring plays (tag `hosts`, limited to the
   monitoring host) ship the files to Prometheus and Grafana there; then that Prometheus must
-  have every rule loaded and scrape the API host. When the previous materialization put these
-  very files in service and that Prometheus still answers with them, Ansible is not run.
+  have every rule loaded and scrape the API host and every host's node_exporter (the
+  `node_exporter` role's, at the hosts' private addresses), every target up. When the previous
+  materialization put these very files in service and that Prometheus still answers with them,
+  Ansible is not run.
 
 Both check the files with promtool and Alertmanager's configuration with amtool first; files
 that passed once (record `promtool_passed`) are not tested again. Both build Alertmanager's
@@ -29,7 +31,7 @@ import dagster as dg
 
 from mlops_assets.monitoring import alertmanager_config as am
 from mlops_assets.monitoring import render as render_module
-from mlops_assets.resources.ansible import Ansible, AnsibleError
+from mlops_assets.resources.ansible import Ansible, AnsibleError, inventory_hosts
 from mlops_assets.resources.prometheus import Amtool, LocalPrometheus, PrometheusError, PrometheusHttp, Promtool
 from mlops_assets.state import atomic_write_text
 from mlops_assets.state import StateFile
@@ -225,7 +227,8 @@ class LocalMonitoring(MonitoringProvisioner):
 
 
 class MonitoringHost(MonitoringProvisioner):
-    """`aws`, `sim`: Prometheus and Grafana on the monitoring host, provisioned by Ansible."""
+    """`aws`, `sim`: Prometheus, Alertmanager, the Pushgateway and Grafana on the monitoring host,
+    provisioned by Ansible."""
 
     ansible: Ansible
     # sim: no Grafana image exists offline, so the role renders Grafana's files only.
@@ -266,15 +269,16 @@ class MonitoringHost(MonitoringProvisioner):
         url = self.datasource_url(api_prometheus_url)
         http = self.prometheus_http(url)
         grafana = "render only (no Grafana image offline)" if self.grafana_render_only else "container"
+        expected = (rendered.api_target, *node_targets(inventory))
         if previous.get("content_hash") == rendered.content_hash and previous.get("prometheus_url") == url:
-            healthy = healthy_targets(http, rendered.expected_rules, rendered.api_target)
+            healthy = healthy_targets(http, rendered.expected_rules, expected)
             if healthy:
                 log.info(f"{url} already runs these files: {rendered.expected_rules} rules loaded, targets up {healthy}; "
                     "Ansible not run")
                 return MonitoringResult(url, healthy, {
                     "provisioned_by": "unchanged: the monitoring host already runs these files (checked live)",
                     "changed": 0, "grafana": previous.get("grafana", grafana), "alertmanager_url": self.alertmanager_url(url)})
-            log.info(f"{url} does not answer with every rule and the api target up: provisioning again")
+            log.info(f"{url} does not answer with every rule and the api and node targets up: provisioning again")
         try:
             result = self.ansible.run_playbook(
                 inventory, "site.yml", tags=["hosts"], limit="monitoring", log=log.info,
@@ -293,8 +297,9 @@ class MonitoringHost(MonitoringProvisioner):
             http.wait_until(lambda: rules_loaded(http) == rendered.expected_rules, timeout_s=60,
                             what=f"{rendered.expected_rules} rules to be loaded")
             targets_up = http.wait_until(
-                lambda: (up := http.targets_up()) and any(rendered.api_target in u for u in up) and all(up.values()) and up,
-                timeout_s=max(targets_up_timeout_s, 60), what=f"the api host's metrics ({rendered.api_target}) to be scraped",
+                lambda: (up := http.targets_up()) and scraped(up, expected) and all(up.values()) and up,
+                timeout_s=max(targets_up_timeout_s, 60),
+                what=f"the api host's metrics and every host's node_exporter ({', '.join(expected)}) to be scraped",
             )
         except (PrometheusError, OSError) as exc:
             raise dg.Failure(description=f"the monitoring host's Prometheus at {url}: {exc}") from None
@@ -304,13 +309,26 @@ class MonitoringHost(MonitoringProvisioner):
             "per_host": dg.MetadataValue.json(result.per_host), "grafana": grafana, "alertmanager_url": self.alertmanager_url(url)})
 
 
-def healthy_targets(http: PrometheusHttp, expected_rules: int, api_target: str) -> dict[str, bool] | None:
-    """The targets of a Prometheus that has every rule loaded and scrapes `api_target` with
-    success (all targets up); None otherwise, or when it does not answer."""
+def node_targets(inventory: dict) -> list[str]:
+    """host:port of every inventory host's node_exporter: its private address (private_ip, else
+    ansible_host) and node_exporter_port (the prometheus role's job `node` scrapes the same)."""
+    port = ((inventory.get("all") or {}).get("vars") or {}).get("node_exporter_port", 9100)
+    return sorted(f"{v.get('private_ip') or v.get('ansible_host') or name}:{v.get('node_exporter_port', port)}"
+                  for name, v in inventory_hosts(inventory).items())
+
+
+def scraped(up: dict[str, bool], expected) -> bool:
+    """Whether every host:port of `expected` is among the scrape URLs of `up`."""
+    return all(any(f"//{target}/" in url for url in up) for target in expected)
+
+
+def healthy_targets(http: PrometheusHttp, expected_rules: int, expected) -> dict[str, bool] | None:
+    """The targets of a Prometheus that has every rule loaded and scrapes every host:port of
+    `expected` with success (all targets up); None otherwise, or when it does not answer."""
     try:
         if rules_loaded(http) != expected_rules:
             return None
         up = http.targets_up()
     except (PrometheusError, OSError, ValueError, KeyError):
         return None
-    return up if up and any(api_target in url for url in up) and all(up.values()) else None
+    return up if up and scraped(up, expected) and all(up.values()) else None

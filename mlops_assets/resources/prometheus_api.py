@@ -13,6 +13,15 @@ class PrometheusQueryError(RuntimeError):
     """Prometheus did not answer, or refused the query."""
 
 
+def read_password(password_env: str | None, password_file: str | None) -> str | None:
+    """A basic-auth password: the environment variable `password_env`, else the file
+    `password_file` (the rehearsal's generated secret); None when neither has one."""
+    password = os.environ.get(password_env) if password_env else None
+    if not password and password_file and Path(password_file).is_file():
+        password = Path(password_file).read_text().strip()
+    return password or None
+
+
 class PrometheusApi(dg.ConfigurableResource):
     """Instant queries against a Prometheus server (local: http://127.0.0.1:9090)."""
 
@@ -28,9 +37,7 @@ class PrometheusApi(dg.ConfigurableResource):
     def auth(self) -> tuple[str, str] | None:
         if not self.username:
             return None
-        password = os.environ.get(self.password_env) if self.password_env else None
-        if not password and self.password_file and Path(self.password_file).is_file():
-            password = Path(self.password_file).read_text().strip()
+        password = read_password(self.password_env, self.password_file)
         if not password:
             raise PrometheusQueryError(
                 f"Prometheus at {self.url} needs basic auth: set {self.password_env or 'the password'}"
