@@ -134,7 +134,10 @@ def test_docker_role(hosts, ansible, inventory):
 
 
 def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, inventory, engine, tmp_path):
+    from mlops_assets.image.archive import diff_ids, write_layered
+    from mlops_assets.offline_base import BASE_IMAGE
     from mlops_assets.rehearsal.images import build_test_api_image, save_archive
+    from mlops_assets.resources.api_deployer import archive_image_name
 
     key_file = tmp_path / "api-keys"
     key_file.write_text("role-test-key\n")
@@ -142,14 +145,27 @@ def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, invento
     good = build_test_api_image(engine)
     broken = build_test_api_image(engine, broken=True)
     started = time.monotonic()
-    good_archive, broken_archive = save_archive(engine, good), save_archive(engine, broken)
+    # Layered archives, as container_image ships them: the images' own layers only, on a
+    # "runtime" (here the Debian base both are built on) that the role ships when the host lacks it.
+    runtime_archive = save_archive(engine, BASE_IMAGE)
+    base_layers = diff_ids(runtime_archive)
+    good_archive, broken_archive = (
+        write_layered(save_archive(engine, image), tmp_path / f"{name}-layered.tar", base_layers).path
+        for name, image in (("good", good), ("broken", broken)))
     TIMINGS["api_archives_s"] = round(time.monotonic() - started, 2)
+    assert good_archive.stat().st_size < 1e6 < 100e6 < runtime_archive.stat().st_size
     repository, good_tag = good.rsplit(":", 1)
 
+    runtime = archive_image_name(str(runtime_archive))
+    hosts.exec("api", f"docker image rm {runtime} >/dev/null 2>&1 || true", check=False)
     variables = {"api_image_repository": repository, "api_image_tag": good_tag, "api_image_source": "archive",
                  "api_image_archive": str(good_archive), "api_model_version": "1", "api_ready_timeout": 30,
-                 "api_key_file": str(key_file)}
+                 "api_key_file": str(key_file), "api_runtime_image": runtime, "api_runtime_archive": str(runtime_archive)}
     converge_twice(ansible, inventory, "tests/api.yml", "api", **variables)
+    # The runtime was shipped, then the layered archive loaded on it: the same image, by ID,
+    # as the engine that built it holds.
+    on_host = hosts.ssh("api", f"sudo docker image inspect --format '{{{{.Id}}}}' {good} {runtime}", user="admin").stdout.split()
+    assert on_host == [engine.images.get(good).id, engine.images.get(BASE_IMAGE).id], on_host
     # The key file reaches the container as a read-only mount whose path MLOPS_API_KEY_FILE
     # names; the key itself is in neither the container's config nor a command line.
     config = json.loads(hosts.ssh("api", "sudo docker inspect mlops-api", user="admin").stdout)[0]

@@ -116,8 +116,9 @@ def docker_client(engine_host):
     client = docker.DockerClient(base_url=engine_host, timeout=600)
     yield client
     # Everything these tests built and saved, and nothing else.
-    for archive in Path(IMAGES_DIR).glob("mlops-api-*.tar"):
-        archive.unlink()
+    for pattern in ("mlops-api-*.tar", "api-runtime-*.tar"):
+        for archive in Path(IMAGES_DIR).glob(pattern):
+            archive.unlink()
     for repository in (TEST_REPOSITORY, TEST_REPOSITORY + image_context.RUNTIME_SUFFIX):
         for image in client.images.list(name=repository):
             try:
@@ -258,7 +259,15 @@ def test_image_is_built_with_its_metadata(first_build, docker_client):
     assert image.tag and image.ref == f"{TEST_REPOSITORY}:{image.tag}"
     assert event.metadata["tag"].value == image.tag
     assert event.metadata["base_image"].value == BASE_IMAGE
-    assert Path(image.archive).is_file() and Path(image.archive).stat().st_size > 100e6
+    # Saved for hosts without a registry: the runtime's archive once, and this image's archive
+    # layered on it (its own layers only: code and model, a few MB instead of the stack's 920).
+    from mlops_assets.image.archive import diff_ids
+
+    assert Path(image.runtime_archive).is_file() and Path(image.runtime_archive).stat().st_size > 100e6
+    assert Path(image.archive).is_file() and Path(image.archive).stat().st_size < 50e6
+    assert event.metadata["archive_mb"].value < 50 and event.metadata["runtime_archive"].value == image.runtime_archive
+    runtime_layers = diff_ids(Path(image.runtime_archive))
+    assert diff_ids(Path(image.archive))[:len(runtime_layers)] == runtime_layers
     attrs = docker_client.images.get(image.ref).attrs
     config = attrs["Config"]
     assert config["User"] == "api"
