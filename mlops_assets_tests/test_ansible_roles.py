@@ -100,6 +100,18 @@ def converge_twice(ansible, inventory, playbook, name, **extra_vars):
     return first, second
 
 
+def refused_without_password_then_converged(ansible, inventory, role: str, variables: dict, *, password_var: str,
+                                            password: str, check_task: str):
+    """The monitoring roles' contract for secrets: without the password the role refuses at
+    `check_task`, naming it; with it, it converges twice (the second run changes nothing).
+    `variables` keeps the password for the test's later runs."""
+    with pytest.raises(AnsibleError) as failure:
+        ansible.run_playbook(inventory, f"tests/{role}.yml", extra_vars=variables)
+    assert f"monitoring failed at task '{check_task}'" in str(failure.value)
+    variables[password_var] = password
+    return converge_twice(ansible, inventory, f"tests/{role}.yml", role, **variables)
+
+
 def http_json(url, data=None, timeout=5, auth=None):
     body = json.dumps(data).encode() if data is not None else None
     headers = {"Content-Type": "application/json"}
@@ -253,11 +265,8 @@ def test_pushgateway_role_keeps_pushes_behind_basic_auth_across_restarts(hosts, 
     from mlops_assets.monitoring import pipeline_metrics as pm
 
     variables = archive_variables(engine, "pushgateway")
-    with pytest.raises(AnsibleError) as failure:  # no password: a clear refusal
-        ansible.run_playbook(inventory, "tests/pushgateway.yml", extra_vars=variables)
-    assert "monitoring failed at task 'Check the web password'" in str(failure.value)
-    variables["pushgateway_web_password"] = PUSHGATEWAY_PASSWORD
-    converge_twice(ansible, inventory, "tests/pushgateway.yml", "pushgateway", **variables)
+    refused_without_password_then_converged(ansible, inventory, "pushgateway", variables, check_task="Check the web password",
+                                            password_var="pushgateway_web_password", password=PUSHGATEWAY_PASSWORD)
 
     web = hosts.exec("monitoring", "stat -c '%a %u:%g' /etc/mlops-assets/pushgateway/web.yml; "
                      "cat /etc/mlops-assets/pushgateway/web.yml").stdout
@@ -303,11 +312,9 @@ def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine,
     variables = {**archive_variables(engine, "prometheus"),
                  "prometheus_rule_files_dir": str(rules_dir), "prometheus_scrape_interval": "2s",
                  "pushgateway_web_password": PUSHGATEWAY_PASSWORD}
-    with pytest.raises(AnsibleError) as failure:  # no web password: a clear refusal
-        ansible.run_playbook(inventory, "tests/prometheus.yml", extra_vars=variables)
-    assert "monitoring failed at task 'Check that the web password is set from a secret'" in str(failure.value)
-    variables["prometheus_web_password"] = PROMETHEUS_PASSWORD
-    converge_twice(ansible, inventory, "tests/prometheus.yml", "prometheus", **variables)
+    refused_without_password_then_converged(ansible, inventory, "prometheus", variables,
+                                            check_task="Check that the web password is set from a secret",
+                                            password_var="prometheus_web_password", password=PROMETHEUS_PASSWORD)
 
     config = hosts.exec("monitoring", "cat /etc/mlops-assets/prometheus/prometheus.yml").stdout
     assert f'"{hosts.address("api")}:8080"' in config
@@ -373,11 +380,9 @@ def test_alertmanager_role_runs_the_rendered_config_behind_basic_auth(hosts, ans
     rendered = out / render.ALERTMANAGER_FILE
     variables = {**archive_variables(engine, "alertmanager"),
                  "alertmanager_config_src": str(rendered), "alertmanager_smtp_password": "smtp-secret-1"}
-    with pytest.raises(AnsibleError) as failure:  # no web password: a clear refusal
-        ansible.run_playbook(inventory, "tests/alertmanager.yml", extra_vars=variables)
-    assert "monitoring failed at task 'Check that the web password is set from a secret'" in str(failure.value)
-    variables["alertmanager_web_password"] = ALERTMANAGER_PASSWORD
-    converge_twice(ansible, inventory, "tests/alertmanager.yml", "alertmanager", **variables)
+    refused_without_password_then_converged(ansible, inventory, "alertmanager", variables,
+                                            check_task="Check that the web password is set from a secret",
+                                            password_var="alertmanager_web_password", password=ALERTMANAGER_PASSWORD)
 
     folder = "/etc/mlops-assets/alertmanager"
     files = hosts.exec("monitoring", f"cd {folder} && stat -c '%n %a %u:%g' alertmanager.yml smtp_password web.yml").stdout
