@@ -100,6 +100,18 @@ def converge_twice(ansible, inventory, playbook, name, **extra_vars):
     return first, second
 
 
+def refused_without_password_then_converged(ansible, inventory, role: str, variables: dict, *, password_var: str,
+                                            password: str, check_task: str):
+    """The monitoring roles' contract for secrets: without the password the role refuses at
+    `check_task`, naming it; with it, it converges twice (the second run changes nothing).
+    `variables` keeps the password for the test's later runs."""
+    with pytest.raises(AnsibleError) as failure:
+        ansible.run_playbook(inventory, f"tests/{role}.yml", extra_vars=variables)
+    assert f"monitoring failed at task '{check_task}'" in str(failure.value)
+    variables[password_var] = password
+    return converge_twice(ansible, inventory, f"tests/{role}.yml", role, **variables)
+
+
 def http_json(url, data=None, timeout=5, auth=None):
     body = json.dumps(data).encode() if data is not None else None
     headers = {"Content-Type": "application/json"}
@@ -134,7 +146,10 @@ def test_docker_role(hosts, ansible, inventory):
 
 
 def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, inventory, engine, tmp_path):
+    from mlops_assets.image.archive import diff_ids, write_layered
+    from mlops_assets.offline_base import BASE_IMAGE
     from mlops_assets.rehearsal.images import build_test_api_image, save_archive
+    from mlops_assets.resources.api_deployer import archive_image_name
 
     key_file = tmp_path / "api-keys"
     key_file.write_text("role-test-key\n")
@@ -142,14 +157,27 @@ def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, invento
     good = build_test_api_image(engine)
     broken = build_test_api_image(engine, broken=True)
     started = time.monotonic()
-    good_archive, broken_archive = save_archive(engine, good), save_archive(engine, broken)
+    # Layered archives, as container_image ships them: the images' own layers only, on a
+    # "runtime" (here the Debian base both are built on) that the role ships when the host lacks it.
+    runtime_archive = save_archive(engine, BASE_IMAGE)
+    base_layers = diff_ids(runtime_archive)
+    good_archive, broken_archive = (
+        write_layered(save_archive(engine, image), tmp_path / f"{name}-layered.tar", base_layers).path
+        for name, image in (("good", good), ("broken", broken)))
     TIMINGS["api_archives_s"] = round(time.monotonic() - started, 2)
+    assert good_archive.stat().st_size < 1e6 < 100e6 < runtime_archive.stat().st_size
     repository, good_tag = good.rsplit(":", 1)
 
+    runtime = archive_image_name(str(runtime_archive))
+    hosts.exec("api", f"docker image rm {runtime} >/dev/null 2>&1 || true", check=False)
     variables = {"api_image_repository": repository, "api_image_tag": good_tag, "api_image_source": "archive",
                  "api_image_archive": str(good_archive), "api_model_version": "1", "api_ready_timeout": 30,
-                 "api_key_file": str(key_file)}
+                 "api_key_file": str(key_file), "api_runtime_image": runtime, "api_runtime_archive": str(runtime_archive)}
     converge_twice(ansible, inventory, "tests/api.yml", "api", **variables)
+    # The runtime was shipped, then the layered archive loaded on it: the same image, by ID,
+    # as the engine that built it holds.
+    on_host = hosts.ssh("api", f"sudo docker image inspect --format '{{{{.Id}}}}' {good} {runtime}", user="admin").stdout.split()
+    assert on_host == [engine.images.get(good).id, engine.images.get(BASE_IMAGE).id], on_host
     # The key file reaches the container as a read-only mount whose path MLOPS_API_KEY_FILE
     # names; the key itself is in neither the container's config nor a command line.
     config = json.loads(hosts.ssh("api", "sudo docker inspect mlops-api", user="admin").stdout)[0]
@@ -237,11 +265,8 @@ def test_pushgateway_role_keeps_pushes_behind_basic_auth_across_restarts(hosts, 
     from mlops_assets.monitoring import pipeline_metrics as pm
 
     variables = archive_variables(engine, "pushgateway")
-    with pytest.raises(AnsibleError) as failure:  # no password: a clear refusal
-        ansible.run_playbook(inventory, "tests/pushgateway.yml", extra_vars=variables)
-    assert "monitoring failed at task 'Check the web password'" in str(failure.value)
-    variables["pushgateway_web_password"] = PUSHGATEWAY_PASSWORD
-    converge_twice(ansible, inventory, "tests/pushgateway.yml", "pushgateway", **variables)
+    refused_without_password_then_converged(ansible, inventory, "pushgateway", variables, check_task="Check the web password",
+                                            password_var="pushgateway_web_password", password=PUSHGATEWAY_PASSWORD)
 
     web = hosts.exec("monitoring", "stat -c '%a %u:%g' /etc/mlops-assets/pushgateway/web.yml; "
                      "cat /etc/mlops-assets/pushgateway/web.yml").stdout
@@ -287,11 +312,9 @@ def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine,
     variables = {**archive_variables(engine, "prometheus"),
                  "prometheus_rule_files_dir": str(rules_dir), "prometheus_scrape_interval": "2s",
                  "pushgateway_web_password": PUSHGATEWAY_PASSWORD}
-    with pytest.raises(AnsibleError) as failure:  # no web password: a clear refusal
-        ansible.run_playbook(inventory, "tests/prometheus.yml", extra_vars=variables)
-    assert "monitoring failed at task 'Check that the web password is set from a secret'" in str(failure.value)
-    variables["prometheus_web_password"] = PROMETHEUS_PASSWORD
-    converge_twice(ansible, inventory, "tests/prometheus.yml", "prometheus", **variables)
+    refused_without_password_then_converged(ansible, inventory, "prometheus", variables,
+                                            check_task="Check that the web password is set from a secret",
+                                            password_var="prometheus_web_password", password=PROMETHEUS_PASSWORD)
 
     config = hosts.exec("monitoring", "cat /etc/mlops-assets/prometheus/prometheus.yml").stdout
     assert f'"{hosts.address("api")}:8080"' in config
@@ -357,11 +380,9 @@ def test_alertmanager_role_runs_the_rendered_config_behind_basic_auth(hosts, ans
     rendered = out / render.ALERTMANAGER_FILE
     variables = {**archive_variables(engine, "alertmanager"),
                  "alertmanager_config_src": str(rendered), "alertmanager_smtp_password": "smtp-secret-1"}
-    with pytest.raises(AnsibleError) as failure:  # no web password: a clear refusal
-        ansible.run_playbook(inventory, "tests/alertmanager.yml", extra_vars=variables)
-    assert "monitoring failed at task 'Check that the web password is set from a secret'" in str(failure.value)
-    variables["alertmanager_web_password"] = ALERTMANAGER_PASSWORD
-    converge_twice(ansible, inventory, "tests/alertmanager.yml", "alertmanager", **variables)
+    refused_without_password_then_converged(ansible, inventory, "alertmanager", variables,
+                                            check_task="Check that the web password is set from a secret",
+                                            password_var="alertmanager_web_password", password=ALERTMANAGER_PASSWORD)
 
     folder = "/etc/mlops-assets/alertmanager"
     files = hosts.exec("monitoring", f"cd {folder} && stat -c '%n %a %u:%g' alertmanager.yml smtp_password web.yml").stdout

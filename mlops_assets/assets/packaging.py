@@ -70,6 +70,9 @@ def container_image(
                 "model_version": image.model_version, **result.details}
     if image.archive:
         metadata["archive"] = dg.MetadataValue.path(image.archive)
+        metadata["archive_mb"] = round(Path(image.archive).stat().st_size / 1e6, 1)
+    if image.runtime_archive:  # the archive above is layered on this one, shipped once per host
+        metadata["runtime_archive"] = dg.MetadataValue.path(image.runtime_archive)
     if image.remote_ref:
         metadata["pushed"] = image.remote_ref
     return dg.Output(image, data_version=dg.DataVersion(result.data_version), metadata=metadata)

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from mlops_assets.image import archive as image_archive
 from mlops_assets.image import context as image_context
 from mlops_assets.image.context import ContextError
 from mlops_assets.resources.container_engine import ContainerEngine, EngineUnavailableError, ImageBuildError
@@ -28,6 +29,7 @@ from mlops_assets.state import StateFile
 from mlops_assets.versioning import stable_hash
 
 ARCHIVE_PREFIX = "mlops-api-"
+RUNTIME_ARCHIVE_PREFIX = "api-runtime-"  # the runtime's archive, shipped once per host (image/archive.py)
 RECIPES_KEPT = 50
 
 
@@ -51,6 +53,9 @@ class ContainerImage:
     image_id: str | None = None
     size_bytes: int = 0
     archive: str | None = None  # `docker load -i` this on a host without a registry
+    # The runtime image's archive when `archive` is layered on it (image/archive.py): load it
+    # first on a host that lacks the runtime.
+    runtime_archive: str | None = None
     remote_ref: str | None = None  # where it was pushed
     built: bool = False
     skipped: str | None = None  # why nothing was built
@@ -83,20 +88,15 @@ def image_for_champion(engine: ContainerEngine, champion: Champion, images_dir: 
             raise
         return _skipped(champion, "no base image", str(exc), log)
     ref = engine.ref(found["tag"])
-    archive = None
+    archive = runtime_archive = None
     if engine.save_archive:
-        archive = images_dir / f"{ARCHIVE_PREFIX}{found['tag']}.tar"
-        if not archive.is_file():
-            engine.save(ref, archive)
-            log.info(f"saved {ref} to {archive} ({archive.stat().st_size / 1e6:.0f} MB)")
-        for old in images_dir.glob(f"{ARCHIVE_PREFIX}*.tar"):
-            if old != archive:
-                old.unlink(missing_ok=True)
+        archive, runtime_archive = _save_archives(engine, ref, found["tag"], found.get("runtime"), images_dir, log)
     remote = _push(engine, found["tag"], log) if engine.registry else None
     image = ContainerImage(
         ref=ref, tag=found["tag"], model_name=champion.name, model_version=str(champion.version),
         base_image=found["base_image"], image_id=found["image_id"], size_bytes=found["size"],
         archive=str(archive) if archive else None, remote_ref=remote, built=found["built"],
+        runtime_archive=str(runtime_archive) if runtime_archive else None,
     )
     details = {
         "status": "built" if found["built"] else "already built: nothing to do",
@@ -110,6 +110,40 @@ def image_for_champion(engine: ContainerEngine, champion: Champion, images_dir: 
         "engine": engine.reachable_host() or "",
     }
     return ImageResult(image, found["tag"], details)
+
+
+def _save_archives(engine: ContainerEngine, ref: str, tag: str, runtime: str | None, images_dir: Path,
+                   log) -> tuple[Path, Path | None]:
+    """The archives a host without a registry loads: the runtime image's, saved once, and this
+    image's layered on it (only its own layers, image/archive.py), or its full archive when it
+    has no runtime (a recipe recorded before the runtime image existed). The previous images'
+    archives are removed."""
+    archive = images_dir / f"{ARCHIVE_PREFIX}{tag}.tar"
+    runtime_archive = images_dir / f"{RUNTIME_ARCHIVE_PREFIX}{runtime.rpartition(':')[2]}.tar" if runtime else None
+    if runtime_archive is not None and not runtime_archive.is_file():
+        started = time.monotonic()
+        engine.save(runtime, runtime_archive)
+        log.info(f"saved the runtime {runtime} to {runtime_archive} ({runtime_archive.stat().st_size / 1e6:.0f} MB, "
+                 f"{time.monotonic() - started:.0f}s): shipped once to each host that lacks it")
+    if not archive.is_file():
+        started = time.monotonic()
+        if runtime_archive is None:
+            engine.save(ref, archive)
+            log.info(f"saved {ref} to {archive} ({archive.stat().st_size / 1e6:.0f} MB)")
+        else:
+            full = archive.with_name(archive.name + ".full")
+            try:
+                engine.save(ref, full)
+                layered = image_archive.write_layered(full, archive, image_archive.diff_ids(runtime_archive))
+            finally:
+                full.unlink(missing_ok=True)
+            log.info(f"saved {ref} to {archive}: its {layered.own_layers} layers above the runtime, "
+                     f"{layered.size_bytes / 1e6:.1f} MB ({time.monotonic() - started:.0f}s)")
+    for prefix, keep in ((ARCHIVE_PREFIX, archive), (RUNTIME_ARCHIVE_PREFIX, runtime_archive)):
+        for old in images_dir.glob(f"{prefix}*.tar"):
+            if old != keep and (keep is not None or prefix == ARCHIVE_PREFIX):
+                old.unlink(missing_ok=True)
+    return archive, runtime_archive
 
 
 def _push(engine: ContainerEngine, tag: str, log) -> str:

@@ -152,7 +152,8 @@ class ImageOnApiHosts(ApiDeployer):
             if smoke is None:
                 record.remove()  # from here until the smoke test passes, nothing is known good
                 result = self.ansible.run_playbook(hosts.inventory, "site.yml", tags=[API_TAG], log=log.info,
-                                                   extra_vars=self._role_vars(image_ref, archive, champion.version))
+                                                   extra_vars=self._role_vars(image_ref, archive, champion.version,
+                                                                              None if image.remote_ref else image.runtime_archive))
                 changed, per_host, ansible_seconds = result.changed, result.per_host, result.seconds
                 smoke = client.smoke_check(smoke_rows, champion.version)
         except (AnsibleError, ApiError) as exc:
@@ -170,7 +171,8 @@ class ImageOnApiHosts(ApiDeployer):
             "per_host": dg.MetadataValue.json(per_host), "ansible_seconds": ansible_seconds,
         })
 
-    def _role_vars(self, image_ref: str, archive: str | None, version: str) -> dict[str, Any]:
+    def _role_vars(self, image_ref: str, archive: str | None, version: str,
+                   runtime_archive: str | None = None) -> dict[str, Any]:
         repository, _, tag = image_ref.rpartition(":")
         if not repository or "/" in tag:
             raise dg.Failure(description=f"the image reference must be repository:tag, got {image_ref!r}")
@@ -180,6 +182,12 @@ class ImageOnApiHosts(ApiDeployer):
         }
         if archive:
             extra_vars["api_image_archive"] = str(archive)
+        if archive and runtime_archive:  # the archive holds only the layers above the runtime
+            runtime = archive_image_name(runtime_archive)
+            if runtime is None:
+                raise dg.Failure(description=f"the runtime archive {runtime_archive} is missing or unreadable: "
+                                             "materialize container_image again to save it")
+            extra_vars.update(api_runtime_image=runtime, api_runtime_archive=str(runtime_archive))
         return extra_vars
 
 

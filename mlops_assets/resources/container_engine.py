@@ -60,6 +60,9 @@ class ContainerEngine(dg.ConfigurableResource):
         default=None, description="Engine API address; default: DOCKER_HOST, Docker's socket, Podman's (setup_podman.sh)."
     )
     repository: str = Field(default="mlops-api", description="Local image repository (name) of the API image.")
+    runtime_repository: str = Field(
+        default="", description="Local repository of the runtime image the API images are built on "
+                                "(default: `repository` plus `-runtime`).")
     registry: str | None = Field(
         default=None, description="Registry to push to (e.g. ACCOUNT.dkr.ecr.REGION.amazonaws.com); none: no push."
     )
@@ -143,11 +146,12 @@ class ContainerEngine(dg.ConfigurableResource):
         return f"{self.repository}:{tag}"
 
     def runtime_ref(self, tag: str) -> str:
-        """The API image's runtime (docker/api-runtime.Dockerfile) in this engine: the
-        repository's name plus `-runtime`. Kept when API images are removed: it is their cache."""
+        """The API image's runtime (docker/api-runtime.Dockerfile) in this engine: in
+        `runtime_repository`, by default the repository's name plus `-runtime`. Kept when API
+        images are removed: it is their cache."""
         from mlops_assets.image.context import RUNTIME_SUFFIX
 
-        return f"{self.repository}{RUNTIME_SUFFIX}:{tag}"
+        return f"{self.runtime_repository or self.repository + RUNTIME_SUFFIX}:{tag}"
 
     def image(self, ref: str):
         """The engine's image `ref`, or None."""
