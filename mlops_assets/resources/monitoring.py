@@ -22,6 +22,8 @@ value is a failure naming its variable, no receiver at all is a valid configurat
 from __future__ import annotations
 
 import os
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,7 +273,9 @@ class MonitoringHost(MonitoringProvisioner):
         grafana = "render only (no Grafana image offline)" if self.grafana_render_only else "container"
         expected = (rendered.api_target, *node_targets(inventory))
         if previous.get("content_hash") == rendered.content_hash and previous.get("prometheus_url") == url:
-            healthy = healthy_targets(http, rendered.expected_rules, expected)
+            # Up to one scrape (and its timeout) for a target deployed_api just restarted.
+            healthy = healthy_targets(http, rendered.expected_rules, expected,
+                                      settle_s=seconds_of(rendered.scrape_interval) + 10)
             if healthy:
                 log.info(f"{url} already runs these files: {rendered.expected_rules} rules loaded, targets up {healthy}; "
                     "Ansible not run")
@@ -322,13 +326,38 @@ def scraped(up: dict[str, bool], expected) -> bool:
     return all(any(f"//{target}/" in url for url in up) for target in expected)
 
 
-def healthy_targets(http: PrometheusHttp, expected_rules: int, expected) -> dict[str, bool] | None:
+def healthy_targets(http: PrometheusHttp, expected_rules: int, expected, *, settle_s: float = 0.0,
+                    poll_s: float = 1.0, clock=time.monotonic, sleep=time.sleep) -> dict[str, bool] | None:
     """The targets of a Prometheus that has every rule loaded and scrapes every host:port of
-    `expected` with success (all targets up); None otherwise, or when it does not answer."""
-    try:
-        if rules_loaded(http) != expected_rules:
+    `expected` with success (all targets up); None otherwise, or when it does not answer.
+
+    A target that is scraped but down gets `settle_s` to come up: deployed_api has often just
+    restarted the API container (or the engine, and node_exporter with it), and Prometheus sees
+    it up on its next scrape. A missing rule or target, or a Prometheus that does not answer,
+    is None at once: only provisioning fixes those."""
+    deadline = clock() + settle_s
+    while True:
+        try:
+            if rules_loaded(http) != expected_rules:
+                return None
+            up = http.targets_up()
+        except (PrometheusError, OSError, ValueError, KeyError):
             return None
-        up = http.targets_up()
-    except (PrometheusError, OSError, ValueError, KeyError):
-        return None
-    return up if up and scraped(up, expected) and all(up.values()) else None
+        if not up or not scraped(up, expected):
+            return None
+        if all(up.values()):
+            return up
+        if clock() >= deadline:
+            return None
+        sleep(poll_s)
+
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def seconds_of(duration: str) -> float:
+    """A Prometheus duration ("15s", "1m30s", "500ms") in seconds."""
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", duration.strip())
+    if not parts or "".join(number + unit for number, unit in parts) != duration.strip():
+        raise ValueError(f"not a Prometheus duration like 15s, 1m30s or 500ms: {duration!r}")
+    return sum(int(number) * _UNIT_SECONDS[unit] for number, unit in parts)
