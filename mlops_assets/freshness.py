@@ -158,7 +158,8 @@ SKIP_RULES: tuple[SkipRule, ...] = (
     SkipRule("deployed_api", "the API answers ready with the champion's version and the same settings: nothing applied",
              "record `deployed` (local) or `api_deployed` (hosts), checked live with /readyz and a smoke prediction"),
     SkipRule("dashboards", "the rendered files equal those that passed promtool, and the Prometheus in service has "
-             "every rule loaded and the API target up: promtool and Ansible not run",
+             "every rule loaded and every target up (a target scraped but down, such as an API container deployed_api "
+             "just restarted, gets one scrape interval plus 10 s to come up first): promtool and Ansible not run",
              "record `promtool_passed`, the previous materialization's content hash, Prometheus's API"),
 )
 
