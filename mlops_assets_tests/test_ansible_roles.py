@@ -280,9 +280,13 @@ def test_pushgateway_role_keeps_pushes_behind_basic_auth_across_restarts(hosts, 
     assert pm.push(gateway, run, pytest.fail, auth=auth).pushed
     # A restart (SIGTERM: the gateway writes its persistence file) keeps what was pushed.
     hosts.exec("monitoring", "docker restart pushgateway")
-    deadline = time.monotonic() + 30
-    while http_status(f"{gateway}/-/ready", auth=auth) != 200 and time.monotonic() < deadline:
-        time.sleep(0.5)
+    deadline, ready = time.monotonic() + 30, None
+    while ready != 200 and time.monotonic() < deadline:
+        try:
+            ready = http_status(f"{gateway}/-/ready", auth=auth)
+        except OSError:  # not listening yet: the container is still starting
+            time.sleep(0.5)
+    assert ready == 200, f"the Pushgateway did not answer ready within 30 s of its restart (last: {ready})"
     assert pm.read_group(gateway, {"asset": "dataset", "target": "sim"}, auth=auth)[pm.DATASET_ROWS] == 344
 
 
