@@ -285,6 +285,8 @@ def test_pushgateway_role_keeps_pushes_behind_basic_auth_across_restarts(hosts, 
         try:
             ready = http_status(f"{gateway}/-/ready", auth=auth)
         except OSError:  # not listening yet: the container is still starting
+            ready = None
+        if ready != 200:
             time.sleep(0.5)
     assert ready == 200, f"the Pushgateway did not answer ready within 30 s of its restart (last: {ready})"
     assert pm.read_group(gateway, {"asset": "dataset", "target": "sim"}, auth=auth)[pm.DATASET_ROWS] == 344
