@@ -404,6 +404,15 @@ def test_readyz_gives_a_short_reason_not_the_exception_text():
     assert "secret" not in _short_reason(theirs) and _short_reason(theirs).startswith("KeyError")
 
 
+def exec_done(pid: int, marker: str, timeout_s: float = 10) -> None:
+    """Until a child has exec'd, /proc/PID/cmdline is still its parent's (pytest's): wait for
+    `marker` there (on a busy machine the check otherwise races the exec)."""
+    deadline = time.monotonic() + timeout_s
+    while marker not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+        assert time.monotonic() < deadline, f"process {pid} never showed {marker!r} in its command line"
+        time.sleep(0.01)
+
+
 @pytest.mark.unit
 def test_a_pid_file_naming_another_process_is_not_ours(tmp_path):
     from mlops_assets.resources.prometheus import _running_pid, _start_time
@@ -411,6 +420,7 @@ def test_a_pid_file_naming_another_process_is_not_ours(tmp_path):
     marker = f"--web.listen-address=127.0.0.1:1 {tmp_path}"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
     try:
+        exec_done(sleeper.pid, marker)
         pid_file = tmp_path / "x.pid"
         pid_file.write_text(f"{sleeper.pid} {_start_time(sleeper.pid)}")
         assert _running_pid(pid_file, marker) == sleeper.pid
@@ -421,6 +431,7 @@ def test_a_pid_file_naming_another_process_is_not_ours(tmp_path):
         other = subprocess.Popen(["sleep", "60"], user=NOBODY) if os.geteuid() == 0 else None
         if other is not None:
             try:
+                exec_done(other.pid, "sleep")
                 pid_file.write_text(f"{other.pid} {_start_time(other.pid)}")
                 assert _running_pid(pid_file, "sleep") is None
             finally:
