@@ -87,3 +87,53 @@ def test_an_archive_that_is_not_one_docker_image_is_refused_with_its_path(tmp_pa
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(ArchiveError, match=r"plain\.tar is not a docker-archive"):
         diff_ids(tmp_path / "plain.tar")
+
+
+class ArchivingEngine:
+    """The two calls `_save_archives` makes of the engine: `image` (present or not) and `save`,
+    which writes a docker-archive of the scripted layers."""
+
+    def __init__(self, images: dict[str, list[bytes]]):
+        self.images, self.saved = images, []
+
+    def image(self, ref):
+        return object() if ref in self.images else None
+
+    def save(self, ref, path):
+        self.saved.append(ref)
+        docker_archive(path, self.images[ref])
+        return path
+
+
+RUNTIME, API = "mlops-api-runtime:r1", "mlops-api:a1"
+LAYERS = {RUNTIME: [b"base" * 500, b"venv" * 5000], API: [b"base" * 500, b"venv" * 5000, b"model"]}
+
+
+def test_the_runtime_is_saved_once_and_each_image_layered_on_it(tmp_path):
+    from mlops_assets.image.archive import is_complete
+    from mlops_assets.image.build import _save_archives
+
+    engine, messages = ArchivingEngine(dict(LAYERS)), []
+    log = type("Log", (), {"info": messages.append, "warning": messages.append})()
+    archive, runtime_archive = _save_archives(engine, API, "a1", RUNTIME, tmp_path, log)
+    assert runtime_archive.name == "api-runtime-r1.tar" and is_complete(runtime_archive)
+    assert archive.name == "mlops-api-a1.tar" and not is_complete(archive)
+    assert diff_ids(archive)[:2] == diff_ids(runtime_archive)
+    assert not list(tmp_path.glob("*.full")) and not list(tmp_path.glob("*.partial"))
+    # The next model: only its own archive is saved; the previous one is removed.
+    engine.images["mlops-api:a2"] = LAYERS[API][:2] + [b"model two"]
+    second, again = _save_archives(engine, "mlops-api:a2", "a2", RUNTIME, tmp_path, log)
+    assert again == runtime_archive and engine.saved.count(RUNTIME) == 1
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["api-runtime-r1.tar", "mlops-api-a2.tar"]
+
+
+def test_a_runtime_gone_from_the_engine_means_a_full_archive_with_a_warning(tmp_path):
+    from mlops_assets.image.archive import is_complete
+    from mlops_assets.image.build import _save_archives
+
+    messages = []
+    log = type("Log", (), {"info": messages.append, "warning": messages.append})()
+    _save_archives(ArchivingEngine(dict(LAYERS)), API, "a1", RUNTIME, tmp_path, log)  # a layered archive first
+    archive, runtime_archive = _save_archives(ArchivingEngine({API: LAYERS[API]}), API, "a1", RUNTIME, tmp_path, log)
+    assert runtime_archive is None and is_complete(archive)
+    assert any("no longer in the engine" in m for m in messages)

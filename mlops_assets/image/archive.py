@@ -83,3 +83,14 @@ def write_layered(full: Path, dest: Path, base_diff_ids: list[str]) -> LayeredAr
                 out.addfile(member, source.extractfile(member) if member.isfile() else None)
     partial.replace(dest)
     return LayeredArchive(dest, shared, len(image_layers) - shared, dest.stat().st_size)
+
+
+def is_complete(archive: Path) -> bool:
+    """Whether a docker-archive carries the files of all its image's layers (a layered one does not)."""
+    try:
+        with tarfile.open(archive) as tar:
+            entry, _ = _manifest_and_config(tar, archive)
+            names = {posixpath.normpath(name) for name in tar.getnames()}
+    except (OSError, tarfile.TarError, ArchiveError):
+        return False
+    return all(posixpath.normpath(layer) in names for layer in entry["Layers"])

@@ -119,6 +119,11 @@ def _save_archives(engine: ContainerEngine, ref: str, tag: str, runtime: str | N
     has no runtime (a recipe recorded before the runtime image existed). The previous images'
     archives are removed."""
     archive = images_dir / f"{ARCHIVE_PREFIX}{tag}.tar"
+    if runtime and engine.image(runtime) is None:  # removed from the engine since (the API image keeps its layers)
+        log.warning(f"the runtime {runtime} is no longer in the engine: saving the full image archive instead")
+        runtime = None
+        if archive.is_file() and not image_archive.is_complete(archive):
+            archive.unlink()
     runtime_archive = images_dir / f"{RUNTIME_ARCHIVE_PREFIX}{runtime.rpartition(':')[2]}.tar" if runtime else None
     if runtime_archive is not None and not runtime_archive.is_file():
         started = time.monotonic()
