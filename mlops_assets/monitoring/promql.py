@@ -1,7 +1,8 @@
 """The vector selectors of a PromQL expression: which metric names it reads, with which label
 matchers. Enough of PromQL for the expressions this package writes (checked by the tests):
 strings, range and subquery brackets, and label lists of by/without/on/ignoring/group_* are
-skipped; an identifier followed by `(` is a function or an aggregation."""
+skipped; an identifier followed by `(` is a function or an aggregation. Also Prometheus's
+durations (`seconds_of`), which the rule tests and the monitoring host's checks convert."""
 
 from __future__ import annotations
 
@@ -57,3 +58,14 @@ def selectors(expr: str) -> list[Selector]:
 
 def metric_names(expr: str) -> set[str]:
     return {s.name for s in selectors(expr) if s.name}
+
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def seconds_of(duration: str) -> float:
+    """A Prometheus duration ("15s", "1m30s", "500ms") in seconds."""
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", duration.strip())
+    if not parts or "".join(number + unit for number, unit in parts) != duration.strip():
+        raise ValueError(f"not a Prometheus duration like 15s, 1m30s or 500ms: {duration!r}")
+    return sum(int(number) * _UNIT_SECONDS[unit] for number, unit in parts)

@@ -7,6 +7,7 @@ drift cases follow the real class distribution. Rendered next to the rules and r
 
 from __future__ import annotations
 
+import math
 import re
 
 from mlops_assets.serving import APP_NAME, DEPLOYMENT_NAME
@@ -14,6 +15,7 @@ from mlops_assets.serving import APP_NAME, DEPLOYMENT_NAME
 from . import API_JOB
 from . import pipeline_metrics as pm
 from .profile import TrainingProfile
+from .promql import seconds_of
 from .rules import AlertSettings, rule_groups
 
 INSTANCE = "api-host:8080"
@@ -61,9 +63,7 @@ def _case(name: str, series: list[dict], checks: list[tuple[str, str, list[dict]
 
 def _minutes(duration: str) -> int:
     """A Prometheus duration (30s, 2m, 1h30m), in whole minutes rounded up."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    seconds = sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smhd])", duration))
-    return -(-seconds // 60)
+    return math.ceil(seconds_of(duration) / 60)
 
 
 def target_cases(expect: _Expect, settings: AlertSettings) -> list[dict]:

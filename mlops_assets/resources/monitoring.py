@@ -22,7 +22,6 @@ value is a failure naming its variable, no receiver at all is a valid configurat
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import dagster as dg
 
 from mlops_assets.monitoring import alertmanager_config as am
 from mlops_assets.monitoring import render as render_module
+from mlops_assets.monitoring.promql import seconds_of
 from mlops_assets.resources.ansible import Ansible, AnsibleError, inventory_hosts
 from mlops_assets.resources.prometheus import Amtool, LocalPrometheus, PrometheusError, PrometheusHttp, Promtool
 from mlops_assets.state import atomic_write_text
@@ -350,14 +350,3 @@ def healthy_targets(http: PrometheusHttp, expected_rules: int, expected, *, sett
         if clock() >= deadline:
             return None
         sleep(poll_s)
-
-
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-
-
-def seconds_of(duration: str) -> float:
-    """A Prometheus duration ("15s", "1m30s", "500ms") in seconds."""
-    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", duration.strip())
-    if not parts or "".join(number + unit for number, unit in parts) != duration.strip():
-        raise ValueError(f"not a Prometheus duration like 15s, 1m30s or 500ms: {duration!r}")
-    return sum(int(number) * _UNIT_SECONDS[unit] for number, unit in parts)
