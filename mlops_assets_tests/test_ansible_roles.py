@@ -365,12 +365,29 @@ def test_prometheus_role_scrapes_the_api_host(hosts, ansible, inventory, engine,
     assert nodes == expected, f"node_exporter targets up: {nodes}"
     assert [(r["metric"]["job"], r["metric"]["asset"], r["value"][1]) for r in pushed] == [("mlops-pipeline", "dataset", "344")]
 
-    # A new password takes effect on the next run (new hash, restart); the old one is refused.
+    # A rule file Prometheus refuses: the run fails naming the refusal, and Prometheus keeps
+    # answering with the rules it had (a reload, not a restart, leaves them in place).
+    broken_dir = tmp_path / "broken-rules"
+    broken_dir.mkdir()
+    for name in rule_files:
+        (broken_dir / name).write_text((rules_dir / name).read_text())
+    (broken_dir / rule_files[0]).write_text("groups:\n- name: broken\n  rules:\n  - alert: Broken\n    expr: 'up =='\n")
+    with pytest.raises(AnsibleError) as failure:
+        ansible.run_playbook(inventory, "tests/prometheus.yml",
+                             extra_vars={**variables, "prometheus_rule_files_dir": str(broken_dir)})
+    assert "refused the new configuration" in str(failure.value), failure.value
+    _, kept = http_json(f"{prometheus}/api/v1/rules", auth=auth)
+    assert [g["name"] for g in kept["data"]["groups"]] == [g["name"] for g in rules["data"]["groups"]]
+
+    # A new password takes effect on the next run (new hash, reload); the old one is refused.
+    # The same run ships the good rules again, and Prometheus loads them.
     changed = ansible.run_playbook(inventory, "tests/prometheus.yml",
                                    extra_vars={**variables, "prometheus_web_password": PROMETHEUS_PASSWORD + "-new"})
     assert changed.per_host["monitoring"]["changed"] >= 1
     assert http_status(f"{prometheus}/-/ready", auth=auth) == 401
     assert http_status(f"{prometheus}/-/ready", auth=("admin", PROMETHEUS_PASSWORD + "-new")) == 200
+    _, reloaded = http_json(f"{prometheus}/api/v1/rules", auth=("admin", PROMETHEUS_PASSWORD + "-new"))
+    assert [g["name"] for g in reloaded["data"]["groups"]] == [g["name"] for g in rules["data"]["groups"]]
 
 
 def test_alertmanager_role_runs_the_rendered_config_behind_basic_auth(hosts, ansible, inventory, engine, tmp_path):
