@@ -26,6 +26,7 @@ from mlops_assets.versioning import stable_hash
 
 HOSTS_TAG = "hosts"  # site.yml's base plays
 API_TAG = "api"  # site.yml's API play
+MONITORING_CONFIG_TAG = "monitoring-config"  # the monitoring roles' files and containers, not their images
 
 
 @dataclass(frozen=True)

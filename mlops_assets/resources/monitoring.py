@@ -6,8 +6,10 @@ renders the files and calls `check()` then `provision()` without knowing which:
   started or reloaded with the files, with a node_exporter (this machine is the API host) and
   the Pushgateway of the pipeline's metrics beside it; then every rule must be loaded and every
   scrape target up.
-- `MonitoringHost` (`aws`, `sim`): site.yml's monitoring plays (tag `hosts`, limited to the
-  monitoring host) ship the files to Prometheus and Grafana there; then that Prometheus must
+- `MonitoringHost` (`aws`, `sim`): site.yml's monitoring plays, limited to the monitoring host,
+  ship the files to Prometheus, Alertmanager and Grafana there (tag `monitoring-config`: the
+  files, reloads and containers alone while that Prometheus answers; else tag `hosts`, the
+  whole base plays with the engine and the images); then that Prometheus must
   have every rule loaded and scrape the API host and every host's node_exporter (the
   `node_exporter` role's, at the hosts' private addresses), every target up. When the previous
   materialization put these very files in service and that Prometheus still answers with them,
@@ -34,6 +36,7 @@ from mlops_assets.monitoring import alertmanager_config as am
 from mlops_assets.monitoring import render as render_module
 from mlops_assets.monitoring.promql import seconds_of
 from mlops_assets.resources.ansible import Ansible, AnsibleError, inventory_hosts
+from mlops_assets.resources.hosts import HOSTS_TAG, MONITORING_CONFIG_TAG
 from mlops_assets.resources.prometheus import Amtool, LocalPrometheus, PrometheusError, PrometheusHttp, Promtool
 from mlops_assets.state import atomic_write_text
 from mlops_assets.state import StateFile
@@ -91,6 +94,15 @@ def metrics_target(metrics_url: str) -> str:
 
 def rules_loaded(http: PrometheusHttp) -> int:
     return sum(len(group["rules"]) for group in http.rule_groups())
+
+
+def answers(http: PrometheusHttp, timeout_s: float = 5.0) -> bool:
+    """Whether this Prometheus answers its API with the credentials given, within `timeout_s`."""
+    try:
+        PrometheusHttp(http.url, timeout_s=timeout_s, auth=http.auth).rule_groups()
+    except (PrometheusError, OSError, ValueError, KeyError):
+        return False
+    return True
 
 
 class MonitoringProvisioner(dg.ConfigurableResource):
@@ -283,33 +295,46 @@ class MonitoringHost(MonitoringProvisioner):
                     "provisioned_by": "unchanged: the monitoring host already runs these files (checked live)",
                     "changed": 0, "grafana": previous.get("grafana", grafana), "alertmanager_url": self.alertmanager_url(url)})
             log.info(f"{url} does not answer with every rule and the api and node targets up: provisioning again")
-        try:
-            result = self.ansible.run_playbook(
-                inventory, "site.yml", tags=["hosts"], limit="monitoring", log=log.info,
-                extra_vars={"prometheus_rule_files_dir": str(rendered.rules_dir),
-                            "prometheus_scrape_interval": rendered.scrape_interval,
-                            "prometheus_evaluation_interval": rendered.evaluation_interval,
-                            "grafana_dashboards_src_dir": str(rendered.dashboards_dir),
-                            "alertmanager_config_src": str(rendered.alertmanager_file),
-                            # read by Alertmanager from a file the role writes (smtp_password_file)
-                            **({"alertmanager_smtp_password": os.environ["MLOPS_ALERT_SMTP_PASSWORD"]}
-                               if self.smtp_password_file() else {})},
-            )
-        except AnsibleError as exc:
-            raise dg.Failure(description=f"provisioning the monitoring host failed: {exc}") from None
-        try:
+        extra_vars = {"prometheus_rule_files_dir": str(rendered.rules_dir),
+                      "prometheus_scrape_interval": rendered.scrape_interval,
+                      "prometheus_evaluation_interval": rendered.evaluation_interval,
+                      "grafana_dashboards_src_dir": str(rendered.dashboards_dir),
+                      "alertmanager_config_src": str(rendered.alertmanager_file),
+                      # read by Alertmanager from a file the role writes (smtp_password_file)
+                      **({"alertmanager_smtp_password": os.environ["MLOPS_ALERT_SMTP_PASSWORD"]}
+                         if self.smtp_password_file() else {})}
+
+        def in_service() -> dict[str, bool]:
             http.wait_until(lambda: rules_loaded(http) == rendered.expected_rules, timeout_s=60,
                             what=f"{rendered.expected_rules} rules to be loaded")
-            targets_up = http.wait_until(
+            return http.wait_until(
                 lambda: (up := http.targets_up()) and scraped(up, expected) and all(up.values()) and up,
                 timeout_s=max(targets_up_timeout_s, 60),
                 what=f"the api host's metrics and every host's node_exporter ({', '.join(expected)}) to be scraped",
             )
-        except (PrometheusError, OSError) as exc:
-            raise dg.Failure(description=f"the monitoring host's Prometheus at {url}: {exc}") from None
+
+        # A Prometheus that answers needs only the new files and reloads: the roles' tag
+        # monitoring-config, without the engine, node_exporter and the images (about 20 s less).
+        # One that does not, or whose targets stay down after that, gets the monitoring host's
+        # whole base plays, which start whatever is missing there.
+        tags = [MONITORING_CONFIG_TAG] if answers(http) else [HOSTS_TAG]
+        while True:
+            try:
+                result = self.ansible.run_playbook(inventory, "site.yml", tags=tags, limit="monitoring",
+                                                   log=log.info, extra_vars=extra_vars)
+            except AnsibleError as exc:
+                raise dg.Failure(description=f"provisioning the monitoring host failed: {exc}") from None
+            try:
+                targets_up = in_service()
+                break
+            except (PrometheusError, OSError) as exc:
+                if tags == [HOSTS_TAG]:
+                    raise dg.Failure(description=f"the monitoring host's Prometheus at {url}: {exc}") from None
+                log.warning(f"{url} after the new files alone: {exc}; running the monitoring host's whole base plays")
+                tags = [HOSTS_TAG]
         log.info(f"{url}: {rendered.expected_rules} rules loaded, targets up: {targets_up} (changed={result.changed})")
         return MonitoringResult(url, targets_up, {
-            "provisioned_by": "ansible (site.yml, tag hosts, monitoring host)", "changed": result.changed,
+            "provisioned_by": f"ansible (site.yml, tag {tags[0]}, monitoring host)", "changed": result.changed,
             "per_host": dg.MetadataValue.json(result.per_host), "grafana": grafana, "alertmanager_url": self.alertmanager_url(url)})
 
 
