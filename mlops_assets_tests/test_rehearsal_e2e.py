@@ -526,7 +526,7 @@ def test_an_api_image_that_never_becomes_ready_is_rolled_back_to_the_one_running
                     # already on the host: the archive is not read
                     "api_image_repository": repository, "api_image_tag": "broken-entrypoint",
                     "api_image_source": "archive", "api_image_archive": "/nonexistent/already-loaded.tar",
-                    "api_model_version": version, "api_ready_timeout": 20,
+                    "api_model_version": version, "api_ready_timeout": 10,
                 })
     finally:
         PHASES["6b a broken image rolled back by the api role"] = round(time.monotonic() - started, 1)
