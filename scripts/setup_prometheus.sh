@@ -85,9 +85,12 @@ trap cleanup EXIT
 export DEBIAN_FRONTEND=noninteractive
 packages=(prometheus prometheus-node-exporter prometheus-pushgateway prometheus-alertmanager)
 echo "installing Debian's ${packages[*]} (server, promtool, node_exporter, Pushgateway, Alertmanager, amtool)..."
-if ! apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null 2>&1; then
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+# Another apt-get may hold dpkg's lock (on CI, .ci/run's background build of the offline base
+# installs debootstrap): wait for it rather than fail.
+lock=(-o DPkg::Lock::Timeout=600)
+if ! apt-get "${lock[@]}" install -y -qq --no-install-recommends "${packages[@]}" >/dev/null 2>&1; then
+  apt-get "${lock[@]}" update -qq
+  apt-get "${lock[@]}" install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 prometheus --version 2>&1 | head -1
 block_services
