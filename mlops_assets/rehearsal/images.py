@@ -100,9 +100,9 @@ CMD ["python3", "/srv/server.py"]
 # A server from a Debian package laid out like its official prom/ image: the binary as entrypoint,
 # user nobody, its data in /{name}, its configuration under /etc/{name}. Like the Go binaries
 # below, on an empty root: the binary, libc and the loader, plus the /usr/share folder the
-# server reads at run time (`share`, copied with its symlinks resolved: Alertmanager's
-# notification templates; Prometheus's web UI). Prometheus's web UI is
-# its templates and a handful of Debian's JavaScript libraries; moment-timezone's zone data
+# server reads at run time (`share`, copied with its symlinks resolved): Alertmanager's
+# notification templates; Prometheus's web UI, its templates and a handful of Debian's
+# JavaScript libraries. moment-timezone's zone data
 # (214 MB, unused: the UI loads moment-timezone-with-data.min.js) is left out, so the image is
 # a small fraction of the 630 MB of the package installed on the base.
 _DEBIAN_SERVER_DOCKERFILE = """\

@@ -317,10 +317,10 @@ class MonitoringHost(MonitoringProvisioner):
         # monitoring-config, without the engine, node_exporter and the images (about 20 s less).
         # One that does not, or whose targets stay down after that, gets the monitoring host's
         # whole base plays, which start whatever is missing there.
-        tags = [MONITORING_CONFIG_TAG] if answers(http) else [HOSTS_TAG]
-        while True:
+        attempts = (MONITORING_CONFIG_TAG, HOSTS_TAG) if answers(http) else (HOSTS_TAG,)
+        for tag in attempts:
             try:
-                result = self.ansible.run_playbook(inventory, "site.yml", tags=tags, limit="monitoring",
+                result = self.ansible.run_playbook(inventory, "site.yml", tags=[tag], limit="monitoring",
                                                    log=log.info, extra_vars=extra_vars)
             except AnsibleError as exc:
                 raise dg.Failure(description=f"provisioning the monitoring host failed: {exc}") from None
@@ -328,13 +328,12 @@ class MonitoringHost(MonitoringProvisioner):
                 targets_up = in_service()
                 break
             except (PrometheusError, OSError) as exc:
-                if tags == [HOSTS_TAG]:
+                if tag == attempts[-1]:
                     raise dg.Failure(description=f"the monitoring host's Prometheus at {url}: {exc}") from None
                 log.warning(f"{url} after the new files alone: {exc}; running the monitoring host's whole base plays")
-                tags = [HOSTS_TAG]
         log.info(f"{url}: {rendered.expected_rules} rules loaded, targets up: {targets_up} (changed={result.changed})")
         return MonitoringResult(url, targets_up, {
-            "provisioned_by": f"ansible (site.yml, tag {tags[0]}, monitoring host)", "changed": result.changed,
+            "provisioned_by": f"ansible (site.yml, tag {tag}, monitoring host)", "changed": result.changed,
             "per_host": dg.MetadataValue.json(result.per_host), "grafana": grafana, "alertmanager_url": self.alertmanager_url(url)})
 
 
