@@ -67,6 +67,9 @@ class Settings:
     # MLOPS_ALERT_TIMINGS: Alertmanager's group_wait/group_interval/repeat_interval per severity
     # and the target-down alert's `for` (tests shorten them), "name=DURATION,..." unparsed.
     alert_timings: str = ""
+    # MLOPS_SCRAPE_INTERVAL: Prometheus's scrape and rule-evaluation interval, local and on the
+    # monitoring host (the `dashboards` config can still set each for one run).
+    scrape_interval: str = "15s"
     # (the drift threshold and window live with the rules: monitoring/rules.py)
     drift_cooldown_minutes: float = 60.0
     # Container image (assets/packaging.py): registry to push to in the aws target, e.g. ECR.
@@ -130,6 +133,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         alert_webhook_url=env.get("MLOPS_ALERT_WEBHOOK_URL") or None,
         alert_smtp={key: env.get(f"MLOPS_ALERT_SMTP_{key.upper()}", "") for key in ("smarthost", "from", "to", "username")},
         alert_timings=env.get("MLOPS_ALERT_TIMINGS") or "",
+        scrape_interval=_scrape_interval(env.get("MLOPS_SCRAPE_INTERVAL") or "15s"),
         drift_cooldown_minutes=_number(env, "MLOPS_DRIFT_COOLDOWN_MINUTES", 60.0),
         image_registry=env.get("MLOPS_IMAGE_REGISTRY") or None,
         ssh_private_key=env.get("MLOPS_SSH_PRIVATE_KEY") or None,
@@ -173,6 +177,19 @@ def _api_key_file(raw: str) -> Path | None:
     if not path.is_file():
         raise SettingsError(f"MLOPS_API_KEY_FILE={raw!r} is not a file; point it at a file of API keys, one a line")
     return path.resolve()
+
+
+def _scrape_interval(raw: str) -> str:
+    from mlops_assets.monitoring.promql import seconds_of
+
+    try:
+        seconds = seconds_of(raw)
+    except ValueError:
+        seconds = 0
+    if not 1 <= seconds <= 300:
+        raise SettingsError(f"MLOPS_SCRAPE_INTERVAL={raw!r} is not a Prometheus duration from 1s to 5m; "
+                            "set it like 15s (the default), 5s or 1m")
+    return raw.strip()
 
 
 def _local_ports(raw: str) -> dict:

@@ -53,6 +53,7 @@ def resources_for(settings: Settings) -> dict[str, Any]:
         "alert_webhook_url": dg.EnvVar("MLOPS_ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None,
         "alert_smtp": settings.alert_smtp,
         "alert_timings": settings.alert_timings,
+        "scrape_interval": settings.scrape_interval,
     }
     resources: dict[str, Any] = {
         "mlflow": MlflowRegistry(tracking_uri=settings.tracking_uri, artifact_root=str(settings.artifact_root),

@@ -142,6 +142,7 @@ class LocalStack:
             "MLOPS_LOCAL_PORTS": local_ports,
             "PYTHONPATH": str(self.checkout),
             "PYTHONUNBUFFERED": "1",
+            "MLOPS_SCRAPE_INTERVAL": os.environ.get("MLOPS_SCRAPE_INTERVAL", "5s"),  # conftest.py
             **({"DOCKER_HOST": docker_host} if docker_host else {}),
             **env,
         }

@@ -93,6 +93,10 @@ def test_cold_run_materializes_the_whole_graph(stack, cold):
     from mlops_assets.targets import resources_for
 
     prometheus = resources_for(load_settings(stack.env))["monitoring"].prometheus
+    # The stack's MLOPS_SCRAPE_INTERVAL is what the local Prometheus was rendered with.
+    rendered = (stack.home / "monitoring/prometheus/prometheus.yml").read_text()
+    interval = stack.env["MLOPS_SCRAPE_INTERVAL"]
+    assert f"scrape_interval: {interval}" in rendered and f"evaluation_interval: {interval}" in rendered, rendered[:300]
     success = f'{pipeline_metrics.LAST_SUCCESS}{{job="{pipeline_metrics.JOB}", target="local"}} > 0'
     prometheus.wait_until(lambda: {r["metric"]["asset"] for r in prometheus.query(success)} == set(ASSETS), 60,
                           "every asset's pushed metrics in Prometheus")

@@ -1,4 +1,5 @@
-"""MLOPS_LOCAL_PORTS: the local target's listeners, moved (a second local stack beside `make run`)."""
+"""Settings from the environment: MLOPS_LOCAL_PORTS (the local target's listeners, moved: a second
+local stack beside `make run`) and MLOPS_SCRAPE_INTERVAL."""
 
 import pytest
 
@@ -42,3 +43,17 @@ def test_a_bad_value_names_the_setting_and_the_form(value, words):
     with pytest.raises(SettingsError, match="MLOPS_LOCAL_PORTS") as error:
         load_settings({"MLOPS_LOCAL_PORTS": value})
     assert words in str(error.value)
+
+
+def test_scrape_interval_reaches_the_monitoring_resource_of_every_target(tmp_path):
+    """MLOPS_SCRAPE_INTERVAL: Prometheus's scrape and evaluation interval, 15s unless set."""
+    for target in ("local", "sim", "aws"):
+        env = {"MLOPS_HOME": str(tmp_path), "MLOPS_TARGET": target}
+        assert resources_for(load_settings(env))["monitoring"].scrape_interval == "15s"
+        assert resources_for(load_settings({**env, "MLOPS_SCRAPE_INTERVAL": "1m30s"}))["monitoring"].scrape_interval == "1m30s"
+
+
+@pytest.mark.parametrize("value", ["5", "5 s", "0s", "10m", "fast"])
+def test_a_bad_scrape_interval_names_the_setting(value):
+    with pytest.raises(SettingsError, match=r"MLOPS_SCRAPE_INTERVAL=.* is not a Prometheus duration from 1s to 5m"):
+        load_settings({"MLOPS_SCRAPE_INTERVAL": value})

@@ -30,9 +30,11 @@ class DashboardsConfig(dg.Config):
                                 "grafana_dashboards/); default: MLOPS_HOME/monitoring (the monitoring resource's out_dir).")
     availability_slo: float = Field(default=0.995, description="Share of requests not answered with a 5xx.")
     latency_p99_slo_s: float = Field(default=0.25, description="p99 objective of POST /predict, in seconds.")
-    scrape_interval: str = Field(default="15s", description="Prometheus's scrape interval: in the rendered "
-                                 "prometheus.yml (local) and given to the prometheus role (monitoring host).")
-    evaluation_interval: str = Field(default="15s", description="How often Prometheus evaluates the rules (same places).")
+    scrape_interval: str | None = Field(default=None, description="Prometheus's scrape interval: in the rendered "
+                                        "prometheus.yml (local) and given to the prometheus role (monitoring host); "
+                                        "default: MLOPS_SCRAPE_INTERVAL, else 15s.")
+    evaluation_interval: str | None = Field(default=None, description="How often Prometheus evaluates the rules "
+                                            "(same places; same default).")
     targets_up_timeout_s: float = 60.0
 
 
@@ -57,12 +59,14 @@ def dashboards(
     alerts = AlertSettings(availability_slo=config.availability_slo, latency_p99_slo_s=config.latency_p99_slo_s,
                            target_down_for=target_down_for)
     profile = training_profile(dataset)
+    scrape_interval = config.scrape_interval or monitoring.scrape_interval
+    evaluation_interval = config.evaluation_interval or monitoring.scrape_interval
     settings = render_module.RenderSettings(
         api_targets=(metrics_target(deployed_api.metrics_url),), host_targets=monitoring.host_targets(),
         pushgateway_targets=monitoring.pushgateway_targets(),
         alertmanager_targets=monitoring.alertmanager_targets(deployed_api.prometheus_url),
         prometheus_url=monitoring.datasource_url(deployed_api.prometheus_url),
-        scrape_interval=config.scrape_interval, evaluation_interval=config.evaluation_interval, alerts=alerts,
+        scrape_interval=scrape_interval, evaluation_interval=evaluation_interval, alerts=alerts,
         routing=routing,
     )
     out = Path(config.out_dir or monitoring.out_dir)
@@ -70,7 +74,7 @@ def dashboards(
     render_module.write(files, out)
     groups = rule_groups(profile, alerts)
     rendered = Rendered.of(out, render_module.content_hash(files), rule_count(groups), settings.api_targets[0],
-                           config.scrape_interval, config.evaluation_interval)
+                           scrape_interval, evaluation_interval)
     monitoring.check(rendered, context.log)
     result = monitoring.provision(rendered, previous=previous_materialization(context).metadata,
                                   api_prometheus_url=deployed_api.prometheus_url, inventory=deployed_api.inventory,

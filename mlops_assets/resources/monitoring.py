@@ -117,6 +117,9 @@ class MonitoringProvisioner(dg.ConfigurableResource):
     alert_webhook_url: str | None = None
     alert_smtp: dict[str, str] = {}
     alert_timings: str = ""
+    # Prometheus's scrape and evaluation interval unless the `dashboards` config sets them
+    # (settings.py: MLOPS_SCRAPE_INTERVAL).
+    scrape_interval: str = "15s"
 
     def smtp_password_file(self) -> str | None:
         """Where the Alertmanager that reads the rendered file finds the SMTP password (from
