@@ -165,6 +165,10 @@ def ansible_for(settings: Settings) -> Ansible:
             "grafana_dashboards_src_dir": str(home / "monitoring" / "dashboards"),
             # The Alertmanager configuration `dashboards` renders (until then the role's own, no receiver).
             "alertmanager_config_src": str(home / "monitoring" / "alertmanager" / "alertmanager.yml"),
+            # The intervals `dashboards` renders with (MLOPS_SCRAPE_INTERVAL): deployed_hosts writes
+            # the same prometheus.yml, so neither undoes the other's.
+            "prometheus_scrape_interval": settings.scrape_interval,
+            "prometheus_evaluation_interval": settings.scrape_interval,
             # The api role copies the key file to the host and mounts it into the container.
             **({"api_key_file": str(settings.api_key_file)} if settings.api_key_file else {}),
         },

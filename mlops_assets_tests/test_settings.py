@@ -46,11 +46,16 @@ def test_a_bad_value_names_the_setting_and_the_form(value, words):
 
 
 def test_scrape_interval_reaches_the_monitoring_resource_of_every_target(tmp_path):
-    """MLOPS_SCRAPE_INTERVAL: Prometheus's scrape and evaluation interval, 15s unless set."""
+    """MLOPS_SCRAPE_INTERVAL: Prometheus's scrape and evaluation interval, 15s unless set; on
+    the monitoring host deployed_hosts writes the same prometheus.yml as `dashboards`."""
     for target in ("local", "sim", "aws"):
         env = {"MLOPS_HOME": str(tmp_path), "MLOPS_TARGET": target}
-        assert resources_for(load_settings(env))["monitoring"].scrape_interval == "15s"
-        assert resources_for(load_settings({**env, "MLOPS_SCRAPE_INTERVAL": "1m30s"}))["monitoring"].scrape_interval == "1m30s"
+        for setting, interval in (({}, "15s"), ({"MLOPS_SCRAPE_INTERVAL": "1m30s"}, "1m30s")):
+            resources = resources_for(load_settings({**env, **setting}))
+            assert resources["monitoring"].scrape_interval == interval
+            if target != "local":
+                extra_vars = resources["host_configurator"].ansible.extra_vars
+                assert (extra_vars["prometheus_scrape_interval"], extra_vars["prometheus_evaluation_interval"]) == (interval, interval)
 
 
 @pytest.mark.parametrize("value", ["5", "5 s", "0s", "10m", "fast"])
