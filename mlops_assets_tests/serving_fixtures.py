@@ -3,6 +3,10 @@
 Ports are picked free at start, outside Ray's worker port range (10002-19999) and each
 instance's replica range, so a developer's `make run` on :8000/:8080 is left alone. Every
 request goes to 127.0.0.1.
+
+The instance stops right after the last test that uses it, not at the end of the session: its
+users are all in the service tier, and an idle Ray Serve (controller loop, replicas, metrics
+reported every second) left running would take CPU from every stack test after them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,24 @@ import requests
 
 REPLICAS = 2
 HTTP_REQUEST_TIMEOUT_S = 3
+
+_last_user: str | None = None  # node ID of the last test (in run order) that uses serving_api
+_release = None  # stops the instance; set while it runs
+
+
+@pytest.hookimpl(trylast=True)  # after conftest.py has put the tests in their run order
+def pytest_collection_modifyitems(config, items):
+    global _last_user
+    users = [item.nodeid for item in items if "serving_api" in getattr(item, "fixturenames", ())]
+    _last_user = users[-1] if users else None
+
+
+@pytest.hookimpl(trylast=True)  # after the test's own fixtures are torn down
+def pytest_runtest_teardown(item, nextitem):
+    global _release
+    if item.nodeid == _last_user and _release is not None:
+        release, _release = _release, None
+        release()
 
 
 def _free(port: int) -> bool:
@@ -76,7 +98,9 @@ def serving_api(trained_home):
         # Short enough for the timeout tests to wait for (test_serving_hardening.py).
         timeout_http_request_s=HTTP_REQUEST_TIMEOUT_S,
     )
+    global _release
     try:
+        _release = resource.shutdown
         resource.deploy(selected.model_uri, selected.version, tracking_uri=settings.tracking_uri)
         yield ServingApi(
             resource=resource,
@@ -88,7 +112,9 @@ def serving_api(trained_home):
             versions=[selected.version],
         )
     finally:
-        resource.shutdown()  # and its folders in /tmp
+        if _release is not None:  # not stopped after its last user already
+            _release = None
+            resource.shutdown()  # and its folders in /tmp
 
 
 @pytest.fixture(scope="session")
