@@ -144,6 +144,18 @@ def test_docker_role(hosts, ansible, inventory):
     pid = hosts.exec("monitoring", "cat /run/dockerd.pid").stdout.strip()
     assert hosts.exec("monitoring", f"cat /proc/{pid}/comm").stdout.strip() == "dockerd"
 
+    # docker_skip_if_running (site.yml's api play): a running engine gets one check, not the
+    # role; a stopped one gets the whole role and answers again.
+    checked = ansible.run_playbook(inventory, "tests/docker.yml", extra_vars={"docker_skip_if_running": True})
+    for name in ("api", "monitoring"):
+        assert checked.per_host[name]["changed"] == 0 and checked.per_host[name]["ok"] <= 3, checked.per_host
+        assert first.per_host[name]["ok"] > checked.per_host[name]["ok"] + 5, (first.per_host, checked.per_host)
+    hosts.exec("api", "/etc/init.d/docker stop")
+    assert hosts.exec("api", "docker info", check=False).returncode != 0
+    restarted = ansible.run_playbook(inventory, "tests/docker.yml", extra_vars={"docker_skip_if_running": True})
+    assert restarted.per_host["api"]["changed"] >= 1 and restarted.per_host["monitoring"]["changed"] == 0, restarted.per_host
+    assert hosts.ssh("api", "docker info --format '{{.Name}}'").stdout.strip() == "api"
+
 
 def test_api_role_deploys_then_rolls_back_a_broken_image(hosts, ansible, inventory, engine, tmp_path):
     from mlops_assets.image.archive import diff_ids, write_layered
@@ -259,6 +271,12 @@ def test_node_exporter_role_on_every_host(hosts, ansible, inventory, engine):
             assert series in metrics, series
         assert re.search(r'^node_filesystem_avail_bytes\{[^}]*mountpoint="/"\} [0-9.e+]+$', metrics, re.M), metrics[-2000:]
         assert "node_disk_" not in metrics  # only the dashboard's collectors
+    # node_exporter_skip_if_running (site.yml's api play): one that answers gets one check.
+    checked = ansible.run_playbook(inventory, "tests/node_exporter.yml",
+                                   extra_vars={**variables, "node_exporter_skip_if_running": True})
+    for name in ("api", "monitoring"):
+        assert checked.per_host[name]["changed"] == 0 and checked.per_host[name]["ok"] <= 3, checked.per_host
+        assert first.per_host[name]["ok"] > checked.per_host[name]["ok"] + 3, (first.per_host, checked.per_host)
 
 
 def test_pushgateway_role_keeps_pushes_behind_basic_auth_across_restarts(hosts, ansible, inventory, engine):
