@@ -20,8 +20,7 @@ os.environ["DAGSTER_HOME"] = str(_SESSION_HOME / "dagster")
 (_SESSION_HOME / "dagster").mkdir(parents=True, exist_ok=True)
 # Prometheus scrapes every 5 s instead of 15 s in the stacks the tests start (CLI runs and the
 # rehearsal inherit it): a target is seen up about 5 s sooner after every (re)start.
-SCRAPE_INTERVAL = "5s"
-os.environ["MLOPS_SCRAPE_INTERVAL"] = SCRAPE_INTERVAL
+os.environ["MLOPS_SCRAPE_INTERVAL"] = "5s"
 
 import dagster as dg  # noqa: E402
 import pytest  # noqa: E402

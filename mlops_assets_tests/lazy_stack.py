@@ -142,7 +142,8 @@ class LocalStack:
             "MLOPS_LOCAL_PORTS": local_ports,
             "PYTHONPATH": str(self.checkout),
             "PYTHONUNBUFFERED": "1",
-            "MLOPS_SCRAPE_INTERVAL": os.environ.get("MLOPS_SCRAPE_INTERVAL", "5s"),  # conftest.py
+            # The tests' interval (conftest.py); bench/whole_graph.py keeps the product's default.
+            **({"MLOPS_SCRAPE_INTERVAL": os.environ["MLOPS_SCRAPE_INTERVAL"]} if "MLOPS_SCRAPE_INTERVAL" in os.environ else {}),
             **({"DOCKER_HOST": docker_host} if docker_host else {}),
             **env,
         }
