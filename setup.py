@@ -11,6 +11,11 @@ INSTALL_REQUIRES = [
     "dagster-mlflow==0.29.27",
     "mlflow==3.17.2",
     "scikit-learn==1.9.1",
+    # Compiled inference (issue 13): the selected pipeline converted to ONNX (skl2onnx) and
+    # served by ONNX Runtime; protobuf below 7 is what onnx 1.23 accepts beside mlflow's.
+    "skl2onnx==1.20.0",
+    "onnxruntime==1.31.1",
+    "protobuf<7",
     "polars==2.1.0",
     "palmerpenguins==0.1.6",  # the default dataset: its CSV ships in the wheel
     "pyarrow>=14",  # polars DataFrame.to_pandas() (what scikit-learn and MLflow take)

@@ -29,6 +29,7 @@ from mlops_assets.resources.mlflow_registry import (
     MlflowRegistry,
     RegisteredVersion,
 )
+from mlops_assets.serving.onnx_engine import ENGINE_REASON_TAG, ENGINE_TAG
 from mlops_assets.versioning import stable_hash
 
 # What a served model needs, written into each MLflow model instead of MLflow's slow inference.
@@ -59,10 +60,13 @@ class SelectedModel:
     features: list[str]
     promoted: bool
     tracking_uri: str = ""  # the registry it is in
+    # The engine that serves it (serving/onnx_engine.py ENGINE_TAG) and, for "sklearn", why not ONNX.
+    engine: str = "sklearn"
+    engine_reason: str = ""
 
     @property
     def champion(self) -> Champion:
-        return Champion(self.name, str(self.version), self.model_uri, self.tracking_uri)
+        return Champion(self.name, str(self.version), self.model_uri, self.tracking_uri, self.engine)
 
 
 def train_or_reuse(mlflow: MlflowRegistry, context, dataset: Dataset, specs: dict[str, dict], seed: int,
@@ -109,6 +113,7 @@ class Selection:
     champion_test: dict[str, float] | None
     has_champion: bool  # a champion serves (False: none yet, and the candidate missed the floor)
     meets_floor: bool  # the model in service meets the floor
+    onnx: "EngineDecision | None" = None  # the registered candidate's ONNX parity and engine
 
 
 def select_and_promote(mlflow: MlflowRegistry, dataset: Dataset, candidates: CandidateSet, model_name: str,
@@ -143,6 +148,7 @@ def select_and_promote(mlflow: MlflowRegistry, dataset: Dataset, candidates: Can
         "family": best.family, "dataset_hash": dataset.content_hash,
         **{f"test_{k}": f"{v:.6f}" for k, v in candidate_test.items()},
     })
+    onnx = choose_engine(mlflow, registered, best, dataset, log)
     if champion is not None and champion.version == registered.version:
         decision = ml_training.PromotionDecision(False, f"version {registered.version} is already the champion")
     else:
@@ -161,9 +167,84 @@ def select_and_promote(mlflow: MlflowRegistry, dataset: Dataset, candidates: Can
         family=best.family if serving.version == registered.version else _family_of(mlflow, serving),
         test_metrics=serving_metrics, features=dataset.features, promoted=decision.promote,
         tracking_uri=mlflow.tracking_uri,
+        **_engine_of(mlflow, serving, registered, onnx),
     )
     passed = champion is not None and ml_training.meets_floor(metric, serving_metrics[metric], floor)
-    return Selection(selected, best, registered, created, decision, candidate_test, champion_test, champion is not None, passed)
+    return Selection(selected, best, registered, created, decision, candidate_test, champion_test, champion is not None, passed,
+                     onnx)
+
+
+@dataclass(frozen=True)
+class EngineDecision:
+    """Which engine serves a registered version, as its tags record it (ENGINE_TAG, ENGINE_REASON_TAG)."""
+
+    engine: str
+    reason: str  # why not ONNX ("" when ONNX serves)
+    parity: str  # onnx_export.Parity.describe(), or why there is none
+    max_probability_difference: float | None
+    checked_now: bool  # False: read from the version's tags (a no-change run)
+
+
+PARITY_DATASET_TAG = "mlops.onnx_parity_dataset"
+
+
+def choose_engine(mlflow: MlflowRegistry, registered: RegisteredVersion, candidate: LoggedCandidate, dataset: Dataset,
+                  log) -> EngineDecision:
+    """ONNX Runtime serves the version when its model folder holds an ONNX conversion that
+    matches the scikit-learn pipeline on the whole test split and the validation sample (same
+    class on every row, probabilities within 1e-4), through the serving loaders themselves;
+    else scikit-learn does, with the reason. Recorded as tags of the version; a no-change run
+    (same version, same dataset) reads them back and loads nothing. Never raises for a model
+    that cannot be converted or misses parity."""
+    tags = registered.tags
+    if tags.get(ENGINE_TAG) and tags.get(PARITY_DATASET_TAG) == dataset.content_hash:
+        difference = tags.get("mlops.onnx_parity_max_probability_difference")
+        return EngineDecision(tags[ENGINE_TAG], tags.get(ENGINE_REASON_TAG, ""), tags.get("mlops.onnx_parity", ""),
+                              float(difference) if difference else None, False)
+    decision, extra = _check_parity(mlflow, candidate, dataset)
+    mlflow.tag_version(registered, {ENGINE_TAG: decision.engine, ENGINE_REASON_TAG: decision.reason,
+                                    PARITY_DATASET_TAG: dataset.content_hash, **extra})
+    if decision.engine == "onnx":
+        log.info(f"version {registered.version} will be served by ONNX Runtime: parity on {decision.parity}")
+    else:
+        log.warning(f"version {registered.version} will be served by scikit-learn: {decision.reason}")
+    return decision
+
+
+def _check_parity(mlflow: MlflowRegistry, candidate: LoggedCandidate, dataset: Dataset) -> tuple[EngineDecision, dict]:
+    from mlops_assets.ml import onnx_export
+    from mlops_assets.serving import model as model_lib
+
+    try:
+        sklearn, onnx = mlflow.load_both_engines(candidate.model_uri, candidate.files_sha256)
+    except model_lib.ModelIntegrityError:
+        raise  # tampered files are never a reason to fall back: they must not serve at all
+    except Exception as exc:  # not converted, not loadable, failing its self-test
+        reason = f"no usable ONNX model: {str(exc)[:400]}"
+        return EngineDecision("sklearn", reason, reason, None, True), {}
+    x_test, _ = dataset.xy("test")
+    sample = validation_sample(dataset.train, dataset.numeric_features, dataset.categorical_features)
+    columns = {name: [*_column(x_test[name]), *_column(sample.get_column(name).to_pandas())] for name in dataset.features}
+    parity = onnx_export.parity(sklearn, onnx, columns)
+    described = f"test split and validation sample, {parity.describe()}"
+    if parity.ok:
+        return EngineDecision("onnx", "", described, parity.max_probability_difference, True), parity.tags()
+    return (EngineDecision("sklearn", f"ONNX parity missed on the {described}", described, parity.max_probability_difference,
+                           True), parity.tags())
+
+
+def _column(series) -> list:
+    return [None if isinstance(v, float) and v != v else v for v in series.tolist()]
+
+
+def _engine_of(mlflow: MlflowRegistry, serving, registered: RegisteredVersion, onnx: EngineDecision) -> dict[str, str]:
+    """The engine of the version that serves: the candidate's decision, or the champion's tags."""
+    if serving.version == registered.version:
+        return {"engine": onnx.engine, "engine_reason": onnx.reason}
+    tags = mlflow.client().get_model_version(serving.name, serving.version).tags or {}
+    if not tags.get(ENGINE_TAG):
+        return {"engine": "sklearn", "engine_reason": "registered without an ONNX parity check (before models were converted)"}
+    return {"engine": tags[ENGINE_TAG], "engine_reason": tags.get(ENGINE_REASON_TAG, "")}
 
 
 def _score_champion(mlflow: MlflowRegistry, champion, x_test, y_test, log) -> dict[str, float] | None:

@@ -150,7 +150,7 @@ class Rollout:
             f"last healthy version on record: {previous.get('version') or 'none'}")
         try:
             self.backend.apply(config)
-            self.wait_ready(version, refused_uri=refused_uri)
+            self.wait_ready(version, refused_uri=refused_uri, engine=wanted_engine(config))
             result = check() if check is not None else None
         except Exception as exc:
             raise self._roll_back(version, previous, reason_of(exc), log) from exc
@@ -222,9 +222,12 @@ class Rollout:
                             rolled_back=True, serving=previous_version, **common)
 
     # -- readiness -----------------------------------------------------------------------------
-    def wait_ready(self, version: str, timeout_s: float | None = None, refused_uri: str | None = None) -> None:
+    def wait_ready(self, version: str, timeout_s: float | None = None, refused_uri: str | None = None,
+                   engine: str | None = None) -> None:
         """Until /readyz reports `version` on several consecutive answers (behind a load
-        balancer, one answer may come from a replica not yet swapped). Ends at once when a
+        balancer, one answer may come from a replica not yet swapped), and `engine` when given
+        (a change of engine alone keeps the version; a replica that fell back to scikit-learn
+        says why, `engine_reason`, and counts as swapped). Ends at once when a
         replica says it refused the model (`rejected`: `refused_uri`, else the version: it
         keeps serving its old one and will not retry), or when the backend gave up (asked every
         `status_every_s` while the version is not there yet)."""
@@ -234,7 +237,8 @@ class Rollout:
         streak, last = 0, None
         while self.clock() < deadline:
             ready = last = self.backend.readyz()
-            serves = bool(ready) and ready["model"]["version"] == version
+            serves = bool(ready) and ready["model"]["version"] == version and (
+                engine is None or ready.get("engine", engine) == engine or bool(ready.get("engine_reason")))
             if not serves and self.clock() >= next_status:
                 self._raise_if_gave_up(version)
                 next_status = self.clock() + self.status_every_s
@@ -267,6 +271,16 @@ class Rollout:
     def _model_ref(self) -> tuple[str, str]:
         ready = self.backend.readyz() or {"model": {"name": "", "version": ""}}
         return ready["model"]["name"], ready["model"]["version"]
+
+
+def wanted_engine(config: dict[str, Any]) -> str | None:
+    """The serving engine a Serve config asks its replicas for (user_config `serving_engine`)."""
+    for app in config.get("applications") or []:
+        for deployment in app.get("deployments") or []:
+            engine = (deployment.get("user_config") or {}).get("serving_engine")
+            if engine:
+                return str(engine)
+    return None
 
 
 def reason_of(exc: BaseException) -> str:

@@ -7,6 +7,12 @@ request goes to 127.0.0.1.
 The instance stops right after the last test that uses it, not at the end of the session: its
 users are all in the service tier, and an idle Ray Serve (controller loop, replicas, metrics
 reported every second) left running would take CPU from every stack test after them.
+
+Every test that uses `serving_api` runs twice, once per serving engine (ONNX Runtime, then the
+scikit-learn pipeline): the fixture is parametrized per session, so pytest groups the tests by
+engine and the one instance switches engine once, in place (a `reconfigure` of the replicas).
+A module whose tests are about something else than the engine names the one it needs in
+`SERVING_ENGINES`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ import requests
 
 REPLICAS = 2
 HTTP_REQUEST_TIMEOUT_S = 3
+ENGINES = ("onnx", "sklearn")
+# How close each engine's probabilities are to the pipeline's own: the scikit-learn engine runs
+# the pipeline itself; ONNX Runtime computes in float32, within selected_model's parity tolerance.
+PROBABILITY_TOLERANCE = {"sklearn": 1e-9, "onnx": 1e-4}
 
 _last_user: str | None = None  # node ID of the last test (in run order) that uses serving_api
 _release = None  # stops the instance; set while it runs
@@ -30,7 +40,7 @@ _release = None  # stops the instance; set while it runs
 @pytest.hookimpl(trylast=True)  # after conftest.py has put the tests in their run order
 def pytest_collection_modifyitems(config, items):
     global _last_user
-    users = [item.nodeid for item in items if "serving_api" in getattr(item, "fixturenames", ())]
+    users = [item.nodeid for item in items if "serving_instance" in getattr(item, "fixturenames", ())]
     _last_user = users[-1] if users else None
 
 
@@ -40,6 +50,15 @@ def pytest_runtest_teardown(item, nextitem):
     if item.nodeid == _last_user and _release is not None:
         release, _release = _release, None
         release()
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest turns parametrize marks and fixture params into calls
+def pytest_generate_tests(metafunc):
+    """A test module may name the engines its tests need (`SERVING_ENGINES`); else both. As a
+    mark, which takes precedence over the fixture's own params."""
+    engines = getattr(metafunc.module, "SERVING_ENGINES", None)
+    if engines and "serving_api" in metafunc.fixturenames:
+        metafunc.definition.add_marker(pytest.mark.parametrize("serving_api", engines, indirect=True, scope="session"))
 
 
 def _free(port: int) -> bool:
@@ -69,13 +88,28 @@ class ServingApi:
     model_name: str
     tracking_uri: str
     versions: list[str] = field(default_factory=list)
+    engine: str = "onnx"  # the engine the replicas use now (the `serving_api` parameter)
 
     def predict(self, instances, timeout: float = 30) -> requests.Response:
         return requests.post(f"{self.url}/predict", json={"instances": instances}, timeout=timeout)
 
 
+@pytest.fixture(scope="session", params=ENGINES)
+def serving_api(request, serving_instance):
+    """The session's API serving the latest deployed version with this engine."""
+    api = serving_instance
+    if api.engine != request.param:
+        deployment = api.resource.deploy(f"models:/{api.model_name}/{api.versions[-1]}", api.versions[-1],
+                                         tracking_uri=api.tracking_uri, engine=request.param)
+        assert deployment.action in ("reconfigured", "deployed"), deployment.action
+        api.engine = request.param
+    ready = requests.get(f"{api.url}/readyz", timeout=30).json()
+    assert ready["engine"] == request.param, ready
+    return api
+
+
 @pytest.fixture(scope="session")
-def serving_api(trained_home):
+def serving_instance(trained_home):
     from mlops_assets.resources.ray_serve import RayServe
 
     settings = trained_home["settings"]
@@ -101,7 +135,7 @@ def serving_api(trained_home):
     global _release
     try:
         _release = resource.shutdown
-        resource.deploy(selected.model_uri, selected.version, tracking_uri=settings.tracking_uri)
+        resource.deploy(selected.model_uri, selected.version, tracking_uri=settings.tracking_uri, engine=ENGINES[0])
         yield ServingApi(
             resource=resource,
             url=resource.api_url,
@@ -110,6 +144,7 @@ def serving_api(trained_home):
             model_name=selected.name,
             tracking_uri=settings.tracking_uri,
             versions=[selected.version],
+            engine=ENGINES[0],
         )
     finally:
         if _release is not None:  # not stopped after its last user already

@@ -24,6 +24,11 @@ import pytest
 from .serving_fixtures import Load, as_instances
 
 pytestmark = pytest.mark.service
+# The rollouts and rollbacks here do not depend on the engine: they run on ONNX Runtime, what a
+# trained champion gets. The broken variants below edit the scikit-learn pipeline and carry no
+# engine tag, so their replicas load that pipeline (as for a version registered before
+# conversion); one variant edits the ONNX file instead.
+SERVING_ENGINES = ("onnx",)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -67,12 +72,14 @@ def _state(resource) -> dict:
     return json.loads((Path(resource.state_dir) / "deployed.json").read_text())
 
 
-def _register_variant(serving_api, tmp_path: Path, change, tampered: bool = False) -> str:
+def _register_variant(serving_api, tmp_path: Path, change, tampered: bool = False, engine: str | None = None) -> str:
     """A new registry version holding a copy of the served version's files, changed by
     `change(folder)`, registered with the sha256 manifest of the changed files (as training
     registers it) or, `tampered`, with the manifest of the files before the change (files
-    edited after registration). The `champion` alias is not moved."""
+    edited after registration); `engine`, when given, is the serving engine recorded for it (as
+    selected_model's parity check does; none: scikit-learn). The `champion` alias is not moved."""
     from mlops_assets.serving import model as model_lib
+    from mlops_assets.serving import onnx_engine
 
     served = _served(serving_api.resource)
     source = model_lib.ModelSource(f"models:/{serving_api.model_name}/{served}", serving_api.tracking_uri)
@@ -81,8 +88,8 @@ def _register_variant(serving_api, tmp_path: Path, change, tampered: bool = Fals
     change(folder)
     manifest = before if tampered else model_lib.manifest_text(model_lib.files_manifest(folder))
     # No run: selected_model's lookups by run (find_version) must never pick these up.
-    return str(_client(serving_api).create_model_version(
-        serving_api.model_name, str(folder), tags={model_lib.MANIFEST_TAG: manifest}).version)
+    tags = {model_lib.MANIFEST_TAG: manifest, **({onnx_engine.ENGINE_TAG: engine} if engine else {})}
+    return str(_client(serving_api).create_model_version(serving_api.model_name, str(folder), tags=tags).version)
 
 
 def _unloadable(folder: Path) -> None:
@@ -127,13 +134,29 @@ def _swapped_after_registration(folder: Path) -> None:
     _fails_on_missing_values(folder)
 
 
+def _onnx_swapped_after_registration(folder: Path) -> None:
+    """Another ONNX file than the one registered (with `tampered=True`): the graph with one more
+    metadata entry, so it still loads; the replicas must refuse it, never fall back to scikit-learn."""
+    import onnx
+
+    model = onnx.load_from_string((folder / "model.onnx").read_bytes())
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "edited", "after registration"
+    (folder / "model.onnx").write_bytes(model.SerializeToString())
+
+
 def _deploy_with_asset(serving_api, trained_home, resource, dataset, version: str):
     """The `deployed_api` asset of the local target, for registry version `version`."""
     from mlops_assets.assets.deployment import deployed_api
     from mlops_assets.resources.api_deployer import RayServeOnThisMachine
 
+    from mlops_assets.serving import model as model_lib
+
+    # The engine selected_model would report for this version: its registry tag.
+    _, engine, reason = model_lib.registered_serving(serving_api.tracking_uri, serving_api.model_name, version)
     selected = dataclasses.replace(
-        trained_home["selected"], version=version, model_uri=f"models:/{serving_api.model_name}/{version}"
+        trained_home["selected"], version=version, model_uri=f"models:/{serving_api.model_name}/{version}",
+        engine=engine, engine_reason=reason,
     )
     with dg.build_asset_context() as context:  # its temporary instance is closed even on failure
         return deployed_api(
@@ -148,21 +171,25 @@ def _deploy_with_asset(serving_api, trained_home, resource, dataset, version: st
 
 # -- a: a new version that fails its health check ------------------------------------------------
 @pytest.mark.parametrize(
-    "change, tampered, why",
+    "change, tampered, engine, why",
     [
-        (_unloadable, False, "could not load model version"),
-        (_cannot_predict, False, "cannot predict its own input example"),
-        (_swapped_after_registration, True, "do not match the sha256 manifest recorded when it was logged "
-                                            "(changed since it was logged: model.skops)"),
+        (_unloadable, False, None, "could not load model version"),
+        (_cannot_predict, False, None, "cannot predict its own input example"),
+        (_swapped_after_registration, True, None, "do not match the sha256 manifest recorded when it was logged "
+                                                  "(changed since it was logged: model.skops)"),
+        # An ONNX file edited after registration is refused like a skops one: a file that fails
+        # the manifest is never a reason to fall back to the pipeline.
+        (_onnx_swapped_after_registration, True, "onnx", "do not match the sha256 manifest recorded when it was "
+                                                         "logged (changed since it was logged: model.onnx)"),
     ],
-    ids=["unloadable-artifacts", "predict-fails", "tampered-files"],
+    ids=["unloadable-artifacts", "predict-fails", "tampered-files", "tampered-onnx"],
 )
 def test_a_version_the_replicas_refuse_is_rolled_back_and_no_request_fails(
-    serving_api, trained_home, resource, dataset, body, tmp_path, change, tampered, why
+    serving_api, trained_home, resource, dataset, body, tmp_path, change, tampered, engine, why
 ):
     before_state, served = _state(resource), _served(resource)
     assert before_state["version"] == served
-    broken = _register_variant(serving_api, tmp_path, change, tampered=tampered)
+    broken = _register_variant(serving_api, tmp_path, change, tampered=tampered, engine=engine)
 
     failure, load, seconds = _deploy_under_load(serving_api, trained_home, resource, dataset, body, broken)
 
@@ -324,6 +351,12 @@ def test_a_candidate_that_loses_or_misses_the_floor_is_never_deployed(serving_ap
     champion = registry.champion(settings.model_name).version
     served = _served(serving_api.resource)
     assert served == champion, "the session API should serve the champion when this test starts"
+    # The champion as the asset deploys it (an earlier test may have switched to it another way,
+    # e.g. the registry transport): from here on, the same request must change nothing.
+    from mlops_assets.ml.data import SplitSpec, build_dataset
+
+    _deploy_with_asset(serving_api, trained_home, serving_api.resource,
+                       build_dataset("palmerpenguins", "species", SplitSpec()), champion)
     before_state = _state(serving_api.resource)
     defs = _serving_definitions(trained_home, serving_api, tmp_path / "storage")
 

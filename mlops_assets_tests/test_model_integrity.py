@@ -62,6 +62,37 @@ def test_a_registered_version_carries_a_manifest_of_its_files_and_its_validation
     assert {r["sex"] for r in rows} == {"male", "female", None}  # the training data's gaps too
 
 
+def test_the_onnx_file_is_covered_and_served_or_fallen_back_from_with_a_reason(champion, trained_home):
+    """The champion's model.onnx is in its manifest; selected_model chose ONNX after its parity
+    check (tags); an ONNX file that is absent or does not load gives the pipeline with the
+    reason, one that fails the manifest gives nothing."""
+    from mlops_assets.serving import model as model_lib
+    from mlops_assets.serving import onnx_engine
+
+    folder, manifest = champion
+    selected = trained_home["selected"]
+    assert onnx_engine.MODEL_FILE in json.loads(manifest)
+    _, engine, reason = model_lib.registered_serving(selected.tracking_uri, selected.name, selected.version)
+    assert (engine, reason) == ("onnx", "") and selected.engine == "onnx"
+    served = model_lib.load_folder(folder, files_sha256=manifest, engine="onnx")
+    assert served.engine == "onnx" and served.pipeline is None and served.engine_reason == ""
+    assert served.classes == ["Adelie", "Chinstrap", "Gentoo"] and served.categories["island"] == {"Biscoe", "Dream", "Torgersen"}
+
+    (folder / onnx_engine.MODEL_FILE).write_bytes(b"not an onnx graph")
+    with pytest.raises(model_lib.ModelIntegrityError, match=r"changed since it was logged: model\.onnx"):
+        model_lib.load_folder(folder, files_sha256=manifest, engine="onnx")
+    fallen = model_lib.load_folder(folder, files_sha256=_recomputed(folder), engine="onnx")
+    assert fallen.engine == "sklearn" and "ONNX Runtime cannot load model.onnx" in fallen.engine_reason
+    with pytest.raises(onnx_engine.OnnxModelError, match="cannot load"):
+        model_lib.load_folder(folder, files_sha256=_recomputed(folder), engine="onnx", fallback=False)
+
+    (folder / onnx_engine.MODEL_FILE).unlink()
+    fallen = model_lib.load_folder(folder, files_sha256=_recomputed(folder), engine="onnx")
+    assert fallen.engine == "sklearn" and "has no model.onnx" in fallen.engine_reason
+    with pytest.raises(model_lib.ModelSourceError, match="serving engine 'tensorrt'"):
+        model_lib.load_folder(folder, files_sha256=_recomputed(folder), engine="tensorrt")
+
+
 def test_no_manifest_is_refused(champion, monkeypatch):
     from mlops_assets.serving import model as model_lib
 

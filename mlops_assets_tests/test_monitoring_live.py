@@ -31,6 +31,8 @@ from mlops_assets.monitoring.panels import panel_queries
 from mlops_assets_tests.serving_fixtures import as_instances, free_ports
 
 pytestmark = pytest.mark.service
+# The dashboards and rules do not depend on the engine: the one a trained champion gets.
+SERVING_ENGINES = ("onnx",)
 
 RATE_INTERVAL = "1m"  # what Grafana's $__rate_interval becomes (scrapes here are every second)
 LOAD_SECONDS = 20

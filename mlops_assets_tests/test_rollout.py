@@ -258,3 +258,52 @@ def test_a_record_from_a_newer_release_is_refused_with_a_message(tmp_path):
     path.write_text(json.dumps({"version": "1", "schema_version": 99}))
     with pytest.raises(Exception, match="schema_version 99, newer than this release reads"):
         rollout(FakeStack(serving="1"), tmp_path).deploy("1", {"v": "1"}, prepare("1"))
+
+
+class EngineStack(FakeStack):
+    """Replicas that apply a change of engine (same version) only after a few /readyz answers,
+    as Serve's in-place reconfigure does: until then they report the old engine."""
+
+    def __init__(self, engine: str, lag: int, falls_back: bool = False) -> None:
+        super().__init__(serving="1")
+        self.engine, self.wanted, self.lag, self.falls_back = engine, engine, lag, falls_back
+
+    def apply(self, cfg) -> None:
+        self.applied.append(cfg["applications"][0]["deployments"][0]["user_config"]["serving_engine"])
+        self.wanted = self.applied[-1]
+
+    def readyz(self):
+        answer = super().readyz()
+        if self.wanted != self.engine:
+            self.lag -= 1
+            if self.lag <= 0:
+                self.engine = "sklearn" if self.falls_back else self.wanted
+        answer["engine"] = self.engine
+        if self.falls_back and self.engine == "sklearn":
+            answer["engine_reason"] = "ONNX Runtime could not serve it"
+        return answer
+
+
+def _engine_config(engine: str) -> dict:
+    return {"applications": [{"app": "a", "deployments": [{"user_config": {"v": "1", "serving_engine": engine}}]}]}
+
+
+def test_a_change_of_engine_alone_waits_until_the_replicas_report_it(tmp_path):
+    # Same version, other engine: "ready with version 1" is true before the swap, so the
+    # rollout waits for the engine too (the check then runs against the new engine).
+    RECORDS["deployed"].in_folder(tmp_path).write({"config": _engine_config("onnx"), "version": "1", "request": {"e": "onnx"}})
+    stack = EngineStack("onnx", lag=6)
+    seen = []
+    done = rollout(stack, tmp_path).deploy("1", {"e": "sklearn"}, lambda: (_engine_config("sklearn"), None),
+                                           check=lambda: seen.append(stack.engine))
+    assert done.action == "reconfigured" and stack.applied == ["sklearn"]
+    assert seen == ["sklearn"]
+
+
+def test_a_replica_that_falls_back_to_scikit_learn_counts_as_swapped(tmp_path):
+    # ONNX asked, the replica serves the pipeline and says why: that is a served model, not a
+    # rollout that never becomes ready.
+    RECORDS["deployed"].in_folder(tmp_path).write({"config": _engine_config("sklearn"), "version": "1", "request": {"e": "sk"}})
+    stack = EngineStack("sklearn", lag=3, falls_back=True)
+    done = rollout(stack, tmp_path).deploy("1", {"e": "onnx"}, lambda: (_engine_config("onnx"), None))
+    assert done.action == "reconfigured" and stack.readyz()["engine_reason"]

@@ -1,6 +1,7 @@
 """The prediction API on a real Ray Serve instance, over real HTTP on 127.0.0.1: answers,
 bad input, OpenAPI, metrics, and a schemathesis run."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import requests
 
-from .serving_fixtures import as_instances, wait_for
+from .serving_fixtures import PROBABILITY_TOLERANCE, as_instances, wait_for
 
 pytestmark = pytest.mark.service
 
@@ -36,9 +37,13 @@ def test_predictions_equal_the_pipelines_own(serving_api, pipeline, test_split):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["predictions"] == [str(v) for v in pipeline.predict(x_test)]
-    assert body["model"] == {"name": serving_api.model_name, "version": serving_api.versions[0]}
+    assert body["model"] == {"name": serving_api.model_name, "version": serving_api.versions[-1]}
     proba = np.array([[row[c] for c in pipeline.classes_] for row in body["probabilities"]])
-    np.testing.assert_allclose(proba, pipeline.predict_proba(x_test), rtol=1e-9, atol=1e-12)
+    # The scikit-learn engine is the pipeline itself; ONNX Runtime computes in float32.
+    tolerance = PROBABILITY_TOLERANCE[serving_api.engine]
+    np.testing.assert_allclose(proba, pipeline.predict_proba(x_test), rtol=0, atol=tolerance)
+    if serving_api.engine == "sklearn":
+        np.testing.assert_allclose(proba, pipeline.predict_proba(x_test), rtol=1e-9, atol=1e-12)
     # Row by row too (each request its own, batched with others or not).
     for i in range(5):
         single = serving_api.predict(as_instances(x_test.iloc[[i]])).json()
@@ -120,6 +125,9 @@ def test_health_readiness_and_openapi_describe_the_model(serving_api):
     assert requests.get(f"{serving_api.url}/healthz", timeout=30).json() == {"status": "alive"}
     ready = requests.get(f"{serving_api.url}/readyz", timeout=30).json()
     assert ready["model"]["name"] == serving_api.model_name
+    assert ready["engine"] == serving_api.engine
+    # Why scikit-learn serves, when it does (here the deployment asked for it); nothing for ONNX.
+    assert ("engine_reason" in ready) == (serving_api.engine == "sklearn"), ready
     spec = requests.get(f"{serving_api.url}/openapi.json", timeout=30).json()
     instance = spec["components"]["schemas"]["Instance"]
     assert list(instance["properties"]) == serving_api.features
@@ -187,7 +195,7 @@ def test_metrics_endpoint_serves_the_documented_series(serving_api, good_instanc
         present = {name, f"{name}_bucket", f"{name}_count", f"{name}_sum"} & names
         assert present, f"{name} missing from {serving_api.metrics_url}"
     assert any(n.startswith("ray_serve_") for n in names)
-    assert _total(now, "ray_mlops_api_model_info", model_version=serving_api.versions[-1]) >= 1
+    assert _total(now, "ray_mlops_api_model_info", model_version=serving_api.versions[-1], engine=serving_api.engine) >= 1
     feature = serving_api.features[0]
     assert _total(now, "ray_mlops_api_feature_value_count", feature=feature) >= 2 * ok
     assert _total(now, "ray_mlops_api_request_latency_seconds_count", route="/predict") >= ok + bad
@@ -256,7 +264,9 @@ def test_deployed_api_asset_with_the_same_champion_restarts_nothing(serving_api,
         return sorted(p for p in instance_processes(serving_api.resource.runtime()) if table[p][1].startswith("ray::ServeReplica"))
 
     before = replicas()
-    selected = trained_home["selected"]
+    # The champion as selected_model reports it, with the engine the replicas use now.
+    selected = dataclasses.replace(trained_home["selected"], version=serving_api.versions[-1], engine=serving_api.engine,
+                                   model_uri=f"models:/{serving_api.model_name}/{serving_api.versions[-1]}")
     output = deployed_api(
         context=dg.build_asset_context(),
         api_deployer=RayServeOnThisMachine(ray_serve=serving_api.resource),

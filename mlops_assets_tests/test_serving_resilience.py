@@ -26,12 +26,14 @@ def _new_champion_version(serving_api) -> str:
     from mlflow import MlflowClient
 
     from mlops_assets.resources.mlflow_registry import MANIFEST_TAG
+    from mlops_assets.serving.onnx_engine import ENGINE_TAG
 
     client = MlflowClient(tracking_uri=serving_api.tracking_uri, registry_uri=serving_api.tracking_uri)
     current = client.get_model_version_by_alias(serving_api.model_name, "champion")
-    # The same files, so the same manifest (what `selected_model` copies onto a version it registers).
+    # The same files, so the same manifest (what `selected_model` copies onto a version it
+    # registers), and the engine the API uses now (what its parity check records).
     created = client.create_model_version(serving_api.model_name, current.source, run_id=current.run_id,
-                                          tags={MANIFEST_TAG: current.tags[MANIFEST_TAG]})
+                                          tags={MANIFEST_TAG: current.tags[MANIFEST_TAG], ENGINE_TAG: serving_api.engine})
     client.set_registered_model_alias(serving_api.model_name, "champion", created.version)
     return str(created.version)
 
@@ -43,7 +45,7 @@ def test_champion_switch_under_load_fails_no_request(serving_api, body):
         # Replicas resolve this one through MLflow themselves (the fixture deployed a folder).
         deployment = serving_api.resource.deploy(
             f"models:/{serving_api.model_name}/{version}", version, tracking_uri=serving_api.tracking_uri,
-            transport="registry",
+            transport="registry", engine=serving_api.engine,
         )
         time.sleep(2)
     serving_api.versions.append(version)

@@ -133,6 +133,11 @@ def selected_model(
             ["metric", "candidate", "champion"],
             [[m, done.candidate_test.get(m), (done.champion_test or {}).get(m)] for m in sorted(done.candidate_test)])),
         "registry": dg.MetadataValue.url(mlflow.model_version_url(serving.name, serving.version)),
+        "serving_engine": serving.engine,
+        **({"serving_engine_reason": serving.engine_reason} if serving.engine_reason else {}),
+        **({"candidate_onnx_parity": done.onnx.parity} if done.onnx else {}),
+        **({"candidate_onnx_max_probability_difference": done.onnx.max_probability_difference}
+           if done.onnx and done.onnx.max_probability_difference is not None else {}),
     })
     score = serving.test_metrics[metric]
     yield dg.AssetCheckResult(

@@ -17,13 +17,15 @@ UID = "mlops-model"
 def model_version_in_service():
     return stat(
         "Model version in service",
-        "The model name and version the replicas serve (ray_mlops_api_model_info == 1; the replicas "
-        "refresh it at each health check, `last_over_time` bridges the refreshes).",
+        "The model name and version the replicas serve, and the engine that runs it: onnx (ONNX Runtime) or "
+        "sklearn, with why not ONNX (ray_mlops_api_model_info == 1; the replicas refresh it at each health check, "
+        "`last_over_time` bridges the refreshes).",
         units.Short,
         [
             query(
-                f"max by (model_name, model_version) (last_over_time(ray_mlops_api_model_info{{{API}}}[1m])) == 1",
-                "{{model_name}} v{{model_version}}",
+                "max by (model_name, model_version, engine, engine_reason) "
+                f"(last_over_time(ray_mlops_api_model_info{{{API}}}[1m])) == 1",
+                "{{model_name}} v{{model_version}} ({{engine}}) {{engine_reason}}",
             )
         ],
         span=12,

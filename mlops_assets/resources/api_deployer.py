@@ -92,7 +92,7 @@ class RayServeOnThisMachine(ApiDeployer):
         try:
             deployment = self.ray_serve.deploy(
                 champion.model_uri, champion.version, tracking_uri=champion.tracking_uri, log=log.info,
-                check=lambda: client.smoke_check(smoke_rows, champion.version),
+                check=lambda: client.smoke_check(smoke_rows, champion.version), engine=champion.engine or None,
             )
         except DeployFailed as exc:
             # Rolled back or not, the same version would fail the same way; a failure before

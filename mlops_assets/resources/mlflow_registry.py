@@ -54,6 +54,21 @@ REUSED_CANDIDATE_SET = "reused_candidate_set"  # ROLE_TAG of a run that reused o
 CHAMPION_ALIAS = "champion"
 # serving/model.py MANIFEST_TAG (not imported: loading the definitions must not import numpy)
 MANIFEST_TAG = "mlops.files_sha256"
+# On a candidate's run: "converted" when its model folder holds model.onnx, else why not.
+ONNX_TAG = "mlops.onnx_conversion"
+
+
+def _onnx_file(pipeline, signature) -> tuple[bytes | None, str]:
+    """The pipeline converted to ONNX (ml/onnx_export.py) and the candidate's ONNX_TAG: a
+    pipeline that cannot be converted is still logged, served later by scikit-learn."""
+    from mlops_assets.ml import onnx_export
+    from mlops_assets.serving import model as model_lib
+
+    features = model_lib.features_from_signature(signature.inputs.to_json())
+    try:
+        return onnx_export.convert(pipeline, features, model_lib.known_categories(pipeline)), "converted"
+    except onnx_export.ConversionError as exc:
+        return None, f"not converted: {exc}"[:4900]
 
 
 # Where MLflow keeps its process-wide settings as environment variables (MLflow's fluent API
@@ -135,6 +150,7 @@ class Champion:
     version: str
     model_uri: str  # models:/NAME/VERSION
     tracking_uri: str
+    engine: str = ""  # the engine selected_model chose (ONNX Runtime or scikit-learn); "" unknown
 
 
 class MlflowRegistry(dg.ConfigurableResource):
@@ -304,8 +320,11 @@ class MlflowRegistry(dg.ConfigurableResource):
                     serialization_format="skops",
                     skops_trusted_types=trusted,
                 )
-                manifest = self._finish_model_files(info, validation_sample)
-                mlflow.set_tags({"mlops.model_uri": info.model_uri, MANIFEST_TAG: manifest})
+                onnx_model, onnx_status = _onnx_file(pipeline, signature)
+                manifest = self._finish_model_files(info, validation_sample, onnx_model)
+                mlflow.set_tags({"mlops.model_uri": info.model_uri, MANIFEST_TAG: manifest, ONNX_TAG: onnx_status})
+                if log and onnx_model is None:
+                    log.warning(f"candidate {family}: {onnx_status}; it can only be served by scikit-learn")
                 if log:
                     log.info(f"logged candidate {family}: {metrics}")
             logged.append(
@@ -320,20 +339,24 @@ class MlflowRegistry(dg.ConfigurableResource):
             )
         return sorted(logged, key=lambda c: c.family)
 
-    def _finish_model_files(self, info, validation_sample: str | None) -> str:
-        """Add the validation sample to the logged model and return the manifest of its files,
-        hashed from a download of what was stored."""
+    def _finish_model_files(self, info, validation_sample: str | None, onnx_model: bytes | None = None) -> str:
+        """Add the validation sample (and the ONNX conversion, when there is one) to the logged
+        model and return the manifest of its files, hashed from a download of what was stored."""
         from pathlib import Path
 
         from mlops_assets.serving import model as model_lib
+        from mlops_assets.serving import onnx_engine
 
         import mlflow
 
         with tempfile.TemporaryDirectory(prefix="mlops-logged-model-") as work:
-            if validation_sample is not None:
-                sample = Path(work) / model_lib.VALIDATION_SAMPLE
-                sample.write_text(validation_sample)
-                self.client().log_model_artifact(info.model_id, str(sample))
+            extras = {model_lib.VALIDATION_SAMPLE: validation_sample, onnx_engine.MODEL_FILE: onnx_model}
+            for file_name, content in extras.items():
+                if content is None:
+                    continue
+                path = Path(work) / file_name
+                path.write_bytes(content if isinstance(content, bytes) else content.encode())
+                self.client().log_model_artifact(info.model_id, str(path))
             folder = Path(mlflow.artifacts.download_artifacts(
                 artifact_uri=info.model_uri, dst_path=f"{work}/model", tracking_uri=self.tracking_uri,
                 registry_uri=self.tracking_uri))
@@ -345,9 +368,29 @@ class MlflowRegistry(dg.ConfigurableResource):
         allowed types only, never pickle, and its validation sample predicted."""
         from mlops_assets.serving import model as model_lib
 
-        source = model_lib.ModelSource(model_uri, self.tracking_uri, files_sha256=files_sha256 or None)
+        # The scikit-learn pipeline whatever engine serves the version: metrics are scored on it.
+        source = model_lib.ModelSource(model_uri, self.tracking_uri, files_sha256=files_sha256 or None, engine="sklearn")
         with _process_settings_restored():  # the loader points MLflow's fluent API at the store
             return model_lib.load(source).pipeline
+
+    def load_both_engines(self, model_uri: str, files_sha256: str):
+        """The model of `model_uri` loaded twice from one verified download, as the replicas load
+        it: (scikit-learn LoadedModel, ONNX LoadedModel). Raises what the ONNX loader raises
+        (OnnxModelError, ModelSourceError) when ONNX cannot serve it."""
+        import shutil
+        from pathlib import Path
+
+        from mlops_assets.serving import model as model_lib
+
+        destination = Path(tempfile.mkdtemp(prefix="mlops-parity-"))
+        try:
+            with _process_settings_restored():
+                folder, name, version = model_lib.download(model_lib.ModelSource(model_uri, self.tracking_uri), destination)
+            sklearn = model_lib.load_folder(folder, name, version, files_sha256, engine="sklearn")
+            onnx = model_lib.load_folder(folder, name, version, files_sha256, engine="onnx", fallback=False)
+            return sklearn, onnx
+        finally:
+            shutil.rmtree(destination, ignore_errors=True)
 
     # -- registry ----------------------------------------------------------------------------
     def champion(self, name: str) -> RegisteredVersion | None:

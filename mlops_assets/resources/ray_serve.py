@@ -14,6 +14,7 @@ The Ray instance outlives the Dagster run on purpose: `make run` ends with the A
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -257,10 +258,11 @@ class RayServe(dg.ConfigurableResource):
 
     def deploy(self, model_uri: str, expected_version: str, tracking_uri: str | None = None,
                features: list[dict[str, str]] | None = None, log: Callable[[str], None] | None = None,
-               transport: str | None = None, check: Callable[[], Any] | None = None) -> Deployment:
+               transport: str | None = None, check: Callable[[], Any] | None = None, engine: str | None = None) -> Deployment:
         """Serve `model_uri` (an MLflow URI pinned to a version, or a model folder) and wait
         until the API reports `expected_version` (rollout.py: unchanged, reconfigured in place
-        or deployed; `check()` then runs, and a failure rolls back)."""
+        or deployed; `check()` then runs, and a failure rolls back). `engine` (onnx or sklearn)
+        overrides the engine selected_model recorded for the version."""
         self.write_key_file()
         # What was asked, before any registry lookup: the same request as the last healthy
         # deployment, with the API serving that version, needs nothing (not even MLflow).
@@ -268,13 +270,17 @@ class RayServe(dg.ConfigurableResource):
             "model_uri": model_uri, "tracking_uri": tracking_uri, "version": expected_version, "features": features,
             "transport": transport or self.model_transport, "app": self.app_args([]),
             "http": self.runtime().http_options(), "replicas": self.num_replicas, "code": SERVING_CODE_VERSION,
+            # The engine selected_model recorded (the replicas read it from the registry): a
+            # version re-checked on new data may change engine without changing version.
+            **({"engine": engine} if engine else {}),
         }
         return self.rollout().deploy(
-            expected_version, request, lambda: self._prepare(model_uri, expected_version, tracking_uri, features, transport),
+            expected_version, request, lambda: self._prepare(model_uri, expected_version, tracking_uri, features, transport, engine),
             check=check, log=log,
         )
 
-    def _prepare(self, model_uri, expected_version, tracking_uri, features, transport) -> tuple[dict, str | None]:
+    def _prepare(self, model_uri, expected_version, tracking_uri, features, transport,
+                 engine: str | None = None) -> tuple[dict, str | None]:
         """The Serve config for this model, and the URI a replica names when it refuses it:
         everything that can fail before the running API is touched (registry, download)."""
         from mlops_assets.serving import model as model_lib
@@ -284,6 +290,10 @@ class RayServe(dg.ConfigurableResource):
             features = [{"name": f.name, "type": f.type} for f in model_lib.features_of(source)]
         if (transport or self.model_transport) == "folder" and not source.is_folder:
             source = self._download(source, expected_version)
+        if engine and engine != source.engine:
+            # The engine asked for beats the one the registry recorded (tests compare both).
+            source = dataclasses.replace(
+                source, engine=engine, engine_reason="the deployment asked for scikit-learn" if engine == "sklearn" else None)
         user_config = source.to_config()
         config = serve_deploy.serve_config(self.app_args(features), user_config, self.runtime().http_options(),
                                            num_replicas=self.num_replicas, code_version=SERVING_CODE_VERSION)
@@ -309,9 +319,11 @@ class RayServe(dg.ConfigurableResource):
             target.parent.mkdir(parents=True, exist_ok=True)
             folder.rename(target)
             shutil.rmtree(staging, ignore_errors=True)
-        # The replicas check the folder against the manifest registered with the version.
-        return model_lib.ModelSource(str(target), name=name, version=version,
-                                     files_sha256=model_lib.registered_manifest(source.tracking_uri, name, version))
+        # The replicas check the folder against the manifest registered with the version, and
+        # serve it with the engine selected_model recorded for it.
+        manifest, engine, reason = model_lib.registered_serving(source.tracking_uri, name, version)
+        return model_lib.ModelSource(str(target), name=name, version=version, files_sha256=manifest, engine=engine,
+                                     engine_reason=reason or None)
 
     # -- the rollout backend (rollout.RolloutBackend) ------------------------------------------
     def apply(self, config: dict[str, Any]) -> None:

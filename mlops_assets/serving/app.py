@@ -3,7 +3,8 @@
     POST /predict   {"instances": [{feature: value, ...}, ...]}
                     -> {"predictions": [...], "probabilities": [{class: p}, ...], "model": {name, version}}
     GET  /healthz   alive
-    GET  /readyz    model loaded: its name and version (503 until then)
+    GET  /readyz    model loaded: its name and version, the engine that runs it (ONNX Runtime or
+                    scikit-learn) and why not ONNX when it is scikit-learn (503 until then)
     GET  /openapi.json, /docs   the real feature names and types, from the model's signature
 
 Built by `build_app(args)` (an application builder: `serve run mlops_assets.serving.app:build_app
@@ -310,8 +311,9 @@ def build_app(args: dict[str, Any]):
         def _swap(self, source: model_lib.ModelSource, loaded: model_lib.LoadedModel) -> None:
             previous = (self._model.name, self._model.version) if self._model else None
             self._model, self._source = loaded, source
-            self._metrics.serving(loaded.name, loaded.version, previous)
-            logger.info(f"serving model {loaded.name} version {loaded.version} from {source.model_uri}")
+            self._metrics.serving(loaded.name, loaded.version, previous, loaded.engine, loaded.engine_reason)
+            logger.info(f"serving model {loaded.name} version {loaded.version} from {source.model_uri} with {loaded.engine}"
+                        + (f" ({loaded.engine_reason})" if loaded.engine_reason else ""))
 
         def check_health(self) -> None:
             if self._model is None:
@@ -333,7 +335,10 @@ def build_app(args: dict[str, Any]):
         async def readyz(self):
             if self._model is None:
                 return JSONResponse({"detail": "model not loaded yet"}, status_code=503)
-            ready = {"status": "ready", "model": {"name": self._model.name, "version": self._model.version}}
+            ready = {"status": "ready", "model": {"name": self._model.name, "version": self._model.version},
+                     "engine": self._model.engine}
+            if self._model.engine_reason:
+                ready["engine_reason"] = self._model.engine_reason
             if self._rejected:
                 ready["rejected"] = self._rejected
             return ready
@@ -363,7 +368,7 @@ def build_app(args: dict[str, Any]):
             if loaded is None:
                 raise RuntimeError("no model loaded")
             columns = batch[0] if len(batch) == 1 else {n: [v for part in batch for v in part[n]] for n in names}
-            labels, proba = model_lib.predict(loaded, model_lib.frame(features, columns))
+            labels, proba = model_lib.predict_columns(loaded, columns)
             try:
                 self._metrics.batch(columns, labels, loaded.version, loaded.categories)
             except Exception:  # a metric must never fail a prediction

@@ -39,7 +39,8 @@ METRICS = {
     "_sum/_count is the mean, histogram_quantile the quantiles to compare with training data)",
     "ray_mlops_api_feature_missing_total": "Missing (null) values received per feature",
     "ray_mlops_api_feature_category_total": "Values received per categorical feature and category",
-    "ray_mlops_api_model_info": "1 per replica for the model name and version it serves (0 for one it just stopped serving)",
+    "ray_mlops_api_model_info": "1 per replica for the model name and version it serves (0 for one it just stopped serving), "
+    "with the engine that runs it (onnx or sklearn) and, for sklearn, why not ONNX (engine_reason, short)",
 }
 
 
@@ -81,25 +82,28 @@ class ApiMetrics:
             tag_keys=("feature", "category"),
         )
         self.model_info = Gauge(
-            "mlops_api_model_info", description=METRICS["ray_mlops_api_model_info"], tag_keys=("model_name", "model_version")
+            "mlops_api_model_info", description=METRICS["ray_mlops_api_model_info"],
+            tag_keys=("model_name", "model_version", "engine", "engine_reason"),
         )
         self._seen_categories: dict[str, set[str]] = defaultdict(set)
-        self._serving: tuple[str, str] | None = None
+        self._serving: dict[str, str] | None = None
 
     def request(self, route: str, status: int, seconds: float) -> None:
         self.requests.inc(1, {"route": route, "status": str(status)})
         self.latency.observe(seconds, {"route": route})
 
-    def serving(self, name: str, version: str, previous: tuple[str, str] | None) -> None:
-        if previous and previous != (name, version):
-            self.model_info.set(0, {"model_name": previous[0], "model_version": previous[1]})
-        self._serving = (name, version)
+    def serving(self, name: str, version: str, previous: tuple[str, str] | None, engine: str = "sklearn",
+                reason: str = "") -> None:
+        tags = {"model_name": name, "model_version": version, "engine": engine, "engine_reason": engine_label(reason)}
+        if self._serving and self._serving != tags:
+            self.model_info.set(0, self._serving)
+        self._serving = tags
         self.heartbeat()
 
     def heartbeat(self) -> None:
         """Ray drops a gauge series not set again within its TTL: re-set it (every health check)."""
         if self._serving:
-            self.model_info.set(1, {"model_name": self._serving[0], "model_version": self._serving[1]})
+            self.model_info.set(1, self._serving)
 
     def batch(
         self, columns: dict[str, list], labels: list[str], version: str, known: dict[str, frozenset[str]] | None = None
@@ -147,6 +151,14 @@ class ApiMetrics:
             seen.add(value)
             return value
         return OTHER_CATEGORY
+
+
+def engine_label(reason: str) -> str:
+    """A bounded label value for why scikit-learn serves: the reason's first clause (the whole
+    text is in /readyz and the registry's tags)."""
+    if not reason:
+        return ""
+    return _ascii(reason.split(":")[0].split(";")[0].strip())[:80]
 
 
 def _ascii(value: str) -> str:

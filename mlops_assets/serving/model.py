@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from . import onnx_engine
+
 # MLflow signature column types -> how a JSON value is checked and how the column is built.
 NUMERIC_TYPES = {"double": "float64", "float": "float32", "long": "float64", "integer": "float64"}
 STRING_TYPES = {"string"}
@@ -88,6 +90,11 @@ class ModelSource:
     # URI it is read from the registry when not given; a folder without one is refused unless
     # MLOPS_MODEL_FILES_SHA256 holds it (the API image).
     files_sha256: str | None = None
+    # Which engine should serve (onnx_engine.ENGINES), as selected_model recorded it with the
+    # version (ENGINE_TAG), and why not ONNX when it is "sklearn". None: the registry's tag for
+    # a `models:/NAME/VERSION` URI, MLOPS_SERVING_ENGINE for a folder (the image), else sklearn.
+    engine: str | None = None
+    engine_reason: str | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ModelSource":
@@ -99,6 +106,8 @@ class ModelSource:
             name=config.get("model_name") or None,
             version=str(config["model_version"]) if config.get("model_version") is not None else None,
             files_sha256=config.get("model_files_sha256") or None,
+            engine=config.get("serving_engine") or None,
+            engine_reason=config.get("serving_engine_reason") or None,
         )
 
     @property
@@ -108,7 +117,8 @@ class ModelSource:
     def to_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"model_uri": self.model_uri}
         for key, value in (("tracking_uri", self.tracking_uri), ("model_name", self.name), ("model_version", self.version),
-                           ("model_files_sha256", self.files_sha256)):
+                           ("model_files_sha256", self.files_sha256), ("serving_engine", self.engine),
+                           ("serving_engine_reason", self.engine_reason)):
             if value:
                 config[key] = value
         return config
@@ -116,7 +126,7 @@ class ModelSource:
 
 @dataclass
 class LoadedModel:
-    pipeline: Any
+    pipeline: Any  # the scikit-learn pipeline (None when ONNX Runtime serves)
     name: str
     version: str
     features: list[Feature]
@@ -124,10 +134,17 @@ class LoadedModel:
     # Per categorical feature, the categories the model was trained on (from its encoders):
     # the input summary counts those by name and everything else as unknown.
     categories: dict[str, frozenset[str]] = field(default_factory=dict)
+    onnx: Any = None  # onnx_engine.OnnxModel when ONNX Runtime serves
+    # Why the scikit-learn pipeline serves although ONNX was asked or recorded ("" otherwise).
+    engine_reason: str = ""
+
+    @property
+    def engine(self) -> str:
+        return "onnx" if self.onnx is not None else "sklearn"
 
     @property
     def has_proba(self) -> bool:
-        return hasattr(self.pipeline, "predict_proba") and bool(self.classes)
+        return self.onnx is not None or (hasattr(self.pipeline, "predict_proba") and bool(self.classes))
 
 
 def features_from_signature(inputs_json: str | list) -> list[Feature]:
@@ -227,10 +244,21 @@ def inside(folder: Path, relative: str, what: str) -> Path:
 
 def registered_manifest(tracking_uri: str | None, name: str, version: str) -> str | None:
     """The manifest tag of registered version NAME/VERSION (None if it has none)."""
+    return registered_serving(tracking_uri, name, version)[0]
+
+
+def registered_serving(tracking_uri: str | None, name: str, version: str) -> tuple[str | None, str, str]:
+    """(manifest, engine, why not ONNX) as selected_model tagged registered version NAME/VERSION.
+    A version without an engine tag (registered before models were converted) is served by
+    its scikit-learn pipeline."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    return (client.get_model_version(name, version).tags or {}).get(MANIFEST_TAG)
+    tags = client.get_model_version(name, version).tags or {}
+    engine = tags.get(onnx_engine.ENGINE_TAG) or "sklearn"
+    reason = tags.get(onnx_engine.ENGINE_REASON_TAG) or (
+        "" if onnx_engine.ENGINE_TAG in tags else "registered without an ONNX parity check (before models were converted)")
+    return tags.get(MANIFEST_TAG), engine, reason
 
 
 def _sha256(path: Path) -> str:
@@ -270,13 +298,16 @@ def download(source: ModelSource, destination: str | Path | None = None) -> tupl
 
 
 def load_folder(folder: str | Path, name: str | None = None, version: str | None = None,
-                files_sha256: str | None = None) -> LoadedModel:
-    """Load an MLflow sklearn model saved with skops, without importing MLflow.
+                files_sha256: str | None = None, engine: str | None = None, engine_reason: str | None = None,
+                fallback: bool = True) -> LoadedModel:
+    """Load an MLflow model folder for serving, without importing MLflow.
 
     The files must match `files_sha256` (else MLOPS_MODEL_FILES_SHA256), checked before
-    anything in them is read; then the replica predicts the model's validation sample."""
-    import skops.io
-
+    anything in them is read. `engine` (else MLOPS_SERVING_ENGINE, else "sklearn") picks ONNX
+    Runtime over `model.onnx` or the skops pipeline; an ONNX model that cannot serve (absent,
+    unloadable, failing its self-test) falls back to the pipeline with the reason in
+    `engine_reason`, unless `fallback` is False. A file that fails the manifest never falls
+    back. Either way the replica then predicts the model's validation sample."""
     folder = Path(folder)
     where = f"the model in {folder}" + (f" (version {version})" if version else "")
     manifest = parse_manifest(files_sha256 or os.environ.get(MANIFEST_ENV), where)
@@ -290,6 +321,54 @@ def load_folder(folder: str | Path, name: str | None = None, version: str | None
 
     hashed("MLmodel", "the loader")
     mlmodel = read_mlmodel(folder)
+    meta = _registered_meta(folder)
+    name = name or meta.get("model_name") or str(mlmodel.get("model_uuid") or folder.name)
+    version = version or str(meta.get("model_version") or mlmodel.get("model_uuid") or "0")
+    features = features_of_folder(folder)
+    if engine is None:
+        engine, engine_reason = os.environ.get(onnx_engine.ENGINE_ENV) or "sklearn", os.environ.get(onnx_engine.ENGINE_REASON_ENV)
+    if engine not in onnx_engine.ENGINES:
+        raise ModelSourceError(f"serving engine {engine!r} for {where}: use one of {', '.join(onnx_engine.ENGINES)}")
+    reason = engine_reason or ""
+    if engine == "onnx":
+        try:
+            loaded = LoadedModel(None, name, version, features)
+            loaded.onnx = _onnx_model(folder, manifest, features, where, hashed)
+            loaded.classes, loaded.categories = loaded.onnx.classes, loaded.onnx.categories
+            self_test(loaded, folder, mlmodel, hashed)
+            return loaded
+        except ModelIntegrityError:
+            raise
+        except (onnx_engine.OnnxModelError, ModelSourceError) as exc:
+            if not fallback:
+                raise
+            reason = f"ONNX Runtime could not serve it: {str(exc)[:400]}"
+    pipeline = _sklearn_pipeline(folder, manifest, mlmodel, where, hashed)
+    loaded = LoadedModel(pipeline, name, version, features, [str(c) for c in getattr(pipeline, "classes_", [])],
+                         known_categories(pipeline), engine_reason=reason)
+    self_test(loaded, folder, mlmodel, hashed)
+    return loaded
+
+
+def _onnx_model(folder: Path, manifest: dict[str, str], features: list[Feature], where: str, hashed):
+    if onnx_engine.MODEL_FILE not in manifest:
+        raise onnx_engine.OnnxModelError(
+            f"{where} has no {onnx_engine.MODEL_FILE} (its pipeline was not converted when it was logged)")
+    path = hashed(onnx_engine.MODEL_FILE, "the ONNX engine")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest[onnx_engine.MODEL_FILE]:
+        raise ModelIntegrityError(f"{onnx_engine.MODEL_FILE} of {where} changed while it was being loaded; refused")
+    return onnx_engine.load(data, features, where)
+
+
+def _sklearn_pipeline(folder: Path, manifest: dict[str, str], mlmodel: dict[str, Any], where: str, hashed):
+    """The skops pipeline: the sklearn flavor's file, with the allowed types only, never pickle."""
+    try:
+        import skops.io
+    except ImportError as exc:
+        raise ModelSourceError(f"{where}: scikit-learn/skops are not installed here ({exc}); this image serves "
+                               "through ONNX Runtime only") from exc
+
     flavor = (mlmodel.get("flavors") or {}).get("sklearn")
     if not flavor:
         raise ModelSourceError(f"the model in {folder} has no sklearn flavor")
@@ -319,19 +398,7 @@ def load_folder(folder: str | Path, name: str | None = None, version: str | None
             f"{model_file.name} of {where} holds types outside the allow-list in mlops_assets/serving/model.py: "
             f"{', '.join(sorted(needed - TRUSTED_TYPES))}; refused (review a new model family's types, then add them there)"
         )
-    pipeline = skops.io.loads(data, trusted=sorted(needed))
-    meta = _registered_meta(folder)
-    classes = [str(c) for c in getattr(pipeline, "classes_", [])]
-    loaded = LoadedModel(
-        pipeline=pipeline,
-        name=name or meta.get("model_name") or str(mlmodel.get("model_uuid") or folder.name),
-        version=version or str(meta.get("model_version") or mlmodel.get("model_uuid") or "0"),
-        features=features_of_folder(folder),
-        classes=classes,
-        categories=known_categories(pipeline),
-    )
-    self_test(loaded, folder, mlmodel, hashed)
-    return loaded
+    return skops.io.loads(data, trusted=sorted(needed))
 
 
 def _split_rows(path: Path) -> tuple[list, list]:
@@ -343,10 +410,10 @@ def _predict_rows(model: LoadedModel, columns: list, rows: list, what: str) -> N
     index = {name: i for i, name in enumerate(columns)}
     data = {f.name: [row[index[f.name]] for row in rows] for f in model.features}
     try:
-        labels, _ = predict(model, frame(model.features, data))
+        labels, _ = predict_columns(model, data)
     except Exception as exc:
         raise ModelSourceError(
-            f"model {model.name} version {model.version} cannot predict {what}: {type(exc).__name__}: {exc}"
+            f"model {model.name} version {model.version} ({model.engine}) cannot predict {what}: {type(exc).__name__}: {exc}"
         ) from exc
     if len(labels) != len(rows):
         raise ModelSourceError(
@@ -412,17 +479,22 @@ def load(source: ModelSource, cache_dir: str | Path | None = None) -> LoadedMode
     if source.is_folder:
         if not Path(source.model_uri).is_dir():
             raise ModelSourceError(f"model folder {source.model_uri!r} does not exist")
-        return load_folder(source.model_uri, source.name, source.version, source.files_sha256)
+        return load_folder(source.model_uri, source.name, source.version, source.files_sha256, source.engine,
+                           source.engine_reason)
     import shutil
 
     destination = Path(tempfile.mkdtemp(prefix="mlops-model-", dir=cache_dir))
     try:
         folder, name, version = download(source, destination)
-        manifest = source.files_sha256
-        if manifest is None and source.model_uri.startswith("models:/") and version != "0":
-            manifest = registered_manifest(source.tracking_uri, name, version)
+        manifest, engine, reason = source.files_sha256, source.engine, source.engine_reason
+        if source.model_uri.startswith("models:/") and version != "0" and (manifest is None or engine is None):
+            registered, registered_engine, registered_reason = registered_serving(source.tracking_uri, name, version)
+            manifest = manifest if manifest is not None else registered
+            if engine is None:
+                engine, reason = registered_engine, registered_reason
         parse_manifest(manifest, f"model {source.model_uri} (version {version})")  # never the image's variable
-        return load_folder(folder, name, version, manifest)  # fully in memory: the files can go
+        # Never the image's variables either: an MLflow URI says its own engine (default sklearn).
+        return load_folder(folder, name, version, manifest, engine or "sklearn", reason)  # in memory: the files can go
     finally:
         shutil.rmtree(destination, ignore_errors=True)
 
@@ -455,6 +527,14 @@ def frame(features: list[Feature], columns: dict[str, list]):
         else:
             data[feature.name] = np.array(values, dtype=object)
     return pd.DataFrame(data, copy=False)
+
+
+def predict_columns(model: LoadedModel, columns: dict[str, list]) -> tuple[list[str], list[list[float]] | None]:
+    """Labels and probabilities for request columns ({feature: values}, None = missing), by the
+    model's engine: ONNX Runtime on tensors built from the columns, or the pipeline on a frame."""
+    if model.onnx is not None:
+        return model.onnx.predict(columns, [f.name for f in model.features])
+    return predict(model, frame(model.features, columns))
 
 
 def predict(model: LoadedModel, x) -> tuple[list[str], list[list[float]] | None]:

@@ -73,6 +73,10 @@ class RejectedModel(BaseModel):
 class ReadyResponse(BaseModel):
     status: str
     model: ModelRef
+    engine: str = Field(default="sklearn", description="What runs the model: `onnx` (ONNX Runtime) or `sklearn`")
+    engine_reason: str | None = Field(
+        default=None, description="Why the scikit-learn pipeline serves instead of ONNX Runtime (parity missed, "
+        "conversion failed, ...)")
     rejected: RejectedModel | None = Field(
         default=None,
         description="The last model this replica was asked to swap in and could not load: it kept serving `model`",
