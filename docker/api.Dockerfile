@@ -27,6 +27,10 @@ ARG IMAGE_TAG=unknown
 # The sha256 manifest registered with the model (checked at build time); the API refuses to
 # load /opt/model when its files differ (mlops_assets/serving/model.py).
 ARG MODEL_FILES_SHA256=
+# The engine selected_model recorded for the version: onnx (ONNX Runtime over model.onnx) or
+# sklearn, and why not ONNX (shown by /readyz).
+ARG SERVING_ENGINE=sklearn
+ARG SERVING_ENGINE_REASON=
 LABEL org.opencontainers.image.title="mlops-assets prediction API" \
       org.opencontainers.image.source="https://github.com/mlops-assets/mlops-assets" \
       mlops.model.name="${MODEL_NAME}" \
@@ -39,6 +43,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     MLOPS_MODEL_DIR=/opt/model \
     MLOPS_MODEL_FILES_SHA256=${MODEL_FILES_SHA256} \
+    MLOPS_SERVING_ENGINE=${SERVING_ENGINE} \
+    MLOPS_SERVING_ENGINE_REASON=${SERVING_ENGINE_REASON} \
     MLOPS_API_HOST=0.0.0.0 \
     MLOPS_API_PORT=8000 \
     MLOPS_METRICS_PORT=8080

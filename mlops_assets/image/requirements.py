@@ -28,6 +28,15 @@ from packaging.requirements import Requirement
 # What `mlops_assets.serving` imports in a container (model from a folder): the roots of the
 # closure. Extras are followed (ray[serve] brings fastapi, uvicorn, haproxy...).
 SERVING_ROOTS = ("ray[serve]", "scikit-learn", "skops", "pandas", "numpy", "pyyaml", "threadpoolctl", "pydantic")
+# A champion served through ONNX Runtime (selected_model's engine) needs neither scikit-learn,
+# skops, pandas nor scipy: its image is built from this closure (a runtime image of its own).
+# One served by its scikit-learn pipeline gets SERVING_ROOTS, without onnxruntime.
+ONNX_SERVING_ROOTS = ("ray[serve]", "numpy", "pyyaml", "threadpoolctl", "pydantic", "onnxruntime")
+
+
+def roots_for(engine: str) -> tuple[str, ...]:
+    """The closure's roots for an image whose replicas serve with `engine` (else scikit-learn)."""
+    return ONNX_SERVING_ROOTS if engine == "onnx" else SERVING_ROOTS
 
 # `<wheel file name> sha256:<hex>` per line (`python -m mlops_assets.image.requirements --record`
 # rewrites it from the wheel cache, after review).
@@ -135,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.record:
         print(requirements_text(pins), end="")
         return 0
+    pins = {**pins, **closure(ONNX_SERVING_ROOTS)}  # both engines' images
     wheels = ensure_wheels(pins, default_wheel_cache())
     write_hashes(WHEEL_HASHES, {wheel.name: _sha256(wheel) for wheel in wheels.values()},
                  "# sha256 of the API image's wheels, as pip downloaded them (python -m mlops_assets.image.requirements --record)\n")
