@@ -5,7 +5,11 @@ Ray's own `ray_serve_*` series on the node's metrics export port (docs/architect
 prometheus_client registry inside a replica would answer differently per replica: not used.
 
 Recording is cheap but not free (a few microseconds per call), so per-feature input summaries
-are recorded once per predicted batch, not once per row.
+are recorded once per predicted batch, not once per row, and the value histogram of a numeric
+feature is fed at most VALUES_OBSERVED_PER_BATCH values of each batch, evenly spaced through
+it (all of them for smaller batches): one observation per value cost 1.2 ms per 100-row batch,
+more than the ONNX model call. Its mean (`_sum / _count`) and quantiles are those of an
+unbiased sample of the traffic; `mlops_api_feature_values_total` still counts every value.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ BATCH_ROWS_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
 # distinct values get their own series per replica;
 # the rest are counted as "__other__" so that a client cannot blow up the series count.
 MAX_CATEGORIES_PER_FEATURE = 50
+VALUES_OBSERVED_PER_BATCH = 16
 OTHER_CATEGORY = "__other__"
 UNKNOWN_CATEGORY = "__unknown__"  # not a category the model was trained on
 
@@ -35,8 +40,9 @@ METRICS = {
     "ray_mlops_api_predictions_total": "Rows predicted, by model version and predicted class",
     "ray_mlops_api_batch_rows": "Rows per model call after request batching (histogram)",
     "ray_mlops_api_feature_values_total": "Non-missing values received per numeric feature",
-    "ray_mlops_api_feature_value": "Distribution of the values received per numeric feature (histogram; "
-    "_sum/_count is the mean, histogram_quantile the quantiles to compare with training data)",
+    "ray_mlops_api_feature_value": "Distribution of the values received per numeric feature (histogram of at most "
+    "16 evenly spaced values per model call; _sum/_count is the mean, histogram_quantile the quantiles to compare "
+    "with training data)",
     "ray_mlops_api_feature_missing_total": "Missing (null) values received per feature",
     "ray_mlops_api_feature_category_total": "Values received per categorical feature and category",
     "ray_mlops_api_model_info": "1 per replica for the model name and version it serves (0 for one it just stopped serving), "
@@ -124,7 +130,8 @@ class ApiMetrics:
                 if present:
                     self.values.inc(len(present), tags)
                     observe = self.value.observe
-                    for value in present:
+                    step = -(-len(present) // VALUES_OBSERVED_PER_BATCH)  # ceil: at most that many values
+                    for value in present[::step]:
                         observe(value, tags)
             else:
                 missing = 0
