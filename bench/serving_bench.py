@@ -1,18 +1,30 @@
 """Prediction API benchmark (`make bench-serving`): one run, one model, one machine, one load
 generator (wrk), 15 s per cell; single-row and 100-row requests at concurrency 8 and 32:
 
-  (a) the Ray Serve application of mlops_assets.serving, deployed as the local target does
-  (b) a bare FastAPI + uvicorn process, 1 worker (bench/bare_server.py)
-  (c) `mlflow models serve`, 1 worker
+  (a)  the Ray Serve application of mlops_assets.serving, deployed as the local target does,
+       serving through ONNX Runtime (the engine selected_model picks when parity holds)
+  (a') the same application serving through the scikit-learn pipeline (the fallback engine)
+  (b)  a bare FastAPI + uvicorn process with the scikit-learn pipeline, 1 worker (bench/bare_server.py)
+  (c)  `mlflow models serve`, 1 worker
+  (d)  Seldon's MLServer with its scikit-learn runtime and adaptive batching (16 requests, 2 ms),
+       in its own virtual environment (created once under ~/.cache/mlops-assets/tools)
+  (e)  a bare FastAPI + uvicorn process with ONNX Runtime, 1 worker (bench/bare_onnx_server.py):
+       the practical ceiling of one Python process
 
-Prints requests/s, p50, p99, errors, the ratios a/b and a/c, and each server's memory (PSS of
-all its processes). Every server gets OMP_NUM_THREADS=1 (see serving/model.limit_threads):
-without it OpenMP's spinning threads make every server several times slower on 2 cores.
+Before the servers, the model call alone (inputs built from request columns, then the
+pipeline or the session) for 1 and 16 rows, both engines, in this process.
 
-    python bench/serving_bench.py [--seconds 15] [--only a,b,c] [--variants]
+Prints requests/s, p50, p99, errors, the ratios of (a) to every other server, and each server's
+memory (PSS of all its processes). Every server gets OMP_NUM_THREADS=1 (see
+serving/model.limit_threads): without it OpenMP's spinning threads make every server several
+times slower on 2 cores. --pin-wrk runs wrk on the last core only (taskset).
+
+    python bench/serving_bench.py [--seconds 15] [--only a,a',b,c,d,e] [--variants] [--pin-wrk]
 
 --variants also measures (a) with one fast path switched off at a time (single row only).
-Uses the champion of MLOPS_HOME's registry (runs the ML phase first if there is none).
+Uses the champion of MLOPS_HOME's registry (runs the ML phase first if there is none). The
+request rows are the champion's input example without missing values (MLServer's typed
+tensors cannot carry a JSON null in a float column), the same rows for every server.
 Everything listens on 127.0.0.1, on ports away from `make run`'s.
 """
 
@@ -38,7 +50,12 @@ from mlops_assets.resources.ray_serve import RayServe  # noqa: E402
 from mlops_assets.serving.runtime import instance_processes  # noqa: E402
 from mlops_assets.settings import load_settings  # noqa: E402
 
-PORTS = {"a": 28100, "b": 28101, "c": 28102}
+PORTS = {"a": 28100, "b": 28101, "c": 28102, "d": 28103, "e": 28104}
+# uvloop 0.22 raises in MLServer 1.7.1's inference-pool workers (asyncio.get_event_loop() with no
+# running loop): they die at start. 0.21 is what MLServer was released against.
+MLSERVER_REQUIREMENTS = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22"]
+TOOLS_DIR = Path(os.environ.get("MLOPS_TOOLS_DIR", Path.home() / ".cache" / "mlops-assets" / "tools"))
+PIN_WRK: list[str] = []  # ["taskset", "-c", "N"] with --pin-wrk
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -84,8 +101,19 @@ def download(settings, version, dst: Path) -> Path:
 def instances(folder: Path, rows: int) -> list[dict]:
     example = json.loads((folder / "input_example.json").read_text())
     records = [dict(zip(example["columns"], row)) for row in example["data"]]
-    records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in records]
+    records = [r for r in records if not any(v is None or (isinstance(v, float) and math.isnan(v)) for v in r.values())]
     return [records[i % len(records)] for i in range(rows)]
+
+
+def v2_body(folder: Path, rows: list[dict]) -> dict:
+    """The same rows in the V2 inference protocol (MLServer), decoded as a pandas frame."""
+    columns = json.loads(__import__("yaml").safe_load((folder / "MLmodel").read_text())["signature"]["inputs"])
+    inputs = []
+    for column in columns:
+        numeric = column["type"] in ("double", "float", "long", "integer")
+        inputs.append({"name": column["name"], "shape": [len(rows)], "datatype": "FP64" if numeric else "BYTES",
+                       "data": [row[column["name"]] for row in rows]})
+    return {"parameters": {"content_type": "pd"}, "inputs": inputs}
 
 
 def tree(pid: int) -> list[int]:
@@ -131,7 +159,7 @@ def wrk(url: str, body_file: Path, connections: int, seconds: int) -> dict:
     script.write_text(WRK_SCRIPT)
     threads = min(2, connections)
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url],
+        [*PIN_WRK, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url],
         capture_output=True,
         text=True,
         env={**os.environ, "BENCH_BODY": str(body_file)},
@@ -178,59 +206,141 @@ def ray_app(state: Path, **options) -> RayServe:
     )
 
 
+def model_call(settings, version) -> dict:
+    """Median time of one model call (inputs from request columns, then the engine) per engine
+    and row count, in this process, on one thread."""
+    from mlops_assets.serving import model as model_lib
+
+    model_lib.limit_threads()
+    manifest, _, _ = model_lib.registered_serving(settings.tracking_uri, version.name, str(version.version))
+    work = Path(tempfile.mkdtemp(prefix="mlops-bench-call-"))
+    try:
+        folder, _, _ = model_lib.download(model_lib.ModelSource(f"models:/{version.name}/{version.version}",
+                                                                settings.tracking_uri), work)
+        engines = {engine: model_lib.load_folder(folder, version.name, str(version.version), manifest, engine, fallback=False)
+                   for engine in ("onnx", "sklearn")}
+        figures = {}
+        for rows in (1, 16):
+            records = instances(folder, rows)
+            columns = {f.name: [r[f.name] for r in records] for f in engines["onnx"].features}
+            for engine, loaded in engines.items():
+                for _ in range(50):
+                    model_lib.predict_columns(loaded, columns)
+                times = []
+                for _ in range(1000 if engine == "onnx" else 300):
+                    started = time.perf_counter()
+                    model_lib.predict_columns(loaded, columns)
+                    times.append(time.perf_counter() - started)
+                figures[(engine, rows)] = sorted(times)[len(times) // 2] * 1000
+        print("\n| model call (median, ms) | 1 row | 16 rows |\n| --- | --- | --- |")
+        for engine in ("onnx", "sklearn"):
+            print(f"| {engine} | {figures[(engine, 1)]:.3f} | {figures[(engine, 16)]:.3f} |")
+        print(f"| sklearn / onnx | {figures[('sklearn', 1)] / figures[('onnx', 1)]:.1f}x | "
+              f"{figures[('sklearn', 16)] / figures[('onnx', 16)]:.1f}x |", flush=True)
+        return figures
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def mlserver_command(folder: Path, work: Path, port: int) -> list[str]:
+    """(d): MLServer in its own venv, the pipeline dumped with joblib (its sklearn runtime loads
+    joblib/pickle files; a file this benchmark wrote itself), adaptive batching on."""
+    import joblib
+
+    from mlops_assets.serving import model as model_lib
+
+    venv = TOOLS_DIR / "mlserver-1.7.1-uvloop0.21"
+    if not (venv / ".installed").exists():
+        print("(d) creating MLServer's virtual environment (once per machine)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        uv = Path(sys.executable).parent / "uv"
+        pins = [*MLSERVER_REQUIREMENTS, f"scikit-learn=={__import__('sklearn').__version__}"]
+        install = ([str(uv), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), *pins] if uv.exists()
+                   else [str(venv / "bin" / "pip"), "install", "-q", *pins])
+        subprocess.run(install, check=True)
+        (venv / ".installed").touch()
+    manifest = model_lib.manifest_text(model_lib.files_manifest(folder))
+    pipeline = model_lib.load_folder(folder, files_sha256=manifest, engine="sklearn").pipeline
+    models = work / "mlserver"
+    (models / "penguins").mkdir(parents=True, exist_ok=True)
+    joblib.dump(pipeline, models / "penguins" / "model.joblib")
+    (models / "penguins" / "model-settings.json").write_text(json.dumps({
+        "name": "penguins", "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib"}, "max_batch_size": 16, "max_batch_time": 0.002}))
+    (models / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": port, "grpc_port": port + 10, "metrics_port": port + 20,
+        "metrics_endpoint": None}))
+    return [str(venv / "bin" / "mlserver"), "start", str(models)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--only", default="a,b,c")
+    parser.add_argument("--only", default="call,a,a',b,c,d,e")
     parser.add_argument("--variants", action="store_true")
+    parser.add_argument("--pin-wrk", action="store_true", help="run wrk on the last core only")
     args = parser.parse_args()
+    only = set(args.only.split(","))
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install wrk (make bench-serving does it)", file=sys.stderr)
         return 2
+    if args.pin_wrk:
+        PIN_WRK[:] = ["taskset", "-c", str((os.cpu_count() or 1) - 1)]
     settings = load_settings()
     version = ensure_model(settings)
     work = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
     folder = download(settings, version, work / "model")
-    bodies = {}
+    bodies, mlflow_bodies, v2_bodies = {}, {}, {}
     for rows in (1, 100):
+        records = instances(folder, rows)
         bodies[rows] = work / f"body{rows}.json"
-        bodies[rows].write_text(json.dumps({"instances": instances(folder, rows)}))
-    mlflow_bodies = {}
-    for rows in (1, 100):
+        bodies[rows].write_text(json.dumps({"instances": records}))
         mlflow_bodies[rows] = work / f"mlflow{rows}.json"
-        mlflow_bodies[rows].write_text(json.dumps({"dataframe_records": instances(folder, rows)}))
+        mlflow_bodies[rows].write_text(json.dumps({"dataframe_records": records}))
+        v2_bodies[rows] = work / f"v2-{rows}.json"
+        v2_bodies[rows].write_text(json.dumps(v2_body(folder, records)))
     cells = [(1, 8), (1, 32), (100, 8), (100, 32)]
     results: dict = {}
     memory: dict = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    print(f"model {version.name} v{version.version}; {args.seconds}s per cell; wrk -t2", flush=True)
+    print(f"model {version.name} v{version.version}; {args.seconds}s per cell; wrk -t2"
+          + (f" pinned to core {PIN_WRK[-1]}" if PIN_WRK else ""), flush=True)
+    if "call" in only:
+        model_call(settings, version)
 
-    if "a" in args.only:
+    if only & {"a", "a'"}:
         app = ray_app(work / "serving")
         try:
-            started = time.monotonic()
-            app.deploy(f"models:/{version.name}/{version.version}", str(version.version), tracking_uri=settings.tracking_uri)
-            print(f"(a) Ray Serve ready in {time.monotonic() - started:.0f}s", flush=True)
-            measure("a", f"{app.api_url}/predict", bodies, args.seconds, results, cells)
-            memory["a"] = pss_mib(instance_processes(app.runtime()))
+            uri = f"models:/{version.name}/{version.version}"
+            for name, engine in (("a", "onnx"), ("a'", "sklearn")):
+                if name not in only:
+                    continue
+                started = time.monotonic()
+                app.deploy(uri, str(version.version), tracking_uri=settings.tracking_uri, engine=engine)
+                ready = requests.get(f"{app.api_url}/readyz", timeout=10).json()
+                assert ready.get("engine") == engine, ready
+                print(f"({name}) Ray Serve serving with {engine}, ready in {time.monotonic() - started:.0f}s", flush=True)
+                measure(name, f"{app.api_url}/predict", bodies, args.seconds, results, cells)
+                memory[name] = pss_mib(instance_processes(app.runtime()))
             if args.variants:
                 variants(app, version, settings, bodies, args.seconds, results, memory)
         finally:
             app.shutdown()
 
-    for name, command, body_set, path in (
-        ("b", [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(folder), str(PORTS["b"])], bodies, "/predict"),
-        (
-            "c",
-            ["mlflow", "models", "serve", "-m", str(folder), "--env-manager", "local", "-h", "127.0.0.1",
-             "-p", str(PORTS["c"]), "--workers", "1"],
-            mlflow_bodies,
-            "/invocations",
-        ),
-    ):
-        if name not in args.only:
+    servers = [
+        ("b", lambda: [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(folder), str(PORTS["b"])], bodies,
+         "/predict"),
+        ("c", lambda: ["mlflow", "models", "serve", "-m", str(folder), "--env-manager", "local", "-h", "127.0.0.1",
+                       "-p", str(PORTS["c"]), "--workers", "1"], mlflow_bodies, "/invocations"),
+        ("d", lambda: mlserver_command(folder, work, PORTS["d"]), v2_bodies, "/v2/models/penguins/infer"),
+        ("e", lambda: [sys.executable, str(ROOT / "bench" / "bare_onnx_server.py"), str(folder), str(PORTS["e"])], bodies,
+         "/predict"),
+    ]
+    for name, command, body_set, path in servers:
+        if name not in only:
             continue
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(command(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
         try:
             url = f"http://127.0.0.1:{PORTS[name]}{path}"
             wait_http(url, json.loads(body_set[1].read_text()))
@@ -238,7 +348,11 @@ def main() -> int:
             memory[name] = pss_mib(tree(proc.pid))
         finally:
             os.killpg(proc.pid, 15)
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # MLServer's pool workers may ignore SIGTERM
+                os.killpg(proc.pid, 9)
+                proc.wait(timeout=30)
 
     report(results, memory, cells)
     shutil.rmtree(work, ignore_errors=True)
@@ -265,22 +379,23 @@ def variants(app: RayServe, version, settings, bodies, seconds, results, memory)
 
 
 def report(results: dict, memory: dict, cells) -> None:
-    print("\n| server | rows | c | req/s | p50 ms | p99 ms | errors | a/b | a/c |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    others = [n for n in ("a'", "b", "c", "d", "e") if any(k[0] == n for k in results)]
+    print("\n| server | rows | c | req/s | p50 ms | p99 ms | errors | " + " | ".join(f"a/{n}" for n in others) + " |")
+    print("| --- | --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in others) + " |")
     names = sorted({k[0] for k in results}, key=lambda n: (n[0], n))
     for name in names:
         for rows, conns in cells:
             cell = results.get((name, rows, conns))
             if not cell:
                 continue
-            ratios = ["", ""]
+            ratios = [""] * len(others)
             if name == "a":
-                for i, other in enumerate(("b", "c")):
+                for i, other in enumerate(others):
                     base = results.get((other, rows, conns))
                     ratios[i] = f"{cell['rps'] / base['rps']:.2f}" if base and base["rps"] else ""
             print(
                 f"| {name} | {rows} | {conns} | {cell['rps']:.0f} | {cell['p50_ms']:.1f} | {cell['p99_ms']:.1f} | "
-                f"{cell['errors']} | {ratios[0]} | {ratios[1]} |"
+                f"{cell['errors']} | " + " | ".join(ratios) + " |"
             )
     print("\nmemory (PSS of all the server's processes, MiB): " + ", ".join(f"{k}={v:.0f}" for k, v in memory.items()))
 
