@@ -241,10 +241,10 @@ def _engine_of(mlflow: MlflowRegistry, serving, registered: RegisteredVersion, o
     """The engine of the version that serves: the candidate's decision, or the champion's tags."""
     if serving.version == registered.version:
         return {"engine": onnx.engine, "engine_reason": onnx.reason}
-    tags = mlflow.client().get_model_version(serving.name, serving.version).tags or {}
-    if not tags.get(ENGINE_TAG):
-        return {"engine": "sklearn", "engine_reason": "registered without an ONNX parity check (before models were converted)"}
-    return {"engine": tags[ENGINE_TAG], "engine_reason": tags.get(ENGINE_REASON_TAG, "")}
+    from mlops_assets.serving import model as model_lib
+
+    _, engine, reason = model_lib.registered_serving(mlflow.tracking_uri, serving.name, serving.version)
+    return {"engine": engine, "engine_reason": reason}
 
 
 def _score_champion(mlflow: MlflowRegistry, champion, x_test, y_test, log) -> dict[str, float] | None:

@@ -122,3 +122,61 @@ def test_an_onnx_file_that_does_not_match_the_signature_is_refused(dataset, fitt
         onnx_engine.load(data, renamed, "the test model")
     with pytest.raises(onnx_engine.OnnxModelError, match="cannot load"):
         onnx_engine.load(b"not an onnx model", features, "the test model")
+
+
+class FakeRegistry:
+    """What choose_engine asks of the registry: the two loaded engines, and tags."""
+
+    def __init__(self, both=None, raises: Exception | None = None) -> None:
+        self.both, self.raises, self.tagged, self.loads = both, raises, {}, 0
+
+    def load_both_engines(self, model_uri, files_sha256):
+        self.loads += 1
+        if self.raises:
+            raise self.raises
+        return self.both
+
+    def tag_version(self, version, tags):
+        self.tagged.update(tags)
+
+
+def _decide(dataset, registry, tags=None):
+    import logging
+
+    from mlops_assets import ml_phase
+    from mlops_assets.resources.mlflow_registry import LoggedCandidate, RegisteredVersion
+
+    candidate = LoggedCandidate("logistic_regression", "run", "models:/m-1", {}, {}, files_sha256="{}")
+    registered = RegisteredVersion("m", "3", "run", "src", dict(tags or {}))
+    return ml_phase.choose_engine(registry, registered, candidate, dataset, logging.getLogger("test"))
+
+
+def test_selection_serves_onnx_when_parity_holds_and_records_it(dataset, fitted):
+    registry = FakeRegistry(_both(fitted["hist_gradient_boosting"], _features(dataset)))
+    decision = _decide(dataset, registry)
+    assert (decision.engine, decision.reason, decision.checked_now) == ("onnx", "", True)
+    assert registry.tagged["mlops.serving_engine"] == "onnx" and registry.tagged["mlops.onnx_parity_dataset"] == dataset.content_hash
+    # Test split plus validation sample: more rows than the test split alone.
+    assert int(registry.tagged["mlops.onnx_parity_rows"]) > dataset.test.height
+    # A no-change run (same version, same data) reads the tags back and loads nothing.
+    again = FakeRegistry(raises=AssertionError("must not load"))
+    assert _decide(dataset, again, registry.tagged).engine == "onnx" and again.loads == 0
+
+
+def test_selection_falls_back_to_scikit_learn_with_the_reason_never_failing(dataset, fitted):
+    from mlops_assets.serving import model as model_lib
+    from mlops_assets.serving import onnx_engine
+
+    features = _features(dataset)
+    sklearn, _ = _both(fitted["logistic_regression"], features)
+    _, other = _both(fitted["random_forest"], features)
+    missed = FakeRegistry((sklearn, other))
+    decision = _decide(dataset, missed)
+    assert decision.engine == "sklearn" and decision.reason.startswith("ONNX parity missed")
+    assert missed.tagged["mlops.serving_engine"] == "sklearn" and "largest probability difference" in missed.tagged[
+        "mlops.serving_engine_reason"]
+    absent = FakeRegistry(raises=onnx_engine.OnnxModelError("the model has no model.onnx"))
+    assert _decide(dataset, absent).reason == "no usable ONNX model: the model has no model.onnx"
+    # Files that fail their manifest are not an engine question: the asset fails.
+    with pytest.raises(model_lib.ModelIntegrityError):
+        _decide(dataset, FakeRegistry(raises=model_lib.ModelIntegrityError("changed since it was logged")))
