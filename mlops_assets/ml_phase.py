@@ -16,7 +16,7 @@ from typing import Any
 from mlops_assets.ml import metrics as ml_metrics
 from mlops_assets.ml import training as ml_training
 from mlops_assets.ml.data import Dataset
-from mlops_assets.ml.validation import sample_json, validation_sample
+from mlops_assets.ml.validation import missing, sample_json, validation_sample
 from mlops_assets.resources.mlflow_registry import (
     CANDIDATE_SET,
     FINGERPRINT_TAG,
@@ -196,10 +196,12 @@ def choose_engine(mlflow: MlflowRegistry, registered: RegisteredVersion, candida
     else scikit-learn does, with the reason. Recorded as tags of the version; a no-change run
     (same version, same dataset) reads them back and loads nothing. Never raises for a model
     that cannot be converted or misses parity."""
+    from mlops_assets.ml import onnx_export
+
     tags = registered.tags
     if tags.get(ENGINE_TAG) and tags.get(PARITY_DATASET_TAG) == dataset.content_hash:
-        difference = tags.get("mlops.onnx_parity_max_probability_difference")
-        return EngineDecision(tags[ENGINE_TAG], tags.get(ENGINE_REASON_TAG, ""), tags.get("mlops.onnx_parity", ""),
+        difference = tags.get(onnx_export.DIFFERENCE_TAG)
+        return EngineDecision(tags[ENGINE_TAG], tags.get(ENGINE_REASON_TAG, ""), tags.get(onnx_export.PARITY_TAG, ""),
                               float(difference) if difference else None, False)
     decision, extra = _check_parity(mlflow, candidate, dataset)
     mlflow.tag_version(registered, {ENGINE_TAG: decision.engine, ENGINE_REASON_TAG: decision.reason,
@@ -234,7 +236,7 @@ def _check_parity(mlflow: MlflowRegistry, candidate: LoggedCandidate, dataset: D
 
 
 def _column(series) -> list:
-    return [None if isinstance(v, float) and v != v else v for v in series.tolist()]
+    return [None if missing(v) else v for v in series.tolist()]
 
 
 def _engine_of(mlflow: MlflowRegistry, serving, registered: RegisteredVersion, onnx: EngineDecision) -> dict[str, str]:

@@ -109,7 +109,7 @@ def test_a_pipeline_skl2onnx_cannot_convert_raises_conversion_error(dataset):
 
 def test_feeds_build_tensors_without_pandas():
     inputs = [("a", True), ("b", False)]
-    tensors = onnx_engine.feeds(inputs, {"a": [1.5, None], "b": ["x", None]}, ["a", "b"])
+    tensors = onnx_engine.feeds(inputs, {"a": [1.5, None], "b": ["x", None]})
     assert tensors["a"].dtype == np.float32 and tensors["a"].shape == (2, 1) and np.isnan(tensors["a"][1, 0])
     assert tensors["b"].tolist() == [["x"], [onnx_engine.NONE_CATEGORY]]
 

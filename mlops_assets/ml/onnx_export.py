@@ -23,6 +23,9 @@ from mlops_assets.serving import onnx_engine
 PROBABILITY_TOLERANCE = 1e-4
 # Rows that differ are listed up to this many in tags and metadata.
 MAX_LISTED_ROWS = 10
+# Registered-version tags of a parity check (Parity.tags(); ml_phase reads them back).
+PARITY_TAG = "mlops.onnx_parity"
+DIFFERENCE_TAG = "mlops.onnx_parity_max_probability_difference"
 
 
 class ConversionError(ValueError):
@@ -62,7 +65,6 @@ def convert(pipeline, features: list, categories: dict[str, frozenset[str]]) -> 
     props = {
         onnx_engine.CLASSES_PROP: json.dumps(classes),
         onnx_engine.CATEGORIES_PROP: json.dumps({k: sorted(v) for k, v in categories.items()}),
-        onnx_engine.FEATURES_PROP: json.dumps([[f.name, f.type] for f in features]),
     }
     for key, value in props.items():
         entry = model.metadata_props.add()
@@ -96,8 +98,8 @@ class Parity:
 
     def tags(self) -> dict[str, str]:
         return {"mlops.onnx_parity_rows": str(self.rows), "mlops.onnx_parity_differing_rows": str(self.differing_count),
-                "mlops.onnx_parity_max_probability_difference": f"{self.max_probability_difference:.3e}",
-                "mlops.onnx_parity": self.describe()[:4900]}
+                DIFFERENCE_TAG: f"{self.max_probability_difference:.3e}",
+                PARITY_TAG: self.describe()[:4900]}
 
 
 def parity(sklearn_model, onnx_model, columns: dict[str, list],

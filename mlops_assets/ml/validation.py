@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 
-def _missing(value: Any) -> bool:
+def missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
@@ -23,7 +23,7 @@ def validation_sample(train: pl.DataFrame, numeric: list[str], categorical: list
     features = [*numeric, *categorical]
     needed: set[tuple[str, Any]] = set()
     for column in categorical:
-        needed |= {(column, None if _missing(v) else v) for v in train.get_column(column).unique().to_list()}
+        needed |= {(column, None if missing(v) else v) for v in train.get_column(column).unique().to_list()}
     for column in numeric:
         values = train.get_column(column)
         if values.null_count() or values.is_nan().any():
@@ -32,8 +32,8 @@ def validation_sample(train: pl.DataFrame, numeric: list[str], categorical: list
     for index, row in enumerate(train.select(features).iter_rows(named=True)):
         if covered >= needed:
             break
-        holds = {(c, None if _missing(row[c]) else row[c]) for c in categorical}
-        holds |= {(c, None) for c in numeric if _missing(row[c])}
+        holds = {(c, None if missing(row[c]) else row[c]) for c in categorical}
+        holds |= {(c, None) for c in numeric if missing(row[c])}
         if (holds & needed) - covered:
             chosen.append(index)
             covered |= holds & needed
@@ -42,5 +42,5 @@ def validation_sample(train: pl.DataFrame, numeric: list[str], categorical: list
 
 def sample_json(sample: pl.DataFrame) -> str:
     """pandas' split orient (what MLflow writes for an input example), missing values as null."""
-    rows = [[None if _missing(v) else v for v in row] for row in sample.iter_rows()]
+    rows = [[None if missing(v) else v for v in row] for row in sample.iter_rows()]
     return json.dumps({"columns": sample.columns, "data": rows})

@@ -354,11 +354,17 @@ def _onnx_model(folder: Path, manifest: dict[str, str], features: list[Feature],
     if onnx_engine.MODEL_FILE not in manifest:
         raise onnx_engine.OnnxModelError(
             f"{where} has no {onnx_engine.MODEL_FILE} (its pipeline was not converted when it was logged)")
-    path = hashed(onnx_engine.MODEL_FILE, "the ONNX engine")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != manifest[onnx_engine.MODEL_FILE]:
-        raise ModelIntegrityError(f"{onnx_engine.MODEL_FILE} of {where} changed while it was being loaded; refused")
+    data = _hashed_bytes(folder, hashed(onnx_engine.MODEL_FILE, "the ONNX engine"), manifest, where)
     return onnx_engine.load(data, features, where)
+
+
+def _hashed_bytes(folder: Path, path: Path, manifest: dict[str, str], where: str) -> bytes:
+    """The file's bytes, read once and checked against the manifest: the bytes loaded are the
+    bytes hashed (no swap between the check and the load)."""
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest[path.relative_to(folder.resolve()).as_posix()]:
+        raise ModelIntegrityError(f"{path.name} of {where} changed while it was being loaded; refused")
+    return data
 
 
 def _sklearn_pipeline(folder: Path, manifest: dict[str, str], mlmodel: dict[str, Any], where: str, hashed):
@@ -385,10 +391,7 @@ def _sklearn_pipeline(folder: Path, manifest: dict[str, str], mlmodel: dict[str,
             f"MLmodel of {where} lists skops_trusted_types outside the allow-list in mlops_assets/serving/model.py: "
             f"{', '.join(sorted(listed - TRUSTED_TYPES))}; the list in MLmodel is not trusted, refused"
         )
-    # The bytes loaded are the bytes hashed (read once: no swap between the check and the load).
-    data = model_file.read_bytes()
-    if hashlib.sha256(data).hexdigest() != manifest[model_file.relative_to(folder.resolve()).as_posix()]:
-        raise ModelIntegrityError(f"{model_file.name} of {where} changed while it was being loaded; refused")
+    data = _hashed_bytes(folder, model_file, manifest, where)
     try:
         needed = set(skops.io.get_untrusted_types(data=data))
     except Exception as exc:  # not a skops archive
@@ -533,7 +536,7 @@ def predict_columns(model: LoadedModel, columns: dict[str, list]) -> tuple[list[
     """Labels and probabilities for request columns ({feature: values}, None = missing), by the
     model's engine: ONNX Runtime on tensors built from the columns, or the pipeline on a frame."""
     if model.onnx is not None:
-        return model.onnx.predict(columns, [f.name for f in model.features])
+        return model.onnx.predict(columns)
     return predict(model, frame(model.features, columns))
 
 

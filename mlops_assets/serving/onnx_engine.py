@@ -38,7 +38,6 @@ NONE_CATEGORY = "None"
 # metadata_props of the ONNX model, written at conversion.
 CLASSES_PROP = "mlops.classes"
 CATEGORIES_PROP = "mlops.categories"
-FEATURES_PROP = "mlops.features"
 
 
 class OnnxModelError(ValueError):
@@ -51,14 +50,15 @@ class OnnxModel:
     needs around it: the input names per feature, the class order, the training categories."""
 
     session: Any
-    inputs: list[tuple[str, bool]]  # (graph input name, numeric?) in feature order
+    # (graph input name, numeric?) in feature order; load() checked that the names are the features'
+    inputs: list[tuple[str, bool]]
     classes: list[str]
     categories: dict[str, frozenset[str]]
     probabilities_output: str
 
-    def predict(self, columns: dict[str, list], names: list[str]) -> tuple[list[str], list[list[float]]]:
+    def predict(self, columns: dict[str, list]) -> tuple[list[str], list[list[float]]]:
         """Labels (class of highest probability, as the scikit-learn path) and probabilities."""
-        probabilities = self.session.run([self.probabilities_output], feeds(self.inputs, columns, names))[0]
+        probabilities = self.session.run([self.probabilities_output], feeds(self.inputs, columns))[0]
         labels = np.asarray(self.classes, dtype=object)[probabilities.argmax(axis=1)]
         if not np.isfinite(probabilities).all():  # as the scikit-learn path: null, not a 500
             return [str(v) for v in labels], np.where(np.isfinite(probabilities), probabilities, None).tolist()
@@ -73,11 +73,12 @@ def _categorical(value: Any) -> str:
     return str(value)
 
 
-def feeds(inputs: list[tuple[str, bool]], columns: dict[str, list], names: list[str]) -> dict[str, np.ndarray]:
-    """The session's input tensors from request columns ({feature: values}, None = missing)."""
+def feeds(inputs: list[tuple[str, bool]], columns: dict[str, list]) -> dict[str, np.ndarray]:
+    """The session's input tensors from request columns ({feature: values}, None = missing);
+    each graph input is named after its feature."""
     tensors = {}
-    for (input_name, numeric), name in zip(inputs, names):
-        values = columns[name]
+    for input_name, numeric in inputs:
+        values = columns[input_name]
         if numeric:
             tensors[input_name] = np.array(values, dtype=np.float32).reshape(-1, 1)  # None -> NaN
         else:
