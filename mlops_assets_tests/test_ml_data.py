@@ -109,3 +109,34 @@ def test_validation_sample_covers_every_category_and_every_missing_value_of_trai
     assert all(r in train.to_dicts() for r in rows)
     decoded = json.loads(sample_json(sample))
     assert decoded["columns"] == ["x", "y", "colour", "size"] and len(decoded["data"]) == len(rows)
+
+
+def test_the_no_change_path_imports_neither_pandas_nor_ray():
+    """What a no-change `make run` evaluates (the data source's fingerprint, the smoke rows of
+    `deployed_api`, the training profile of `dashboards`, the definitions) stays clear of pandas
+    and Ray: importing them cost about 1.5 s of a 6 s run (docs/performance.md)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "import mlops_assets.definitions\n"
+        "from mlops_assets.ml.data import DEFAULT_SOURCE, SplitSpec, build_dataset, source_fingerprint\n"
+        "from mlops_assets.assets.deployment import smoke_rows\n"
+        "from mlops_assets.monitoring.profile import training_profile\n"
+        "source_fingerprint(DEFAULT_SOURCE, 'species')\n"
+        "dataset = build_dataset(DEFAULT_SOURCE, 'species', SplitSpec())\n"
+        "instances, truth = smoke_rows(dataset)\n"
+        "assert len(instances) == len(truth) == 3, (instances, truth)\n"
+        "training_profile(dataset)\n"
+        "print(sorted(m for m in ('pandas', 'ray', 'sklearn', 'mlflow') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", f"imported on the no-change path: {done.stdout.strip()}"
+
+
+def test_bundled_source_bytes_are_the_packaged_csv():
+    from importlib.resources import files
+
+    assert ml_data._palmerpenguins_bytes() == files("palmerpenguins").joinpath("data/penguins.csv").read_bytes()

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ray.serve.metrics import Counter, Gauge, Histogram
-
 from .model import Feature
 
 LATENCY_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]
@@ -52,6 +50,10 @@ METRICS = {
 
 class ApiMetrics:
     def __init__(self, features: list[Feature]) -> None:
+        # Imported here, not at the top: the constants above are read by the pipeline's
+        # `dashboards` asset, whose process has no use for Ray (importing it costs ~0.8 s).
+        from ray.serve.metrics import Counter, Gauge, Histogram
+
         self.features = features
         self.requests = Counter(
             "mlops_api_requests_total", description=METRICS["ray_mlops_api_requests_total"], tag_keys=("route", "status")
