@@ -15,6 +15,7 @@ unbiased sample of the traffic; `mlops_api_feature_values_total` still counts ev
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 from .model import Feature
 
@@ -136,13 +137,15 @@ class ApiMetrics:
                     for value in present[::step]:
                         observe(value, tags)
             else:
-                missing = 0
-                per_category: dict[str, int] = defaultdict(int)
+                # Counted per raw value first, then each distinct value labelled once (first
+                # seen first, so the cap on unknown categories keeps the same ones).
+                per_value: dict[Any, int] = defaultdict(int)
                 for value in values:
-                    if value is None:
-                        missing += 1
-                    else:
-                        per_category[self._category(feature.name, str(value), (known or {}).get(feature.name))] += 1
+                    per_value[value] += 1
+                missing = per_value.pop(None, 0)
+                per_category: dict[str, int] = defaultdict(int)
+                for value, count in per_value.items():
+                    per_category[self._category(feature.name, str(value), (known or {}).get(feature.name))] += count
                 for category, count in per_category.items():
                     self.categories.inc(count, {"feature": feature.name, "category": category})
             if missing:
