@@ -116,6 +116,7 @@ def local_ray_serve(settings: Settings) -> RayServe:
         api_key_file=str(settings.api_key_file) if settings.api_key_file else None,
         # Resolved by Dagster at run time and never shown in its UI (settings has read it already).
         api_keys=dg.EnvVar("MLOPS_API_KEYS") if settings.api_keys else None,
+        access_log=settings.api_access_log,
     )
 
 
@@ -171,6 +172,9 @@ def ansible_for(settings: Settings) -> Ansible:
             "prometheus_evaluation_interval": settings.scrape_interval,
             # The api role copies the key file to the host and mounts it into the container.
             **({"api_key_file": str(settings.api_key_file)} if settings.api_key_file else {}),
+            # The container reads MLOPS_API_ACCESS_LOG (serving/container.py); only set when on,
+            # so a default configuration leaves the running container as it is.
+            **({"api_env": {"MLOPS_API_ACCESS_LOG": "1"}} if settings.api_access_log else {}),
         },
     }
     if target == "sim":

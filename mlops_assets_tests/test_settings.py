@@ -1,5 +1,5 @@
 """Settings from the environment: MLOPS_LOCAL_PORTS (the local target's listeners, moved: a second
-local stack beside `make run`) and MLOPS_SCRAPE_INTERVAL."""
+local stack beside `make run`), MLOPS_SCRAPE_INTERVAL and MLOPS_API_ACCESS_LOG."""
 
 import pytest
 
@@ -62,3 +62,33 @@ def test_scrape_interval_reaches_the_monitoring_resource_of_every_target(tmp_pat
 def test_a_bad_scrape_interval_names_the_setting(value):
     with pytest.raises(SettingsError, match=r"MLOPS_SCRAPE_INTERVAL=.* is not a Prometheus duration from 1s to 5m"):
         load_settings({"MLOPS_SCRAPE_INTERVAL": value})
+
+
+def test_access_log_is_off_unless_asked_and_reaches_serve_and_the_container_of_every_target(tmp_path):
+    """MLOPS_API_ACCESS_LOG: Serve's per-request access log (off: it doubled the single-row p99)."""
+    from mlops_assets.serving.container import ContainerSettings
+    from mlops_assets.serving.deploy import serve_config
+
+    def app_logging(config):
+        return config["applications"][0]["logging_config"]
+
+    for raw, on in ((None, False), ("0", False), ("1", True), ("TRUE", True), ("off", False)):
+        env = {"MLOPS_HOME": str(tmp_path), **({"MLOPS_API_ACCESS_LOG": raw} if raw is not None else {})}
+        api = resources_for(load_settings(env))["api_deployer"].ray_serve
+        assert api.access_log is on
+        assert app_logging(serve_config({}, {}, {}, access_log=api.access_log)) == {"enable_access_log": on}
+        # The container reads the same variable; the api role sets it when the pipeline's is on.
+        assert ContainerSettings.from_env({k: v for k, v in env.items() if k != "MLOPS_HOME"}).access_log is on
+        for target in ("sim", "aws"):
+            extra_vars = resources_for(load_settings({**env, "MLOPS_TARGET": target}))["host_configurator"].ansible.extra_vars
+            assert extra_vars.get("api_env", {}).get("MLOPS_API_ACCESS_LOG") == ("1" if on else None)
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "enabled"])
+def test_a_bad_access_log_value_names_the_setting(value):
+    from mlops_assets.serving.container import ContainerSettings
+
+    with pytest.raises(SettingsError, match=rf"MLOPS_API_ACCESS_LOG='{value}' is neither on nor off; set it to 1 or 0"):
+        load_settings({"MLOPS_API_ACCESS_LOG": value})
+    with pytest.raises(SystemExit, match="MLOPS_API_ACCESS_LOG"):
+        ContainerSettings.from_env({"MLOPS_API_ACCESS_LOG": value})

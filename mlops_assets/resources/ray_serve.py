@@ -97,6 +97,8 @@ class RayServe(dg.ConfigurableResource):
     haproxy: bool = True
     batch_max_size: int = 16
     batch_wait_s: float = 0.002
+    # Serve's per-request access log (settings.api_access_log, MLOPS_API_ACCESS_LOG): off by default.
+    access_log: bool = False
     max_rows: int = 1000
     max_body_bytes: int = 1024 * 1024
     ready_timeout_s: float = 240.0
@@ -270,6 +272,7 @@ class RayServe(dg.ConfigurableResource):
             "model_uri": model_uri, "tracking_uri": tracking_uri, "version": expected_version, "features": features,
             "transport": transport or self.model_transport, "app": self.app_args([]),
             "http": self.runtime().http_options(), "replicas": self.num_replicas, "code": SERVING_CODE_VERSION,
+            **({"access_log": True} if self.access_log else {}),
             # The engine selected_model recorded (the replicas read it from the registry): a
             # version re-checked on new data may change engine without changing version.
             **({"engine": engine} if engine else {}),
@@ -296,7 +299,8 @@ class RayServe(dg.ConfigurableResource):
                 source, engine=engine, engine_reason="the deployment asked for scikit-learn" if engine == "sklearn" else None)
         user_config = source.to_config()
         config = serve_deploy.serve_config(self.app_args(features), user_config, self.runtime().http_options(),
-                                           num_replicas=self.num_replicas, code_version=SERVING_CODE_VERSION)
+                                           num_replicas=self.num_replicas, code_version=SERVING_CODE_VERSION,
+                                           access_log=self.access_log)
         return config, user_config.get("model_uri")
 
     def _download(self, source, version: str):

@@ -31,6 +31,7 @@ Settings (environment; the image sets the first one):
                                 `Authorization: Bearer <key>` (docs/security.md)
     MLOPS_API_KEYS              the keys themselves, comma-separated (prefer the file: an
                                 environment variable shows in `docker inspect`)
+    MLOPS_API_ACCESS_LOG        1: Serve's per-request access log in the replicas' logs (0)
     MLOPS_FORWARD_MAX_CONNECTIONS, MLOPS_FORWARD_IDLE_S   the metrics forwarder's bounds (64, 60)
 """
 
@@ -50,7 +51,7 @@ from pathlib import Path
 
 from . import deploy as serve_deploy
 from . import model as model_lib
-from .runtime import RayServeRuntime, parse_api_timeouts, stop_instance, write_private_file
+from .runtime import RayServeRuntime, parse_api_timeouts, parse_flag, stop_instance, write_private_file
 
 LOOPBACK = "127.0.0.1"
 
@@ -74,6 +75,7 @@ class ContainerSettings:
     api_keys: tuple = ()
     forward_max_connections: int = 64
     forward_idle_s: float = 60.0
+    access_log: bool = False
 
     def __repr__(self) -> str:  # never the keys
         return f"ContainerSettings(model_dir={self.model_dir!r}, api_keys={len(self.api_keys)})"
@@ -86,6 +88,12 @@ class ContainerSettings:
                 return kind(raw) if raw not in (None, "") else default
             except ValueError:
                 raise SystemExit(f"{name}={raw!r} is not a number (default {default})") from None
+
+        def flag(name: str, default: bool) -> bool:
+            try:
+                return parse_flag(env.get(name), default, name)
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from None
 
         try:
             timeouts = parse_api_timeouts(env.get("MLOPS_API_TIMEOUTS") or "")
@@ -115,6 +123,7 @@ class ContainerSettings:
             api_keys=tuple(k.strip() for k in (env.get("MLOPS_API_KEYS") or "").split(",") if k.strip()),
             forward_max_connections=number("MLOPS_FORWARD_MAX_CONNECTIONS", 64),
             forward_idle_s=number("MLOPS_FORWARD_IDLE_S", 60.0, float),
+            access_log=flag("MLOPS_API_ACCESS_LOG", False),
         )
 
     @property
@@ -169,6 +178,7 @@ def serve_config_for(settings: ContainerSettings, runtime: RayServeRuntime) -> d
         model_lib.ModelSource(str(settings.model_dir)).to_config(),
         runtime.http_options(),
         num_replicas=settings.num_replicas,
+        access_log=settings.access_log,
     )
 
 

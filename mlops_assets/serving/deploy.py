@@ -24,10 +24,12 @@ def serve_config(
     http_options: dict[str, Any],
     num_replicas: int = 2,
     code_version: str | None = None,
+    access_log: bool = False,
 ) -> dict[str, Any]:
     """`code_version` (a hash of the serving code) goes into the application's runtime_env:
     Serve sees a new code version as an application change and replaces the replicas, which
-    import the code afresh; the same code keeps them."""
+    import the code afresh; the same code keeps them. `access_log`: Serve's per-request log
+    line in the replicas' log files (MLOPS_API_ACCESS_LOG; off by default, docs/performance.md)."""
     return {
         "http_options": http_options,
         "applications": [
@@ -37,6 +39,7 @@ def serve_config(
                 "import_path": "mlops_assets.serving.app:build_app",
                 **({"runtime_env": {"env_vars": {"MLOPS_SERVING_CODE_VERSION": code_version}}} if code_version else {}),
                 "args": args,
+                "logging_config": {"enable_access_log": access_log},
                 "deployments": [
                     {"name": DEPLOYMENT_NAME, "num_replicas": num_replicas, "user_config": user_config},
                 ],

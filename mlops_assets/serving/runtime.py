@@ -59,6 +59,19 @@ API_TIMEOUTS = {
 }
 
 
+FLAG_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def parse_flag(raw: str | None, default: bool, name: str) -> bool:
+    """An on/off setting: 1/true/yes/on or 0/false/no/off (any case); unset or empty: `default`."""
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return FLAG_VALUES[raw.strip().lower()]
+    except KeyError:
+        raise ValueError(f"{name}={raw!r} is neither on nor off; set it to 1 or 0 (or true/false)") from None
+
+
 def parse_api_timeouts(raw: str) -> dict:
     """MLOPS_API_TIMEOUTS="client=30,server=60,connect=5,http_request=10,request=30" (whole
     seconds): API_TIMEOUTS with the named ones moved. ValueError names what to fix."""
