@@ -60,7 +60,7 @@ def build_automation(settings: Settings) -> tuple[list, list]:
         if fingerprint == context.cursor:
             return dg.SkipReason(f"no new data in {source} (hash {fingerprint})")
         observation = dg.AssetObservation(asset_key=SOURCE_KEY, tags={DATA_VERSION_TAG: fingerprint})
-        if context.cursor is None and _last_observed(context.instance) == fingerprint:
+        if context.cursor is None and last_observed(context.instance) == fingerprint:
             # First tick on data the pipeline already saw: remember it, request nothing.
             return dg.SensorResult(cursor=fingerprint, skip_reason=dg.SkipReason("data already seen"))
         return dg.SensorResult(
@@ -130,7 +130,8 @@ def evaluate_drift(context, prometheus: PrometheusApi, settings: Settings, now: 
     )
 
 
-def _last_observed(instance: dg.DagsterInstance) -> str | None:
+def last_observed(instance: dg.DagsterInstance) -> str | None:
+    """The data version of the latest observation of `dataset_source` (None: never observed)."""
     record = instance.get_latest_data_version_record(SOURCE_KEY, is_source=True)
     if record is None:
         return None

@@ -240,3 +240,26 @@ def test_downstream_follows_data_versions_not_materializations(instance, label, 
     materialize("upstream")  # a new data version: both conditions request downstream
     result = evaluate(result.cursor)
     assert result.get_requested_partitions(downstream) == {None}
+
+
+# -- `make run` observes the data source only when it changed -------------------------------
+
+def test_cli_observes_the_source_again_only_when_its_bytes_changed(tmp_path, instance):
+    from mlops_assets.cli import _source_observed
+    from mlops_assets.definitions import build_definitions
+
+    data = tmp_path / "penguins.csv"
+    pl.DataFrame({"x": [1.0, 2.0, 3.0], "species": ["a", "b", "a"]}).write_csv(data)
+    settings = make_settings(tmp_path, MLOPS_DATASET=str(data))
+    observe = build_definitions(settings).resolve_job_def("observe_sources")
+    assert not _source_observed(settings, instance)  # never observed: observe
+    assert observe.execute_in_process(instance=instance).success
+    assert _source_observed(settings, instance)  # same bytes: nothing new to record
+    pl.DataFrame({"x": [1.0, 2.0, 4.0], "species": ["a", "b", "a"]}).write_csv(data)
+    assert not _source_observed(settings, instance)  # new bytes: observe (dataset becomes stale)
+    assert observe.execute_in_process(instance=instance).success
+    assert _source_observed(settings, instance)
+    data.unlink()
+    assert not _source_observed(settings, instance)  # unreadable: the observe run reports why
+    failed = observe.execute_in_process(instance=instance, raise_on_error=False)
+    assert not failed.success
