@@ -39,16 +39,17 @@ run: install ## materialize the whole asset graph for MLOPS_TARGET (default loca
 
 test: install ## the whole suite, cheapest tier first (unit, service, stack); stops after a failing tier
 	@scripts/setup_prometheus.sh || echo 'without prometheus/promtool the monitoring tests fail' >&2
+	@scripts/setup_postgres.sh || echo 'without a PostgreSQL server the PostgreSQL-state tests fail' >&2
 	$(BIN)/python -m pytest mlops_assets_tests $(PYTEST_ARGS)
 
 test-fast: install ## the unit tier only: no servers, no root, well under a minute
 	$(BIN)/python -m pytest mlops_assets_tests -m unit $(PYTEST_ARGS)
 
 dev: install ## Dagster UI on http://127.0.0.1:3000 with this project loaded
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(BIN)/python -m mlops_assets.cli dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
-mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 for the local tracking store
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db
+mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 for the local tracking store (MLFLOW_TRACKING_URI if set)
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db}"
 
 down: install ## stop the prediction API and the Ray instance that `make run` started
 	$(BIN)/python -m mlops_assets.cli down

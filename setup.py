@@ -9,6 +9,11 @@ INSTALL_REQUIRES = [
     "dagster==1.13.27",
     "dagster-webserver==1.13.27",
     "dagster-mlflow==0.29.27",
+    # Dagster's instance on PostgreSQL when MLOPS_DAGSTER_POSTGRES_URL is set (a team's shared
+    # run history), and MLflow's store there (MLFLOW_TRACKING_URI=postgresql://...). SQLAlchemy
+    # 2.1 drives a plain postgresql:// URL with psycopg 3; dagster-postgres brings psycopg2.
+    "dagster-postgres==0.29.27",
+    "psycopg[binary]==3.3.6",
     "mlflow==3.17.2",
     "scikit-learn==1.9.1",
     # Compiled inference (issue 13): the selected pipeline converted to ONNX (skl2onnx) and

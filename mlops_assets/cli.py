@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 
 def _prepare_home(settings) -> None:
@@ -25,8 +26,36 @@ def _prepare_home(settings) -> None:
     for path in (settings.dagster_home, settings.mlflow_dir, settings.artifact_root, settings.io_dir):
         path.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
-    # An empty dagster.yaml: the default sqlite storage in DAGSTER_HOME, said explicitly.
-    (settings.dagster_home / "dagster.yaml").touch()
+    if settings.dagster_postgres_url:
+        # What dagster.yaml reads, with the driver dagster-postgres needs (settings.py).
+        os.environ["MLOPS_DAGSTER_POSTGRES_URL"] = settings.dagster_postgres_url
+    write_dagster_yaml(settings, Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml")
+
+
+DAGSTER_YAML_HEADER = "# Written by mlops_assets/cli.py from MLOPS_DAGSTER_POSTGRES_URL: change that setting, not this file.\n"
+
+
+def dagster_yaml(settings) -> str:
+    """The instance's storage: PostgreSQL when MLOPS_DAGSTER_POSTGRES_URL is set (the file names
+    the variable, so no password is written), else Dagster's sqlite files in DAGSTER_HOME."""
+    if settings.dagster_postgres_url:
+        return DAGSTER_YAML_HEADER + "storage:\n  postgres:\n    postgres_url:\n      env: MLOPS_DAGSTER_POSTGRES_URL\n"
+    return DAGSTER_YAML_HEADER + "# unset: Dagster's default sqlite storage in this folder\n"
+
+
+def write_dagster_yaml(settings, path: Path) -> None:
+    """Writes `dagster_yaml` unless the file is someone else's (not empty, not ours): a team's own
+    dagster.yaml is left alone, with a warning when the setting asks for something else."""
+    current = path.read_text() if path.exists() else ""
+    wanted = dagster_yaml(settings)
+    if current == wanted:
+        return
+    if current.strip() and not current.startswith(DAGSTER_YAML_HEADER):
+        if settings.dagster_postgres_url:
+            print(f"{path} was not written by this project: it is left as it is, and MLOPS_DAGSTER_POSTGRES_URL "
+                  "applies only if it names that variable", file=sys.stderr)
+        return
+    path.write_text(wanted)
 
 
 def _locked(settings, what: str):
@@ -88,7 +117,20 @@ def _run(settings, job_name: str, everything: bool, config_path: str | None, ass
         from mlops_assets.targets import resources_for
 
         resources_for(settings)["monitoring"].ensure_pushgateway(_EchoLog())
-    with dg.DagsterInstance.get() as instance:
+    try:
+        opened = dg.DagsterInstance.get()
+    except Exception as exc:
+        if not settings.dagster_postgres_url:
+            raise
+        from mlops_assets.retries import root_reason
+
+        outer = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = "; ".join(dict.fromkeys((outer, root_reason(exc))))  # Dagster's words, then the driver's
+        print(f"MLOPS_DAGSTER_POSTGRES_URL: Dagster cannot open its storage in that PostgreSQL database: {reason}. "
+              "Check the server runs, the database exists and the user may connect, or unset the variable "
+              "for the embedded sqlite storage", file=sys.stderr)
+        return 2
+    with opened as instance:
         if not _source_observed(settings, instance):
             observed = defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, raise_on_error=False)
             if not observed.success:
@@ -252,12 +294,32 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--config", metavar="RUN_CONFIG.yaml",
                             help="Dagster run config (ops: {ASSET: {config: ...}}); the assets it configures are materialized")
     sub.add_parser("down", help="stop the prediction API and the local Ray instance that `run` started")
+    sub.add_parser("dev", help="`dagster dev ARGS...` on the instance `run` uses (what `make dev` calls)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dev"]:  # everything after it is dagster's (-h included)
+        return dev(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args.job, args.all, args.config, args.assets)
     if args.command == "down":
         return down()
     return 2
+
+
+def dev(dagster_args: list[str]) -> int:
+    """`dagster dev` with the environment `run` gives Dagster: the same DAGSTER_HOME and
+    dagster.yaml, and MLOPS_DAGSTER_POSTGRES_URL with the driver dagster-postgres needs."""
+    from mlops_assets.settings import SettingsError, load_settings
+
+    from mlops_assets.serving.runtime import UnsafeFolder
+
+    try:
+        _prepare_home(load_settings())
+    except (SettingsError, UnsafeFolder) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    dagster = Path(sys.executable).with_name("dagster")
+    os.execv(str(dagster), [str(dagster), "dev", *dagster_args])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,15 @@ import dagster as dg
 EXTERNAL_STEP_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
+def root_reason(exc: BaseException) -> str:
+    """The first line of what the innermost cause says (a database driver's own words under
+    SQLAlchemy's and Dagster's wrappers), else the exception's type."""
+    root = exc
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    return (str(root).strip().splitlines() or [type(root).__name__])[0]
+
+
 def permanent(description: str, metadata: dict | None = None) -> dg.Failure:
     """A failure no retry can fix (bad configuration, a broken Dockerfile, a refused plan)."""
     return dg.Failure(description=description, metadata=metadata, allow_retries=False)

@@ -90,6 +90,10 @@ class Settings:
     # default: writing it cost 3.5% of the replica's CPU and doubled the single-row p99
     # (21 ms -> 10-12 ms without it, docs/performance.md); the request metrics count every request.
     api_access_log: bool = False
+    # MLOPS_DAGSTER_POSTGRES_URL: Dagster's runs, event logs and schedules in PostgreSQL instead
+    # of sqlite files in DAGSTER_HOME (docs/operations.md, "State on PostgreSQL"). The URL may
+    # carry a password: never printed, and dagster.yaml names the variable, not its value.
+    dagster_postgres_url: str | None = field(default=None, repr=False)
 
     @property
     def dagster_home(self) -> Path:
@@ -147,6 +151,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         api_key_file=_api_key_file(env.get("MLOPS_API_KEY_FILE") or ""),
         api_keys=tuple(k.strip() for k in (env.get("MLOPS_API_KEYS") or "").split(",") if k.strip()),
         api_access_log=_flag(env, "MLOPS_API_ACCESS_LOG", False),
+        dagster_postgres_url=_postgres_url(env, "MLOPS_DAGSTER_POSTGRES_URL"),
     )
 
 
@@ -225,6 +230,28 @@ def _local_ports(raw: str) -> dict:
             form = "LOW-HIGH" if name == "replicas" else "a port number"
             raise SettingsError(f"MLOPS_LOCAL_PORTS: {item!r} is not {name}={form} (e.g. {example})") from None
     return ports
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg2://")
+# dagster-postgres 0.29's SQL works through psycopg2 only, and SQLAlchemy 2.1 drives a plain
+# postgresql:// URL with psycopg 3 (measured: a syntax error at the first event written), so the
+# instance gets the URL with the driver named.
+DAGSTER_POSTGRES_SCHEME = "postgresql+psycopg2://"
+
+
+def _postgres_url(env, name: str) -> str | None:
+    """MLOPS_DAGSTER_POSTGRES_URL as dagster-postgres can use it (psycopg2 named), or None."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(POSTGRES_SCHEMES):
+        shown = raw.split("://", 1)[0] + "://..." if "://" in raw else "a value without a scheme"
+        raise SettingsError(
+            f"{name} is {shown}, not a PostgreSQL URL; set it like postgresql://USER@/DATABASE?host=/var/run/postgresql "
+            "(a Unix socket, no password) or postgresql://USER@HOST:5432/DATABASE (the password in ~/.pgpass), "
+            "or unset it for the embedded sqlite storage"
+        )
+    return DAGSTER_POSTGRES_SCHEME + raw.split("://", 1)[1]
 
 
 def _flag(env, name: str, default: bool) -> bool:

@@ -92,3 +92,32 @@ def test_a_bad_access_log_value_names_the_setting(value):
         load_settings({"MLOPS_API_ACCESS_LOG": value})
     with pytest.raises(SystemExit, match="MLOPS_API_ACCESS_LOG"):
         ContainerSettings.from_env({"MLOPS_API_ACCESS_LOG": value})
+
+
+def test_dagster_yaml_follows_the_postgres_setting_and_never_holds_the_url(tmp_path):
+    from mlops_assets.cli import DAGSTER_YAML_HEADER, write_dagster_yaml
+
+    path = tmp_path / "dagster.yaml"
+    path.touch()  # what earlier versions left: empty, the sqlite default
+    url = "postgresql://mlops:s3cret@db.internal:5432/dagster"
+    on = load_settings({"MLOPS_HOME": str(tmp_path), "MLOPS_DAGSTER_POSTGRES_URL": url})
+    assert url not in repr(on)
+    # dagster-postgres works through psycopg2 only; SQLAlchemy 2.1 would take psycopg 3 for postgresql://.
+    assert on.dagster_postgres_url == "postgresql+psycopg2://mlops:s3cret@db.internal:5432/dagster"
+    write_dagster_yaml(on, path)
+    text = path.read_text()
+    assert text.startswith(DAGSTER_YAML_HEADER) and "postgres_url:\n      env: MLOPS_DAGSTER_POSTGRES_URL" in text
+    assert "s3cret" not in text
+    write_dagster_yaml(load_settings({"MLOPS_HOME": str(tmp_path)}), path)  # unset again: back to sqlite
+    assert "postgres" not in path.read_text().removeprefix(DAGSTER_YAML_HEADER)
+    own = "storage:\n  postgres:\n    postgres_db:\n      hostname: team-db\n"
+    path.write_text(own)  # a team's own file is left alone
+    write_dagster_yaml(on, path)
+    assert path.read_text() == own
+
+
+@pytest.mark.parametrize("value", ["mysql://u:secret@h/db", "sqlite:///x.db", "team-db:5432/dagster"])
+def test_a_dagster_postgres_url_that_is_not_postgresql_names_the_setting_and_hides_the_rest(value):
+    with pytest.raises(SettingsError, match="MLOPS_DAGSTER_POSTGRES_URL is .* not a PostgreSQL URL") as error:
+        load_settings({"MLOPS_DAGSTER_POSTGRES_URL": value})
+    assert "secret" not in str(error.value) and "team-db" not in str(error.value)

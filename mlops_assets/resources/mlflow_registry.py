@@ -153,6 +153,10 @@ class Champion:
     engine: str = ""  # the engine selected_model chose (ONNX Runtime or scikit-learn); "" unknown
 
 
+# Tracking URIs whose store is a database server (not sqlite, not a tracking server).
+DATABASE_SCHEMES = ("postgresql", "postgres", "mysql", "mssql")
+
+
 class MlflowRegistry(dg.ConfigurableResource):
     """MLflow tracking store and model registry (sqlite under MLOPS_HOME, or a tracking server)."""
 
@@ -163,6 +167,7 @@ class MlflowRegistry(dg.ConfigurableResource):
     ui_url: str = "http://127.0.0.1:5000"
 
     _experiment_id: str | None = PrivateAttr(default=None)
+    _store_reached: bool = PrivateAttr(default=False)
 
     # -- plumbing ---------------------------------------------------------------------------
     @contextmanager
@@ -178,7 +183,35 @@ class MlflowRegistry(dg.ConfigurableResource):
     def client(self):
         from mlflow import MlflowClient
 
+        self._reach_database()
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def _reach_database(self) -> None:
+        """A store in a database server (MLFLOW_TRACKING_URI=postgresql://...) is reached once,
+        with a 10 s timeout, before MLflow's own engine, whose creation retries for about 100 s:
+        a server that does not answer fails the asset with a message naming the setting, and
+        nothing falls back to a local store."""
+        if self._store_reached or urlparse(self.tracking_uri).scheme.split("+")[0] not in DATABASE_SCHEMES:
+            return
+        import sqlalchemy
+
+        url = sqlalchemy.engine.make_url(self.tracking_uri)
+        engine = None
+        try:
+            engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {})
+            with engine.connect():
+                pass
+        except Exception as exc:
+            from mlops_assets.retries import root_reason
+
+            raise dg.Failure(description=(
+                f"MLFLOW_TRACKING_URI ({url.render_as_string(hide_password=True)}): MLflow cannot reach its database: "
+                f"{root_reason(exc)}. Check that the server runs, the database exists and the user may connect, "
+                "or unset MLFLOW_TRACKING_URI for the local sqlite store")) from None
+        finally:
+            if engine is not None:
+                engine.dispose()
+        self._store_reached = True
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:

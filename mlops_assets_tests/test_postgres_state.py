@@ -1,0 +1,132 @@
+"""State on PostgreSQL for the local target (docs/operations.md, "State on PostgreSQL"): with
+MLOPS_DAGSTER_POSTGRES_URL and MLFLOW_TRACKING_URI naming databases of a PostgreSQL server,
+`cli run` keeps Dagster's runs and event logs and MLflow's runs and registry there, nothing in
+sqlite, and a second run finds nothing to do. The server is a throwaway cluster of this module:
+Debian's binaries (scripts/setup_postgres.sh installs them), run as the `postgres` user, on a Unix
+socket in a private folder and no TCP port."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.service
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "MLOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), **env}
+    for name in ("MLFLOW_TRACKING_URI", "MLOPS_DAGSTER_POSTGRES_URL"):
+        if name not in env:
+            environment.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "mlops_assets.cli", "run", "--job", "ml_phase", *args], cwd=ROOT,
+                          env=environment, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """{database: URL} for two fresh databases, `dagster` and `mlflow`, of a private cluster."""
+    if os.geteuid() != 0:
+        if os.environ.get("MLOPS_CI"):
+            pytest.fail("this test needs root (it runs PostgreSQL as the postgres user); CI runs as root")
+        pytest.skip("needs root: the cluster runs as the postgres user")
+    found = subprocess.run([str(ROOT / "scripts" / "setup_postgres.sh"), "--print-bindir"], capture_output=True, text=True)
+    assert found.returncode == 0 and found.stdout.strip(), f"no PostgreSQL server: {found.stderr}"
+    bindir = Path(found.stdout.strip())
+    root = Path(tempfile.mkdtemp(prefix="mlops-pg-"))
+    data, socket_dir = root / "data", root / "sock"
+    socket_dir.mkdir()
+    for path in (root, socket_dir):
+        shutil.chown(path, "postgres", "postgres")
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+
+    def run(*command):
+        done = subprocess.run([*as_postgres, *map(str, command)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{command}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+
+    run(bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
+    # Unix socket only (no TCP listener), in a folder only root and postgres can enter.
+    run(bindir / "pg_ctl", "-D", data, "-l", root / "server.log", "-w", "-t", "60", "-o",
+        f"-k {socket_dir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off", "start")
+    try:
+        for database in ("dagster", "mlflow"):
+            run(bindir / "createdb", "-h", socket_dir, "-U", "postgres", database)
+        yield {name: f"postgresql://postgres@/{name}?host={socket_dir}" for name in ("dagster", "mlflow")} | {
+            "socket_dir": str(socket_dir)}
+    finally:
+        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _query(socket_dir: str, database: str, sql: str) -> list[tuple]:
+    import psycopg2
+
+    with psycopg2.connect(dbname=database, user="postgres", host=socket_dir) as connection:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchall()
+
+
+def test_the_ml_phase_keeps_its_state_in_postgresql_and_a_second_run_finds_nothing_to_do(postgres, tmp_path):
+    home = tmp_path / "home"
+    env = {"MLOPS_DAGSTER_POSTGRES_URL": postgres["dagster"], "MLFLOW_TRACKING_URI": postgres["mlflow"]}
+    cold = _cli(home, **env)
+    assert cold.returncode == 0, cold.stdout[-3000:] + cold.stderr[-3000:]
+    assert "ml_phase: succeeded" in cold.stdout, cold.stdout[-3000:]
+    again = _cli(home, **env)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+
+    # Dagster: the runs are PostgreSQL rows; DAGSTER_HOME holds no sqlite run or event storage,
+    # and its dagster.yaml names the variable, not the URL.
+    sock = postgres["socket_dir"]
+    statuses = [status for (status,) in _query(sock, "dagster", "SELECT status FROM runs")]
+    assert statuses and set(statuses) == {"SUCCESS"}, statuses
+    materialized = {key for (key,) in _query(sock, "dagster", "SELECT asset_key FROM asset_keys")}
+    assert {'["dataset"]', '["candidate_models"]', '["selected_model"]'} <= materialized, materialized
+    assert not list((home / "dagster").rglob("*.db")), list((home / "dagster").rglob("*.db"))
+    dagster_yaml = (home / "dagster" / "dagster.yaml").read_text()
+    assert "env: MLOPS_DAGSTER_POSTGRES_URL" in dagster_yaml and "postgresql://" not in dagster_yaml
+
+    # MLflow: the candidate runs, the registered version and the champion alias are rows in the
+    # mlflow database; no sqlite store was created.
+    from mlops_assets.settings import load_settings
+
+    model = load_settings({"MLOPS_HOME": str(home)}).model_name
+    versions = _query(sock, "mlflow", f"SELECT version FROM model_versions WHERE name = '{model}'")
+    aliases = _query(sock, "mlflow", f"SELECT alias, version FROM registered_model_aliases WHERE name = '{model}'")
+    assert versions and ("champion", max(v for (v,) in versions)) in aliases, (versions, aliases)
+    candidate_runs = _query(sock, "mlflow", "SELECT count(*) FROM runs WHERE status = 'FINISHED'")[0][0]
+    assert candidate_runs >= 3, candidate_runs
+    assert not (home / "mlflow" / "mlflow.db").exists()
+
+
+def test_an_unreachable_or_wrong_postgresql_setting_fails_naming_it(tmp_path):
+    home = tmp_path / "home"
+    absent = tmp_path / "no-server-here"
+    absent.mkdir()
+    unreachable = _cli(home, MLOPS_DAGSTER_POSTGRES_URL=f"postgresql://postgres@/dagster?host={absent}")
+    assert unreachable.returncode == 2, unreachable.stdout[-2000:] + unreachable.stderr[-2000:]
+    assert "MLOPS_DAGSTER_POSTGRES_URL: Dagster cannot open its storage" in unreachable.stderr, unreachable.stderr[-2000:]
+    # Nothing fell back to sqlite: no Dagster storage was created in DAGSTER_HOME.
+    assert not list((home / "dagster").rglob("*.db"))
+
+    # The MLflow store likewise: the first asset that needs it fails in seconds (MLflow's own
+    # engine would retry for about 100 s), naming the setting, the password hidden.
+    mlflow_home = tmp_path / "mlflow-home"
+    no_store = _cli(mlflow_home, MLFLOW_TRACKING_URI=f"postgresql://postgres:hunter2@/mlflow?host={absent}")
+    assert no_store.returncode == 1
+    assert ("failed step candidate_models: dagster._core.definitions.events.Failure: MLFLOW_TRACKING_URI "
+            "(postgresql://postgres:***@/mlflow") in no_store.stdout, no_store.stdout[-3000:]
+    assert "MLflow cannot reach its database" in no_store.stdout and "hunter2" not in no_store.stdout + no_store.stderr
+    assert not (mlflow_home / "mlflow" / "mlflow.db").exists()
+
+    wrong = _cli(home, MLOPS_DAGSTER_POSTGRES_URL="mysql://user:secret@db/dagster")
+    assert wrong.returncode == 2
+    assert "MLOPS_DAGSTER_POSTGRES_URL is mysql://..., not a PostgreSQL URL" in wrong.stderr, wrong.stderr[-2000:]
+    assert "secret" not in wrong.stderr + wrong.stdout
