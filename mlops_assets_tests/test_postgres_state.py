@@ -6,10 +6,8 @@ Debian's binaries (scripts/setup_postgres.sh installs them), run as the `postgre
 socket in a private folder and no TCP port."""
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,52 +28,22 @@ def _cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def postgres():
-    """{database: URL} for two fresh databases, `dagster` and `mlflow`, of a private cluster."""
+    """A throwaway cluster with two fresh databases, `dagster` and `mlflow`."""
+    from .postgres_cluster import throwaway_cluster
+
     if os.geteuid() != 0:
         if os.environ.get("MLOPS_CI"):
             pytest.fail("this test needs root (it runs PostgreSQL as the postgres user); CI runs as root")
         pytest.skip("needs root: the cluster runs as the postgres user")
-    found = subprocess.run([str(ROOT / "scripts" / "setup_postgres.sh"), "--print-bindir"], capture_output=True, text=True)
-    assert found.returncode == 0 and found.stdout.strip(), f"no PostgreSQL server: {found.stderr}"
-    bindir = Path(found.stdout.strip())
-    root = Path(tempfile.mkdtemp(prefix="mlops-pg-"))
-    data, socket_dir = root / "data", root / "sock"
-    socket_dir.mkdir()
-    for path in (root, socket_dir):
-        shutil.chown(path, "postgres", "postgres")
-    as_postgres = ["runuser", "-u", "postgres", "--"]
-
-    def run(*command):
-        done = subprocess.run([*as_postgres, *map(str, command)], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, f"{command}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
-
-    run(bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
-    # Unix socket only (no TCP listener), in a folder only root and postgres can enter.
-    run(bindir / "pg_ctl", "-D", data, "-l", root / "server.log", "-w", "-t", "60", "-o",
-        f"-k {socket_dir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off", "start")
-    try:
-        for database in ("dagster", "mlflow"):
-            run(bindir / "createdb", "-h", socket_dir, "-U", "postgres", database)
-        yield {name: f"postgresql://postgres@/{name}?host={socket_dir}" for name in ("dagster", "mlflow")} | {
-            "socket_dir": str(socket_dir)}
-    finally:
-        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, timeout=120)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _query(socket_dir: str, database: str, sql: str) -> list[tuple]:
-    import psycopg2
-
-    with psycopg2.connect(dbname=database, user="postgres", host=socket_dir) as connection:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-            return cursor.fetchall()
+    with throwaway_cluster() as cluster:
+        cluster.create("dagster")
+        cluster.create("mlflow")
+        yield cluster
 
 
 def test_the_ml_phase_keeps_its_state_in_postgresql_and_a_second_run_finds_nothing_to_do(postgres, tmp_path):
     home = tmp_path / "home"
-    env = {"MLOPS_DAGSTER_POSTGRES_URL": postgres["dagster"], "MLFLOW_TRACKING_URI": postgres["mlflow"]}
+    env = {"MLOPS_DAGSTER_POSTGRES_URL": postgres.url("dagster"), "MLFLOW_TRACKING_URI": postgres.url("mlflow")}
     cold = _cli(home, **env)
     assert cold.returncode == 0, cold.stdout[-3000:] + cold.stderr[-3000:]
     assert "ml_phase: succeeded" in cold.stdout, cold.stdout[-3000:]
@@ -84,10 +52,9 @@ def test_the_ml_phase_keeps_its_state_in_postgresql_and_a_second_run_finds_nothi
 
     # Dagster: the runs are PostgreSQL rows; DAGSTER_HOME holds no sqlite run or event storage,
     # and its dagster.yaml names the variable, not the URL.
-    sock = postgres["socket_dir"]
-    statuses = [status for (status,) in _query(sock, "dagster", "SELECT status FROM runs")]
+    statuses = [status for (status,) in postgres.query("dagster", "SELECT status FROM runs")]
     assert statuses and set(statuses) == {"SUCCESS"}, statuses
-    materialized = {key for (key,) in _query(sock, "dagster", "SELECT asset_key FROM asset_keys")}
+    materialized = {key for (key,) in postgres.query("dagster", "SELECT asset_key FROM asset_keys")}
     assert {'["dataset"]', '["candidate_models"]', '["selected_model"]'} <= materialized, materialized
     assert not list((home / "dagster").rglob("*.db")), list((home / "dagster").rglob("*.db"))
     dagster_yaml = (home / "dagster" / "dagster.yaml").read_text()
@@ -98,10 +65,10 @@ def test_the_ml_phase_keeps_its_state_in_postgresql_and_a_second_run_finds_nothi
     from mlops_assets.settings import load_settings
 
     model = load_settings({"MLOPS_HOME": str(home)}).model_name
-    versions = _query(sock, "mlflow", f"SELECT version FROM model_versions WHERE name = '{model}'")
-    aliases = _query(sock, "mlflow", f"SELECT alias, version FROM registered_model_aliases WHERE name = '{model}'")
+    versions = postgres.query("mlflow", f"SELECT version FROM model_versions WHERE name = '{model}'")
+    aliases = postgres.query("mlflow", f"SELECT alias, version FROM registered_model_aliases WHERE name = '{model}'")
     assert versions and ("champion", max(v for (v,) in versions)) in aliases, (versions, aliases)
-    candidate_runs = _query(sock, "mlflow", "SELECT count(*) FROM runs WHERE status = 'FINISHED'")[0][0]
+    candidate_runs = postgres.query("mlflow", "SELECT count(*) FROM runs WHERE status = 'FINISHED'")[0][0]
     assert candidate_runs >= 3, candidate_runs
     assert not (home / "mlflow" / "mlflow.db").exists()
 
