@@ -42,8 +42,8 @@ class Cluster:
         return f"postgresql://postgres@/{database}?host={self.socket_dir}"
 
     def create(self, database: str) -> str:
-        """A new empty database (dropped first if it exists); its URL."""
-        _as_postgres(self.bindir / "dropdb", "--if-exists", "-h", self.socket_dir, "-U", "postgres", database)
+        """A new empty database (dropped first if it exists, its sessions ended); its URL."""
+        _as_postgres(self.bindir / "dropdb", "--if-exists", "--force", "-h", self.socket_dir, "-U", "postgres", database)
         _as_postgres(self.bindir / "createdb", "-h", self.socket_dir, "-U", "postgres", database)
         return self.url(database)
 
