@@ -66,9 +66,9 @@ def _locked(settings, what: str):
 
 
 def run(job_name: str, everything: bool = False, config_path: str | None = None, assets: list[str] | None = None) -> int:
-    """Observe the data source (when its bytes changed), then materialize what Dagster finds missing or stale, wave by
-    wave until nothing is (rebuild.py); with `everything`, the whole job in one run (each asset
-    then returns early when its inputs are unchanged). `config_path`: a YAML run config (for
+    """Observe the data source (when its bytes changed), then materialize what Dagster finds
+    missing or stale, wave by wave until nothing is (rebuild.py); with `everything`, the whole
+    job in one run (each asset then returns early when its inputs are unchanged). `config_path`: a YAML run config (for
     example new hyperparameters for candidate_models); the assets it configures are materialized.
     `assets`: only these and what is upstream of them (`cli run deployed_api`)."""
     from mlops_assets.settings import SettingsError, load_settings
@@ -172,7 +172,7 @@ def _run(settings, job_name: str, everything: bool, config_path: str | None, ass
 
 def _source_observed(settings, instance) -> bool:
     """True when the instance's latest observation of `dataset_source` already holds the data
-    version the source has now: observing it again (a Dagster run, ~0.7 s of a no-change
+    version the source has now: observing it again (a Dagster run, ~0.5 s of a no-change
     `make run`) would record nothing new, and staleness reads only the data version. Any doubt
     (no observation yet, the source unreadable) observes, so errors are reported as before."""
     from mlops_assets.automation import last_observed
