@@ -68,8 +68,9 @@ def _locked(settings, what: str):
 def run(job_name: str, everything: bool = False, config_path: str | None = None, assets: list[str] | None = None) -> int:
     """Observe the data source (when its bytes changed), then materialize what Dagster finds
     missing or stale, wave by wave until nothing is (rebuild.py); with `everything`, the whole
-    job in one run (each asset then returns early when its inputs are unchanged). `config_path`: a YAML run config (for
-    example new hyperparameters for candidate_models); the assets it configures are materialized.
+    job in one run (each asset then returns early when its inputs are unchanged).
+    `config_path`: a YAML run config (for example new hyperparameters for candidate_models);
+    the assets it configures are materialized.
     `assets`: only these and what is upstream of them (`cli run deployed_api`)."""
     from mlops_assets.settings import SettingsError, load_settings
     from mlops_assets.state import RunBusy
