@@ -14,7 +14,9 @@ INSTALL_REQUIRES = [
     # 2.1 drives a plain postgresql:// URL with psycopg 3; dagster-postgres brings psycopg2.
     "dagster-postgres==0.29.27",
     "psycopg[binary]==3.3.6",
-    "mlflow==3.17.2",
+    # [auth]: Flask-WTF, which MLflow's basic-auth app needs; the pipeline talks to a team's
+    # tracking server with basic-auth credentials, and tests run that server on loopback.
+    "mlflow[auth]==3.17.2",
     "scikit-learn==1.9.1",
     # Compiled inference (issue 13): the selected pipeline converted to ONNX (skl2onnx) and
     # served by ONNX Runtime; protobuf below 7 is what onnx 1.23 accepts beside mlflow's.
