@@ -157,6 +157,67 @@ class Champion:
 DATABASE_SCHEMES = ("postgresql", "postgres", "mysql", "mssql")
 
 
+SERVER_TIMEOUT_S = 10.0
+
+
+def reach_tracking_server(tracking_uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
+    """One authenticated call to a tracking server (MLFLOW_TRACKING_URI=http(s)://...), with the
+    credentials MLflow's client sends (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD),
+    then one listing of its proxied artifact store: `dg.Failure` naming the setting to fix when
+    the server does not answer, is not an MLflow server, refuses the credentials, or cannot
+    reach its bucket. A server that does not proxy artifacts (404 there) is left to MLflow."""
+    import requests
+
+    base = tracking_uri.rstrip("/")
+    parts = urlparse(base)
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # never a password
+    username, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    auth = (username, password) if username and password else None
+    try:
+        answer = requests.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                              auth=auth, timeout=timeout)
+    except requests.RequestException as exc:
+        from mlops_assets.retries import root_reason
+
+        raise dg.Failure(description=(
+            f"MLFLOW_TRACKING_URI ({shown}): the MLflow tracking server does not answer: {root_reason(exc)}. "
+            "Check the address and that the server runs (and that this machine may reach its port), "
+            "or unset MLFLOW_TRACKING_URI for the local sqlite store")) from None
+    if answer.status_code == 401:
+        given = "are not set" if auth is None else f"(user {username!r}) were refused"
+        raise dg.Failure(description=(
+            f"MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD: the tracking server at {shown} asks for "
+            f"basic-auth credentials (HTTP 401) and these {given}. Set both to an account of that server"))
+    if answer.status_code == 403:
+        raise dg.Failure(description=(
+            f"MLFLOW_TRACKING_USERNAME: user {username!r} may not read experiments on {shown} (HTTP 403). "
+            "Grant it at least EDIT on the project's experiment and MANAGE on its registered model"))
+    try:
+        body = answer.json() if answer.ok else None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise dg.Failure(description=(
+            f"MLFLOW_TRACKING_URI ({shown}): HTTP {answer.status_code} from /api/2.0/mlflow/experiments/search, "
+            f"not an MLflow tracking server's answer ({answer.text[:200]!r}). Check the address and the port"))
+    try:
+        listing = requests.get(f"{base}/api/2.0/mlflow-artifacts/artifacts", auth=auth, timeout=timeout)
+    except requests.RequestException:
+        return  # it answered a moment ago: MLflow's own retries deal with a blip
+    try:
+        listed = listing.json()
+    except ValueError:
+        listed = None
+    # A missing bucket is a 404 whose JSON says the listing failed; a server that does not
+    # proxy artifacts has no such route (a plain 404 page).
+    failed_listing = isinstance(listed, dict) and str(listed.get("message", "")).startswith("Failed to list artifacts")
+    if listing.status_code >= 500 or (listing.status_code == 404 and failed_listing):
+        raise dg.Failure(description=(
+            f"The tracking server at {shown} (MLFLOW_TRACKING_URI) cannot reach its artifact store "
+            f"(HTTP {listing.status_code}: {listing.text[:300]!r}). Check the server's --artifacts-destination "
+            "(the bucket), that it exists and that the server's host may read and write it"))
+
+
 class MlflowRegistry(dg.ConfigurableResource):
     """MLflow tracking store and model registry (sqlite under MLOPS_HOME, or a tracking server)."""
 
@@ -183,16 +244,25 @@ class MlflowRegistry(dg.ConfigurableResource):
     def client(self):
         from mlflow import MlflowClient
 
-        self._reach_database()
+        self._reach_store()
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
-    def _reach_database(self) -> None:
-        """A store in a database server (MLFLOW_TRACKING_URI=postgresql://...) is reached once,
-        with a 10 s timeout, before MLflow's own engine, whose creation retries for about 100 s:
-        a server that does not answer fails the asset with a message naming the setting, and
-        nothing falls back to a local store."""
-        if self._store_reached or urlparse(self.tracking_uri).scheme.split("+")[0] not in DATABASE_SCHEMES:
+    def _reach_store(self) -> None:
+        """The store is reached once, with a 10 s timeout, before MLflow's own client, whose
+        retries take about 100 s (a database engine) or two minutes (a server's REST calls): a
+        store that does not answer, or refuses the credentials, fails the first asset that needs
+        it with a message naming the setting to fix, and nothing falls back to a local store."""
+        if self._store_reached:
             return
+        scheme = urlparse(self.tracking_uri).scheme.split("+")[0]
+        if scheme in DATABASE_SCHEMES:
+            self._reach_database()
+        elif scheme in ("http", "https"):
+            reach_tracking_server(self.tracking_uri)
+        self._store_reached = True
+
+    def _reach_database(self) -> None:
+        """A store in a database server (MLFLOW_TRACKING_URI=postgresql://...)."""
         import sqlalchemy
 
         url = sqlalchemy.engine.make_url(self.tracking_uri)
@@ -211,7 +281,6 @@ class MlflowRegistry(dg.ConfigurableResource):
         finally:
             if engine is not None:
                 engine.dispose()
-        self._store_reached = True
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:
