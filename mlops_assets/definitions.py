@@ -20,6 +20,7 @@ from mlops_assets.assets.hosts import deployed_hosts  # noqa: E402
 from mlops_assets.assets.infrastructure import destroy_infrastructure, tofu_state  # noqa: E402
 from mlops_assets.assets.monitoring import dashboards  # noqa: E402
 from mlops_assets.assets.packaging import container_image  # noqa: E402
+from mlops_assets.assets.tracking import tracking_server  # noqa: E402
 from mlops_assets.assets.training import candidate_models, selected_model  # noqa: E402
 from mlops_assets.automation import build_automation  # noqa: E402
 from mlops_assets.checks import DATASET_CHECKS  # noqa: E402
@@ -31,7 +32,8 @@ SOURCE_ASSETS = [dataset_source]
 # Every materialization pushes the pipeline's metrics (pipeline_metrics.py: a success and a
 # failure hook on each materializable asset, so every job and the UI push alike).
 ASSETS = with_pipeline_metrics(
-    [*SOURCE_ASSETS, dataset, candidate_models, selected_model, container_image, tofu_state, deployed_hosts, deployed_api, dashboards])
+    [*SOURCE_ASSETS, dataset, tracking_server, candidate_models, selected_model, container_image, tofu_state, deployed_hosts,
+     deployed_api, dashboards])
 
 # `make run` materializes this job: the whole graph for the chosen target.
 materialize_all = dg.define_asset_job("materialize_all", selection=dg.AssetSelection.all())

@@ -144,6 +144,9 @@ class SkipRule:
 SKIP_RULES: tuple[SkipRule, ...] = (
     SkipRule("dataset", "never: Dagster does not run it unless dataset_source has a new hash (or its code changed)",
              "the data version of `dataset_source` (sha256 of the file and the target name)"),
+    SkipRule("tracking_server", "never: Dagster does not run it unless tofu_state has a new data version, the store's "
+             "address changed or its code did; it then reaches the store once (seconds)",
+             "the data version of `tofu_state` and the store's address (MLFLOW_TRACKING_URI, no password)"),
     SkipRule("candidate_models", "a finished training with the same fingerprint exists: its runs are reused, and the "
              "Dagster run's own MLflow run only names it (tag `mlops.reused_run_id`)",
              "MLflow: a parent run tagged with the fingerprint (data hash, hyperparameters, seed, training code)"),

@@ -11,6 +11,7 @@ project_fully_featured); assets ask the role, never the target:
 | `api_deployer` | RayServeOnThisMachine | ImageOnApiHosts | ImageOnApiHosts |
 | `monitoring` | LocalMonitoring (+ Alertmanager on loopback) | MonitoringHost (Grafana rendered only) | MonitoringHost |
 | `pipeline_metrics` | LocalPipelineMetrics | PipelineMetrics (the monitoring host's Pushgateway) | PipelineMetrics (same) |
+| `tracking_store` | ConfiguredStore | ConfiguredStore | ConfiguredStore |
 
 `mlflow`, `data_source`, `io_manager` and `prometheus_api` are the same everywhere.
 """
@@ -40,6 +41,7 @@ from mlops_assets.resources.opentofu import OpenTofu, RehearsalOpenTofu, ThisMac
 from mlops_assets.resources.prometheus import LocalPrometheus
 from mlops_assets.resources.prometheus_api import PrometheusApi
 from mlops_assets.resources.ray_serve import RayServe
+from mlops_assets.resources.tracking import ConfiguredStore
 from mlops_assets.settings import PROJECT_ROOT, Settings
 from mlops_assets.state import RECORDS
 
@@ -55,9 +57,11 @@ def resources_for(settings: Settings) -> dict[str, Any]:
         "alert_timings": settings.alert_timings,
         "scrape_interval": settings.scrape_interval,
     }
+    mlflow = MlflowRegistry(tracking_uri=settings.tracking_uri, artifact_root=str(settings.artifact_root),
+                            ui_url=settings.mlflow_ui_url, model_name=settings.model_name)
     resources: dict[str, Any] = {
-        "mlflow": MlflowRegistry(tracking_uri=settings.tracking_uri, artifact_root=str(settings.artifact_root),
-                                 ui_url=settings.mlflow_ui_url, model_name=settings.model_name),
+        "mlflow": mlflow,
+        "tracking_store": ConfiguredStore(mlflow=mlflow),
         "data_source": DataSource(location=settings.dataset or ml_data.DEFAULT_SOURCE,
                                   target_column=settings.target_column or ml_data.DEFAULT_TARGET),
         "io_manager": dg.FilesystemIOManager(base_dir=str(settings.io_dir)),

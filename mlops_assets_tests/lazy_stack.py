@@ -22,8 +22,8 @@ from pathlib import Path
 from mlops_assets.settings import PROJECT_ROOT
 from mlops_assets_tests.serving_fixtures import free_ports
 
-ASSETS = ["dataset", "candidate_models", "selected_model", "container_image", "tofu_state", "deployed_hosts",
-          "deployed_api", "dashboards"]
+ASSETS = ["dataset", "tracking_server", "candidate_models", "selected_model", "container_image", "tofu_state",
+          "deployed_hosts", "deployed_api", "dashboards"]
 
 
 def free_range(size: int = 200) -> tuple[int, int]:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.unit
 
 # The project's graph, by name (what the decision sees).
 PARENTS = {
-    "dataset": [], "candidate_models": ["dataset"], "selected_model": ["dataset", "candidate_models"],
+    "dataset": [], "tracking_server": ["tofu_state"], "candidate_models": ["dataset", "tracking_server"], "selected_model": ["dataset", "candidate_models"],
     "container_image": ["selected_model"], "tofu_state": [], "deployed_hosts": ["tofu_state"],
     "deployed_api": ["selected_model", "dataset", "container_image", "deployed_hosts"],
     "dashboards": ["deployed_api", "dataset"],
@@ -161,9 +161,10 @@ def test_run_up_to_an_asset_takes_it_and_its_upstream_only():
     graph = build_definitions().resolve_asset_graph()
     keys = set(graph.materializable_asset_keys)
     names = {key.to_user_string() for key in upstream_of(["deployed_api"], keys, graph)}
-    assert names == {"dataset", "candidate_models", "selected_model", "container_image", "tofu_state",
+    assert names == {"dataset", "tracking_server", "candidate_models", "selected_model", "container_image", "tofu_state",
                      "deployed_hosts", "deployed_api"}
-    assert {k.to_user_string() for k in upstream_of(["candidate_models"], keys, graph)} == {"dataset", "candidate_models"}
+    assert {k.to_user_string() for k in upstream_of(["candidate_models"], keys, graph)} == {
+        "dataset", "tofu_state", "tracking_server", "candidate_models"}
     with pytest.raises(UnknownAssetError, match="deployed_apii is not an asset of this job; its assets are"):
         upstream_of(["deployed_apii"], keys, graph)
 

@@ -32,9 +32,9 @@ from mlops_assets_tests.lazy_stack import ASSETS, LocalStack, images_built_in, r
 pytestmark = [pytest.mark.stack, pytest.mark.root]
 
 ML = {"dataset", "candidate_models", "selected_model"}
-# In the local target these two stand for this machine (no OpenTofu, no Ansible): they are
-# materialized once and never again while nothing changes.
-MACHINE = {"tofu_state", "deployed_hosts"}
+# In the local target these stand for this machine and its MLflow store (no OpenTofu, no
+# Ansible): they are materialized once and never again while nothing changes.
+MACHINE = {"tofu_state", "deployed_hosts", "tracking_server"}
 
 
 @pytest.fixture(scope="module")

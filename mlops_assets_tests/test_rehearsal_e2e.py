@@ -54,8 +54,8 @@ pytestmark = [pytest.mark.stack, pytest.mark.root]
 PHASES: dict[str, float] = {}
 # Docker's default bridge address inside the monitoring host, and a free port there.
 RECEIVER_ADDRESS, RECEIVER_PORT = "172.17.0.1", 9097
-ASSETS = ["dataset", "candidate_models", "selected_model", "container_image", "tofu_state", "deployed_hosts",
-          "deployed_api", "dashboards"]
+ASSETS = ["dataset", "tracking_server", "candidate_models", "selected_model", "container_image", "tofu_state",
+          "deployed_hosts", "deployed_api", "dashboards"]
 
 
 def _env(home: Path) -> dict[str, str]:

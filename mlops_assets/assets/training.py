@@ -64,6 +64,8 @@ class CandidateModelsConfig(dg.Config):
     code_version=TRAINING_CODE_VERSION,
     kinds={"scikit-learn", "mlflow"},
     group_name="ml",
+    # The store it logs to: ready first, and a new store means training there.
+    deps=["tracking_server"],
     description="One scikit-learn Pipeline per model family, each a nested MLflow run (validation metrics) under the Dagster run's MLflow run.",
 )
 def candidate_models(
