@@ -2,6 +2,9 @@
 # security groups: clients reach only the API port, the monitoring host alone scrapes the
 # metrics port and both hosts' node_exporter, and SSH, Prometheus, the Pushgateway,
 # Alertmanager and Grafana answer only the admin network. Ray's internal ports are never opened.
+# The MLflow tracking server on the monitoring host keeps its artifacts in a private S3 bucket
+# that only that host's instance profile can read and write; its port answers the admin
+# network and tracking_client_cidrs only.
 
 provider "aws" {
   region = var.region
@@ -13,6 +16,10 @@ locals {
     ManagedBy = "opentofu"
   })
   ami_id = var.ami_id != null ? var.ami_id : data.aws_ami.debian12[0].id
+
+  artifact_bucket = coalesce(var.artifact_bucket_name, "${var.name}-mlflow-artifacts")
+  # The Dagster machine (admin_cidr) and the team members' networks; a duplicate counts once.
+  tracking_clients = toset(concat([var.admin_cidr], var.tracking_client_cidrs))
 }
 
 data "aws_ami" "debian12" {
@@ -163,6 +170,18 @@ resource "aws_vpc_security_group_ingress_rule" "monitoring_pushgateway" {
   tags              = local.tags
 }
 
+resource "aws_vpc_security_group_ingress_rule" "monitoring_tracking" {
+  for_each = local.tracking_clients
+
+  security_group_id = aws_security_group.monitoring.id
+  description       = "MLflow tracking server from ${each.value} (the Dagster machine or a team member)"
+  ip_protocol       = "tcp"
+  from_port         = var.tracking_port
+  to_port           = var.tracking_port
+  cidr_ipv4         = each.value
+  tags              = local.tags
+}
+
 resource "aws_vpc_security_group_ingress_rule" "monitoring_grafana" {
   security_group_id = aws_security_group.monitoring.id
   description       = "Grafana from the admin network"
@@ -236,7 +255,7 @@ resource "aws_vpc_security_group_egress_rule" "monitoring_scrape_node_exporter" 
 ################################################################################
 
 resource "aws_instance" "api" {
-  # checkov:skip=CKV2_AWS_41: the hosts call no AWS API (images are shipped by Ansible or pulled with registry credentials), so no instance profile is attached.
+  # checkov:skip=CKV2_AWS_41: the API host calls no AWS API (images are shipped by Ansible or pulled with registry credentials, models come through the tracking server), so no instance profile is attached.
   # checkov:skip=CKV_AWS_88: clients and admins reach the hosts over the Internet; the security groups restrict every port to its callers.
   ami                         = local.ami_id
   instance_type               = var.api_instance_type
@@ -269,13 +288,13 @@ resource "aws_instance" "api" {
 }
 
 resource "aws_instance" "monitoring" {
-  # checkov:skip=CKV2_AWS_41: the hosts call no AWS API (Prometheus scrapes a static target), so no instance profile is attached.
   # checkov:skip=CKV_AWS_88: admins reach Prometheus, the Pushgateway, Alertmanager and Grafana over the Internet from admin_cidr only.
   ami                         = local.ami_id
   instance_type               = var.monitoring_instance_type
   key_name                    = aws_key_pair.admin.key_name
   subnet_id                   = var.subnet_id
   vpc_security_group_ids      = [aws_security_group.monitoring.id]
+  iam_instance_profile        = aws_iam_instance_profile.tracking_server.name
   associate_public_ip_address = var.associate_public_ip_address
   monitoring                  = true
   ebs_optimized               = true
@@ -299,4 +318,142 @@ resource "aws_instance" "monitoring" {
     ignore_changes       = [ami]
     replace_triggered_by = [terraform_data.hosts_generation]
   }
+}
+
+################################################################################
+# MLflow artifact store: a private, encrypted, versioned bucket
+################################################################################
+
+resource "aws_s3_bucket" "artifacts" {
+  # checkov:skip=CKV_AWS_18: the only client is the tracking server's instance role (clients go through the server's proxy); server access logs would need a second bucket, and CloudTrail data events are the place to audit it if an account needs that.
+  # checkov:skip=CKV_AWS_144: cross-region replication doubles storage and needs a second bucket and role; versioning keeps old versions, and the backup job dumps the tracking database to this bucket.
+  # checkov:skip=CKV2_AWS_62: nothing consumes bucket events (MLflow reads and writes through its server); notifications would need a queue or topic nobody reads.
+  bucket = local.artifact_bucket
+  # False by default: destroying the module must not silently delete every model and
+  # artifact of the registry. The rehearsal and the tests set it, their buckets are throwaway.
+  force_destroy = var.artifact_bucket_force_destroy
+  tags          = merge(local.tags, { Name = local.artifact_bucket, Role = "mlflow-artifacts" })
+}
+
+resource "aws_s3_bucket_public_access_block" "artifacts" {
+  bucket                  = aws_s3_bucket.artifacts.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+# SSE-KMS with the AWS-managed key (aws/s3): its key policy lets principals of the account use
+# it through S3, so the instance role needs no KMS permission; the bucket key cuts KMS calls.
+resource "aws_s3_bucket_server_side_encryption_configuration" "artifacts" {
+  bucket = aws_s3_bucket.artifacts.id
+
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm = "aws:kms"
+    }
+    bucket_key_enabled = true
+  }
+}
+
+resource "aws_s3_bucket_versioning" "artifacts" {
+  bucket = aws_s3_bucket.artifacts.id
+
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+# Overwritten or deleted artifacts stay recoverable for artifact_noncurrent_version_days, then
+# go; uploads that never completed are cleaned up after a week.
+resource "aws_s3_bucket_lifecycle_configuration" "artifacts" {
+  bucket = aws_s3_bucket.artifacts.id
+
+  rule {
+    id     = "expire-old-versions"
+    status = "Enabled"
+
+    filter {}
+
+    noncurrent_version_expiration {
+      noncurrent_days = var.artifact_noncurrent_version_days
+    }
+
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 7
+    }
+  }
+
+  depends_on = [aws_s3_bucket_versioning.artifacts]
+}
+
+# TLS only: any request over plain HTTP is refused, whoever makes it.
+resource "aws_s3_bucket_policy" "artifacts" {
+  bucket = aws_s3_bucket.artifacts.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "DenyInsecureTransport"
+        Effect    = "Deny"
+        Principal = "*"
+        Action    = "s3:*"
+        Resource  = [aws_s3_bucket.artifacts.arn, "${aws_s3_bucket.artifacts.arn}/*"]
+        Condition = { Bool = { "aws:SecureTransport" = "false" } }
+      },
+    ]
+  })
+
+  # A policy is refused while the public access block is being applied.
+  depends_on = [aws_s3_bucket_public_access_block.artifacts]
+}
+
+################################################################################
+# The tracking server's instance profile (the monitoring host only)
+################################################################################
+
+resource "aws_iam_role" "tracking_server" {
+  name        = "${var.name}-tracking-server"
+  description = "MLflow tracking server on the monitoring host: reads and writes the artifact bucket only"
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Effect    = "Allow"
+        Principal = { Service = "ec2.amazonaws.com" }
+        Action    = "sts:AssumeRole"
+      },
+    ]
+  })
+  tags = merge(local.tags, { Name = "${var.name}-tracking-server" })
+}
+
+# Least privilege, no wildcard action: list the bucket, read, write and delete its objects
+# (MLflow deletes a run's artifacts when the run is deleted); nothing else in the account.
+resource "aws_iam_role_policy" "tracking_artifacts" {
+  name = "mlflow-artifacts"
+  role = aws_iam_role.tracking_server.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "ListArtifactBucket"
+        Effect   = "Allow"
+        Action   = ["s3:ListBucket", "s3:GetBucketLocation"]
+        Resource = aws_s3_bucket.artifacts.arn
+      },
+      {
+        Sid      = "ReadWriteArtifacts"
+        Effect   = "Allow"
+        Action   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+        Resource = "${aws_s3_bucket.artifacts.arn}/*"
+      },
+    ]
+  })
+}
+
+resource "aws_iam_instance_profile" "tracking_server" {
+  name = "${var.name}-tracking-server"
+  role = aws_iam_role.tracking_server.name
+  tags = merge(local.tags, { Name = "${var.name}-tracking-server" })
 }

@@ -39,6 +39,26 @@ output "ami_id" {
   value       = aws_instance.api.ami
 }
 
+output "artifact_bucket_name" {
+  description = "S3 bucket of MLflow's artifacts (the tracking server's --artifacts-destination is s3://<this>/)."
+  value       = aws_s3_bucket.artifacts.id
+}
+
+output "artifact_bucket_arn" {
+  description = "ARN of the artifact bucket."
+  value       = aws_s3_bucket.artifacts.arn
+}
+
+output "tracking_server_instance_profile" {
+  description = "Instance profile of the monitoring host, whose role alone may read and write the artifact bucket."
+  value       = aws_iam_instance_profile.tracking_server.name
+}
+
+output "tracking_server_url" {
+  description = "MLflow tracking URI of the server on the monitoring host, at the address the inventory connects to (inventory_address)."
+  value       = "http://${var.inventory_address == "public" ? aws_instance.monitoring.public_ip : aws_instance.monitoring.private_ip}:${var.tracking_port}"
+}
+
 output "ansible_inventory" {
   description = "Ansible inventory (YAML/JSON inventory structure): groups api and monitoring, one host each, with the ports the roles need. Write it as JSON or YAML and pass it to ansible-playbook -i."
   value = {
@@ -71,6 +91,9 @@ output "ansible_inventory" {
             pushgateway_port  = var.pushgateway_port
             alertmanager_port = var.alertmanager_port
             grafana_port      = var.grafana_port
+            tracking_port     = var.tracking_port
+            # The tracking server's artifact store (in aws_region, read through the instance profile).
+            mlflow_artifact_bucket = aws_s3_bucket.artifacts.id
           }
           hosts = {
             "${var.name}-monitoring" = {

@@ -120,6 +120,46 @@ variable "api_client_cidrs" {
   }
 }
 
+variable "tracking_client_cidrs" {
+  description = "Networks besides admin_cidr (the machine running Dagster) allowed to reach the MLflow tracking server: team members' offices or VPN egress, each an IPv4 prefix of /8 or longer. Empty: admin_cidr only."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for cidr in var.tracking_client_cidrs : try(can(regex("^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$", cidr)) && can(cidrhost(cidr, 0)) && tonumber(split("/", cidr)[1]) >= 8, false)])
+    error_message = "tracking_client_cidrs must be IPv4 CIDR blocks with a prefix of /8 or longer, such as 203.0.113.0/24 (0.0.0.0/0 is refused, and so is any prefix shorter than /8)."
+  }
+}
+
+variable "artifact_bucket_name" {
+  description = "Name of the S3 bucket of MLflow's artifacts. Null: <name>-mlflow-artifacts. Bucket names are global across all AWS accounts: set one of your own if that name is taken."
+  type        = string
+  default     = null
+
+  validation {
+    # 3-63 characters: lowercase letters, digits, dots and dashes, a letter or digit at each end; no "..", not an IP address, none of the reserved prefixes and suffixes.
+    condition     = var.artifact_bucket_name == null || try(length(var.artifact_bucket_name) <= 63 && can(regex("^[a-z0-9][a-z0-9.-]+[a-z0-9]$", var.artifact_bucket_name)) && !strcontains(var.artifact_bucket_name, "..") && !can(regex("^[0-9]+(\\.[0-9]+){3}$", var.artifact_bucket_name)) && !can(regex("^(xn--|sthree-)|(-s3alias|--ol-s3)$", var.artifact_bucket_name)), false)
+    error_message = "artifact_bucket_name must be a valid S3 bucket name: 3-63 lowercase letters, digits, dots or dashes, starting and ending with a letter or digit, no two adjacent dots, not an IP address, no xn--/sthree- prefix or -s3alias/--ol-s3 suffix."
+  }
+}
+
+variable "artifact_bucket_force_destroy" {
+  description = "Let destroy delete the artifact bucket with every object version in it. False by default, so that destroying the hosts never silently deletes the registry's models; true for throwaway deployments (the rehearsal, tests)."
+  type        = bool
+  default     = false
+}
+
+variable "artifact_noncurrent_version_days" {
+  description = "Days an overwritten or deleted artifact's old version is kept (recoverable) before the lifecycle rule expires it."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.artifact_noncurrent_version_days >= 1 && floor(var.artifact_noncurrent_version_days) == var.artifact_noncurrent_version_days
+    error_message = "artifact_noncurrent_version_days must be a whole number of days, at least 1."
+  }
+}
+
 variable "ssh_public_key" {
   description = "OpenSSH public key installed for the hosts' admin user (the one Ansible connects with)."
   type        = string
@@ -235,5 +275,16 @@ variable "pushgateway_port" {
   validation {
     condition     = var.pushgateway_port > 0 && var.pushgateway_port < 65536
     error_message = "pushgateway_port must be a TCP port."
+  }
+}
+
+variable "tracking_port" {
+  description = "TCP port of the MLflow tracking server on the monitoring host (admin_cidr and tracking_client_cidrs only)."
+  type        = number
+  default     = 5000
+
+  validation {
+    condition     = var.tracking_port > 0 && var.tracking_port < 65536 && floor(var.tracking_port) == var.tracking_port && !contains([22, 6379, 8076, 8265, 10001, 52365], var.tracking_port)
+    error_message = "tracking_port must be a TCP port, not 22 and not one of Ray's internal ports."
   }
 }

@@ -32,8 +32,10 @@ def live_instances(ec2) -> list[dict]:
     return [i for r in reservations for i in r["Instances"] if i["State"]["Name"] not in ("terminated", "shutting-down")]
 
 
-def assert_expected_security(ec2, outputs: dict, admin_cidr: str, client_cidrs: list[str]) -> None:
-    """The security-group rules infra_tf/ promises, read back from the emulator."""
+def assert_expected_security(ec2, outputs: dict, admin_cidr: str, client_cidrs: list[str],
+                             tracking_cidrs: list[str] = (), tracking_port: int = 5000) -> None:
+    """The security-group rules infra_tf/ promises, read back from the emulator (the MLflow
+    tracking port: from admin_cidr and the extra tracking_cidrs only)."""
     api_sg = outputs["security_group_ids"]["api"]
     monitoring_sg = outputs["security_group_ids"]["monitoring"]
 
@@ -51,7 +53,8 @@ def assert_expected_security(ec2, outputs: dict, admin_cidr: str, client_cidrs: 
     monitoring = ingress_rules(ec2, monitoring_sg)
     sources = sorted((r["FromPort"], r.get("CidrIpv4") or r["ReferencedGroupInfo"]["GroupId"]) for r in monitoring)
     assert sources == sorted([(22, admin_cidr), (9090, admin_cidr), (9091, admin_cidr), (9093, admin_cidr),
-                              (3000, admin_cidr), (9100, monitoring_sg)])
+                              (3000, admin_cidr), (9100, monitoring_sg)]
+                             + [(tracking_port, cidr) for cidr in sorted({admin_cidr, *tracking_cidrs})])
     for rule in api + monitoring:
         assert rule["IpProtocol"] == "tcp" and rule["FromPort"] == rule["ToPort"]
         assert rule["FromPort"] not in RAY_PORTS
@@ -80,3 +83,57 @@ def assert_expected_instances(ec2, outputs: dict) -> None:
         assert [g["GroupId"] for g in instance["SecurityGroups"]] == [outputs["security_group_ids"][role]]
         volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
         assert ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["Encrypted"] is True
+
+
+def assert_expected_artifact_store(emulator, outputs: dict) -> None:
+    """The MLflow artifact bucket and the tracking server's instance profile, read back from
+    the emulator: private, encrypted, versioned, TLS-only, old versions expire; the role may
+    list the bucket and read/write its objects and nothing else; only the monitoring host
+    carries the profile."""
+    s3, iam, ec2 = emulator.client("s3"), emulator.client("iam"), emulator.client("ec2")
+    bucket = outputs["artifact_bucket_name"]
+    assert outputs["artifact_bucket_arn"] == f"arn:aws:s3:::{bucket}"
+    blocks = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert blocks == {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+                      "RestrictPublicBuckets": True}
+    [encryption] = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert encryption["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    [statement] = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Principal"] == "*" and statement["Action"] == "s3:*"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert sorted(statement["Resource"]) == [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
+    [rule] = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert rule["Status"] == "Enabled" and rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
+    assert rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 7
+
+    profile = iam.get_instance_profile(InstanceProfileName=outputs["tracking_server_instance_profile"])["InstanceProfile"]
+    [role] = profile["Roles"]
+    trust = role["AssumeRolePolicyDocument"]["Statement"]
+    assert [(s["Effect"], s["Principal"], s["Action"]) for s in trust] == [
+        ("Allow", {"Service": "ec2.amazonaws.com"}, "sts:AssumeRole")]
+    names = iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"]
+    assert iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
+    allowed: dict[str, set] = {}
+    for name in names:
+        document = iam.get_role_policy(RoleName=role["RoleName"], PolicyName=name)["PolicyDocument"]
+        for statement in document["Statement"]:
+            assert statement["Effect"] == "Allow"
+            actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+            resources = [statement["Resource"]] if isinstance(statement["Resource"], str) else statement["Resource"]
+            assert all("*" not in action for action in actions), actions
+            for resource in resources:
+                allowed.setdefault(resource, set()).update(actions)
+    assert allowed == {
+        f"arn:aws:s3:::{bucket}": {"s3:ListBucket", "s3:GetBucketLocation"},
+        f"arn:aws:s3:::{bucket}/*": {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"},
+    }
+
+    instances = {i["InstanceId"]: i for i in live_instances(ec2)}
+    monitoring = instances[outputs["instance_ids"]["monitoring"]]
+    assert monitoring["IamInstanceProfile"]["Arn"] == profile["Arn"]
+    assert "IamInstanceProfile" not in instances[outputs["instance_ids"]["api"]]
+    host = next(iter(outputs["ansible_inventory"]["all"]["children"]["monitoring"]["hosts"].values()))
+    assert outputs["tracking_server_url"] == f"http://{host['ansible_host']}:5000"
+    monitoring_vars = outputs["ansible_inventory"]["all"]["children"]["monitoring"]["vars"]
+    assert monitoring_vars["tracking_port"] == 5000 and monitoring_vars["mlflow_artifact_bucket"] == bucket

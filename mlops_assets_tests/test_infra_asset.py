@@ -10,7 +10,7 @@ from mlops_assets.definitions import build_definitions
 from mlops_assets.rehearsal.emulator import Ec2Emulator
 
 from .conftest import make_settings, materialize
-from .infra_helpers import assert_expected_instances, live_instances, record_timings
+from .infra_helpers import assert_expected_artifact_store, assert_expected_instances, live_instances, record_timings
 
 pytestmark = pytest.mark.service
 
@@ -71,12 +71,13 @@ def test_sim_target_applies_to_the_emulator_then_changes_nothing_then_destroys(s
         first_md = _materialization(first).metadata
         assert first_md["applied"].value is True
         # test_infra_emulator's RESOURCES with the sim target's one client network (127.0.0.0/8).
-        assert first_md["plan summary"].value.startswith("23 to add")
+        assert first_md["plan summary"].value.startswith("33 to add")
         assert "TEST DOUBLE" in first_md["note"].value
         emulator = Ec2Emulator(**first_md["emulator"].value)
         assert emulator.endpoint.startswith("http://127.0.0.1:")
         ec2 = emulator.client()
         assert_expected_instances(ec2, outputs)
+        assert_expected_artifact_store(emulator, outputs)
         # The rehearsal inventory connects to the private addresses the emulator reports.
         api_host = next(iter(outputs["ansible_inventory"]["all"]["children"]["api"]["hosts"].values()))
         assert api_host["ansible_host"] == outputs["api_private_ip"]

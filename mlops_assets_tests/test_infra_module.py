@@ -70,8 +70,14 @@ def test_every_variable_is_described_and_typed(module):
     # The admin network has no default at all (so never 0.0.0.0/0) and refuses the Internet.
     assert "default" not in variables["admin_cidr"]
     assert "0.0.0.0/0" in str(variables["admin_cidr"]["validation"])
+    # The tracking server's extra networks: none by default, and the Internet is refused there too.
+    assert variables["tracking_client_cidrs"]["default"] == []
+    assert "0.0.0.0/0" in str(variables["tracking_client_cidrs"]["validation"])
+    # Destroying the module never deletes the registry's artifacts unless asked to.
+    assert variables["artifact_bucket_force_destroy"]["default"] is False
     for port, default in {"api_port": 8000, "metrics_port": 8080, "prometheus_port": 9090, "grafana_port": 3000,
-                          "node_exporter_port": 9100, "pushgateway_port": 9091, "alertmanager_port": 9093}.items():
+                          "node_exporter_port": 9100, "pushgateway_port": 9091, "alertmanager_port": 9093,
+                          "tracking_port": 5000}.items():
         assert variables[port]["default"] == default
 
 
@@ -102,6 +108,33 @@ def test_security_group_rules_are_separate_described_and_least_privilege(module)
             assert rule[key] not in RAY_PORTS, name
 
 
+def test_no_wildcard_iam_action_and_only_the_monitoring_host_has_the_profile(module):
+    """Every IAM action in infra_tf/ (policies, trust policies, examples) is named: the one
+    wildcard allowed is the artifact bucket policy's Deny of plain-HTTP requests."""
+    actions = 0
+    for path in INFRA_DIR.rglob("*.tf"):
+        text = path.read_text()
+        assert "NotAction" not in text, path.name
+        for match in re.finditer(r'\bAction\s*=\s*(\[[^\]]*\]|"[^"]*")', text):
+            actions += 1
+            if "*" not in match.group(1):
+                continue
+            statement = text[text.rfind("{", 0, match.start()) : text.find("}", match.end())]
+            assert re.search(r'Effect\s*=\s*"Deny"', statement), f"{path.name}: wildcard action {match.group(1)}"
+            assert "aws:SecureTransport" in text[match.end() : match.end() + 200], path.name
+    assert actions >= 4
+    role_policy = _resources(module, "aws_iam_role_policy")["tracking_artifacts"]
+    resources = re.findall(r'Resource\s*=\s*("[^"]*"|[\w.]+)', str(role_policy["policy"]))
+    assert sorted(resources) == ['"${aws_s3_bucket.artifacts.arn}/*"', "aws_s3_bucket.artifacts.arn"], resources
+    instances = _resources(module, "aws_instance")
+    assert "aws_iam_instance_profile.tracking_server" in str(instances["monitoring"]["iam_instance_profile"])
+    assert "iam_instance_profile" not in instances["api"]
+    bucket = _resources(module, "aws_s3_bucket")["artifacts"]
+    assert "var.artifact_bucket_force_destroy" in str(bucket["force_destroy"])
+    tracking = _resources(module, "aws_vpc_security_group_ingress_rule")["monitoring_tracking"]
+    assert "local.tracking_clients" in str(tracking["for_each"]) and "var.tracking_port" in str(tracking["from_port"])
+
+
 def test_instances_require_imdsv2_and_encrypt_root_volumes(module):
     instances = _resources(module, "aws_instance")
     assert set(instances) == {"api", "monitoring"}
@@ -127,6 +160,10 @@ def test_outputs_cover_addresses_groups_and_inventory(module):
         "monitoring_private_ip",
         "security_group_ids",
         "ansible_inventory",
+        "artifact_bucket_name",
+        "artifact_bucket_arn",
+        "tracking_server_instance_profile",
+        "tracking_server_url",
     } <= outputs
 
 
