@@ -39,8 +39,9 @@ ASSETS = with_pipeline_metrics(
 materialize_all = dg.define_asset_job("materialize_all", selection=dg.AssetSelection.all())
 # Hash the raw data source: a changed file makes `dataset` stale (run first by `make run`).
 observe_sources = dg.define_asset_job("observe_sources", selection=dg.AssetSelection.assets(*(a.key for a in SOURCE_ASSETS)))
-# The ML phase alone: dataset -> candidate_models -> selected_model (and their checks).
-ml_phase = dg.define_asset_job("ml_phase", selection=dg.AssetSelection.groups("ml"))
+# The ML phase alone: dataset -> candidate_models -> selected_model (and their checks), with
+# the MLflow store they need (tracking_server, and tofu_state for a store on the target's hosts).
+ml_phase = dg.define_asset_job("ml_phase", selection=dg.AssetSelection.groups("ml").upstream().materializable())
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

@@ -38,18 +38,20 @@ def test_run_materializes_only_what_changed(tmp_path):
 
     home = tmp_path / "home"
     cold = _run(home)
-    assert "[1] materializing: candidate_models, dataset, selected_model (missing" in cold
+    # The ML phase with the store it needs (tracking_server, and tofu_state under it).
+    assert "[1] materializing: candidate_models, dataset, selected_model, tofu_state, tracking_server (missing" in cold
     assert "ml_phase: succeeded" in cold and "(1 run:" in cold
     # A job without `dashboards` starts no Pushgateway (none is left behind): each asset's
     # push says so in a warning, and the run still succeeds.
     assert not (home / "prometheus" / "pushgateway.pid").exists()
-    assert cold.count("pipeline metrics not pushed: the Pushgateway of") == 3, cold[-3000:]
+    assert cold.count("pipeline metrics not pushed: the Pushgateway of") == 5, cold[-3000:]
 
     runs = len(_mlflow_runs(home))
     again = _run(home)
     assert "nothing to do" in again
     assert len(_mlflow_runs(home)) == runs  # the waves did not run candidate_models: no MLflow run
-    assert "up to date (nothing changed in their inputs or code): candidate_models, dataset, selected_model" in again
+    assert ("up to date (nothing changed in their inputs or code): candidate_models, dataset, selected_model, "
+            "tofu_state, tracking_server") in again
 
     # A new file behind MLOPS_DATASET: the dataset first, then each asset whose input got a
     # new data version, one wave at a time.
@@ -64,7 +66,7 @@ def test_run_materializes_only_what_changed(tmp_path):
 
     runs = _mlflow_runs(home)
     forced = _run(home, "--all", MLOPS_DATASET=str(tmp_path / "fewer.csv"))
-    assert "[1] materializing: candidate_models, dataset, selected_model" in forced
+    assert "[1] materializing: candidate_models, dataset, selected_model, tofu_state, tracking_server" in forced
     assert "reusing its 3 candidates" in forced
     # One MLflow run, the forced Dagster run's, naming the training it reused; nothing trained.
     [record] = [run for run in _mlflow_runs(home) if run.info.run_id not in {r.info.run_id for r in runs}]
@@ -104,7 +106,7 @@ def test_run_config_naming_an_unknown_asset_is_refused(tmp_path):
         cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300,
     )
     assert named.returncode == 2
-    assert "deployed_api is not an asset of this job; its assets are candidate_models, dataset, selected_model" in named.stderr
+    assert "deployed_api is not an asset of this job; its assets are candidate_models, dataset, selected_model, tofu_state, tracking_server" in named.stderr
 
 
 def test_run_reports_a_missing_data_file(tmp_path):

@@ -45,9 +45,10 @@ def test_lineage_is_as_declared():
     graph = build_definitions().resolve_asset_graph()
     parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys} for key in graph.materializable_asset_keys}
     assert parents["dataset"] == {"dataset_source"}
-    assert parents["candidate_models"] == {"dataset"}
+    assert parents["tracking_server"] == {"tofu_state"}
+    assert parents["candidate_models"] == {"dataset", "tracking_server"}
     assert parents["selected_model"] == {"dataset", "candidate_models"}
-    for key in ("dataset", "candidate_models", "selected_model"):
+    for key in ("dataset", "tracking_server", "candidate_models", "selected_model"):
         assert graph.get(dg.AssetKey(key)).code_version
 
 
