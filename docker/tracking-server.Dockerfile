@@ -7,6 +7,8 @@
 #   requirements.txt   the closure of mlflow[auth], boto3 and psycopg2-binary, pinned to this
 #                      environment's versions, each pin with the sha256 of its wheel
 #   wheels/            those exact wheels, so the build needs no index and no network
+#   entrypoint.sh      docker/tracking-server-entrypoint.sh: `mlflow server`, its CSRF key
+#                      read from MLFLOW_FLASK_SERVER_SECRET_KEY_FILE
 #
 # The ansible role `tracking_server` runs it with `mlflow server` arguments (the entrypoint).
 
@@ -25,10 +27,11 @@ RUN python3 -m venv /opt/venv \
 FROM ${BASE_IMAGE}
 RUN useradd --uid 10002 --user-group --create-home --home-dir /home/mlflow --shell /usr/sbin/nologin mlflow
 COPY --from=builder /opt/venv /opt/venv
+COPY entrypoint.sh /usr/local/bin/mlflow-server
 # `mlflow server` starts uvicorn (or gunicorn) by name: the venv's bin must be on PATH.
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10002
 WORKDIR /home/mlflow
 EXPOSE 5000
-ENTRYPOINT ["mlflow", "server"]
+ENTRYPOINT ["/usr/local/bin/mlflow-server"]
 CMD ["--host", "0.0.0.0", "--port", "5000"]

@@ -408,3 +408,27 @@ def test_ecr_login_token_and_remote_reference(monkeypatch):
         auth = engine._auth_config()
     assert auth["username"] == "AWS" and auth["password"]
     assert ContainerEngine(registry="registry.example.com:5000")._auth_config() is None  # docker login's credentials
+
+
+def test_tracking_server_image_is_pinned_hashed_and_tagged_by_its_inputs(tmp_path):
+    """The tracking server's image (image/tracking_server.py): mlflow at setup.py's pin with the
+    basic-auth app, boto3 and psycopg2, every wheel's sha256 recorded; its tag and PostgreSQL's
+    follow every input."""
+    from mlops_assets.image import tracking_server as ts
+
+    pins = closure(ts.ROOTS)
+    assert pins["mlflow"] == "3.17.2" and pins["boto3"] == "1.44.8" and pins["psycopg2-binary"] == "2.9.13"
+    assert {"flask-wtf", "sqlalchemy", "alembic", "uvicorn", "gunicorn"} <= set(pins)
+    recorded = {name.split("-")[0].lower().replace("_", "-") for name in read_hashes(WHEEL_HASHES)}
+    assert {n.replace("_", "-") for n in pins} <= recorded
+    requirements = ts.requirements()
+    tag = ts.tracking_server_tag("base:1", requirements)
+    assert tag == ts.tracking_server_tag("base:1", requirements)
+    assert tag != ts.tracking_server_tag("base:2", requirements)
+    assert tag != ts.tracking_server_tag("base:1", requirements + "extra==1\n")
+    other = tmp_path / "Dockerfile"
+    other.write_text(ts.DOCKERFILE.read_text() + "# changed\n")
+    assert tag != ts.tracking_server_tag("base:1", requirements, dockerfile=other)
+    assert tag != ts.tracking_server_tag("base:1", requirements, entrypoint=other)
+    assert ts.postgres_tag("base:1") != ts.postgres_tag("base:2")
+    assert ts.postgres_tag("base:1") != ts.postgres_tag("base:1", entrypoint=other)

@@ -144,10 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.record:
         print(requirements_text(pins), end="")
         return 0
-    pins = {**pins, **closure(ONNX_SERVING_ROOTS)}  # both engines' images
+    from mlops_assets.image.tracking_server import ROOTS as TRACKING_SERVER_ROOTS
+
+    # Both engines' API images and the MLflow tracking server's image (image/tracking_server.py).
+    pins = {**pins, **closure(ONNX_SERVING_ROOTS), **closure(TRACKING_SERVER_ROOTS)}
     wheels = ensure_wheels(pins, default_wheel_cache())
     write_hashes(WHEEL_HASHES, {wheel.name: _sha256(wheel) for wheel in wheels.values()},
-                 "# sha256 of the API image's wheels, as pip downloaded them (python -m mlops_assets.image.requirements --record)\n")
+                 "# sha256 of the API and tracking server images' wheels, as pip downloaded them (python -m mlops_assets.image.requirements --record)\n")
     print(f"recorded {len(wheels)} wheel hashes in {WHEEL_HASHES}")
     return 0
 

@@ -1,10 +1,11 @@
 """The MLflow tracking server's two images (issue 14), built on the control machine and shipped
 to the monitoring host as archives, like the API's (the `tracking_server` role loads them):
 
-- the tracking server (docker/tracking-server.Dockerfile): `mlflow server` with its basic-auth
-  app, boto3 (S3 artifacts) and psycopg2 (PostgreSQL stores), installed from the project's
+- the tracking server (docker/tracking-server.Dockerfile and its entrypoint): `mlflow server`
+  with its basic-auth app, boto3 (S3 artifacts) and psycopg2 (PostgreSQL stores), installed from the project's
   pinned, hash-checked wheels (image/context.py `verified_wheels`) on the same Debian base as
-  the API runtime. Tag: a hash of the pinned requirements, the base image and the Dockerfile.
+  the API runtime. Tag: a hash of the pinned requirements, the base image, the Dockerfile
+  and the entrypoint.
 - PostgreSQL (docker/postgres.Dockerfile): Debian's `postgresql-15` on the offline Debian base,
   with the official `postgres` image's interface (uid 999, PGDATA volume, initdb on first
   start from POSTGRES_PASSWORD_FILE). Tag: a hash of its Dockerfile, entrypoint and base.
@@ -32,6 +33,7 @@ from .context import ContextError, _sha256, canonicalize, default_wheel_cache, p
 from .requirements import closure, hashed_requirements_text, requirements_text
 
 DOCKERFILE = PROJECT_ROOT / "docker" / "tracking-server.Dockerfile"
+ENTRYPOINT = PROJECT_ROOT / "docker" / "tracking-server-entrypoint.sh"
 POSTGRES_DOCKERFILE = PROJECT_ROOT / "docker" / "postgres.Dockerfile"
 POSTGRES_ENTRYPOINT = PROJECT_ROOT / "docker" / "postgres-entrypoint.sh"
 REPOSITORY = "localhost/mlops-tracking-server"
@@ -59,8 +61,10 @@ def _digest(parts: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tracking_server_tag(base_image: str, requirements_txt: str, dockerfile: Path = DOCKERFILE) -> str:
+def tracking_server_tag(base_image: str, requirements_txt: str, dockerfile: Path = DOCKERFILE,
+                        entrypoint: Path = ENTRYPOINT) -> str:
     return _digest({"dockerfile": hashlib.sha256(dockerfile.read_bytes()).hexdigest(),
+                    "entrypoint": hashlib.sha256(entrypoint.read_bytes()).hexdigest(),
                     "requirements": hashlib.sha256(requirements_txt.encode()).hexdigest(), "base_image": base_image})
 
 
@@ -71,12 +75,15 @@ def postgres_tag(base_image: str, dockerfile: Path = POSTGRES_DOCKERFILE, entryp
 
 def write_tracking_server_context(requirements_txt: str, dest: Path, wheel_cache: Path, log=None,
                                   dockerfile: Path = DOCKERFILE) -> Path:
-    """The build context in `dest` (created empty): the Dockerfile, requirements.txt with each
-    wheel's sha256, and the wheels themselves, each checked against its recorded hash."""
+    """The build context in `dest` (created empty): the Dockerfile, its entrypoint,
+    requirements.txt with each wheel's sha256, and the wheels themselves, each checked against
+    its recorded hash."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     shutil.copy2(dockerfile, dest / "Dockerfile")
+    shutil.copy2(ENTRYPOINT, dest / "entrypoint.sh")
+    (dest / "entrypoint.sh").chmod(0o755)
     pins = {canonicalize(name): version for name, version in pins_of(requirements_txt).items()}
     wheels = verified_wheels(pins, wheel_cache, log)
     hashes = {name: digest for name, (_, digest) in wheels.items()}
