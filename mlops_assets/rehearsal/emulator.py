@@ -18,7 +18,7 @@ import sys
 import time
 from mlops_assets.state import RECORDS
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEBIAN_AMI_OWNER = "136693071363"
@@ -57,6 +57,36 @@ def _write_amis(state_dir: Path) -> Path:
     return path
 
 
+def _terminate(pid: int) -> None:
+    """SIGTERM to the process group of `pid`, SIGKILL after 5 s; reaped when it is our child."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(50):
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:  # our own child: reap it
+                return
+        except ChildProcessError:  # started by another process: poll for its exit
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _answers(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -68,6 +98,40 @@ class Ec2Emulator:
     endpoint: str
     pid: int
     region: str = REGION
+    # address -> pid of the forwarder that exposes the emulator there (expose())
+    forwarders: dict = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    def expose(self, state_dir: Path, address: str, timeout: float = 10.0) -> str:
+        """The emulator's endpoint on `address` (the test bridge's, never 0.0.0.0), through a
+        forwarder process recorded beside the emulator: what namespace hosts use to reach S3.
+        Idempotent while the recorded forwarder answers."""
+        if address in ("0.0.0.0", "::", ""):
+            raise ValueError("the emulator is exposed on one address of the test bridge, never on every interface")
+        endpoint = f"http://{address}:{self.port}"
+        record = RECORDS["emulator"].in_folder(state_dir)
+        known = record.read() or {}
+        if (known.get("forwarders") or {}).get(address) and _answers(address, self.port):
+            return endpoint  # one run holds MLOPS_HOME's lock at a time: no race here
+        log = open(Path(state_dir) / "forwarder.log", "ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlops_assets.rehearsal.forwarder", f"{address}:{self.port}", f"127.0.0.1:{self.port}"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                                           os.environ.get("PYTHONPATH")]))},
+        )
+        deadline = time.monotonic() + timeout
+        while not _answers(address, self.port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"the emulator's forwarder did not listen on {address}:{self.port}; "
+                                   f"see {Path(state_dir) / 'forwarder.log'}")
+            time.sleep(0.1)
+        record.update(lambda value: {**value, "forwarders": {**(value.get("forwarders") or {}), address: process.pid}})
+        return endpoint
 
     @property
     def env(self) -> dict[str, str]:
@@ -142,24 +206,8 @@ class Ec2Emulator:
         return emulator
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        for _ in range(50):
-            try:
-                if os.waitpid(self.pid, os.WNOHANG)[0]:  # our own child: reap it
-                    return
-            except ChildProcessError:  # started by another process: poll for its exit
-                try:
-                    os.kill(self.pid, 0)
-                except ProcessLookupError:
-                    return
-            time.sleep(0.1)
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in [*self.forwarders.values(), self.pid]:
+            _terminate(pid)
 
     @classmethod
     def stop_recorded(cls, state_dir: Path) -> bool:
