@@ -27,6 +27,11 @@ module "mlops_assets" {
   admin_cidr       = var.admin_cidr
   api_client_cidrs = var.api_client_cidrs
   ssh_public_key   = var.ssh_public_key
+
+  # The team's MLflow tracking server: who besides admin_cidr may reach it, and a bucket
+  # name of your own (bucket names are global).
+  tracking_client_cidrs = var.tracking_client_cidrs
+  artifact_bucket_name  = var.artifact_bucket_name
 }
 
 variable "region" {
@@ -51,6 +56,18 @@ variable "api_client_cidrs" {
   type        = list(string)
 }
 
+variable "tracking_client_cidrs" {
+  description = "Team members' networks allowed to reach the MLflow tracking server besides admin_cidr."
+  type        = list(string)
+  default     = []
+}
+
+variable "artifact_bucket_name" {
+  description = "S3 bucket of MLflow's artifacts (null: <name>-mlflow-artifacts)."
+  type        = string
+  default     = null
+}
+
 variable "ssh_public_key" {
   description = "OpenSSH public key of the hosts' admin user."
   type        = string
@@ -64,4 +81,9 @@ output "ansible_inventory" {
 output "api_public_ip" {
   description = "Public address of the API host."
   value       = module.mlops_assets.api_public_ip
+}
+
+output "tracking_server_url" {
+  description = "MLflow tracking URI the team sets as MLFLOW_TRACKING_URI."
+  value       = module.mlops_assets.tracking_server_url
 }
