@@ -30,7 +30,8 @@ def test_ansible_lint_passes(tmp_path):
 
 
 @pytest.mark.parametrize("playbook", ["site.yml", "tests/docker.yml", "tests/api.yml", "tests/prometheus.yml", "tests/alertmanager.yml",
-                                      "tests/grafana.yml", "tests/node_exporter.yml", "tests/pushgateway.yml"])
+                                      "tests/grafana.yml", "tests/node_exporter.yml", "tests/pushgateway.yml",
+                                      "tests/tracking_server.yml"])
 def test_playbook_syntax(playbook, tmp_path):
     inventory = tmp_path / "inventory.ini"
     inventory.write_text("[api]\napi-host ansible_host=192.0.2.10\n[monitoring]\nmonitoring-host ansible_host=192.0.2.11\n")
@@ -42,7 +43,8 @@ def test_playbook_syntax(playbook, tmp_path):
 def test_every_role_has_the_usual_layout_and_documents_its_defaults():
     import yaml
 
-    for role in ("docker", "api", "prometheus", "alertmanager", "grafana", "node_exporter", "pushgateway", "image"):
+    for role in ("docker", "api", "prometheus", "alertmanager", "grafana", "node_exporter", "pushgateway", "image",
+                 "tracking_server"):
         base = ROLES / role
         # `image` only gets an image onto a host for other roles: nothing to restart, no handlers.
         for part in ("defaults/main.yml", "tasks/main.yml", "meta/main.yml", "README.md") + (("handlers/main.yml",) if role != "image" else ()):

@@ -31,6 +31,8 @@ GRAFANA_PASSWORD = "rehearsal-" + os.urandom(6).hex()
 PROMETHEUS_PASSWORD = "prometheus-" + os.urandom(6).hex()
 ALERTMANAGER_PASSWORD = "alertmanager-" + os.urandom(6).hex()
 PUSHGATEWAY_PASSWORD = "pushgateway-" + os.urandom(6).hex()
+TRACKING_ADMIN_PASSWORD = "tracking-" + os.urandom(8).hex()
+TRACKING_POSTGRES_PASSWORD = "postgres-" + os.urandom(8).hex()
 
 
 @pytest.fixture(scope="module")
@@ -484,6 +486,131 @@ def test_grafana_role_renders_its_configuration(hosts, ansible, inventory, tmp_p
                          extra_vars={**variables, "grafana_root_url": "https://grafana.example.org/"})
     ini = hosts.exec("monitoring", f"cat {base}/grafana.ini").stdout
     assert "cookie_secure = true" in ini and "root_url = https://grafana.example.org/" in ini
+
+
+def _moto_s3(address: str, log_file: Path):
+    """moto's server on the test bridge's address (what the namespace hosts reach), a free port."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", address, "-p", str(port)],
+                               stdout=open(log_file, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    url, deadline = f"http://{address}:{port}", time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
+            return process, url
+        except OSError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"moto_server did not answer on {url}; see {log_file}")
+
+
+def test_tracking_server_role_on_postgres_with_s3_artifacts(hosts, ansible, inventory, engine, tmp_path, monkeypatch):
+    """The MLflow tracking server on the monitoring host: PostgreSQL beside it (not published),
+    artifacts proxied into an S3 bucket (moto's, on the control machine), basic auth; a client
+    with credentials logs a run and an artifact, which survive a PostgreSQL restart."""
+    import boto3
+    import mlflow
+
+    from mlops_assets.image.tracking_server import build_postgres_image, build_tracking_server_image
+    from mlops_assets.rehearsal.images import save_archive
+
+    started = time.monotonic()
+    images = {"tracking_server": build_tracking_server_image(engine), "tracking_server_postgres": build_postgres_image(engine)}
+    variables = {}
+    for prefix, image in images.items():
+        repository, tag = image.reference.rsplit(":", 1)
+        variables.update({f"{prefix}_image_source": "archive", f"{prefix}_image_repository": repository,
+                          f"{prefix}_image_tag": tag, f"{prefix}_image_archive": str(save_archive(engine, image.reference))})
+    TIMINGS["tracking_server_images_s"] = round(time.monotonic() - started, 2)
+    TIMINGS["tracking_server_image_mb"] = round(images["tracking_server"].size_bytes / 1e6)
+    TIMINGS["tracking_postgres_image_mb"] = round(images["tracking_server_postgres"].size_bytes / 1e6)
+
+    moto, s3_url = _moto_s3(hosts.bridge_address, tmp_path / "moto.log")
+    try:
+        s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id="rehearsal",
+                          aws_secret_access_key="rehearsal-secret")
+        s3.create_bucket(Bucket="mlflow-artifacts")
+        variables.update({"tracking_server_s3_bucket": "mlflow-artifacts", "tracking_server_s3_prefix": "team",
+                          "tracking_server_s3_endpoint_url": s3_url, "tracking_server_s3_region": "us-east-1",
+                          "tracking_server_s3_access_key_id": "rehearsal",
+                          "tracking_server_s3_secret_access_key": "rehearsal-secret",
+                          "tracking_server_workers": 1})
+        with pytest.raises(AnsibleError) as failure:  # no secrets: a clear refusal
+            ansible.run_playbook(inventory, "tests/tracking_server.yml", extra_vars=variables)
+        assert "monitoring failed at task 'Check that the admin and database passwords are set from secrets'" in str(failure.value)
+        variables.update({"tracking_server_admin_password": TRACKING_ADMIN_PASSWORD,
+                          "tracking_server_postgres_password": TRACKING_POSTGRES_PASSWORD})
+        converge_twice(ansible, inventory, "tests/tracking_server.yml", "tracking_server", **variables)
+
+        server = f"http://{hosts.address('monitoring')}:5000"
+        search = f"{server}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert http_status(search) == 401
+        assert http_status(search, auth=("admin", "wrong-password-1")) == 401
+        assert http_status(search, auth=("admin", TRACKING_ADMIN_PASSWORD)) == 200
+        # PostgreSQL is on the containers' network only; no secret in either container's config.
+        for name in ("mlflow-postgres", "mlflow-tracking"):
+            config = json.loads(hosts.exec("monitoring", f"docker inspect {name}").stdout)[0]
+            assert config["HostConfig"]["NetworkMode"] == "mlflow-tracking"
+            for secret in (TRACKING_ADMIN_PASSWORD, TRACKING_POSTGRES_PASSWORD, "rehearsal-secret"):
+                assert secret not in json.dumps(config), f"a secret in {name}'s container config"
+            if name == "mlflow-postgres":
+                assert not config["HostConfig"]["PortBindings"] and config["Config"]["User"] == "999"
+        assert hosts.exec("monitoring", "ss -ltn | grep -c ':5432 '", check=False).stdout.strip() == "0"
+        modes = hosts.exec("monitoring", "cd /etc/mlops-assets/tracking-server && stat -c '%n %a %u' "
+                                         "postgres/password server/pgpass server/basic_auth.ini server/s3_credentials "
+                                         "server/flask_secret_key").stdout
+        assert modes.split("\n")[:5] == ["postgres/password 400 999", "server/pgpass 400 10002",
+                                         "server/basic_auth.ini 400 10002", "server/s3_credentials 400 10002",
+                                         "server/flask_secret_key 400 10002"], modes
+
+        # The MLflow client on the control machine, with basic-auth credentials and no S3 ones.
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", TRACKING_ADMIN_PASSWORD)
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
+            monkeypatch.delenv(name, raising=False)
+        started = time.monotonic()
+        client = mlflow.MlflowClient(tracking_uri=server)
+        experiment_id = client.create_experiment(f"role-test-{os.urandom(4).hex()}")
+        run = client.create_run(experiment_id)
+        artifact = tmp_path / "hello.txt"
+        artifact.write_text("logged through the tracking server\n")
+        client.log_artifact(run.info.run_id, str(artifact))
+        client.log_metric(run.info.run_id, "accuracy", 0.97)
+        client.set_terminated(run.info.run_id)
+        TIMINGS["tracking_server_client_s"] = round(time.monotonic() - started, 2)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow-artifacts").get("Contents", [])]
+        assert f"team/{experiment_id}/{run.info.run_id}/artifacts/hello.txt" in keys, keys
+        body = s3.get_object(Bucket="mlflow-artifacts", Key=f"team/{experiment_id}/{run.info.run_id}/artifacts/hello.txt")["Body"]
+        assert body.read() == artifact.read_bytes()
+
+        # PostgreSQL restarted: the run is still listed once the server answers again.
+        started = time.monotonic()
+        hosts.exec("monitoring", "docker restart mlflow-postgres")
+        deadline, listed, last = time.monotonic() + 90, [], None
+        while time.monotonic() < deadline:
+            try:
+                listed = [r.info.run_id for r in client.search_runs([experiment_id])]
+                if run.info.run_id in listed:
+                    break
+            except Exception as exc:  # the server's pool reconnecting: retried
+                last = exc
+            time.sleep(1)
+        TIMINGS["tracking_server_postgres_restart_s"] = round(time.monotonic() - started, 2)
+        assert run.info.run_id in listed, f"the run is not listed after PostgreSQL's restart (last error: {last})"
+        assert client.get_run(run.info.run_id).data.metrics == {"accuracy": 0.97}
+        downloaded = client.download_artifacts(run.info.run_id, "hello.txt", str(tmp_path / "download"))
+        assert Path(downloaded).read_bytes() == artifact.read_bytes()
+    finally:
+        moto.terminate()
+        moto.wait(timeout=10)
 
 
 def test_unreachable_host_is_named_with_its_task(hosts, ansible):
