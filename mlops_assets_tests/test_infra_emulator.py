@@ -191,19 +191,26 @@ def test_artifact_store_reads_back_repairs_drift_and_force_destroys_versions(emu
     assert tofu.provision(log.append).plan_summary == {"add": 0, "change": 0, "remove": 0}
 
     # Drift made in the emulator shows in the next plan and is repaired: versioning suspended,
-    # the public access block deleted, the role's policy widened.
+    # the public access block deleted, the role's policy widened, the monitoring host's profile
+    # taken off (put back in place, the host is not replaced).
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    monitoring = outputs["instance_ids"]["monitoring"]
+    [association] = ec2.describe_iam_instance_profile_associations(
+        Filters=[{"Name": "instance-id", "Values": [monitoring]}])["IamInstanceProfileAssociations"]
+    ec2.disassociate_iam_instance_profile(AssociationId=association["AssociationId"])
     s3.delete_public_access_block(Bucket=bucket)
     role = "team-tracking-server"
     [policy_name] = iam.list_role_policies(RoleName=role)["PolicyNames"]
     iam.put_role_policy(RoleName=role, PolicyName=policy_name, PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
     repaired = tofu.provision(log.append)
-    assert repaired.plan_summary == {"add": 1, "change": 2, "remove": 0}, repaired.planned_changes
+    assert repaired.plan_summary == {"add": 1, "change": 3, "remove": 0}, repaired.planned_changes
+    assert "update aws_instance.monitoring" in repaired.planned_changes
     assert "create aws_s3_bucket_public_access_block.artifacts" in repaired.planned_changes
     assert "update aws_s3_bucket_versioning.artifacts" in repaired.planned_changes
     assert "update aws_iam_role_policy.tracking_artifacts" in repaired.planned_changes
     assert_expected_artifact_store(emulator, repaired.outputs)
+    assert repaired.outputs["instance_ids"]["monitoring"] == monitoring
     assert tofu.provision(log.append).plan_summary == {"add": 0, "change": 0, "remove": 0}
 
     # Objects with old versions and a delete marker. moto applies the TLS-only policy's Deny
