@@ -43,3 +43,32 @@ def test_the_emulators_s3_answers_on_the_exposed_address_until_the_emulator_stop
 
 def _keys() -> dict:
     return {"aws_access_key_id": "rehearsal", "aws_secret_access_key": "rehearsal"}
+
+
+def test_bucket_policies_see_the_emulator_as_https_and_still_apply_their_other_statements(tmp_path):
+    """infra_tf's TLS-only Deny lets HTTPS-equivalent requests through; a Deny on TLS requests
+    (the condition inverted) refuses them, so the condition is evaluated, not dropped."""
+    import json
+
+    import botocore.exceptions
+
+    emulator = Ec2Emulator.start(tmp_path)
+    try:
+        s3 = emulator.client("s3")
+        s3.create_bucket(Bucket="artifacts", CreateBucketConfiguration={"LocationConstraint": emulator.region})
+
+        def policy(secure: str) -> str:
+            return json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+                "Resource": ["arn:aws:s3:::artifacts", "arn:aws:s3:::artifacts/*"],
+                "Condition": {"Bool": {"aws:SecureTransport": secure}}}]})
+
+        s3.put_bucket_policy(Bucket="artifacts", Policy=policy("false"))
+        s3.put_object(Bucket="artifacts", Key="mlflow/model.pkl", Body=b"model")
+        assert s3.get_object(Bucket="artifacts", Key="mlflow/model.pkl")["Body"].read() == b"model"
+
+        s3.put_bucket_policy(Bucket="artifacts", Policy=policy("true"))
+        with pytest.raises(botocore.exceptions.ClientError, match="403"):
+            s3.get_object(Bucket="artifacts", Key="mlflow/model.pkl")
+    finally:
+        Ec2Emulator.stop_recorded(tmp_path)
