@@ -608,6 +608,23 @@ def test_tracking_server_role_on_postgres_with_s3_artifacts(hosts, ansible, inve
         assert client.get_run(run.info.run_id).data.metrics == {"accuracy": 0.97}
         downloaded = client.download_artifacts(run.info.run_id, "hello.txt", str(tmp_path / "download"))
         assert Path(downloaded).read_bytes() == artifact.read_bytes()
+
+        # New passwords: MLflow and initdb apply theirs only when they create the user, so the
+        # role rotates both (MLflow's update-password API, ALTER ROLE); the old one is refused.
+        started = time.monotonic()
+        new_admin, new_postgres = TRACKING_ADMIN_PASSWORD + "-new", TRACKING_POSTGRES_PASSWORD + "-new"
+        rotated = ansible.run_playbook(inventory, "tests/tracking_server.yml", extra_vars={
+            **variables, "tracking_server_admin_password": new_admin, "tracking_server_postgres_password": new_postgres})
+        TIMINGS["tracking_server_rotation_s"] = round(time.monotonic() - started, 2)
+        assert rotated.per_host["monitoring"]["changed"] >= 1
+        assert http_status(search, auth=("admin", TRACKING_ADMIN_PASSWORD)) == 401
+        assert http_status(search, auth=("admin", new_admin)) == 200
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", new_admin)
+        # The server restarted with the new database password and still reads the store.
+        assert run.info.run_id in [r.info.run_id for r in client.search_runs([experiment_id])]
+        again = ansible.run_playbook(inventory, "tests/tracking_server.yml", extra_vars={
+            **variables, "tracking_server_admin_password": new_admin, "tracking_server_postgres_password": new_postgres})
+        assert again.per_host["monitoring"]["changed"] == 0, again.per_host
     finally:
         moto.terminate()
         moto.wait(timeout=10)
