@@ -213,9 +213,9 @@ def test_artifact_store_reads_back_repairs_drift_and_force_destroys_versions(emu
     assert repaired.outputs["instance_ids"]["monitoring"] == monitoring
     assert tofu.provision(log.append).plan_summary == {"add": 0, "change": 0, "remove": 0}
 
-    # Objects with old versions and a delete marker. moto applies the TLS-only policy's Deny
-    # to every object request (it ignores the aws:SecureTransport condition), so the policy is
-    # lifted while they are written and put back unchanged.
+    # Objects with old versions and a delete marker, written with the policy lifted and put
+    # back unchanged (written before the rehearsal's emulator evaluated the TLS-only Deny's
+    # condition; test_rehearsal_forwarder.py tests that evaluation).
     policy = s3.get_bucket_policy(Bucket=bucket)["Policy"]
     s3.delete_bucket_policy(Bucket=bucket)
     for body in (b"v1", b"v2"):
