@@ -88,7 +88,7 @@ def test_an_unreachable_or_wrong_postgresql_setting_fails_naming_it(tmp_path):
     mlflow_home = tmp_path / "mlflow-home"
     no_store = _cli(mlflow_home, MLFLOW_TRACKING_URI=f"postgresql://postgres:hunter2@/mlflow?host={absent}")
     assert no_store.returncode == 1
-    assert ("failed step candidate_models: dagster._core.definitions.events.Failure: MLFLOW_TRACKING_URI "
+    assert ("failed step tracking_server: dagster._core.definitions.events.Failure: MLFLOW_TRACKING_URI "
             "(postgresql://postgres:***@/mlflow") in no_store.stdout, no_store.stdout[-3000:]
     assert "MLflow cannot reach its database" in no_store.stdout and "hunter2" not in no_store.stdout + no_store.stderr
     assert not (mlflow_home / "mlflow" / "mlflow.db").exists()
