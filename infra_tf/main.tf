@@ -300,9 +300,12 @@ resource "aws_instance" "monitoring" {
   ebs_optimized               = true
 
   metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
+    http_endpoint = "enabled"
+    http_tokens   = "required"
+    # 2, not 1: the tracking server runs in a container on Docker's bridge, one hop behind
+    # the instance, and gets the instance profile's credentials (the artifact bucket) over
+    # IMDSv2. Tokens stay required, so IMDSv1 remains off. The API host keeps 1.
+    http_put_response_hop_limit = 2
   }
 
   root_block_device {
