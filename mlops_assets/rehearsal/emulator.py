@@ -57,6 +57,13 @@ def _write_amis(state_dir: Path) -> Path:
     return path
 
 
+def _package_env(**extra: str) -> dict[str, str]:
+    """The environment of a process that runs this package (`python -m mlops_assets...`),
+    also when it runs from a source tree."""
+    path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, **extra, "PYTHONPATH": path}
+
+
 def _terminate(pid: int) -> None:
     """SIGTERM to the process group of `pid`, SIGKILL after 5 s; reaped when it is our child."""
     try:
@@ -120,8 +127,7 @@ class Ec2Emulator:
         process = subprocess.Popen(
             [sys.executable, "-m", "mlops_assets.rehearsal.forwarder", f"{address}:{self.port}", f"127.0.0.1:{self.port}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                                           os.environ.get("PYTHONPATH")]))},
+            env=_package_env(),
         )
         deadline = time.monotonic() + timeout
         while not _answers(address, self.port):
@@ -189,11 +195,8 @@ class Ec2Emulator:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # outlives the Dagster run that started it, like a cloud
-            env={**os.environ, **_CREDENTIALS, "MOTO_AMIS_PATH": str(_write_amis(state_dir)),
-                 "MLOPS_EMULATOR_CONSOLE_DIR": str(console),
-                 # the package itself, also when it runs from a source tree
-                 "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                             os.environ.get("PYTHONPATH")]))},
+            env=_package_env(**_CREDENTIALS, MOTO_AMIS_PATH=str(_write_amis(state_dir)),
+                             MLOPS_EMULATOR_CONSOLE_DIR=str(console)),
         )
         emulator = cls(endpoint=f"http://127.0.0.1:{port}", pid=process.pid)
         deadline = time.monotonic() + timeout

@@ -157,6 +157,28 @@ class Champion:
 DATABASE_SCHEMES = ("postgresql", "postgres", "mysql", "mssql")
 
 
+def shown_uri(uri: str) -> str:
+    """`uri` with any password replaced by `***` (database URLs) or its user info dropped."""
+    parts = urlparse(uri)
+    scheme = parts.scheme.split("+")[0]
+    if scheme in DATABASE_SCHEMES:
+        import sqlalchemy
+
+        return sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+    if "@" in parts.netloc:
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return uri
+
+
+def store_kind(uri: str) -> str:
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme in DATABASE_SCHEMES:
+        return "database"
+    if scheme in ("http", "https"):
+        return "server"
+    return scheme or "file"
+
+
 SERVER_TIMEOUT_S = 10.0
 
 
@@ -169,8 +191,7 @@ def reach_tracking_server(tracking_uri: str, timeout: float = SERVER_TIMEOUT_S) 
     import requests
 
     base = tracking_uri.rstrip("/")
-    parts = urlparse(base)
-    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # never a password
+    shown = shown_uri(base)
     username, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     auth = (username, password) if username and password else None
     try:
@@ -254,10 +275,10 @@ class MlflowRegistry(dg.ConfigurableResource):
         it with a message naming the setting to fix, and nothing falls back to a local store."""
         if self._store_reached:
             return
-        scheme = urlparse(self.tracking_uri).scheme.split("+")[0]
-        if scheme in DATABASE_SCHEMES:
+        kind = store_kind(self.tracking_uri)
+        if kind == "database":
             self._reach_database()
-        elif scheme in ("http", "https"):
+        elif kind == "server":
             reach_tracking_server(self.tracking_uri)
         self._store_reached = True
 
@@ -275,7 +296,7 @@ class MlflowRegistry(dg.ConfigurableResource):
             from mlops_assets.retries import root_reason
 
             raise dg.Failure(description=(
-                f"MLFLOW_TRACKING_URI ({url.render_as_string(hide_password=True)}): MLflow cannot reach its database: "
+                f"MLFLOW_TRACKING_URI ({shown_uri(self.tracking_uri)}): MLflow cannot reach its database: "
                 f"{root_reason(exc)}. Check that the server runs, the database exists and the user may connect, "
                 "or unset MLFLOW_TRACKING_URI for the local sqlite store")) from None
         finally:

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import dagster as dg
 
-from mlops_assets.resources.mlflow_registry import DATABASE_SCHEMES, MlflowRegistry
+from mlops_assets.resources.mlflow_registry import MlflowRegistry, shown_uri, store_kind
 from mlops_assets.versioning import stable_hash
 
 
@@ -40,28 +39,6 @@ class TrackingResult:
     store: TrackingStore
     data_version: str
     metadata: dict[str, Any]
-
-
-def shown_uri(uri: str) -> str:
-    """`uri` with any password replaced by `***` (database URLs) or its user info dropped."""
-    parts = urlparse(uri)
-    scheme = parts.scheme.split("+")[0]
-    if scheme in DATABASE_SCHEMES:
-        import sqlalchemy
-
-        return sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
-    if "@" in parts.netloc:
-        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-    return uri
-
-
-def store_kind(uri: str) -> str:
-    scheme = urlparse(uri).scheme.split("+")[0]
-    if scheme in DATABASE_SCHEMES:
-        return "database"
-    if scheme in ("http", "https"):
-        return "server"
-    return scheme or "file"
 
 
 class TrackingServer(dg.ConfigurableResource):
