@@ -166,7 +166,7 @@ def select_and_promote(mlflow: MlflowRegistry, dataset: Dataset, candidates: Can
         run_id=serving.run_id,
         family=best.family if serving.version == registered.version else _family_of(mlflow, serving),
         test_metrics=serving_metrics, features=dataset.features, promoted=decision.promote,
-        tracking_uri=mlflow.tracking_uri,
+        tracking_uri=mlflow.uri,
         **_engine_of(mlflow, serving, registered, onnx),
     )
     passed = champion is not None and ml_training.meets_floor(metric, serving_metrics[metric], floor)
@@ -245,7 +245,7 @@ def _engine_of(mlflow: MlflowRegistry, serving, registered: RegisteredVersion, o
         return {"engine": onnx.engine, "engine_reason": onnx.reason}
     from mlops_assets.serving import model as model_lib
 
-    _, engine, reason = model_lib.registered_serving(mlflow.tracking_uri, serving.name, serving.version)
+    _, engine, reason = model_lib.registered_serving(mlflow.uri, serving.name, serving.version)
     return {"engine": engine, "engine_reason": reason}
 
 

@@ -49,6 +49,7 @@ class Settings:
     dataset: str | None
     target_column: str | None
     tracking_uri: str
+    tracking_uri_configured: bool  # MLFLOW_TRACKING_URI was set (sim/aws then deploy no tracking server)
     mlflow_ui_url: str
     model_name: str
     # Automation (schedules and sensors; see automation.py)
@@ -133,6 +134,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         dataset=env.get("MLOPS_DATASET") or None,
         target_column=env.get("MLOPS_TARGET_COLUMN") or None,
         tracking_uri=tracking_uri,
+        tracking_uri_configured=bool(env.get("MLFLOW_TRACKING_URI")),
         mlflow_ui_url=(env.get("MLOPS_MLFLOW_UI_URL") or _default_ui_url(tracking_uri)).rstrip("/"),
         model_name=_model_name(env.get("MLOPS_MODEL_NAME") or "mlops-assets-classifier"),
         retrain_cron=env.get("MLOPS_RETRAIN_CRON") or "0 3 * * *",

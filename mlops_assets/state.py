@@ -87,6 +87,12 @@ RECORDS: dict[str, Record] = {
         "the hash of the rendered monitoring files that passed promtool's checks and rule tests, and their folder",
         "assets/monitoring.py via resources/monitoring.py",
     ),
+    "tracking_server": Record(
+        "ansible/{target}/tracking-server.json",
+        "the MLflow tracking server the tracking_server asset deployed on the monitoring host (sim, aws): its URL, "
+        "the user the pipeline logs in as and where that user's password comes from (never the password)",
+        "resources/tracking.py (ServerOnMonitoringHost, after the role's health check and a reach from here)",
+    ),
     "rehearsal_hosts": Record(
         "rehearsal/hosts.json",
         "the rehearsal's namespace hosts (sim): name, address, root folder; `make down` removes them",
@@ -186,6 +192,18 @@ def atomic_write_text(path: str | Path, text: str, mode: int = 0o644) -> None:
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+
+
+def generated_secret(directory: Path, name: str) -> str:
+    """The secret `name` generated once into `directory` (0700) as a 0600 file and read back:
+    for passwords the project creates itself (the rehearsal's, a deployed tracking server's)."""
+    import secrets
+
+    path = Path(directory) / name
+    if not path.is_file():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write_text(path, secrets.token_urlsafe(18), mode=0o600)  # never readable by others, not even briefly
+    return path.read_text().strip()
 
 
 class RunBusy(RuntimeError):

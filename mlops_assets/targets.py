@@ -11,7 +11,10 @@ project_fully_featured); assets ask the role, never the target:
 | `api_deployer` | RayServeOnThisMachine | ImageOnApiHosts | ImageOnApiHosts |
 | `monitoring` | LocalMonitoring (+ Alertmanager on loopback) | MonitoringHost (Grafana rendered only) | MonitoringHost |
 | `pipeline_metrics` | LocalPipelineMetrics | PipelineMetrics (the monitoring host's Pushgateway) | PipelineMetrics (same) |
-| `tracking_store` | ConfiguredStore | ConfiguredStore | ConfiguredStore |
+| `tracking_store` | ConfiguredStore | ServerOnMonitoringHost | ServerOnMonitoringHost |
+
+In `sim` and `aws` an MLFLOW_TRACKING_URI of the user's (a team's existing store) means
+ConfiguredStore there too: nothing is deployed and nothing falls back to a local store.
 
 `mlflow`, `data_source`, `io_manager` and `prometheus_api` are the same everywhere.
 """
@@ -41,7 +44,7 @@ from mlops_assets.resources.opentofu import OpenTofu, RehearsalOpenTofu, ThisMac
 from mlops_assets.resources.prometheus import LocalPrometheus
 from mlops_assets.resources.prometheus_api import PrometheusApi
 from mlops_assets.resources.ray_serve import RayServe
-from mlops_assets.resources.tracking import ConfiguredStore
+from mlops_assets.resources.tracking import ConfiguredStore, ServerOnMonitoringHost
 from mlops_assets.settings import PROJECT_ROOT, Settings
 from mlops_assets.state import RECORDS
 
@@ -57,8 +60,13 @@ def resources_for(settings: Settings) -> dict[str, Any]:
         "alert_timings": settings.alert_timings,
         "scrape_interval": settings.scrape_interval,
     }
+    # sim/aws without MLFLOW_TRACKING_URI: the server the tracking_server asset deploys on the
+    # monitoring host, read from its record at run time (never this machine's sqlite store).
+    server_on_host = target != "local" and not settings.tracking_uri_configured
+    tracking_record = str(RECORDS["tracking_server"].under(home, target).path)
     mlflow = MlflowRegistry(tracking_uri=settings.tracking_uri, artifact_root=str(settings.artifact_root),
-                            ui_url=settings.mlflow_ui_url, model_name=settings.model_name)
+                            ui_url=settings.mlflow_ui_url, model_name=settings.model_name,
+                            server_record=tracking_record if server_on_host else None)
     resources: dict[str, Any] = {
         "mlflow": mlflow,
         "tracking_store": ConfiguredStore(mlflow=mlflow),
@@ -93,6 +101,13 @@ def resources_for(settings: Settings) -> dict[str, Any]:
         RehearsalOpenTofu(**tofu, rehearsal_dir=str(home / "rehearsal")) if target == "sim"
         else OpenTofu(**tofu, target="aws", var_file=str(home / "aws.tfvars"))
     )
+    if server_on_host:
+        resources["tracking_store"] = ServerOnMonitoringHost(
+            ansible=ansible, mlflow=mlflow, container_engine=resources["container_engine"], record_file=tracking_record,
+            # sim: the shared cache, named by image id (1.5 GB saved once, not per MLOPS_HOME).
+            images_dir=None if target == "sim" else str(home / "images"),
+            secrets_dir=str(home / "rehearsal" / "secrets") if target == "sim" else str(home / "secrets" / target),
+            emulator_dir=str(home / "rehearsal" / "emulator") if target == "sim" else None)
     gateway_record = str(RECORDS["pushgateway"].under(home, target).path)
     resources["host_configurator"] = AnsibleHosts(ansible=ansible, pushgateway_record=gateway_record)
     resources["api_deployer"] = ImageOnApiHosts(ansible=ansible,

@@ -217,9 +217,68 @@ def test_first_materialization_serves_the_champion_on_the_api_host(rehearsal):
     PHASES["prediction through the api host (20 rows)"] = round(time.monotonic() - started, 3)
     model = answer["model"]
     assert str(model["version"]) == str(api["model_version"])
-    registry = MlflowRegistry(tracking_uri=f"sqlite:///{rehearsal['home'] / 'mlflow' / 'mlflow.db'}")
+    # The registry is the tracking server on the monitoring host (its record), nothing local.
+    registry = MlflowRegistry(tracking_uri="unused: the server's record replaces it",
+                              server_record=str(_tracking_record(rehearsal["home"])))
     expected = [str(v) for v in registry.load_model(f"models:/{model['name']}/{model['version']}").predict(rows)]
     assert answer["predictions"] == expected
+
+
+def _tracking_record(home: Path) -> Path:
+    return home / "ansible" / "sim" / "tracking-server.json"
+
+
+def _tracking_server(home: Path) -> tuple[str, tuple[str, str]]:
+    """The tracking server on the monitoring host: its URL and the pipeline's credentials."""
+    record = json.loads(_tracking_record(home).read_text())
+    return record["url"], (record["username"], Path(record["password_file"]).read_text().strip())
+
+
+def _champion_on_server(home: Path) -> str:
+    url, auth = _tracking_server(home)
+    answer = _get_json(f"{url}/api/2.0/mlflow/registered-models/alias?name=mlops-assets-classifier&alias=champion",
+                       auth=auth)
+    return str(answer["model_version"]["version"])
+
+
+def test_training_went_through_the_tracking_server_on_the_monitoring_host(rehearsal):
+    """`sim` trains through MLflow on the monitoring host (PostgreSQL beside it, basic auth):
+    the candidate runs nested under one training run, the champion alias there, the artifacts
+    as objects in the emulated S3 bucket; nothing in a local store."""
+    import boto3
+
+    assert rehearsal["first"].returncode == 0, _tail(rehearsal["first"])
+    home = rehearsal["home"]
+    latest = _latest(home)
+    monitoring = latest["tofu_state"][1]["ansible_inventory"]["all"]["children"]["monitoring"]
+    address = next(iter(monitoring["hosts"].values()))["ansible_host"]
+    url, auth = _tracking_server(home)
+    assert url == f"http://{address}:5000" and latest["tracking_server"][1]["store"] == url
+    assert not (home / "mlflow" / "mlflow.db").exists(), "a local store was used"
+    try:
+        _get_json(f"{url}/api/2.0/mlflow/experiments/search?max_results=1")
+        raise AssertionError("the tracking server answered without credentials")
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 401
+    experiment = _get_json(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=mlops-assets", auth=auth)
+    runs = _get_json(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment"]["experiment_id"]],
+                                                          "max_results": 100}, auth=auth)["runs"]
+    parents = {run["info"]["run_id"] for run in runs
+               if not any(tag["key"] == "mlflow.parentRunId" for tag in run["data"].get("tags", []))}
+    children = [run for run in runs if any(tag["key"] == "mlflow.parentRunId" and tag["value"] in parents
+                                           for tag in run["data"].get("tags", []))]
+    assert len(parents) == 1 and len(children) >= 3, (len(parents), len(children))
+    selected = latest["selected_model"][1]
+    assert _champion_on_server(home) == str(selected["champion_version"])
+    # The artifacts went through the server into the bucket OpenTofu created in the emulator.
+    emulator = json.loads((home / "rehearsal" / "emulator" / "emulator.json").read_text())
+    s3 = boto3.client("s3", endpoint_url=emulator["endpoint"], region_name=emulator["region"],
+                      aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal")
+    bucket = latest["tofu_state"][1]["ansible_inventory"]["all"]["children"]["monitoring"]["vars"]["mlflow_artifact_bucket"]
+    keys = [item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for item in page.get("Contents", [])]
+    assert any(key.startswith("mlflow-artifacts/") and key.endswith("/MLmodel") for key in keys), keys[:20]
+    PHASES["  tracking_server (images, Ansible, reach)"] = latest["tracking_server"][1]["ansible_seconds"]
 
 
 def test_prometheus_on_the_monitoring_host_scrapes_the_api(rehearsal):
@@ -468,6 +527,7 @@ def test_new_data_with_a_better_model_rebuilds_the_chain_and_the_api_host_serves
     assert latest["container_image"]["model_version"] == version
     ready = _get_json(latest["deployed_api"]["url"].removesuffix("/docs") + "/readyz")
     assert str(ready["model"]["version"]) == version
+    assert _champion_on_server(rehearsal["home"]) == version  # the alias moved on the tracking server
 
 
 def test_a_crashed_engine_and_api_container_on_the_api_host_are_restored_by_the_next_run(rehearsal):
@@ -559,6 +619,7 @@ def test_second_materialization_changes_nothing(rehearsal):
     # The API and the monitoring host were checked live and found as deployed: Ansible not run.
     assert after["deployed_api"][1]["changed"] == 0 and after["deployed_api"][1]["ansible_seconds"] == 0
     assert after["dashboards"][1]["changed"] == 0
+    assert after["tracking_server"][1]["ansible_changed"] == 0  # the tracking server's role converged
     assert set(after["deployed_hosts"][1]["per_host"]) == {"mlops-assets-api", "mlops-assets-monitoring"}
     assert after["deployed_hosts"][1]["data_version_kept"] is True
     # Every asset pushed to the monitoring host's Pushgateway this time: every panel of the

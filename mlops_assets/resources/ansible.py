@@ -360,15 +360,9 @@ class Ansible(dg.ConfigurableResource):
     def _generated_secret(self, name: str) -> str | None:
         if not self.generated_secrets_dir:
             return None
-        import secrets
+        from mlops_assets.state import generated_secret
 
-        from mlops_assets.state import atomic_write_text
-
-        path = Path(self.generated_secrets_dir) / name
-        if not path.is_file():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            atomic_write_text(path, secrets.token_urlsafe(18), mode=0o600)  # never readable by others, not even briefly
-        return path.read_text().strip()
+        return generated_secret(Path(self.generated_secrets_dir), name)
 
     def _envvars(self, private_dir: Path, playbook_dir: Path) -> dict[str, str]:
         return {

@@ -44,7 +44,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 ROLE_TAG = "mlops.role"
 FINGERPRINT_TAG = "mlops.fingerprint"
@@ -182,6 +182,19 @@ def store_kind(uri: str) -> str:
 SERVER_TIMEOUT_S = 10.0
 
 
+def tracking_password(record: dict) -> str | None:
+    """The password of a deployed tracking server's user: its environment variable, else the
+    generated, git-ignored file the record names."""
+    from pathlib import Path
+
+    env_name, file_name = record.get("password_env"), record.get("password_file")
+    if env_name and os.environ.get(str(env_name)):
+        return os.environ[str(env_name)]
+    if file_name and Path(str(file_name)).is_file():
+        return Path(str(file_name)).read_text().strip() or None
+    return None
+
+
 def reach_tracking_server(tracking_uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
     """One authenticated call to a tracking server (MLFLOW_TRACKING_URI=http(s)://...), with the
     credentials MLflow's client sends (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD),
@@ -247,9 +260,56 @@ class MlflowRegistry(dg.ConfigurableResource):
     experiment_name: str = "mlops-assets"
     artifact_root: str | None = None  # only for file-based stores; a server chooses its own
     ui_url: str = "http://127.0.0.1:5000"
+    server_record: str | None = Field(
+        default=None,
+        description="sim/aws: the record of the tracking server the tracking_server asset deployed "
+        "(resources/tracking.py). When set, the store is that server, read at run time, with its credentials; "
+        "tracking_uri is then only the fallback the record replaces, never used while the record is missing.",
+    )
 
     _experiment_id: str | None = PrivateAttr(default=None)
     _store_reached: bool = PrivateAttr(default=False)
+    _server: dict | None = PrivateAttr(default=None)
+
+    # -- where the store is ------------------------------------------------------------------
+    def _deployed_server(self) -> dict | None:
+        """The deployed server's record (re-read until found: the tracking_server asset writes it
+        during the run), with MLflow's basic-auth credentials put where MLflow's client reads
+        them (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD). A configured record that is
+        missing fails naming the asset to run: never a silent fall back to a local store."""
+        if not self.server_record:
+            return None
+        if self._server is None:
+            from mlops_assets.state import StateFile
+
+            known = StateFile(self.server_record).read()
+            if not known or not known.get("url"):
+                raise dg.Failure(description=(
+                    f"no MLflow tracking server is recorded in {self.server_record}: this target trains through the "
+                    "server on its monitoring host, which the tracking_server asset deploys. Materialize tracking_server "
+                    "(make run does), or set MLFLOW_TRACKING_URI to use another store"))
+            password = tracking_password(known)
+            if not password:
+                raise dg.Failure(description=(
+                    f"{known.get('password_env')}: the password of the tracking server's user {known.get('username')!r} "
+                    f"is neither in that variable nor in {known.get('password_file')}. Set the variable, or run "
+                    "tracking_server again to generate it"))
+            os.environ["MLFLOW_TRACKING_USERNAME"] = str(known["username"])
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+            self._server = known
+        return self._server
+
+    @property
+    def uri(self) -> str:
+        """The tracking (and registry) URI at run time: the deployed server's, else tracking_uri."""
+        server = self._deployed_server()
+        return str(server["url"]) if server else self.tracking_uri
+
+    @property
+    def ui(self) -> str:
+        """MLflow's web UI for links: the deployed server's, else ui_url."""
+        server = self._deployed_server()
+        return str(server["url"]).rstrip("/") if server else self.ui_url
 
     # -- plumbing ---------------------------------------------------------------------------
     @contextmanager
@@ -258,15 +318,15 @@ class MlflowRegistry(dg.ConfigurableResource):
         import mlflow
 
         with _process_settings_restored():
-            mlflow.set_tracking_uri(self.tracking_uri)
-            mlflow.set_registry_uri(self.tracking_uri)
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_registry_uri(self.uri)
             yield mlflow
 
     def client(self):
         from mlflow import MlflowClient
 
         self._reach_store()
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     def _reach_store(self) -> None:
         """The store is reached once, with a 10 s timeout, before MLflow's own client, whose
@@ -275,18 +335,18 @@ class MlflowRegistry(dg.ConfigurableResource):
         it with a message naming the setting to fix, and nothing falls back to a local store."""
         if self._store_reached:
             return
-        kind = store_kind(self.tracking_uri)
+        kind = store_kind(self.uri)
         if kind == "database":
             self._reach_database()
         elif kind == "server":
-            reach_tracking_server(self.tracking_uri)
+            reach_tracking_server(self.uri)
         self._store_reached = True
 
     def _reach_database(self) -> None:
         """A store in a database server (MLFLOW_TRACKING_URI=postgresql://...)."""
         import sqlalchemy
 
-        url = sqlalchemy.engine.make_url(self.tracking_uri)
+        url = sqlalchemy.engine.make_url(self.uri)
         engine = None
         try:
             engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {})
@@ -296,7 +356,7 @@ class MlflowRegistry(dg.ConfigurableResource):
             from mlops_assets.retries import root_reason
 
             raise dg.Failure(description=(
-                f"MLFLOW_TRACKING_URI ({shown_uri(self.tracking_uri)}): MLflow cannot reach its database: "
+                f"MLFLOW_TRACKING_URI ({shown_uri(self.uri)}): MLflow cannot reach its database: "
                 f"{root_reason(exc)}. Check that the server runs, the database exists and the user may connect, "
                 "or unset MLFLOW_TRACKING_URI for the local sqlite store")) from None
         finally:
@@ -309,7 +369,7 @@ class MlflowRegistry(dg.ConfigurableResource):
             experiment = client.get_experiment_by_name(self.experiment_name)
             if experiment is None:
                 location = None
-                if self.artifact_root and urlparse(self.tracking_uri).scheme not in ("http", "https"):
+                if self.artifact_root and urlparse(self.uri).scheme not in ("http", "https"):
                     location = f"file://{self.artifact_root}/{self.experiment_name}"
                 experiment_id = client.create_experiment(self.experiment_name, artifact_location=location)
             else:
@@ -318,10 +378,10 @@ class MlflowRegistry(dg.ConfigurableResource):
         return self._experiment_id
 
     def run_url(self, run_id: str) -> str:
-        return f"{self.ui_url}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+        return f"{self.ui}/#/experiments/{self.experiment_id()}/runs/{run_id}"
 
     def model_version_url(self, name: str, version: str) -> str:
-        return f"{self.ui_url}/#/models/{name}/versions/{version}"
+        return f"{self.ui}/#/models/{name}/versions/{version}"
 
     # -- candidate training runs -------------------------------------------------------------
     def find_finished_training(self, fingerprint: str) -> list[LoggedCandidate] | None:
@@ -373,7 +433,7 @@ class MlflowRegistry(dg.ConfigurableResource):
         from mlflow.entities import RunStatus
 
         experiment_id = self.experiment_id()  # created first, with the artifact location
-        config = {"experiment_name": self.experiment_name, "mlflow_tracking_uri": self.tracking_uri, "extra_tags": tags}
+        config = {"experiment_name": self.experiment_name, "mlflow_tracking_uri": self.uri, "extra_tags": tags}
         with self._fluent() as mlflow:
             if mlflow.active_run() is not None:  # mlflow_tracking would silently log into it
                 raise RuntimeError(f"MLflow run {mlflow.active_run().info.run_id} is still active in this process")
@@ -481,8 +541,8 @@ class MlflowRegistry(dg.ConfigurableResource):
                 path.write_bytes(content if isinstance(content, bytes) else content.encode())
                 self.client().log_model_artifact(info.model_id, str(path))
             folder = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=info.model_uri, dst_path=f"{work}/model", tracking_uri=self.tracking_uri,
-                registry_uri=self.tracking_uri))
+                artifact_uri=info.model_uri, dst_path=f"{work}/model", tracking_uri=self.uri,
+                registry_uri=self.uri))
             return model_lib.manifest_text(model_lib.files_manifest(folder))
 
     def load_model(self, model_uri: str, files_sha256: str | None = None):
@@ -492,7 +552,7 @@ class MlflowRegistry(dg.ConfigurableResource):
         from mlops_assets.serving import model as model_lib
 
         # The scikit-learn pipeline whatever engine serves the version: metrics are scored on it.
-        source = model_lib.ModelSource(model_uri, self.tracking_uri, files_sha256=files_sha256 or None, engine="sklearn")
+        source = model_lib.ModelSource(model_uri, self.uri, files_sha256=files_sha256 or None, engine="sklearn")
         with _process_settings_restored():  # the loader points MLflow's fluent API at the store
             return model_lib.load(source).pipeline
 
@@ -508,7 +568,7 @@ class MlflowRegistry(dg.ConfigurableResource):
         destination = Path(tempfile.mkdtemp(prefix="mlops-parity-"))
         try:
             with _process_settings_restored():
-                folder, name, version = model_lib.download(model_lib.ModelSource(model_uri, self.tracking_uri), destination)
+                folder, name, version = model_lib.download(model_lib.ModelSource(model_uri, self.uri), destination)
             sklearn = model_lib.load_folder(folder, name, version, files_sha256, engine="sklearn")
             onnx = model_lib.load_folder(folder, name, version, files_sha256, engine="onnx", fallback=False)
             return sklearn, onnx

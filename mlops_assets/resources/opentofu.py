@@ -417,6 +417,8 @@ class RehearsalOpenTofu(OpenTofu):
             "ssh_public_key": key.with_suffix(".pub").read_text().strip(),
             "ssh_private_key_file": str(key),
             "inventory_address": "private",
+            # The rehearsal is disposable: `make down` removes its bucket with the artifacts in it.
+            "artifact_bucket_force_destroy": True,
         }
 
     def teardown(self, log: Log) -> bool:
