@@ -168,6 +168,7 @@ def _run(settings, job_name: str, everything: bool, config_path: str | None, ass
     for result in done.results:
         _print_api(result)
         _print_prometheus(result)
+        _print_tracking(result)
     return 0 if done.success else 1
 
 
@@ -227,6 +228,16 @@ def _print_prometheus(result) -> None:
           f"targets up: {', '.join(meta['targets_up'].data)}); dashboards for Grafana: {meta['out_dir'].value}")
     if "alertmanager_url" in meta:
         print(f"Alertmanager: {meta['alertmanager_url'].value} ({meta['alert_delivery'].value})")
+
+
+def _print_tracking(result) -> None:
+    """Where the MLflow tracking server answers, after a run that deployed it (sim, aws)."""
+    tracking = _materialization(result, "tracking_server")
+    if tracking is None or tracking.metadata["kind"].value != "server" or "user" not in tracking.metadata:
+        return
+    meta = tracking.metadata
+    print(f"MLflow: {meta['store'].value} (user {meta['user'].value}, password: {meta['password'].value}; "
+          f"artifacts in {meta['artifact_store'].value})")
 
 
 def down() -> int:
