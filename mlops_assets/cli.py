@@ -10,6 +10,7 @@ MLOPS_RUN_LOCK_TIMEOUT seconds.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -295,6 +296,39 @@ def _destroy(settings, infrastructure) -> int:
     return 0 if result.success and nothing_left else 1
 
 
+def tracking_job(job_name: str, op_name: str, config: dict) -> int:
+    """`cli backup` / `cli restore`: the tracking_backup or tracking_restore job, in this
+    process, recorded in the Dagster instance `run` uses, under the run lock (a restore never
+    runs beside a training)."""
+    import dagster as dg
+
+    from mlops_assets.definitions import build_definitions
+    from mlops_assets.serving.runtime import UnsafeFolder
+    from mlops_assets.settings import SettingsError, load_settings
+    from mlops_assets.state import RunBusy
+
+    try:
+        settings = load_settings()
+        _prepare_home(settings)
+    except (SettingsError, UnsafeFolder) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    try:
+        with _locked(settings, job_name), dg.DagsterInstance.get() as instance:
+            result = build_definitions(settings).resolve_job_def(job_name).execute_in_process(
+                instance=instance, raise_on_error=False, run_config={"ops": {op_name: {"config": config}}})
+    except RunBusy as exc:
+        print(str(exc), file=sys.stderr)
+        return 75
+    if result.success:
+        print(f"{job_name}: {json.dumps(result.output_for_node(op_name))}")
+        return 0
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            print(f"{job_name} FAILED: {event.event_specific_data.error.message.strip()}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops-assets")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -307,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
                             help="Dagster run config (ops: {ASSET: {config: ...}}); the assets it configures are materialized")
     sub.add_parser("down", help="stop the prediction API and the local Ray instance that `run` started")
     sub.add_parser("dev", help="`dagster dev ARGS...` on the instance `run` uses (what `make dev` calls)")
+    backup_parser = sub.add_parser("backup", help="sim/aws: dump the tracking server's databases into the bucket")
+    backup_parser.add_argument("--keep", type=int, default=7, help="how many backups to keep (the newest)")
+    restore_parser = sub.add_parser("restore", help="sim/aws: bring the tracking server's databases back from a backup")
+    restore_parser.add_argument("--key", default="", help="the backup's key (as `backup` prints it); default: the newest")
+    restore_parser.add_argument("--confirm", required=True, metavar="TARGET",
+                                help="the target's name: runs and models logged since the backup are lost")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["dev"]:  # everything after it is dagster's (-h included)
         return dev(argv[1:])
@@ -315,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.job, args.all, args.config, args.assets)
     if args.command == "down":
         return down()
+    if args.command == "backup":
+        return tracking_job("tracking_backup", "back_up_tracking_store", {"keep": args.keep})
+    if args.command == "restore":
+        return tracking_job("tracking_restore", "restore_tracking_store",
+                            {"backup_key": args.key, "confirm_target": args.confirm})
     return 2
 
 

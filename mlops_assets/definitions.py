@@ -20,7 +20,12 @@ from mlops_assets.assets.hosts import deployed_hosts  # noqa: E402
 from mlops_assets.assets.infrastructure import destroy_infrastructure, tofu_state  # noqa: E402
 from mlops_assets.assets.monitoring import dashboards  # noqa: E402
 from mlops_assets.assets.packaging import container_image  # noqa: E402
-from mlops_assets.assets.tracking import tracking_server  # noqa: E402
+from mlops_assets.assets.tracking import (  # noqa: E402
+    tracking_backup,
+    tracking_backup_schedule,
+    tracking_restore,
+    tracking_server,
+)
 from mlops_assets.assets.training import candidate_models, selected_model  # noqa: E402
 from mlops_assets.automation import build_automation  # noqa: E402
 from mlops_assets.checks import DATASET_CHECKS  # noqa: E402
@@ -50,8 +55,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=DATASET_CHECKS,
-        jobs=[materialize_all, ml_phase, observe_sources, destroy_infrastructure],
-        schedules=schedules,
+        jobs=[materialize_all, ml_phase, observe_sources, destroy_infrastructure, tracking_backup, tracking_restore],
+        schedules=[*schedules, tracking_backup_schedule],
         sensors=sensors,
         resources=resources_for(settings),
         # Steps are small and the machine has 2 cores: one process avoids paying the

@@ -126,12 +126,12 @@ def _latest(home: Path) -> dict[str, tuple[str, dict]]:
         return found
 
 
-def _get_json(url: str, data=None, timeout: float = 30, auth: tuple[str, str] | None = None):
+def _get_json(url: str, data=None, timeout: float = 30, auth: tuple[str, str] | None = None, method: str | None = None):
     body = json.dumps(data).encode() if data is not None else None
     headers = {"Content-Type": "application/json"}
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
-    request = urllib.request.Request(url, data=body, headers=headers)
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
@@ -528,6 +528,37 @@ def test_new_data_with_a_better_model_rebuilds_the_chain_and_the_api_host_serves
     ready = _get_json(latest["deployed_api"]["url"].removesuffix("/docs") + "/readyz")
     assert str(ready["model"]["version"]) == version
     assert _champion_on_server(rehearsal["home"]) == version  # the alias moved on the tracking server
+
+
+def test_a_backup_of_the_tracking_server_restores_the_champion_after_the_registry_is_lost(rehearsal):
+    """`cli backup` dumps the tracking server's databases into the emulated bucket; the
+    registered model deleted (the registry lost), `cli restore` brings it back with its
+    champion alias, and the next run finds everything in place (no retraining)."""
+    home = rehearsal["home"]
+    champion = _champion_on_server(home)
+    started = time.monotonic()
+    backup = _cli(home, "backup", "--keep", "2", timeout=600)
+    PHASES["8 backup of the tracking server (cli backup)"] = round(time.monotonic() - started, 1)
+    assert backup.returncode == 0, _tail(backup)
+    key = json.loads(backup.stdout.rsplit("tracking_backup: ", 1)[1].splitlines()[0])["key"]
+    assert re.fullmatch(r"backups/mlflow-\d{8}T\d{6}Z\.tar", key), key
+    url, auth = _tracking_server(home)
+    _get_json(f"{url}/api/2.0/mlflow/registered-models/delete", {"name": "mlops-assets-classifier"}, auth=auth,
+              method="DELETE")
+    try:
+        _champion_on_server(home)
+        raise AssertionError("the registered model is still there")
+    except urllib.error.HTTPError as gone:
+        assert gone.code == 404
+    refused = _cli(home, "restore", "--confirm", "aws", timeout=600)
+    assert refused.returncode == 1 and "confirm_target is 'aws' but this is the 'sim' target" in refused.stderr
+    started = time.monotonic()
+    restore = _cli(home, "restore", "--confirm", "sim", "--key", key, timeout=600)
+    PHASES["9 restore of the tracking server (cli restore)"] = round(time.monotonic() - started, 1)
+    assert restore.returncode == 0, _tail(restore)
+    assert _champion_on_server(home) == champion
+    materialized, _ = _scenario(rehearsal, "10 no change after the restore")
+    assert not materialized & {"candidate_models", "selected_model", "container_image"}, materialized
 
 
 def test_a_crashed_engine_and_api_container_on_the_api_host_are_restored_by_the_next_run(rehearsal):

@@ -83,6 +83,8 @@ class PlaybookResult:
     per_host: dict[str, dict[str, int]]
     failures: list[TaskFailure] = field(default_factory=list)
     seconds: float = 0.0
+    # What the playbook published with `set_stats` (e.g. tracking_backup.yml's backup key).
+    stats_data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def changed(self) -> int:
@@ -287,6 +289,7 @@ class Ansible(dg.ConfigurableResource):
                 variables[name] = value
                 secret_names.add(name)
         failures: list[TaskFailure] = []
+        published: dict[str, Any] = {}
         started = time.monotonic()
 
         def on_event(event: dict) -> bool:
@@ -310,6 +313,7 @@ class Ansible(dg.ConfigurableResource):
                 log(f"ansible: {host} UNREACHABLE at '{task}': {message}")
             elif kind == "playbook_on_stats":
                 log("ansible: play recap " + json.dumps(_per_host(data)))
+                published.update((data.get("artifact_data") or {}))
             return True
 
         try:
@@ -342,6 +346,7 @@ class Ansible(dg.ConfigurableResource):
             per_host=_per_host(stats),
             failures=failures,
             seconds=round(time.monotonic() - started, 2),
+            stats_data=published,
         )
         if raise_on_failure and not result.ok:
             raise AnsibleError(describe_failure(result, private_dir, secret_names), result)

@@ -64,6 +64,20 @@ class TrackingServer(dg.ConfigurableResource):
     def ensure(self, inventory: dict, *, log) -> TrackingResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def deployed_on(self) -> str | None:
+        """The target whose hosts run the server this resource deploys; None: it deploys none."""
+        return None
+
+    def backup(self, inventory: dict, *, keep: int, log) -> dict[str, Any]:
+        raise dg.Failure(description=(
+            "backups (tracking_backup) are of the tracking server this project deploys in sim and aws; this store is "
+            "MLFLOW_TRACKING_URI's (or the local sqlite file): back it up with its own tools (pg_dump, a file copy)"))
+
+    def restore(self, inventory: dict, *, key: str, log) -> dict[str, Any]:
+        raise dg.Failure(description=(
+            "restores (tracking_restore) are of the tracking server this project deploys in sim and aws; this store is "
+            "MLFLOW_TRACKING_URI's (or the local sqlite file): restore it with its own tools"))
+
 
 class ConfiguredStore(TrackingServer):
     """The store MLFLOW_TRACKING_URI names (default sqlite under MLOPS_HOME): reached, not deployed."""
@@ -103,6 +117,9 @@ class ServerOnMonitoringHost(TrackingServer):
                                          f"{TRACKING_PASSWORD_ENV} / {TRACKING_DB_PASSWORD_ENV} are unset.")
     emulator_dir: str | None = Field(default=None, description="sim: the EC2 emulator's folder; its S3 "
                                      "(moto), exposed on the test bridge, stands in for the bucket.")
+
+    def deployed_on(self) -> str | None:
+        return self.ansible.target
 
     def password_file(self) -> Path:
         return Path(self.secrets_dir) / "tracking_server_admin_password"
@@ -192,6 +209,37 @@ class ServerOnMonitoringHost(TrackingServer):
             "ansible_changed": result.changed, "ansible_seconds": result.seconds,
             "deployed_by": store.deployed_by,
         })
+
+
+    def backup(self, inventory: dict, *, keep: int, log) -> dict[str, Any]:
+        """pg_dump of the tracking and auth databases into the artifact bucket (under `backups/`,
+        UTC-timestamped), keeping the newest `keep` (ansible_roles/tracking_backup.yml)."""
+        result = self._run_maintenance(inventory, "tracking_backup.yml", {"tracking_server_backup_keep": keep}, log)
+        key = result.stats_data.get("tracking_server_backup_key")
+        if not key:
+            raise dg.Failure(description="tracking_backup.yml succeeded but reported no backup key (set_stats)")
+        log.info(f"tracking server backup: {key} (the newest {keep} kept)")
+        return {"key": key, "keep": keep, "seconds": result.seconds}
+
+    def restore(self, inventory: dict, *, key: str, log) -> dict[str, Any]:
+        """The databases brought back from backup `key` (empty: the newest), the server
+        restarted on them and reached again (ansible_roles/tracking_restore.yml)."""
+        result = self._run_maintenance(inventory, "tracking_restore.yml", {"tracking_server_restore_key": key}, log)
+        champion = self.mlflow.champion(self.mlflow.model_name)
+        log.info(f"tracking server restored from {key or 'the newest backup'}; champion "
+                 f"{champion.version if champion else 'none'} of {self.mlflow.model_name}")
+        return {"key": key or "newest", "champion": champion.version if champion else None, "seconds": result.seconds}
+
+    def _run_maintenance(self, inventory: dict, playbook: str, variables: dict[str, Any], log):
+        monitoring = _monitoring_host(inventory)
+        if not StateFile(self.record_file).read():
+            raise dg.Failure(description=(
+                f"no tracking server is recorded in {self.record_file}: materialize tracking_server first (make run)"))
+        try:
+            return self.ansible.run_playbook(inventory, playbook, limit=monitoring["name"], extra_vars=variables,
+                                             log=log.info)
+        except AnsibleError as exc:
+            raise dg.Failure(description=f"{playbook} failed on {monitoring['name']}: {exc}") from None
 
 
 def _monitoring_host(inventory: dict) -> dict[str, Any]:
