@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import re
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -512,12 +513,28 @@ def _moto_s3(address: str, log_file: Path):
     raise RuntimeError(f"moto_server did not answer on {url}; see {log_file}")
 
 
+def run_with_events(ansible, inventory, playbook: str, extra_vars: dict):
+    """Run a playbook; also return each task's results from the run's events (what a caller
+    such as a Dagster job reads, e.g. the backup's key), by task name."""
+    before = set(Path(ansible.work_dir).glob("run-*"))
+    result = ansible.run_playbook(inventory, playbook, extra_vars=extra_vars)
+    (run_dir,) = set(Path(ansible.work_dir).glob("run-*")) - before
+    events: dict[str, list[dict]] = {}
+    for path in sorted(run_dir.glob("artifacts/*/job_events/*.json")):
+        event = json.loads(path.read_text())
+        if event.get("event") == "runner_on_ok":
+            events.setdefault(event["event_data"].get("task", ""), []).append(event["event_data"].get("res", {}))
+    return result, events
+
+
 def test_tracking_server_role_on_postgres_with_s3_artifacts(hosts, ansible, inventory, engine, tmp_path, monkeypatch):
     """The MLflow tracking server on the monitoring host: PostgreSQL beside it (not published),
     artifacts proxied into an S3 bucket (moto's, on the control machine), basic auth; a client
-    with credentials logs a run and an artifact, which survive a PostgreSQL restart."""
+    with credentials logs a run and an artifact, which survive a PostgreSQL restart; the
+    databases are backed up to the bucket (the newest N kept) and restored after a loss."""
     import boto3
     import mlflow
+    from mlflow.server import get_app_client
 
     from mlops_assets.image.tracking_server import build_postgres_image, build_tracking_server_image
     from mlops_assets.rehearsal.images import save_archive
@@ -625,6 +642,63 @@ def test_tracking_server_role_on_postgres_with_s3_artifacts(hosts, ansible, inve
         again = ansible.run_playbook(inventory, "tests/tracking_server.yml", extra_vars={
             **variables, "tracking_server_admin_password": new_admin, "tracking_server_postgres_password": new_postgres})
         assert again.per_host["monitoring"]["changed"] == 0, again.per_host
+
+        # Backups: a model version of the run with the alias `champion` and a second user (the
+        # auth database), then three backups keeping 2. The playbook needs no variable: it
+        # takes the bucket and the S3 settings from the running server.
+        model = f"role-test-model-{os.urandom(4).hex()}"
+        client.create_registered_model(model)
+        version = client.create_model_version(model, source=f"runs:/{run.info.run_id}/hello.txt", run_id=run.info.run_id)
+        client.set_registered_model_alias(model, "champion", version.version)
+        users = get_app_client("basic-auth", tracking_uri=server)
+        analyst_password = "analyst-" + os.urandom(8).hex()
+        users.create_user("analyst", analyst_password)
+        # Something else under the prefix: never counted nor pruned.
+        s3.put_object(Bucket="mlflow-artifacts", Key="backups/README.txt", Body=b"not a backup")
+        started, keys = time.monotonic(), []
+        for _ in range(3):
+            backup, events = run_with_events(ansible, inventory, "tracking_backup.yml", {"tracking_server_backup_keep": 2})
+            assert backup.per_host["monitoring"]["changed"] >= 1, backup.per_host
+            keys += [res["tracking_server_backup_key"] for res in events.get("Report the backup's key", [])]
+        TIMINGS["tracking_server_backup_s"] = round((time.monotonic() - started) / 3, 2)
+        assert len(keys) == 3 and len(set(keys)) == 3, keys  # one key per run, none overwritten
+        assert all(re.fullmatch(r"backups/mlflow-\d{8}T\d{6}Z\.tar", key) for key in keys), keys
+        assert keys == sorted(keys), keys
+        stored = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="mlflow-artifacts", Prefix="backups/").get("Contents", []))
+        assert stored == ["backups/README.txt", *keys[1:]], stored  # the newest two
+        assert hosts.exec("monitoring", "stat -c '%a %u' /var/lib/mlops-assets/tracking-server/backups && "
+                                        "ls -A /var/lib/mlops-assets/tracking-server/backups").stdout.split() == ["700", "0"]
+        with tarfile.open(fileobj=s3.get_object(Bucket="mlflow-artifacts", Key=keys[-1])["Body"], mode="r|") as archive:
+            assert sorted(member.name for member in archive) == ["auth.dump", "tracking.dump"]
+
+        # The data lost: the model and its alias, the run, the second user.
+        client.delete_registered_model(model)
+        client.delete_run(run.info.run_id)
+        users.delete_user("analyst")
+        assert client.get_run(run.info.run_id).info.lifecycle_stage == "deleted"
+        assert http_status(search, auth=("analyst", analyst_password)) == 401
+        # A key that is not there: refused before anything changes, naming the variable; the
+        # server was not stopped.
+        server_started = hosts.exec("monitoring", "docker inspect -f '{{.State.StartedAt}}' mlflow-tracking").stdout
+        with pytest.raises(AnsibleError) as failure:
+            ansible.run_playbook(inventory, "tracking_restore.yml",
+                                 extra_vars={"tracking_server_restore_key": "backups/mlflow-20000101T000000Z.tar"})
+        assert "tracking_server_restore_key=backups/mlflow-20000101T000000Z.tar: no such backup" in str(failure.value)
+        assert hosts.exec("monitoring", "docker inspect -f '{{.State.StartedAt}}' mlflow-tracking").stdout == server_started
+        assert http_status(search, auth=("admin", new_admin)) == 200
+        assert client.get_run(run.info.run_id).info.lifecycle_stage == "deleted"
+
+        # Restore the newest backup: the alias, the run with its metric and both users are back.
+        started = time.monotonic()
+        restored, events = run_with_events(ansible, inventory, "tracking_restore.yml", {})
+        TIMINGS["tracking_server_restore_s"] = round(time.monotonic() - started, 2)
+        assert restored.per_host["monitoring"]["changed"] >= 1, restored.per_host
+        assert keys[-1] in events["Report the restored backup"][0]["msg"], events["Report the restored backup"]
+        assert client.get_model_version_by_alias(model, "champion").version == version.version
+        back = client.get_run(run.info.run_id)
+        assert back.info.lifecycle_stage == "active" and back.data.metrics == {"accuracy": 0.97}
+        assert http_status(search, auth=("admin", new_admin)) == 200
+        assert http_status(search, auth=("analyst", analyst_password)) == 200
     finally:
         moto.terminate()
         moto.wait(timeout=10)
