@@ -28,14 +28,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_server(tmp_path: Path, *args: str, env: dict | None = None) -> Iterator[str]:
-    """`mlflow server` on a free loopback port (its workers in a session of their own)."""
+def running_server(tmp_path: Path, *args: str, env: dict | None = None, backend_store_uri: str | None = None) -> Iterator[str]:
+    """`mlflow server` on a free loopback port (its workers in a session of their own), its
+    store a sqlite file in tmp_path unless `backend_store_uri` names another."""
     port = _free_port()
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen(
         [
             str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--backend-store-uri", backend_store_uri or f"sqlite:///{tmp_path / 'server.db'}",
             "--workers", "1", *args,
         ],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "ab"), start_new_session=True,

@@ -97,3 +97,41 @@ def test_an_unreachable_or_wrong_postgresql_setting_fails_naming_it(tmp_path):
     assert wrong.returncode == 2
     assert "MLOPS_DAGSTER_POSTGRES_URL is mysql://..., not a PostgreSQL URL" in wrong.stderr, wrong.stderr[-2000:]
     assert "secret" not in wrong.stderr + wrong.stdout
+
+
+def test_two_pipelines_training_at_once_through_one_server_get_distinct_versions_and_one_champion(postgres, tmp_path):
+    """Two control machines (two state folders, two Dagster instances) train at the same time
+    through one tracking server on PostgreSQL, as a team's laptop and its scheduler would: both
+    succeed, each registers its own version (distinct numbers, both READY) and the `champion`
+    alias names exactly one of them."""
+    from mlflow import MlflowClient
+
+    from .test_mlflow_server import running_server
+
+    store = postgres.create("shared_mlflow")
+    with running_server(tmp_path, "--artifacts-destination", str(tmp_path / "server-artifacts"),
+                        backend_store_uri=store) as url:
+        # Different hyperparameters: two trainings (the same fingerprint would be reused, not trained twice).
+        config = tmp_path / "more-trees.yaml"
+        config.write_text("ops:\n  candidate_models:\n    config:\n      random_forest:\n        n_estimators: 60\n")
+        runs = []
+        for name, extra in (("laptop", ()), ("scheduler", ("--config", str(config)))):
+            home = tmp_path / name
+            environment = {**os.environ, "MLOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
+                           "MLFLOW_TRACKING_URI": url}
+            environment.pop("MLOPS_DAGSTER_POSTGRES_URL", None)
+            runs.append(subprocess.Popen(
+                [sys.executable, "-m", "mlops_assets.cli", "run", "--job", "ml_phase", *extra], cwd=ROOT,
+                env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        outputs = [run.communicate(timeout=600)[0] for run in runs]
+        for run, output in zip(runs, outputs):
+            assert run.returncode == 0, output[-3000:]
+        client = MlflowClient(tracking_uri=url, registry_uri=url)
+        versions = client.search_model_versions("name='mlops-assets-classifier'")
+        assert sorted(int(v.version) for v in versions) == [1, 2], [(v.version, v.run_id) for v in versions]
+        assert {v.status for v in versions} == {"READY"}
+        assert len({v.run_id for v in versions}) == 2, "both versions come from one training run"
+        champion = client.get_model_version_by_alias("mlops-assets-classifier", "champion")
+        assert champion.version in {v.version for v in versions}
+        aliased = [v.version for v in versions if "champion" in (client.get_model_version("mlops-assets-classifier", v.version).aliases)]
+        assert aliased == [champion.version]

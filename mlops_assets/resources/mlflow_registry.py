@@ -371,7 +371,13 @@ class MlflowRegistry(dg.ConfigurableResource):
                 location = None
                 if self.artifact_root and urlparse(self.uri).scheme not in ("http", "https"):
                     location = f"file://{self.artifact_root}/{self.experiment_name}"
-                experiment_id = client.create_experiment(self.experiment_name, artifact_location=location)
+                try:
+                    experiment_id = client.create_experiment(self.experiment_name, artifact_location=location)
+                except Exception as exc:
+                    # Another pipeline on the same store created it in the meantime: use theirs.
+                    if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    experiment_id = client.get_experiment_by_name(self.experiment_name).experiment_id
             else:
                 experiment_id = experiment.experiment_id
             self._experiment_id = experiment_id
@@ -606,7 +612,11 @@ class MlflowRegistry(dg.ConfigurableResource):
         try:
             client.get_registered_model(name)
         except MlflowException:
-            client.create_registered_model(name, description="Champion classifier of the mlops-assets pipeline")
+            try:
+                client.create_registered_model(name, description="Champion classifier of the mlops-assets pipeline")
+            except MlflowException as exc:  # another pipeline on the same store created it meanwhile
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
         if not candidate.files_sha256:
             raise ValueError(f"candidate {candidate.family} (run {candidate.run_id}) has no sha256 manifest; train it again")
         existing = self.find_version(name, candidate.run_id)
