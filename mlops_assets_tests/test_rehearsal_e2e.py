@@ -319,7 +319,7 @@ def test_prometheus_on_the_monitoring_host_scrapes_the_api(rehearsal):
     assert rendered and hosts.exec("mlops-assets-monitoring", f"ls {grafana}/dashboards").stdout.split() == rendered
     assert "[auth.anonymous]\nenabled = false" in hosts.exec("mlops-assets-monitoring", f"cat {grafana}/grafana.ini").stdout
     assert sorted(hosts.exec("mlops-assets-monitoring", "docker ps -a --format '{{.Names}}'").stdout.split()) == [
-        "alertmanager", "node-exporter", "prometheus", "pushgateway"]
+        "alertmanager", "mlflow-postgres", "mlflow-tracking", "node-exporter", "prometheus", "pushgateway"]
 
 
 def _monitoring_prometheus(rehearsal) -> tuple[str, tuple[str, str], dict]:
@@ -551,7 +551,7 @@ def test_a_backup_of_the_tracking_server_restores_the_champion_after_the_registr
     except urllib.error.HTTPError as gone:
         assert gone.code == 404
     refused = _cli(home, "restore", "--confirm", "aws", timeout=600)
-    assert refused.returncode == 1 and "confirm_target is 'aws' but this is the 'sim' target" in refused.stderr
+    assert refused.returncode == 1 and "confirm_target is 'aws' but this is the 'sim' target" in refused.stdout
     started = time.monotonic()
     restore = _cli(home, "restore", "--confirm", "sim", "--key", key, timeout=600)
     PHASES["9 restore of the tracking server (cli restore)"] = round(time.monotonic() - started, 1)
@@ -559,6 +559,54 @@ def test_a_backup_of_the_tracking_server_restores_the_champion_after_the_registr
     assert _champion_on_server(home) == champion
     materialized, _ = _scenario(rehearsal, "10 no change after the restore")
     assert not materialized & {"candidate_models", "selected_model", "container_image"}, materialized
+
+
+def _model_versions(home: Path) -> list[tuple[str, str]]:
+    url, auth = _tracking_server(home)
+    query = urllib.parse.quote("name='mlops-assets-classifier'")
+    found = _get_json(f"{url}/api/2.0/mlflow/model-versions/search?filter={query}", auth=auth)
+    return sorted((str(v["version"]), v["status"]) for v in found.get("model_versions", []))
+
+
+def test_postgres_restarted_during_a_retraining_leaves_nothing_half_registered(rehearsal):
+    """PostgreSQL on the monitoring host restarted while a retraining writes to the tracking
+    server: the run succeeds (MLflow's client retries) or fails naming its step, a run after it
+    succeeds, and the registry holds only complete versions, the champion one of them."""
+    home = rehearsal["home"]
+    url, auth = _tracking_server(home)
+    before = _model_versions(home)
+    config = _run_config(home, "hyperparameters-2", "ops:\n  candidate_models:\n    config:\n      random_forest:\n"
+                                                    "        n_estimators: 70\n  selected_model:\n    config:\n"
+                                                    "      quality_floor: 0.5\n")
+    from mlops_assets_tests.lazy_stack import run_cli
+
+    started = time.monotonic()
+    outcome: dict = {}
+    import threading
+
+    worker = threading.Thread(target=lambda: outcome.update(
+        zip(("rc", "output"), run_cli(("run", "--config", str(config)), PROJECT_ROOT, _env(home), home, 900))))
+    worker.start()
+    experiment = _get_json(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=mlops-assets", auth=auth)
+    deadline, running = time.monotonic() + 300, []
+    while time.monotonic() < deadline and worker.is_alive() and not running:
+        running = _get_json(f"{url}/api/2.0/mlflow/runs/search", {
+            "experiment_ids": [experiment["experiment"]["experiment_id"]], "filter": "attributes.status = 'RUNNING'"},
+            auth=auth).get("runs", [])
+        time.sleep(0.5)
+    assert running, "the retraining never opened an MLflow run"
+    rehearsal["hosts"].exec("mlops-assets-monitoring", "docker restart mlflow-postgres")
+    worker.join(900)
+    PHASES["11 retraining with PostgreSQL restarted (s, rc)"] = f"{time.monotonic() - started:.1f}, {outcome['rc']}"
+    if outcome["rc"] != 0:  # a clean failure names the step; the next run completes it
+        assert "failed step candidate_models" in outcome["output"] or "failed step selected_model" in outcome["output"], \
+            outcome["output"][-3000:]
+        again = _cli(home, "run", "--config", str(config))
+        assert again.returncode == 0, _tail(again)
+    after = _model_versions(home)
+    assert all(status == "READY" for _, status in after), after
+    assert set(before) <= set(after) and len(after) <= len(before) + 1, (before, after)
+    assert _champion_on_server(home) in {version for version, _ in after}
 
 
 def test_a_crashed_engine_and_api_container_on_the_api_host_are_restored_by_the_next_run(rehearsal):
