@@ -73,10 +73,15 @@ def run(job_name: str, everything: bool = False, config_path: str | None = None,
     `config_path`: a YAML run config (for example new hyperparameters for candidate_models);
     the assets it configures are materialized.
     `assets`: only these and what is upstream of them (`cli run deployed_api`)."""
+    return _locked_work("run", lambda settings: _run(settings, job_name, everything, config_path, assets))
+
+
+def _locked_work(what: str, work) -> int:
+    """`work(settings)` under MLOPS_HOME's run lock: exit code 2 for bad settings or an unsafe
+    state folder, 75 (EX_TEMPFAIL: try again later) when another run holds the lock too long."""
+    from mlops_assets.serving.runtime import UnsafeFolder
     from mlops_assets.settings import SettingsError, load_settings
     from mlops_assets.state import RunBusy
-
-    from mlops_assets.serving.runtime import UnsafeFolder
 
     try:
         settings = load_settings()
@@ -85,11 +90,11 @@ def run(job_name: str, everything: bool = False, config_path: str | None = None,
         print(str(exc), file=sys.stderr)
         return 2
     try:
-        with _locked(settings, "run"):
-            return _run(settings, job_name, everything, config_path, assets)
+        with _locked(settings, what):
+            return work(settings)
     except RunBusy as exc:
         print(str(exc), file=sys.stderr)
-        return 75  # EX_TEMPFAIL: try again later
+        return 75
 
 
 def _run(settings, job_name: str, everything: bool, config_path: str | None, assets: list[str] | None = None) -> int:
@@ -300,26 +305,17 @@ def tracking_job(job_name: str, op_name: str, config: dict) -> int:
     """`cli backup` / `cli restore`: the tracking_backup or tracking_restore job, in this
     process, recorded in the Dagster instance `run` uses, under the run lock (a restore never
     runs beside a training)."""
+    return _locked_work(job_name, lambda settings: _tracking_job(settings, job_name, op_name, config))
+
+
+def _tracking_job(settings, job_name: str, op_name: str, config: dict) -> int:
     import dagster as dg
 
     from mlops_assets.definitions import build_definitions
-    from mlops_assets.serving.runtime import UnsafeFolder
-    from mlops_assets.settings import SettingsError, load_settings
-    from mlops_assets.state import RunBusy
 
-    try:
-        settings = load_settings()
-        _prepare_home(settings)
-    except (SettingsError, UnsafeFolder) as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    try:
-        with _locked(settings, job_name), dg.DagsterInstance.get() as instance:
-            result = build_definitions(settings).resolve_job_def(job_name).execute_in_process(
-                instance=instance, raise_on_error=False, run_config={"ops": {op_name: {"config": config}}})
-    except RunBusy as exc:
-        print(str(exc), file=sys.stderr)
-        return 75
+    with dg.DagsterInstance.get() as instance:
+        result = build_definitions(settings).resolve_job_def(job_name).execute_in_process(
+            instance=instance, raise_on_error=False, run_config={"ops": {op_name: {"config": config}}})
     if result.success:
         print(f"{job_name}: {json.dumps(result.output_for_node(op_name))}")
         return 0
