@@ -98,7 +98,7 @@ def run_cli(args, cwd: Path, env: dict[str, str], log_dir: Path, timeout: float)
     """`python -m mlops_assets.cli ARGS` with its output streamed to a numbered log file in
     `log_dir` (a hang can be followed live with `tail -f`); one still running after `timeout`
     is killed with its process group and returns -9. Returns (exit status, output)."""
-    words = "-".join(a.strip("-") for a in args if not str(a).startswith("/"))
+    words = "-".join(str(a).strip("-").replace("/", "_") for a in args if not str(a).startswith("/"))
     log_path = Path(log_dir) / f"cli-{len(list(Path(log_dir).glob('cli-*.log'))):02d}-{words}.log"
     command = [sys.executable, "-m", "mlops_assets.cli", *args]
     with open(log_path, "w") as log:
