@@ -594,7 +594,8 @@ def test_tracking_server_role_on_postgres_with_s3_artifacts(hosts, ansible, inve
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
             monkeypatch.delenv(name, raising=False)
         started = time.monotonic()
-        client = mlflow.MlflowClient(tracking_uri=server)
+        # The registry too: an earlier test of this process may have left MLflow's global registry URI set.
+        client = mlflow.MlflowClient(tracking_uri=server, registry_uri=server)
         experiment_id = client.create_experiment(f"role-test-{os.urandom(4).hex()}")
         run = client.create_run(experiment_id)
         artifact = tmp_path / "hello.txt"
