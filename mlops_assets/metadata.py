@@ -28,10 +28,11 @@ class PreviousMaterialization:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def previous_materialization(context) -> PreviousMaterialization:
-    """This asset's latest materialization: its data version and metadata values, to compare
-    with what this run would produce (the one place assets read their own history)."""
-    event = context.instance.get_latest_materialization_event(context.asset_key)
+def previous_materialization(context, key=None) -> PreviousMaterialization:
+    """This asset's (or asset `key`'s) latest materialization: its data version and metadata
+    values, to compare with what this run would produce (the one place assets and jobs read
+    the history of assets)."""
+    event = context.instance.get_latest_materialization_event(key or context.asset_key)
     if event is None or event.asset_materialization is None:
         return PreviousMaterialization()
     materialization = event.asset_materialization

@@ -11,6 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from mlops_assets.freshness import rebuild_condition
+from mlops_assets.metadata import previous_materialization
 from mlops_assets.resources import tracking as tracking_module
 from mlops_assets.resources.tracking import TrackingServer, TrackingStore
 from mlops_assets.versioning import code_version_of
@@ -46,9 +47,7 @@ class RestoreConfig(dg.Config):
 
 def _inventory(context: dg.OpExecutionContext) -> dict:
     """The hosts of the latest tofu_state materialization (its ansible_inventory metadata)."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("tofu_state"))
-    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    inventory = metadata["ansible_inventory"].value if "ansible_inventory" in metadata else None
+    inventory = previous_materialization(context, dg.AssetKey("tofu_state")).metadata.get("ansible_inventory")
     if not inventory:
         raise dg.Failure(description="no hosts recorded: tofu_state has not been materialized in this Dagster "
                                      "instance (or its hosts were destroyed). Run make run first")

@@ -30,6 +30,7 @@ from pydantic import Field
 
 from mlops_assets.resources.ansible import Ansible, AnsibleError, inventory_hosts
 from mlops_assets.resources.container_engine import ContainerEngine
+from mlops_assets.resources.hosts import group_var
 from mlops_assets.resources.mlflow_registry import MlflowRegistry, shown_uri, store_kind
 from mlops_assets.state import StateFile, generated_secret
 from mlops_assets.versioning import stable_hash
@@ -132,12 +133,12 @@ class ServerOnMonitoringHost(TrackingServer):
         the bucket from tofu_state's inventory, S3 access (the instance profile in aws; the
         emulator's S3 on the test bridge in sim), the images' archives."""
         monitoring = _monitoring_host(inventory)
-        bucket = monitoring.get("mlflow_artifact_bucket")
+        bucket = group_var(inventory, "monitoring", "mlflow_artifact_bucket", None)
         if not bucket:
             raise dg.Failure(description=(
                 "tofu_state's inventory has no mlflow_artifact_bucket for the monitoring host: the infrastructure "
                 "predates the artifact bucket. Materialize tofu_state again (OpenTofu adds the bucket)"))
-        port = int(monitoring.get("tracking_port") or 5000)
+        port = int(group_var(inventory, "monitoring", "tracking_port", 5000))
         variables: dict[str, Any] = {
             "tracking_server_s3_bucket": bucket,
             "tracking_server_port": port,
@@ -243,12 +244,10 @@ class ServerOnMonitoringHost(TrackingServer):
 
 
 def _monitoring_host(inventory: dict) -> dict[str, Any]:
-    """The monitoring group's (first) host of tofu_state's inventory: its name and its vars (the
-    inventory's, the group's, then its own, as Ansible merges them)."""
-    everything = inventory.get("all") or {}
-    group = (everything.get("children") or {}).get("monitoring") or {}
+    """The monitoring group's (first) host of tofu_state's inventory: its own vars and its name
+    (the group's vars: resources/hosts.py's group_var)."""
+    group = ((inventory.get("all") or {}).get("children") or {}).get("monitoring") or {}
     names = sorted((group.get("hosts") or {}))
     if not names:
         raise dg.Failure(description="tofu_state's inventory has no monitoring host: materialize tofu_state first")
-    return {**(everything.get("vars") or {}), **(group.get("vars") or {}), **inventory_hosts(inventory)[names[0]],
-            "name": names[0]}
+    return {**inventory_hosts(inventory)[names[0]], "name": names[0]}
