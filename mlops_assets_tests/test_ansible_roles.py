@@ -645,7 +645,7 @@ def test_tracking_server_role_on_postgres_with_s3_artifacts(hosts, ansible, inve
         assert again.per_host["monitoring"]["changed"] == 0, again.per_host
 
         # Backups: a model version of the run with the alias `champion` and a second user (the
-        # auth database), then three backups keeping 2. The playbook needs no variable: it
+        # auth database), then two backups keeping 1. The playbook needs no variable: it
         # takes the bucket and the S3 settings from the running server.
         model = f"role-test-model-{os.urandom(4).hex()}"
         client.create_registered_model(model)
@@ -657,16 +657,16 @@ def test_tracking_server_role_on_postgres_with_s3_artifacts(hosts, ansible, inve
         # Something else under the prefix: never counted nor pruned.
         s3.put_object(Bucket="mlflow-artifacts", Key="backups/README.txt", Body=b"not a backup")
         started, keys = time.monotonic(), []
-        for _ in range(3):
-            backup, events = run_with_events(ansible, inventory, "tracking_backup.yml", {"tracking_server_backup_keep": 2})
+        for _ in range(2):
+            backup, events = run_with_events(ansible, inventory, "tracking_backup.yml", {"tracking_server_backup_keep": 1})
             assert backup.per_host["monitoring"]["changed"] >= 1, backup.per_host
             keys += [res["tracking_server_backup_key"] for res in events.get("Report the backup's key", [])]
-        TIMINGS["tracking_server_backup_s"] = round((time.monotonic() - started) / 3, 2)
-        assert len(keys) == 3 and len(set(keys)) == 3, keys  # one key per run, none overwritten
+        TIMINGS["tracking_server_backup_s"] = round((time.monotonic() - started) / 2, 2)
+        assert len(keys) == 2 and len(set(keys)) == 2, keys  # one key per run, none overwritten
         assert all(re.fullmatch(r"backups/mlflow-\d{8}T\d{6}Z\.tar", key) for key in keys), keys
         assert keys == sorted(keys), keys
         stored = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="mlflow-artifacts", Prefix="backups/").get("Contents", []))
-        assert stored == ["backups/README.txt", *keys[1:]], stored  # the newest two
+        assert stored == ["backups/README.txt", keys[-1]], stored  # the newest one, the older pruned
         assert hosts.exec("monitoring", "stat -c '%a %u' /var/lib/mlops-assets/tracking-server/backups && "
                                         "ls -A /var/lib/mlops-assets/tracking-server/backups").stdout.split() == ["700", "0"]
         with tarfile.open(fileobj=s3.get_object(Bucket="mlflow-artifacts", Key=keys[-1])["Body"], mode="r|") as archive:

@@ -113,7 +113,9 @@ def auth_server(tmp_path):
     ini.write_text(
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = sqlite:///{tmp_path / 'auth.db'}\nadmin_username = admin\nadmin_password = {password}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # As the tracking_server role configures it: checked passwords cached (never refused ones).
+        "auth_cache_ttl_seconds = 60\n")
     with running_server(tmp_path, "--app-name", "basic-auth", "--artifacts-destination", str(tmp_path / "server-artifacts"),
                         env={"MLFLOW_AUTH_CONFIG_PATH": str(ini),
                              # CSRF protection of the auth app's forms: one key per server (generated).
