@@ -1,7 +1,8 @@
-# Two Debian 12 hosts for the prediction API and its monitoring, with least-privilege
-# security groups: clients reach only the API port, the monitoring host alone scrapes the
-# metrics port and both hosts' node_exporter, and SSH, Prometheus, the Pushgateway,
-# Alertmanager and Grafana answer only the admin network. Ray's internal ports are never opened.
+# Debian 12 hosts for the prediction API (api_instance_count of them, one Ray cluster) and its
+# monitoring, with least-privilege security groups: clients reach only the API port, the
+# monitoring host alone scrapes the metrics port and every host's node_exporter, and SSH,
+# Prometheus, the Pushgateway, Alertmanager and Grafana answer only the admin network. Ray's
+# internal ports are opened between API hosts only, never from anywhere else.
 # The MLflow tracking server on the monitoring host keeps its artifacts in a private S3 bucket
 # that only that host's instance profile can read and write; its port answers the admin
 # network and tracking_client_cidrs only.
@@ -20,6 +21,23 @@ locals {
   artifact_bucket = coalesce(var.artifact_bucket_name, "${var.name}-mlflow-artifacts")
   # The Dagster machine (admin_cidr) and the team members' networks; a duplicate counts once.
   tracking_clients = toset(concat([var.admin_cidr], var.tracking_client_cidrs))
+
+  # API host i: in api_subnet_ids[i % length] (subnet_id when none are given); the first is
+  # named <name>-api (as with one host) and is the Ray head, the others <name>-api-<i+1>.
+  api_subnets = length(var.api_subnet_ids) > 0 ? var.api_subnet_ids : [var.subnet_id]
+  api_names   = [for i in range(var.api_instance_count) : i == 0 ? "${var.name}-api" : "${var.name}-api-${i + 1}"]
+  # Ray's ports between API hosts, as port ranges; none with a single host.
+  ray_port_ranges = var.api_instance_count > 1 ? {
+    gcs                    = [var.ray_ports.gcs, var.ray_ports.gcs]
+    client                 = [var.ray_ports.client, var.ray_ports.client]
+    node_manager           = [var.ray_ports.node_manager, var.ray_ports.node_manager]
+    object_manager         = [var.ray_ports.object_manager, var.ray_ports.object_manager]
+    dashboard_agent_grpc   = [var.ray_ports.dashboard_agent_grpc, var.ray_ports.dashboard_agent_grpc]
+    dashboard_agent_listen = [var.ray_ports.dashboard_agent_listen, var.ray_ports.dashboard_agent_listen]
+    runtime_env_agent      = [var.ray_ports.runtime_env_agent, var.ray_ports.runtime_env_agent]
+    metrics_export         = [var.ray_ports.metrics_export, var.ray_ports.metrics_export]
+    workers                = [var.ray_ports.min_worker, var.ray_ports.max_worker]
+  } : {}
 }
 
 data "aws_ami" "debian12" {
@@ -117,6 +135,31 @@ resource "aws_vpc_security_group_ingress_rule" "node_exporter_from_monitoring" {
   from_port                    = var.node_exporter_port
   to_port                      = var.node_exporter_port
   referenced_security_group_id = aws_security_group.monitoring.id
+  tags                         = local.tags
+}
+
+# The API hosts' Ray cluster: its ports from and to the API group itself, nothing else.
+resource "aws_vpc_security_group_ingress_rule" "api_ray" {
+  for_each = local.ray_port_ranges
+
+  security_group_id            = aws_security_group.api.id
+  description                  = "Ray ${each.key} from the other API hosts only"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value[0]
+  to_port                      = each.value[1]
+  referenced_security_group_id = aws_security_group.api.id
+  tags                         = local.tags
+}
+
+resource "aws_vpc_security_group_egress_rule" "api_ray" {
+  for_each = local.ray_port_ranges
+
+  security_group_id            = aws_security_group.api.id
+  description                  = "Ray ${each.key} to the other API hosts only"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value[0]
+  to_port                      = each.value[1]
+  referenced_security_group_id = aws_security_group.api.id
   tags                         = local.tags
 }
 
@@ -255,12 +298,13 @@ resource "aws_vpc_security_group_egress_rule" "monitoring_scrape_node_exporter" 
 ################################################################################
 
 resource "aws_instance" "api" {
+  count = var.api_instance_count
   # checkov:skip=CKV2_AWS_41: the API host calls no AWS API (images are shipped by Ansible or pulled with registry credentials, models come through the tracking server), so no instance profile is attached.
   # checkov:skip=CKV_AWS_88: clients and admins reach the hosts over the Internet; the security groups restrict every port to its callers.
   ami                         = local.ami_id
   instance_type               = var.api_instance_type
   key_name                    = aws_key_pair.admin.key_name
-  subnet_id                   = var.subnet_id
+  subnet_id                   = local.api_subnets[count.index % length(local.api_subnets)]
   vpc_security_group_ids      = [aws_security_group.api.id]
   associate_public_ip_address = var.associate_public_ip_address
   monitoring                  = true
@@ -279,7 +323,7 @@ resource "aws_instance" "api" {
     delete_on_termination = true
   }
 
-  tags = merge(local.tags, { Name = "${var.name}-api", Role = "api" })
+  tags = merge(local.tags, { Name = local.api_names[count.index], Role = "api", RayNode = count.index == 0 ? "head" : "worker" })
 
   lifecycle {
     ignore_changes       = [ami]

@@ -1,11 +1,23 @@
 output "api_public_ip" {
-  description = "Public IPv4 address of the API host (null without associate_public_ip_address)."
-  value       = aws_instance.api.public_ip
+  description = "Public IPv4 address of the first API host, the Ray head (null without associate_public_ip_address). Every API host: api_hosts."
+  value       = aws_instance.api[0].public_ip
 }
 
 output "api_private_ip" {
-  description = "Private IPv4 address of the API host."
-  value       = aws_instance.api.private_ip
+  description = "Private IPv4 address of the first API host, the Ray head. Every API host: api_hosts."
+  value       = aws_instance.api[0].private_ip
+}
+
+output "api_hosts" {
+  description = "Every API host in order, the first the Ray head: name, instance id, subnet, private and public address, and its Ray role (head or worker)."
+  value = [for i, host in aws_instance.api : {
+    name        = local.api_names[i]
+    instance_id = host.id
+    subnet_id   = host.subnet_id
+    private_ip  = host.private_ip
+    public_ip   = host.public_ip
+    ray_role    = i == 0 ? "head" : "worker"
+  }]
 }
 
 output "monitoring_public_ip" {
@@ -19,9 +31,9 @@ output "monitoring_private_ip" {
 }
 
 output "instance_ids" {
-  description = "EC2 instance ids by role."
+  description = "EC2 instance ids by role (api: the first API host, the Ray head; every API host's is in api_hosts)."
   value = {
-    api        = aws_instance.api.id
+    api        = aws_instance.api[0].id
     monitoring = aws_instance.monitoring.id
   }
 }
@@ -36,7 +48,7 @@ output "security_group_ids" {
 
 output "ami_id" {
   description = "AMI both hosts run (the one they were created from: a newer Debian AMI does not change it until hosts_generation does)."
-  value       = aws_instance.api.ami
+  value       = aws_instance.api[0].ami
 }
 
 output "artifact_bucket_name" {
@@ -60,7 +72,7 @@ output "tracking_server_url" {
 }
 
 output "ansible_inventory" {
-  description = "Ansible inventory (YAML/JSON inventory structure): groups api and monitoring, one host each, with the ports the roles need. Write it as JSON or YAML and pass it to ansible-playbook -i."
+  description = "Ansible inventory (YAML/JSON inventory structure): groups api (every API host, the first the Ray head) and monitoring (one host), with the ports the roles need. Write it as JSON or YAML and pass it to ansible-playbook -i."
   value = {
     all = {
       vars = merge(
@@ -76,14 +88,20 @@ output "ansible_inventory" {
       )
       children = {
         api = {
-          hosts = {
-            "${var.name}-api" = {
-              ansible_host = var.inventory_address == "public" ? aws_instance.api.public_ip : aws_instance.api.private_ip
-              private_ip   = aws_instance.api.private_ip
-              public_ip    = aws_instance.api.public_ip
-              instance_id  = aws_instance.api.id
-            }
+          vars = {
+            # The Ray cluster of the API hosts: the head's private address and Ray's ports
+            # (opened between API hosts only).
+            ray_head_address = aws_instance.api[0].private_ip
+            ray_ports        = var.ray_ports
           }
+          # The first host is the Ray head, the others its workers.
+          hosts = { for i, host in aws_instance.api : local.api_names[i] => {
+            ansible_host = var.inventory_address == "public" ? host.public_ip : host.private_ip
+            private_ip   = host.private_ip
+            public_ip    = host.public_ip
+            instance_id  = host.id
+            ray_role     = i == 0 ? "head" : "worker"
+          } }
         }
         monitoring = {
           vars = {

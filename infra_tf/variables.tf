@@ -37,6 +37,56 @@ variable "api_instance_type" {
   }
 }
 
+variable "api_instance_count" {
+  description = "Number of API hosts (1 to 10). The first is the Ray head, the others join its cluster as workers; Serve answers on the API port of every one."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.api_instance_count >= 1 && var.api_instance_count <= 10 && floor(var.api_instance_count) == var.api_instance_count
+    error_message = "api_instance_count must be a whole number from 1 to 10."
+  }
+}
+
+variable "api_subnet_ids" {
+  description = "Subnets the API hosts are spread over, round-robin (host i in api_subnet_ids[i % length]); give subnets in different availability zones so one zone's outage leaves hosts. Empty: subnet_id, like the monitoring host."
+  type        = list(string)
+  default     = []
+}
+
+variable "ray_ports" {
+  description = "Ports of the API hosts' Ray cluster, which the api role starts Ray with: the head's GCS and Ray client, and on every node the raylet (node manager), object manager, dashboard agent (gRPC and HTTP), runtime-env agent, metrics export and the workers' range. With more than one API host they are opened between API hosts only, by rules that reference the API group itself; never from anywhere else."
+  type = object({
+    gcs                    = number
+    client                 = number
+    node_manager           = number
+    object_manager         = number
+    dashboard_agent_grpc   = number
+    dashboard_agent_listen = number
+    runtime_env_agent      = number
+    metrics_export         = number
+    min_worker             = number
+    max_worker             = number
+  })
+  default = {
+    gcs                    = 6379
+    client                 = 10001
+    node_manager           = 6380
+    object_manager         = 6381
+    dashboard_agent_grpc   = 6382
+    dashboard_agent_listen = 52365
+    runtime_env_agent      = 6383
+    metrics_export         = 6384
+    min_worker             = 10002
+    max_worker             = 10100
+  }
+
+  validation {
+    condition     = alltrue([for port in values(var.ray_ports) : port >= 1024 && port <= 65535]) && var.ray_ports.min_worker <= var.ray_ports.max_worker
+    error_message = "ray_ports must be ports from 1024 to 65535, with min_worker <= max_worker."
+  }
+}
+
 variable "monitoring_instance_type" {
   description = "EC2 instance type of the monitoring host (Prometheus and Grafana in containers)."
   type        = string

@@ -21,6 +21,7 @@ from .infra_helpers import (
     assert_expected_artifact_store,
     assert_expected_instances,
     assert_expected_security,
+    ingress_rules,
     live_instances,
     record_timings,
 )
@@ -34,6 +35,13 @@ CLIENT_CIDRS = ["203.0.113.0/24", "192.0.2.0/24"]
 # encryption, versioning, lifecycle, policy), the tracking server's role, role policy and instance
 # profile, 1 per client network
 RESOURCES = 32 + len(CLIENT_CIDRS)
+
+RAY_DEFAULTS = {"gcs": 6379, "client": 10001, "node_manager": 6380, "object_manager": 6381, "dashboard_agent_grpc": 6382,
+                "dashboard_agent_listen": 52365, "runtime_env_agent": 6383, "metrics_export": 6384,
+                "min_worker": 10002, "max_worker": 10100}
+# (from, to) of each Ray rule: one port each, and the workers' range.
+RAY_RANGES = sorted([(p, p) for k, p in RAY_DEFAULTS.items() if not k.endswith("_worker")]
+                    + [(RAY_DEFAULTS["min_worker"], RAY_DEFAULTS["max_worker"])])
 
 
 def _public_key() -> str:
@@ -86,7 +94,7 @@ def test_apply_no_change_plan_outputs_drift_and_destroy(emulator, tmp_path):
     first = tofu.provision(log.append)
     assert first.applied is True
     assert first.plan_summary == {"add": RESOURCES, "change": 0, "remove": 0}
-    assert "create aws_instance.api" in first.planned_changes
+    assert "create aws_instance.api[0]" in first.planned_changes
     assert any("Creation complete" in line for line in log), "apply progress goes to the log"
 
     outputs = first.outputs
@@ -161,6 +169,11 @@ def test_variable_validation_refuses_the_whole_internet_as_admin(emulator, tmp_p
         ("artifact_bucket_name", "mlflow..artifacts", "no two adjacent dots"),
         ("artifact_bucket_name", "192.168.5.4", "not an IP address"),
         ("tracking_port", 22, "not 22"),
+        ("api_instance_count", 0, "whole number from 1 to 10"),
+        ("api_instance_count", 11, "whole number from 1 to 10"),
+        ("api_instance_count", 1.5, "whole number from 1 to 10"),
+        ("ray_ports", {**RAY_DEFAULTS, "min_worker": 10200}, "min_worker <= max_worker"),
+        ("ray_ports", {**RAY_DEFAULTS, "gcs": 80}, "ports from 1024 to 65535"),
     ):
         tofu = _tofu(emulator, tmp_path)
         tofu.variables[variable] = value
@@ -290,18 +303,18 @@ def test_a_newer_ami_keeps_the_hosts_and_replacing_them_needs_confirmation(emula
         tofu.provision(log.append)
     message = str(refused.value)
     assert "replace aws_instance.api" in message and "replace aws_instance.monitoring" in message
-    assert "confirm_replacements: [aws_instance.api, aws_instance.monitoring]" in message
+    assert "confirm_replacements: [aws_instance.api[0], aws_instance.monitoring]" in message
     assert _instance_amis(ec2) == {"api": old_image, "monitoring": old_image}
     assert tofu.outputs()["instance_ids"] == first.outputs["instance_ids"], "nothing was applied"
 
     # Confirming only one of the two is still refused, naming the other.
     with pytest.raises(ReplacementRefused) as half:
         tofu.provision(log.append, confirm_replacements=["aws_instance.api"])
-    assert "aws_instance.monitoring" in str(half.value) and "replace aws_instance.api\n" not in str(half.value)
+    assert "aws_instance.monitoring" in str(half.value) and "aws_instance.api[0]" not in str(half.value)
 
     rolled = tofu.provision(log.append, confirm_replacements=["aws_instance.api", "aws_instance.monitoring"])
     assert rolled.applied is True
-    assert "replace aws_instance.api" in rolled.planned_changes
+    assert "replace aws_instance.api[0]" in rolled.planned_changes
     assert _instance_amis(ec2) == {"api": new_image, "monitoring": new_image}
     assert rolled.outputs["ami_id"] == new_image
     assert set(rolled.outputs["instance_ids"].values()).isdisjoint(first.outputs["instance_ids"].values())
@@ -371,3 +384,93 @@ def test_host_keys_are_pinned_from_the_instance_console(emulator, emulator_dir, 
             assert resource.host_keys_from_console and "StrictHostKeyChecking=yes" in resource.ssh_common_args(tmp_path)
     finally:
         ec2.terminate_instances(InstanceIds=[instance])
+
+
+
+def _ray_rules(ec2, group_id: str, egress: bool) -> list[dict]:
+    rules = ingress_rules(ec2, group_id, egress=egress)
+    return [r for r in rules if any(lo <= r["FromPort"] <= hi for lo, hi in RAY_RANGES)]
+
+
+def test_api_hosts_spread_over_subnets_form_one_group_with_ray_ports_between_them_only(emulator, tmp_path):
+    """api_instance_count = 2 over two subnets: two API hosts (the first the Ray head), Ray's
+    ports open between API hosts only (ingress and egress referencing the API group itself),
+    every host in the outputs and the inventory; back to one host, the head stays and the Ray
+    rules go, but only once the run confirms the removed host."""
+    ec2 = emulator.client()
+    subnets = sorted(ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"],
+                     key=lambda s: s["AvailabilityZone"])[:2]
+    subnet_ids = [s["SubnetId"] for s in subnets]
+    assert len(subnet_ids) == 2 and subnets[0]["AvailabilityZone"] != subnets[1]["AvailabilityZone"]
+    tofu = _tofu(emulator, tmp_path)
+    tofu.variables.update({"name": "ray", "api_instance_count": 2, "api_subnet_ids": subnet_ids})
+    log: list[str] = []
+    first = tofu.provision(log.append)
+    # One more instance and 9 Ray rules each way.
+    assert first.plan_summary == {"add": RESOURCES + 1 + 2 * len(RAY_RANGES), "change": 0, "remove": 0}
+    outputs = first.outputs
+    hosts = outputs["api_hosts"]
+    assert [(h["name"], h["ray_role"], h["subnet_id"]) for h in hosts] == [
+        ("ray-api", "head", subnet_ids[0]), ("ray-api-2", "worker", subnet_ids[1])]
+    assert outputs["api_private_ip"] == hosts[0]["private_ip"] and outputs["instance_ids"]["api"] == hosts[0]["instance_id"]
+    live = {i["InstanceId"]: {t["Key"]: t["Value"] for t in i["Tags"]} for i in live_instances(ec2)
+            if i["InstanceId"] in {h["instance_id"] for h in hosts}}
+    assert sorted((tags["Name"], tags["Role"], tags["RayNode"]) for tags in live.values()) == [
+        ("ray-api", "api", "head"), ("ray-api-2", "api", "worker")]
+    api_group = inventory = outputs["ansible_inventory"]["all"]["children"]["api"]
+    assert {name: (host["private_ip"], host["ray_role"]) for name, host in inventory["hosts"].items()} == {
+        h["name"]: (h["private_ip"], h["ray_role"]) for h in hosts}
+    assert api_group["vars"] == {"ray_head_address": hosts[0]["private_ip"], "ray_ports": RAY_DEFAULTS}
+
+    # Ray's ports: from and to the API group itself, nothing else; the monitoring group has none.
+    api_sg, monitoring_sg = outputs["security_group_ids"]["api"], outputs["security_group_ids"]["monitoring"]
+    for egress in (False, True):
+        rules = _ray_rules(ec2, api_sg, egress)
+        assert sorted((r["FromPort"], r["ToPort"]) for r in rules) == RAY_RANGES, (egress, rules)
+        for rule in rules:
+            assert rule["ReferencedGroupInfo"]["GroupId"] == api_sg and "CidrIpv4" not in rule, rule
+        assert _ray_rules(ec2, monitoring_sg, egress) == []
+    # The rest of the API group is what a single host has: clients, metrics, node_exporter, SSH.
+    others = {r["FromPort"] for r in ingress_rules(ec2, api_sg)} - {lo for lo, _ in RAY_RANGES}
+    assert others == {8000, 8080, 9100, 22}
+
+    # Back to one host: refused until the removed host is confirmed; the head stays.
+    tofu.variables["api_instance_count"] = 1
+    with pytest.raises(ReplacementRefused) as refused:
+        tofu.provision(log.append)
+    assert "delete aws_instance.api[1]" in str(refused.value) and "aws_instance.api[0]" not in str(refused.value)
+    assert len(tofu.outputs()["api_hosts"]) == 2, "nothing was applied"
+    shrunk = tofu.provision(log.append, confirm_replacements=[
+        "aws_instance.api[1]", "aws_vpc_security_group_ingress_rule.api_ray", "aws_vpc_security_group_egress_rule.api_ray"])
+    assert shrunk.plan_summary == {"add": 0, "change": 0, "remove": 1 + 2 * len(RAY_RANGES)}
+    assert [h["instance_id"] for h in shrunk.outputs["api_hosts"]] == [hosts[0]["instance_id"]]
+    assert _ray_rules(ec2, api_sg, False) == _ray_rules(ec2, api_sg, True) == []
+    assert tofu.destroy(log.append)["destroyed"] is True
+
+
+def test_a_state_from_the_single_api_host_module_moves_to_the_first_counted_host(emulator, tmp_path):
+    """Deployments made before api_instance_count have `aws_instance.api` in their state:
+    OpenTofu takes it as `aws_instance.api[0]` (its implicit move when `count` is added; checked:
+    a `moved` block changes nothing here), with no replacement and no change."""
+    tofu = _tofu(emulator, tmp_path)
+    tofu.variables.update({"name": "moved"})
+    log: list[str] = []
+    first = tofu.provision(log.append)
+    state_file = tofu.workspace() / "terraform.tfstate"
+    state = json.loads(state_file.read_text())
+    # Rewrite the state as the single-host module left it: no count, no index.
+    (api,) = [r for r in state["resources"] if r["type"] == "aws_instance" and r["name"] == "api"]
+    assert [i["index_key"] for i in api["instances"]] == [0]
+    api.pop("each", None)
+    for instance in api["instances"]:
+        instance.pop("index_key")
+    state["serial"] += 1
+    state_file.write_text(json.dumps(state))
+
+    moved = tofu.provision(log.append)
+    assert moved.plan_summary == {"add": 0, "change": 0, "remove": 0}, moved.planned_changes
+    assert moved.outputs["instance_ids"] == first.outputs["instance_ids"]
+    state = json.loads(state_file.read_text())
+    (api,) = [r for r in state["resources"] if r["type"] == "aws_instance" and r["name"] == "api"]
+    assert [i["index_key"] for i in api["instances"]] == [0]
+    assert tofu.destroy(log.append)["destroyed"] is True

@@ -108,6 +108,21 @@ def test_security_group_rules_are_separate_described_and_least_privilege(module)
             assert rule[key] not in RAY_PORTS, name
 
 
+def test_ray_ports_open_between_api_hosts_only(module):
+    """Ray's rules exist only with more than one API host, each way, from and to the API group
+    itself (never a CIDR), with ports from var.ray_ports."""
+    for kind in ("aws_vpc_security_group_ingress_rule", "aws_vpc_security_group_egress_rule"):
+        rule = _resources(module, kind)["api_ray"]
+        assert "local.ray_port_ranges" in str(rule["for_each"]), kind
+        assert "aws_security_group.api.id" in str(rule["security_group_id"]), kind
+        assert "aws_security_group.api.id" in str(rule["referenced_security_group_id"]), kind
+        assert not {"cidr_ipv4", "cidr_ipv6", "prefix_list_id"} & set(rule), kind
+    ranges = next(block["ray_port_ranges"] for block in _blocks(module, "locals") if "ray_port_ranges" in block)
+    assert "var.api_instance_count > 1" in str(ranges) and "var.ray_ports" in str(ranges)
+    api = _resources(module, "aws_instance")["api"]
+    assert "var.api_instance_count" in str(api["count"]) and "local.api_subnets" in str(api["subnet_id"])
+
+
 def test_no_wildcard_iam_action_and_only_the_monitoring_host_has_the_profile(module):
     """Every IAM action in infra_tf/ (policies, trust policies, examples) is named: the one
     wildcard allowed is the artifact bucket policy's Deny of plain-HTTP requests."""

@@ -34,9 +34,12 @@ def _infra_code_version() -> str:
 
 
 def _addresses(outputs: dict) -> list[tuple[str, str | None, str | None]]:
-    return [
-        (role, outputs.get(f"{role}_public_ip"), outputs.get(f"{role}_private_ip")) for role in ("api", "monitoring")
-    ]
+    """One row per host: every API host (`api_hosts`, the first the Ray head), then monitoring."""
+    api_hosts = outputs.get("api_hosts") or [{"name": "api", "public_ip": outputs.get("api_public_ip"),
+                                              "private_ip": outputs.get("api_private_ip")}]
+    rows = [(f"{host['name']} ({host['ray_role']})" if len(api_hosts) > 1 else host["name"], host.get("public_ip"),
+             host.get("private_ip")) for host in api_hosts]
+    return rows + [("monitoring", outputs.get("monitoring_public_ip"), outputs.get("monitoring_private_ip"))]
 
 
 def _metadata(result: ProvisionResult, total_seconds: float) -> dict:
@@ -47,6 +50,7 @@ def _metadata(result: ProvisionResult, total_seconds: float) -> dict:
         "engine": result.engine,
         "addresses": dg.MetadataValue.md(markdown_table(["host", "public address", "private address"], _addresses(outputs))),
         "api_address": outputs.get("api_public_ip") or outputs.get("api_private_ip"),
+        "api_host_count": len(outputs.get("api_hosts") or [None]),
         "monitoring_address": outputs.get("monitoring_public_ip") or outputs.get("monitoring_private_ip"),
         "security_group_ids": dg.MetadataValue.json(outputs.get("security_group_ids") or {}),
         "ansible_inventory": dg.MetadataValue.json(outputs.get("ansible_inventory") or {}),
@@ -69,7 +73,8 @@ def _metadata(result: ProvisionResult, total_seconds: float) -> dict:
 class TofuStateConfig(dg.Config):
     confirm_replacements: list[str] = Field(
         default_factory=list,
-        description="Resource addresses (e.g. aws_instance.api) the plan may destroy or replace in this run. "
+        description="Resource addresses (e.g. aws_instance.api[1], aws_instance.monitoring; aws_instance.api alone "
+        "confirms every API host) the plan may destroy or replace in this run. "
         "A plan that destroys or replaces anything not listed is refused and nothing is applied.",
     )
 

@@ -446,9 +446,12 @@ def destructive(changes: list[str]) -> list[str]:
 
 
 def unconfirmed_destruction(changes: list[str], confirmed: list[str] | tuple[str, ...]) -> list[str]:
-    """The destructive changes whose resource address is not among `confirmed`."""
+    """The destructive changes whose resource address is not among `confirmed`. A counted
+    resource's address without its index confirms every instance of it (`aws_instance.api`
+    confirms `aws_instance.api[0]`, `aws_instance.api[1]`, ...)."""
     confirmed = {address.strip() for address in confirmed}
-    return [change for change in destructive(changes) if change.split(" ", 1)[1] not in confirmed]
+    return [change for change in destructive(changes)
+            if not {change.split(" ", 1)[1], change.split(" ", 1)[1].split("[", 1)[0]} & confirmed]
 
 
 def _ensure_ssh_key(directory: Path) -> Path:
