@@ -2,7 +2,9 @@
 # monitoring, with least-privilege security groups: clients reach only the API port, the
 # monitoring host alone scrapes the metrics port and every host's node_exporter, and SSH,
 # Prometheus, the Pushgateway, Alertmanager and Grafana answer only the admin network. Ray's
-# internal ports are opened between API hosts only, never from anywhere else.
+# internal ports are opened between API hosts only, never from anywhere else. With more than one
+# API host (aws), an application load balancer answers the API's clients and forwards to the
+# API port of every host that passes its /readyz health check.
 # The MLflow tracking server on the monitoring host keeps its artifacts in a private S3 bucket
 # that only that host's instance profile can read and write; its port answers the admin
 # network and tracking_client_cidrs only.
@@ -38,6 +40,19 @@ locals {
     metrics_export         = [var.ray_ports.metrics_export, var.ray_ports.metrics_export]
     workers                = [var.ray_ports.min_worker, var.ray_ports.max_worker]
   } : {}
+
+  # The API's application load balancer: only in front of more than one API host. Its subnets
+  # (load_balancer_subnet_ids, else the API hosts'), its listeners' ports (80, and 443 with a
+  # certificate) and the VPC of its target group (vpc_id, else the first subnet's).
+  load_balanced         = var.load_balancer && var.api_instance_count > 1
+  load_balancer_subnets = distinct(compact(length(var.load_balancer_subnet_ids) > 0 ? var.load_balancer_subnet_ids : local.api_subnets))
+  load_balancer_name    = "${substr(var.name, 0, 28)}-api"
+  load_balancer_ports   = var.load_balancer_certificate_arn == null ? [80] : [80, 443]
+  load_balancer_vpc_id  = var.vpc_id != null ? var.vpc_id : try(data.aws_subnet.load_balancer[0].vpc_id, null)
+  # Client network x listener port: one ingress rule each on the load balancer's group.
+  load_balancer_clients = local.load_balanced ? {
+    for pair in setproduct(toset(var.api_client_cidrs), local.load_balancer_ports) : "${pair[0]} ${pair[1]}" => { cidr = pair[0], port = pair[1] }
+  } : {}
 }
 
 data "aws_ami" "debian12" {
@@ -60,6 +75,13 @@ data "aws_ami" "debian12" {
     name   = "virtualization-type"
     values = ["hvm"]
   }
+}
+
+# The load balancer's subnets: their availability zones (an ALB needs two) and VPC.
+data "aws_subnet" "load_balancer" {
+  count = local.load_balanced ? length(local.load_balancer_subnets) : 0
+
+  id = local.load_balancer_subnets[count.index]
 }
 
 # Running hosts keep the AMI they were created from: the instances ignore AMI changes, so a
@@ -99,6 +121,17 @@ resource "aws_security_group" "monitoring" {
   tags        = merge(local.tags, { Name = "${var.name}-monitoring" })
 }
 
+# The API's load balancer (more than one API host): HTTP (and HTTPS) from the API's clients in,
+# the API hosts' API port out.
+resource "aws_security_group" "load_balancer" {
+  count = local.load_balanced ? 1 : 0
+
+  name        = "${var.name}-api-lb"
+  description = "API load balancer: HTTP and HTTPS from the API's clients, the API port of the API hosts only"
+  vpc_id      = var.vpc_id
+  tags        = merge(local.tags, { Name = "${var.name}-api-lb" })
+}
+
 resource "aws_vpc_security_group_ingress_rule" "api_clients" {
   for_each = toset(var.api_client_cidrs)
 
@@ -109,6 +142,42 @@ resource "aws_vpc_security_group_ingress_rule" "api_clients" {
   to_port           = var.api_port
   cidr_ipv4         = each.value
   tags              = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "api_from_load_balancer" {
+  count = local.load_balanced ? 1 : 0
+
+  security_group_id            = aws_security_group.api.id
+  description                  = "Prediction API from the load balancer (requests and its /readyz health checks)"
+  ip_protocol                  = "tcp"
+  from_port                    = var.api_port
+  to_port                      = var.api_port
+  referenced_security_group_id = aws_security_group.load_balancer[0].id
+  tags                         = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "load_balancer_clients" {
+  for_each = local.load_balancer_clients
+
+  security_group_id = aws_security_group.load_balancer[0].id
+  description       = "${each.value.port == 443 ? "HTTPS" : "HTTP"} to the API load balancer from client network ${each.value.cidr}"
+  ip_protocol       = "tcp"
+  from_port         = each.value.port
+  to_port           = each.value.port
+  cidr_ipv4         = each.value.cidr
+  tags              = local.tags
+}
+
+resource "aws_vpc_security_group_egress_rule" "load_balancer_to_api" {
+  count = local.load_balanced ? 1 : 0
+
+  security_group_id            = aws_security_group.load_balancer[0].id
+  description                  = "Requests and /readyz health checks to the API hosts' API port only"
+  ip_protocol                  = "tcp"
+  from_port                    = var.api_port
+  to_port                      = var.api_port
+  referenced_security_group_id = aws_security_group.api.id
+  tags                         = local.tags
 }
 
 resource "aws_vpc_security_group_ingress_rule" "api_metrics_from_monitoring" {
@@ -364,6 +433,107 @@ resource "aws_instance" "monitoring" {
   lifecycle {
     ignore_changes       = [ami]
     replace_triggered_by = [terraform_data.hosts_generation]
+  }
+}
+
+################################################################################
+# The API's application load balancer (more than one API host)
+################################################################################
+
+resource "aws_lb" "api" {
+  count = local.load_balanced ? 1 : 0
+  # checkov:skip=CKV_AWS_150: deletion protection stays off: `make down` (tofu destroy) must remove the load balancer with the hosts; it holds no data and the next apply recreates it.
+  # checkov:skip=CKV_AWS_91: no access logs: they would need a log bucket with a policy for the ELB service; the API's requests, errors and latency are in Prometheus (scraped from every API host), and the target health in CloudWatch.
+  # checkov:skip=CKV2_AWS_28: no WAF: the API answers api_client_cidrs only (the load balancer's security group) and validates every request body itself; attach a web ACL when the API is public.
+  name                       = local.load_balancer_name
+  internal                   = false
+  load_balancer_type         = "application"
+  security_groups            = [aws_security_group.load_balancer[0].id]
+  subnets                    = local.load_balancer_subnets
+  drop_invalid_header_fields = true
+  enable_deletion_protection = false
+  tags                       = merge(local.tags, { Name = local.load_balancer_name, Role = "api-load-balancer" })
+
+  lifecycle {
+    precondition {
+      condition     = length(data.aws_subnet.load_balancer) >= 2 && length(distinct(data.aws_subnet.load_balancer[*].availability_zone)) == length(data.aws_subnet.load_balancer)
+      error_message = "The API's application load balancer needs at least two subnets, each in a different availability zone: set load_balancer_subnet_ids (or api_subnet_ids) to such subnets, or load_balancer = false for no load balancer."
+    }
+  }
+}
+
+# HTTP to the API port of every API host; a host is sent requests only while /readyz answers
+# 200 (Serve's replicas up on it).
+resource "aws_lb_target_group" "api" {
+  count = local.load_balanced ? 1 : 0
+  # checkov:skip=CKV_AWS_378: the API hosts speak plain HTTP on the API port (TLS ends at the load balancer with load_balancer_certificate_arn); this hop stays inside the VPC, between two security groups that admit only each other.
+  name        = local.load_balancer_name
+  port        = var.api_port
+  protocol    = "HTTP"
+  target_type = "instance"
+  vpc_id      = local.load_balancer_vpc_id
+  tags        = merge(local.tags, { Name = local.load_balancer_name })
+
+  health_check {
+    enabled             = true
+    protocol            = "HTTP"
+    port                = "traffic-port"
+    path                = "/readyz"
+    matcher             = "200"
+    interval            = 10
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 2
+  }
+}
+
+resource "aws_lb_target_group_attachment" "api" {
+  count = local.load_balanced ? var.api_instance_count : 0
+
+  target_group_arn = aws_lb_target_group.api[0].arn
+  target_id        = aws_instance.api[count.index].id
+  port             = var.api_port
+}
+
+# Port 80: with a certificate, a redirect to HTTPS; without one, the API itself (plain HTTP).
+resource "aws_lb_listener" "api_http" {
+  count = local.load_balanced ? 1 : 0
+  # checkov:skip=CKV_AWS_2: without load_balancer_certificate_arn (the default) port 80 forwards plain HTTP, the API's own transport today; set the certificate for production, port 80 then only redirects to HTTPS.
+  # checkov:skip=CKV_AWS_103: TLS applies to the HTTPS listener, which uses ELBSecurityPolicy-TLS13-1-2-2021-06 (TLS 1.2 and 1.3); this port 80 listener carries plain HTTP until load_balancer_certificate_arn is set, then only redirects.
+  load_balancer_arn = aws_lb.api[0].arn
+  port              = 80
+  protocol          = "HTTP"
+  tags              = local.tags
+
+  default_action {
+    type             = var.load_balancer_certificate_arn == null ? "forward" : "redirect"
+    target_group_arn = var.load_balancer_certificate_arn == null ? aws_lb_target_group.api[0].arn : null
+
+    dynamic "redirect" {
+      for_each = var.load_balancer_certificate_arn == null ? [] : ["https"]
+
+      content {
+        protocol    = "HTTPS"
+        port        = "443"
+        status_code = "HTTP_301"
+      }
+    }
+  }
+}
+
+resource "aws_lb_listener" "api_https" {
+  count = local.load_balanced && var.load_balancer_certificate_arn != null ? 1 : 0
+
+  load_balancer_arn = aws_lb.api[0].arn
+  port              = 443
+  protocol          = "HTTPS"
+  ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+  certificate_arn   = var.load_balancer_certificate_arn
+  tags              = local.tags
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.api[0].arn
   }
 }
 

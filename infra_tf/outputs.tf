@@ -20,6 +20,11 @@ output "api_hosts" {
   }]
 }
 
+output "load_balancer_dns_name" {
+  description = "DNS name of the API's application load balancer (HTTP on 80, or HTTPS on 443 with load_balancer_certificate_arn); null without one (a single API host, or load_balancer = false)."
+  value       = one(aws_lb.api[*].dns_name)
+}
+
 output "monitoring_public_ip" {
   description = "Public IPv4 address of the monitoring host (null without associate_public_ip_address)."
   value       = aws_instance.monitoring.public_ip
@@ -39,11 +44,14 @@ output "instance_ids" {
 }
 
 output "security_group_ids" {
-  description = "Security group ids by role."
-  value = {
-    api        = aws_security_group.api.id
-    monitoring = aws_security_group.monitoring.id
-  }
+  description = "Security group ids by role (load_balancer: the API load balancer's, only when there is one)."
+  value = merge(
+    {
+      api        = aws_security_group.api.id
+      monitoring = aws_security_group.monitoring.id
+    },
+    { for group in aws_security_group.load_balancer : "load_balancer" => group.id },
+  )
 }
 
 output "ami_id" {
@@ -93,6 +101,8 @@ output "ansible_inventory" {
             # (opened between API hosts only).
             ray_head_address = aws_instance.api[0].private_ip
             ray_ports        = var.ray_ports
+            # The load balancer's DNS name in front of every host's API port (null: none).
+            api_load_balancer = one(aws_lb.api[*].dns_name)
           }
           # The first host is the Ray head, the others its workers.
           hosts = { for i, host in aws_instance.api : local.api_names[i] => {

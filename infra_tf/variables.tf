@@ -87,6 +87,29 @@ variable "ray_ports" {
   }
 }
 
+variable "load_balancer" {
+  description = "An application load balancer in front of the API hosts' API port (target group health check /readyz), created only when api_instance_count > 1. False: none; clients call each host's API port."
+  type        = bool
+  default     = true
+}
+
+variable "load_balancer_subnet_ids" {
+  description = "Subnets of the load balancer: at least two, each in a different availability zone (an ALB needs two zones). Empty: api_subnet_ids (or subnet_id)."
+  type        = list(string)
+  default     = []
+}
+
+variable "load_balancer_certificate_arn" {
+  description = "ACM certificate of the load balancer's HTTPS listener (443, TLS 1.2 or later); port 80 then redirects to HTTPS. Null: port 80 forwards plain HTTP, as the API itself speaks plain HTTP; set a certificate for production."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.load_balancer_certificate_arn == null || can(regex("^arn:aws[a-z-]*:(acm|iam):", var.load_balancer_certificate_arn))
+    error_message = "load_balancer_certificate_arn must be the ARN of an ACM (or IAM server) certificate, or null."
+  }
+}
+
 variable "monitoring_instance_type" {
   description = "EC2 instance type of the monitoring host (Prometheus and Grafana in containers)."
   type        = string

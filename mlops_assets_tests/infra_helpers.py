@@ -137,3 +137,66 @@ def assert_expected_artifact_store(emulator, outputs: dict) -> None:
     assert outputs["tracking_server_url"] == f"http://{host['ansible_host']}:5000"
     monitoring_vars = outputs["ansible_inventory"]["all"]["children"]["monitoring"]["vars"]
     assert monitoring_vars["tracking_port"] == 5000 and monitoring_vars["mlflow_artifact_bucket"] == bucket
+
+
+def assert_expected_load_balancer(emulator, outputs: dict, client_cidrs: list[str], subnet_ids: list[str],
+                                  certificate_arn: str | None = None, api_port: int = 8000) -> dict:
+    """The API's application load balancer, read back from the emulator: in the given subnets,
+    behind its own security group (80, and 443 with a certificate, from the client networks
+    only; out to the API group's API port only, which admits it); a target group on the API
+    port whose health check is /readyz, with every API host registered; port 80 forwarding (no
+    certificate) or redirecting to an HTTPS listener with a TLS 1.2+ policy. Returns what it read."""
+    ec2, elb = emulator.client("ec2"), emulator.client("elbv2")
+    [balancer] = [b for b in elb.describe_load_balancers()["LoadBalancers"]
+                  if b["DNSName"] == outputs["load_balancer_dns_name"]]
+    api_vars = outputs["ansible_inventory"]["all"]["children"]["api"]["vars"]
+    assert api_vars["api_load_balancer"] == balancer["DNSName"]
+    assert balancer["Type"] == "application" and balancer["Scheme"] == "internet-facing"
+    assert sorted(z["SubnetId"] for z in balancer["AvailabilityZones"]) == sorted(subnet_ids)
+    attributes = {a["Key"]: a["Value"] for a in
+                  elb.describe_load_balancer_attributes(LoadBalancerArn=balancer["LoadBalancerArn"])["Attributes"]}
+    assert attributes["routing.http.drop_invalid_header_fields.enabled"] == "true"
+    assert attributes["deletion_protection.enabled"] == "false"
+
+    lb_sg, api_sg = outputs["security_group_ids"]["load_balancer"], outputs["security_group_ids"]["api"]
+    assert balancer["SecurityGroups"] == [lb_sg]
+    ports = [80, 443] if certificate_arn else [80]
+    ingress = sorted((r["FromPort"], r["ToPort"], r.get("CidrIpv4")) for r in ingress_rules(ec2, lb_sg))
+    assert ingress == sorted((port, port, cidr) for port in ports for cidr in client_cidrs)
+    [egress] = ingress_rules(ec2, lb_sg, egress=True)
+    assert (egress["FromPort"], egress["ToPort"], egress["ReferencedGroupInfo"]["GroupId"]) == (api_port, api_port, api_sg)
+    assert "CidrIpv4" not in egress
+    from_lb = [r for r in ingress_rules(ec2, api_sg) if (r.get("ReferencedGroupInfo") or {}).get("GroupId") == lb_sg]
+    assert [(r["FromPort"], r["ToPort"]) for r in from_lb] == [(api_port, api_port)]
+
+    [group] = elb.describe_target_groups(LoadBalancerArn=balancer["LoadBalancerArn"])["TargetGroups"]
+    assert (group["Protocol"], group["Port"], group["TargetType"]) == ("HTTP", api_port, "instance")
+    assert group["HealthCheckPath"] == "/readyz" and group["HealthCheckPort"] == "traffic-port"
+    assert group["Matcher"] == {"HttpCode": "200"} and group["HealthCheckEnabled"] is True
+    assert set(group["LoadBalancerArns"]) == {balancer["LoadBalancerArn"]}, group["LoadBalancerArns"]
+    targets = elb.describe_target_health(TargetGroupArn=group["TargetGroupArn"])["TargetHealthDescriptions"]
+    assert sorted((t["Target"]["Id"], t["Target"]["Port"]) for t in targets) == sorted(
+        (host["instance_id"], api_port) for host in outputs["api_hosts"])
+
+    listeners = {listener["Port"]: listener
+                 for listener in elb.describe_listeners(LoadBalancerArn=balancer["LoadBalancerArn"])["Listeners"]}
+    assert sorted(listeners) == ports
+    assert listeners[80]["Protocol"] == "HTTP"
+    if certificate_arn:
+        [redirect] = listeners[80]["DefaultActions"]
+        assert redirect["Type"] == "redirect" and "TargetGroupArn" not in redirect
+        assert redirect["RedirectConfig"] == {"Protocol": "HTTPS", "Port": "443", "StatusCode": "HTTP_301"}
+        https = listeners[443]
+        assert https["Protocol"] == "HTTPS" and https["SslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+        assert https["Certificates"] == [{"CertificateArn": certificate_arn}]
+        assert https["DefaultActions"] == [{"Type": "forward", "TargetGroupArn": group["TargetGroupArn"]}]
+    else:
+        assert listeners[80]["DefaultActions"] == [{"Type": "forward", "TargetGroupArn": group["TargetGroupArn"]}]
+    return {"load_balancer": balancer, "target_group": group, "listeners": listeners}
+
+
+def load_balancers_left(emulator) -> list[str]:
+    """Load balancers and target groups the emulator still holds."""
+    elb = emulator.client("elbv2")
+    return ([b["LoadBalancerName"] for b in elb.describe_load_balancers()["LoadBalancers"]]
+            + [g["TargetGroupName"] for g in elb.describe_target_groups()["TargetGroups"]])

@@ -20,9 +20,11 @@ from .infra_helpers import (
     INFRA_DIR,
     assert_expected_artifact_store,
     assert_expected_instances,
+    assert_expected_load_balancer,
     assert_expected_security,
     ingress_rules,
     live_instances,
+    load_balancers_left,
     record_timings,
 )
 
@@ -35,6 +37,17 @@ CLIENT_CIDRS = ["203.0.113.0/24", "192.0.2.0/24"]
 # encryption, versioning, lifecycle, policy), the tracking server's role, role policy and instance
 # profile, 1 per client network
 RESOURCES = 32 + len(CLIENT_CIDRS)
+# With more than one API host, the API's load balancer (on by default), without a certificate: its
+# security group, its egress rule to the API group and the API group's ingress rule from it, the
+# ALB, the target group, one attachment per host (2), the port 80 listener, and its ingress rule
+# from each client network. None with a single host.
+LB_RESOURCES = 8 + len(CLIENT_CIDRS)
+# What a run confirms to go back to one API host: the removed host, Ray's rules, the load balancer.
+LB_ADDRESSES = ["aws_lb.api", "aws_lb_listener.api_http", "aws_lb_target_group.api",
+                "aws_lb_target_group_attachment.api", "aws_security_group.load_balancer",
+                "aws_vpc_security_group_ingress_rule.api_from_load_balancer",
+                "aws_vpc_security_group_ingress_rule.load_balancer_clients",
+                "aws_vpc_security_group_egress_rule.load_balancer_to_api"]
 
 RAY_DEFAULTS = {"gcs": 6379, "client": 10001, "node_manager": 6380, "object_manager": 6381, "dashboard_agent_grpc": 6382,
                 "dashboard_agent_listen": 52365, "runtime_env_agent": 6383, "metrics_export": 6384,
@@ -395,8 +408,9 @@ def _ray_rules(ec2, group_id: str, egress: bool) -> list[dict]:
 def test_api_hosts_spread_over_subnets_form_one_group_with_ray_ports_between_them_only(emulator, tmp_path):
     """api_instance_count = 2 over two subnets: two API hosts (the first the Ray head), Ray's
     ports open between API hosts only (ingress and egress referencing the API group itself),
-    every host in the outputs and the inventory; back to one host, the head stays and the Ray
-    rules go, but only once the run confirms the removed host."""
+    every host in the outputs and the inventory, and the load balancer in front of them (on by
+    default); back to one host, the head stays and the Ray rules and the load balancer go, but
+    only once the run confirms them."""
     ec2 = emulator.client()
     subnets = sorted(ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"],
                      key=lambda s: s["AvailabilityZone"])[:2]
@@ -406,8 +420,8 @@ def test_api_hosts_spread_over_subnets_form_one_group_with_ray_ports_between_the
     tofu.variables.update({"name": "ray", "api_instance_count": 2, "api_subnet_ids": subnet_ids})
     log: list[str] = []
     first = tofu.provision(log.append)
-    # One more instance and 9 Ray rules each way.
-    assert first.plan_summary == {"add": RESOURCES + 1 + 2 * len(RAY_RANGES), "change": 0, "remove": 0}
+    # One more instance, 9 Ray rules each way and the load balancer.
+    assert first.plan_summary == {"add": RESOURCES + 1 + 2 * len(RAY_RANGES) + LB_RESOURCES, "change": 0, "remove": 0}
     outputs = first.outputs
     hosts = outputs["api_hosts"]
     assert [(h["name"], h["ray_role"], h["subnet_id"]) for h in hosts] == [
@@ -420,7 +434,9 @@ def test_api_hosts_spread_over_subnets_form_one_group_with_ray_ports_between_the
     api_group = inventory = outputs["ansible_inventory"]["all"]["children"]["api"]
     assert {name: (host["private_ip"], host["ray_role"]) for name, host in inventory["hosts"].items()} == {
         h["name"]: (h["private_ip"], h["ray_role"]) for h in hosts}
-    assert api_group["vars"] == {"ray_head_address": hosts[0]["private_ip"], "ray_ports": RAY_DEFAULTS}
+    assert outputs["load_balancer_dns_name"]
+    assert api_group["vars"] == {"ray_head_address": hosts[0]["private_ip"], "ray_ports": RAY_DEFAULTS,
+                                 "api_load_balancer": outputs["load_balancer_dns_name"]}
 
     # Ray's ports: from and to the API group itself, nothing else; the monitoring group has none.
     api_sg, monitoring_sg = outputs["security_group_ids"]["api"], outputs["security_group_ids"]["monitoring"]
@@ -430,21 +446,139 @@ def test_api_hosts_spread_over_subnets_form_one_group_with_ray_ports_between_the
         for rule in rules:
             assert rule["ReferencedGroupInfo"]["GroupId"] == api_sg and "CidrIpv4" not in rule, rule
         assert _ray_rules(ec2, monitoring_sg, egress) == []
-    # The rest of the API group is what a single host has: clients, metrics, node_exporter, SSH.
+    # The rest of the API group is what a single host has (clients, metrics, node_exporter, SSH),
+    # plus the API port from the load balancer's group.
     others = {r["FromPort"] for r in ingress_rules(ec2, api_sg)} - {lo for lo, _ in RAY_RANGES}
     assert others == {8000, 8080, 9100, 22}
+    lb_sg = outputs["security_group_ids"]["load_balancer"]
+    assert sorted(r.get("CidrIpv4") or r["ReferencedGroupInfo"]["GroupId"] for r in ingress_rules(ec2, api_sg)
+                  if r["FromPort"] == 8000) == sorted([*CLIENT_CIDRS, lb_sg])
 
-    # Back to one host: refused until the removed host is confirmed; the head stays.
+    # Back to one host: refused until the removed host, Ray's rules and the load balancer are
+    # confirmed; the head stays.
     tofu.variables["api_instance_count"] = 1
     with pytest.raises(ReplacementRefused) as refused:
         tofu.provision(log.append)
     assert "delete aws_instance.api[1]" in str(refused.value) and "aws_instance.api[0]" not in str(refused.value)
+    assert "delete aws_lb.api[0]" in str(refused.value)
     assert len(tofu.outputs()["api_hosts"]) == 2, "nothing was applied"
     shrunk = tofu.provision(log.append, confirm_replacements=[
-        "aws_instance.api[1]", "aws_vpc_security_group_ingress_rule.api_ray", "aws_vpc_security_group_egress_rule.api_ray"])
-    assert shrunk.plan_summary == {"add": 0, "change": 0, "remove": 1 + 2 * len(RAY_RANGES)}
+        "aws_instance.api[1]", "aws_vpc_security_group_ingress_rule.api_ray", "aws_vpc_security_group_egress_rule.api_ray",
+        *LB_ADDRESSES])
+    assert shrunk.plan_summary == {"add": 0, "change": 0, "remove": 1 + 2 * len(RAY_RANGES) + LB_RESOURCES}
     assert [h["instance_id"] for h in shrunk.outputs["api_hosts"]] == [hosts[0]["instance_id"]]
     assert _ray_rules(ec2, api_sg, False) == _ray_rules(ec2, api_sg, True) == []
+    # A null output is left out of `tofu output -json`.
+    assert shrunk.outputs.get("load_balancer_dns_name") is None and load_balancers_left(emulator) == []
+    assert "load_balancer" not in shrunk.outputs["security_group_ids"]
+    assert tofu.destroy(log.append)["destroyed"] is True
+
+
+def _default_subnets(ec2) -> list[dict]:
+    """The default VPC's default subnets, one per availability zone, in zone order."""
+    return sorted(ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"],
+                  key=lambda s: s["AvailabilityZone"])
+
+
+def test_load_balancer_in_front_of_two_hosts_checks_readyz_and_serves_https_with_a_certificate(emulator, tmp_path):
+    """Two API hosts over two subnets, the load balancer in two others (load_balancer_subnet_ids):
+    read back from the emulator (subnets, its security group's rules, the target group's /readyz
+    health check on the API port, both hosts registered, port 80 forwarding); a second plan
+    changes nothing; a host deregistered behind OpenTofu's back is registered again; with a
+    certificate, port 80 redirects (changed in place) to a new HTTPS listener (TLS 1.2+); destroy
+    leaves no load balancer, target group or security group."""
+    ec2 = emulator.client()
+    subnets = _default_subnets(ec2)
+    assert len(subnets) >= 3 and len({s["AvailabilityZone"] for s in subnets}) == len(subnets)
+    api_subnets = [s["SubnetId"] for s in subnets[:2]]
+    lb_subnets = [s["SubnetId"] for s in subnets[1:3]]
+    tofu = _tofu(emulator, tmp_path)
+    tofu.variables.update({"name": "alb", "api_instance_count": 2, "api_subnet_ids": api_subnets,
+                           "load_balancer_subnet_ids": lb_subnets})
+    log: list[str] = []
+    first = tofu.provision(log.append)
+    assert first.plan_summary == {"add": RESOURCES + 1 + 2 * len(RAY_RANGES) + LB_RESOURCES, "change": 0, "remove": 0}
+    assert {"create aws_lb.api[0]", "create aws_lb_listener.api_http[0]", "create aws_lb_target_group.api[0]",
+            "create aws_lb_target_group_attachment.api[0]", "create aws_lb_target_group_attachment.api[1]"} <= set(
+        first.planned_changes)
+    assert not [c for c in first.planned_changes if "api_https" in c]
+    found = assert_expected_load_balancer(emulator, first.outputs, CLIENT_CIDRS, lb_subnets)
+    # The target group is in the load balancer's subnets' VPC (read from the first one).
+    assert found["target_group"]["VpcId"] == subnets[1]["VpcId"] == found["load_balancer"]["VpcId"]
+
+    second = tofu.provision(log.append)
+    assert second.applied is False and second.plan_summary == {"add": 0, "change": 0, "remove": 0}
+    assert second.outputs == first.outputs
+
+    # Drift: a host taken out of the target group by hand is registered again by the next run.
+    elb = emulator.client("elbv2")
+    worker = first.outputs["api_hosts"][1]["instance_id"]
+    elb.deregister_targets(TargetGroupArn=found["target_group"]["TargetGroupArn"], Targets=[{"Id": worker, "Port": 8000}])
+    repaired = tofu.provision(log.append)
+    assert repaired.plan_summary == {"add": 1, "change": 0, "remove": 0}
+    assert repaired.planned_changes == ["create aws_lb_target_group_attachment.api[1]"]
+    assert_expected_load_balancer(emulator, repaired.outputs, CLIENT_CIDRS, lb_subnets)
+
+    # A certificate: an HTTPS listener and its client rules are added, port 80 now redirects.
+    certificate = emulator.client("acm").request_certificate(DomainName="api.example.com")["CertificateArn"]
+    tofu.variables["load_balancer_certificate_arn"] = certificate
+    secured = tofu.provision(log.append)
+    assert secured.plan_summary == {"add": 1 + len(CLIENT_CIDRS), "change": 1, "remove": 0}, secured.planned_changes
+    assert "update aws_lb_listener.api_http[0]" in secured.planned_changes
+    assert "create aws_lb_listener.api_https[0]" in secured.planned_changes
+    assert_expected_load_balancer(emulator, secured.outputs, CLIENT_CIDRS, lb_subnets, certificate_arn=certificate)
+    assert tofu.provision(log.append).plan_summary == {"add": 0, "change": 0, "remove": 0}
+
+    destroyed = tofu.destroy(log.append)
+    assert destroyed["resources_destroyed"] == RESOURCES + 1 + 2 * len(RAY_RANGES) + LB_RESOURCES + 1 + len(CLIENT_CIDRS)
+    assert load_balancers_left(emulator) == []
+    assert {g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]} == {"default"}
+    assert live_instances(ec2) == []
+    record_timings(
+        "load balancer, two API hosts, embedded Terraform (s)",
+        {
+            "first: plan": first.timings["plan"],
+            "first: apply": first.timings["apply"],
+            "second (no change): plan": second.timings["plan"],
+            "certificate: plan+apply": round(secured.timings["plan"] + secured.timings["apply"], 2),
+            "destroy": destroyed["timings"]["destroy"],
+        },
+    )
+
+
+def test_load_balancer_needs_two_zones_and_turned_off_creates_none(emulator, tmp_path):
+    """An ALB needs subnets in two availability zones: with one subnet, two in the same zone, or
+    none given, the plan stops at aws_lb's precondition, which names the variables to set, and
+    nothing is created. load_balancer = false: two API hosts and no load balancer resource."""
+    ec2 = emulator.client()
+    subnets = _default_subnets(ec2)
+    same_zone = ec2.create_subnet(VpcId=subnets[0]["VpcId"], CidrBlock="172.31.240.0/24",
+                                  AvailabilityZone=subnets[0]["AvailabilityZone"])["Subnet"]["SubnetId"]
+    tofu = _tofu(emulator, tmp_path)
+    tofu.variables.update({"name": "nolb", "api_instance_count": 2})
+    try:
+        one = [subnets[0]["SubnetId"]]
+        for api_subnets, lb_subnets in ((one, []), (one, [*one, same_zone]), ([], [])):
+            tofu.variables.update({"api_subnet_ids": api_subnets, "load_balancer_subnet_ids": lb_subnets})
+            with pytest.raises(OpenTofuError) as refused:
+                tofu.provision(lambda _: None)
+            message = str(refused.value)
+            assert 'resource "aws_lb" "api": Resource precondition failed' in message, message
+            assert "load_balancer_subnet_ids" in message
+            assert "different availability zone" in message and "load_balancer = false" in message
+            assert not [i for i in live_instances(ec2) if {"Key": "Project", "Value": "nolb"} in i.get("Tags", [])]
+    finally:
+        ec2.delete_subnet(SubnetId=same_zone)
+
+    tofu.variables.update({"load_balancer": False, "api_subnet_ids": [s["SubnetId"] for s in subnets[:2]],
+                           "load_balancer_subnet_ids": []})
+    log: list[str] = []
+    off = tofu.provision(log.append)
+    assert off.plan_summary == {"add": RESOURCES + 1 + 2 * len(RAY_RANGES), "change": 0, "remove": 0}
+    assert not [c for c in off.planned_changes if "aws_lb" in c or "load_balancer" in c], off.planned_changes
+    assert off.outputs.get("load_balancer_dns_name") is None and "load_balancer" not in off.outputs["security_group_ids"]
+    assert off.outputs["ansible_inventory"]["all"]["children"]["api"]["vars"]["api_load_balancer"] is None
+    assert load_balancers_left(emulator) == [] and len(off.outputs["api_hosts"]) == 2
     assert tofu.destroy(log.append)["destroyed"] is True
 
 

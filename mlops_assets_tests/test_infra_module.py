@@ -61,9 +61,7 @@ def test_module_layout_and_versions(module):
 
 
 def test_every_variable_is_described_and_typed(module):
-    variables = {}
-    for block in _blocks(module, "variable"):
-        variables.update({k.strip('"'): v for k, v in block.items()})
+    variables = _variables(module)
     for name, body in variables.items():
         assert body.get("description"), f"variable {name} has no description"
         assert body.get("type"), f"variable {name} has no type"
@@ -123,6 +121,118 @@ def test_ray_ports_open_between_api_hosts_only(module):
     assert "var.api_instance_count" in str(api["count"]) and "local.api_subnets" in str(api["subnet_id"])
 
 
+def _variables(module) -> dict:
+    variables = {}
+    for block in _blocks(module, "variable"):
+        variables.update({k.strip('"'): v for k, v in block.items()})
+    return variables
+
+
+def _local(module, name):
+    return next(block[name] for block in _blocks(module, "locals") if name in block)
+
+
+LOAD_BALANCER_RESOURCES = {
+    "aws_lb": ["api"],
+    "aws_lb_target_group": ["api"],
+    "aws_lb_target_group_attachment": ["api"],
+    "aws_lb_listener": ["api_http", "api_https"],
+    "aws_security_group": ["load_balancer"],
+    "aws_vpc_security_group_ingress_rule": ["api_from_load_balancer", "load_balancer_clients"],
+    "aws_vpc_security_group_egress_rule": ["load_balancer_to_api"],
+}
+
+
+def test_load_balancer_only_in_front_of_more_than_one_api_host(module):
+    """Every load-balancer resource exists only when local.load_balanced (load_balancer on, the
+    default, and more than one API host); one attachment per API host; HTTPS only with a
+    certificate; the subnets are looked up (their zones and VPC) only then too."""
+    variables = _variables(module)
+    assert variables["load_balancer"]["default"] is True and "api_instance_count > 1" in variables["load_balancer"]["description"]
+    assert variables["load_balancer_subnet_ids"]["default"] == []
+    assert variables["load_balancer_certificate_arn"]["default"] is None
+    assert _local(module, "load_balanced") == "${var.load_balancer && var.api_instance_count > 1}"
+    for type_, names in LOAD_BALANCER_RESOURCES.items():
+        resources = _resources(module, type_)
+        for name in names:
+            gate = str(resources[name].get("count") or resources[name].get("for_each"))
+            assert "local.load_balanced" in gate or gate == "${local.load_balancer_clients}", (type_, name)
+    assert "local.load_balanced" in str(_local(module, "load_balancer_clients"))
+    attachment = _resources(module, "aws_lb_target_group_attachment")["api"]
+    assert attachment["count"] == "${local.load_balanced ? var.api_instance_count : 0}"
+    assert attachment["target_id"] == "${aws_instance.api[count.index].id}" and attachment["port"] == "${var.api_port}"
+    https = _resources(module, "aws_lb_listener")["api_https"]
+    assert "var.load_balancer_certificate_arn != null" in https["count"]
+    subnet = next(block['"aws_subnet"']['"load_balancer"'] for block in _blocks(module, "data") if '"aws_subnet"' in block)
+    assert "local.load_balanced" in subnet["count"]
+
+
+def test_load_balancer_checks_readyz_and_needs_two_zones(module):
+    """The target group: HTTP to the API port of the instances, healthy only while /readyz
+    answers 200. The ALB: drops invalid headers, no deletion protection (make down removes it),
+    a precondition that asks for subnets in two zones and names the variables to set."""
+    group = _resources(module, "aws_lb_target_group")["api"]
+    assert group["port"] == "${var.api_port}" and _unquote(group["protocol"]) == "HTTP"
+    assert _unquote(group["target_type"]) == "instance" and group["vpc_id"] == "${local.load_balancer_vpc_id}"
+    [check] = group["health_check"]
+    assert _unquote(check["path"]) == "/readyz" and _unquote(check["matcher"]) == "200"
+    assert _unquote(check["port"]) == "traffic-port" and _unquote(check["protocol"]) == "HTTP"
+    assert check["enabled"] is True and check["timeout"] < check["interval"] <= 30
+    assert 2 <= check["healthy_threshold"] <= 5 and 2 <= check["unhealthy_threshold"] <= 5
+
+    balancer = _resources(module, "aws_lb")["api"]
+    assert balancer["drop_invalid_header_fields"] is True and balancer["enable_deletion_protection"] is False
+    assert _unquote(balancer["load_balancer_type"]) == "application"
+    assert balancer["security_groups"] == ["${aws_security_group.load_balancer[0].id}"]
+    assert balancer["subnets"] == "${local.load_balancer_subnets}"
+    [precondition] = balancer["lifecycle"][0]["precondition"]
+    assert "data.aws_subnet.load_balancer" in precondition["condition"] and "availability_zone" in precondition["condition"]
+    assert "load_balancer_subnet_ids" in precondition["error_message"] and "load_balancer = false" in precondition["error_message"]
+    assert "var.load_balancer_subnet_ids" in _local(module, "load_balancer_subnets")
+    assert "local.api_subnets" in _local(module, "load_balancer_subnets")
+    assert "var.vpc_id" in _local(module, "load_balancer_vpc_id")
+
+    listeners = _resources(module, "aws_lb_listener")
+    https = listeners["api_https"]
+    assert https["port"] == 443 and _unquote(https["protocol"]) == "HTTPS"
+    assert _unquote(https["ssl_policy"]) == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    assert https["certificate_arn"] == "${var.load_balancer_certificate_arn}"
+    assert https["default_action"][0]["target_group_arn"] == "${aws_lb_target_group.api[0].arn}"
+    http = listeners["api_http"]
+    assert http["port"] == 80 and _unquote(http["protocol"]) == "HTTP"
+    [action] = http["default_action"]
+    assert action["type"] == '${var.load_balancer_certificate_arn == null ? "forward" : "redirect"}'
+    [redirect] = action["dynamic"][0]['"redirect"']["content"]
+    assert (_unquote(redirect["protocol"]), _unquote(redirect["port"])) == ("HTTPS", "443")
+
+
+def test_load_balancer_group_admits_the_api_clients_and_reaches_the_api_port_only(module):
+    """The load balancer's own group: 80 (and 443) from each of api_client_cidrs and from no
+    other CIDR; out only to the API group's API port; the API group admits the API port from it."""
+    ingress = _resources(module, "aws_vpc_security_group_ingress_rule")
+    egress = _resources(module, "aws_vpc_security_group_egress_rule")
+    clients = ingress["load_balancer_clients"]
+    assert clients["security_group_id"] == "${aws_security_group.load_balancer[0].id}"
+    assert clients["cidr_ipv4"] == "${each.value.cidr}" and clients["from_port"] == clients["to_port"] == "${each.value.port}"
+    pairs = _local(module, "load_balancer_clients")
+    assert "setproduct(toset(var.api_client_cidrs), local.load_balancer_ports)" in pairs
+    assert _local(module, "load_balancer_ports") == "${var.load_balancer_certificate_arn == null ? [80] : [80, 443]}"
+    to_api = egress["load_balancer_to_api"]
+    assert to_api["security_group_id"] == "${aws_security_group.load_balancer[0].id}"
+    assert to_api["referenced_security_group_id"] == "${aws_security_group.api.id}"
+    assert to_api["from_port"] == to_api["to_port"] == "${var.api_port}"
+    from_lb = ingress["api_from_load_balancer"]
+    assert from_lb["security_group_id"] == "${aws_security_group.api.id}"
+    assert from_lb["referenced_security_group_id"] == "${aws_security_group.load_balancer[0].id}"
+    assert from_lb["from_port"] == from_lb["to_port"] == "${var.api_port}"
+    # The load balancer's group: these two rules and no other.
+    on_lb = sorted(name for name, rule in {**ingress, **egress}.items() if "aws_security_group.load_balancer" in rule["security_group_id"])
+    assert on_lb == ["load_balancer_clients", "load_balancer_to_api"]
+    for name in ("api_from_load_balancer", "load_balancer_to_api"):
+        assert not {"cidr_ipv4", "cidr_ipv6", "prefix_list_id"} & set({**ingress, **egress}[name]), name
+    assert _resources(module, "aws_security_group")["load_balancer"]["vpc_id"] == "${var.vpc_id}"
+
+
 def test_no_wildcard_iam_action_and_only_the_monitoring_host_has_the_profile(module):
     """Every IAM action in infra_tf/ (policies, trust policies, examples) is named: the one
     wildcard allowed is the artifact bucket policy's Deny of plain-HTTP requests."""
@@ -179,6 +289,8 @@ def test_outputs_cover_addresses_groups_and_inventory(module):
         "artifact_bucket_arn",
         "tracking_server_instance_profile",
         "tracking_server_url",
+        "api_hosts",
+        "load_balancer_dns_name",
     } <= outputs
 
 
@@ -215,3 +327,31 @@ def test_engine_order_binary_then_tofu_then_terraform_then_embedded(tmp_path, mo
     missing = OpenTofu(module_dir=str(INFRA_DIR), work_dir=str(tmp_path / "w"), binary=str(tmp_path / "nope"))
     with pytest.raises(dg.Failure, match="not an executable file"):
         missing.command()
+
+
+def test_checkov_is_clean_with_the_load_balancer(tmp_path):
+    """checkov with two API hosts: with the defaults (one host) it leaves out the resources whose
+    count is 0, the load balancer's among them; here they are scanned, and every failed check is
+    fixed or skipped with its reason (test_infra_checkov.py scans the defaults)."""
+    import json
+
+    from .test_infra_checkov import CHECKOV_REQUIREMENT, tool_venv
+
+    variables = tmp_path / "two_hosts.tfvars"
+    variables.write_text('api_instance_count = 2\nadmin_cidr = "198.51.100.7/32"\napi_client_cidrs = ["203.0.113.0/24"]\n'
+                         'ssh_public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake checkov"\n')
+    result = subprocess.run(
+        [str(tool_venv(CHECKOV_REQUIREMENT) / "checkov"), "-d", str(INFRA_DIR), "--var-file", str(variables),
+         "--skip-download", "-o", "json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    reports = json.loads(result.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    checks = {kind: {(c["check_id"], c["resource"].removeprefix("module.mlops_assets.")) for r in reports
+                     for c in r["results"].get(kind, [])} for kind in ("passed_checks", "failed_checks", "skipped_checks")}
+    assert checks["failed_checks"] == set(), checks["failed_checks"]
+    # The load balancer's resources were scanned: what they pass and what they skip, with reasons.
+    assert {("CKV_AWS_131", "aws_lb.api"), ("CKV_AWS_261", "aws_lb_target_group.api"),
+            ("CKV2_AWS_5", "aws_security_group.load_balancer")} <= checks["passed_checks"]
+    assert {("CKV_AWS_150", "aws_lb.api"), ("CKV_AWS_91", "aws_lb.api"), ("CKV2_AWS_28", "aws_lb.api"),
+            ("CKV_AWS_378", "aws_lb_target_group.api")} <= checks["skipped_checks"]

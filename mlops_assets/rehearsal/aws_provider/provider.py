@@ -1,10 +1,11 @@
-"""TEST DOUBLE of hashicorp/aws: the resources and the data source that infra_tf/ uses,
-each forwarding to the EC2, S3 or IAM API (one moto server on loopback answers all three)
-through boto3.
+"""TEST DOUBLE of hashicorp/aws: the resources and the data sources that infra_tf/ uses,
+each forwarding to the EC2, S3, IAM or Elastic Load Balancing (elbv2) API (one moto server on
+loopback answers all four) through boto3.
 
 The emulator's address comes from the environment exactly as boto3 and the real provider
-read it (`AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL_IAM`, else
-`AWS_ENDPOINT_URL`), so infra_tf/'s HCL stays unchanged.
+read it (`AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL_IAM`,
+`AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2`, else `AWS_ENDPOINT_URL`), so infra_tf/'s HCL
+stays unchanged.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def _tag_attributes() -> list[Attribute]:
     ]
 
 
+def _as_declared(declared: dict, actual: dict) -> dict:
+    """A nested block's settings as read back: what the API holds for each one the
+    configuration sets; what it leaves unset stays unset (the API's defaults are not drift)."""
+    return {k: (actual[k] if actual.get(k) is not None else v) if v is not None else None for k, v in declared.items()}
+
+
 class AwsTestDouble(Provider):
     """The provider: configuration (`region`) and the boto3 client every resource uses."""
 
@@ -97,7 +104,7 @@ class AwsTestDouble(Provider):
         return self._ec2
 
     def client(self, service: str):
-        """The s3 or iam client (boto3 reads AWS_ENDPOINT_URL_<SERVICE> / AWS_ENDPOINT_URL itself).
+        """The s3, iam or elbv2 client (boto3 reads AWS_ENDPOINT_URL_<SERVICE> / AWS_ENDPOINT_URL itself).
         S3 is addressed path-style: the emulator is an IP address, which has no bucket subdomains."""
         with self._lock:
             if service not in self._clients:
@@ -109,7 +116,7 @@ class AwsTestDouble(Provider):
         return self._clients[service]
 
     def get_data_sources(self) -> list:
-        return [AmiDataSource]
+        return [AmiDataSource, SubnetDataSource]
 
     def get_resources(self) -> list:
         return [
@@ -127,6 +134,10 @@ class AwsTestDouble(Provider):
             IamRole,
             IamRolePolicy,
             IamInstanceProfile,
+            LoadBalancer,
+            TargetGroup,
+            TargetGroupAttachment,
+            Listener,
         ]
 
 
@@ -620,7 +631,7 @@ class Instance(_Ec2Resource):
             "volume_size": volume.get("Size"),
             "delete_on_termination": mappings[0]["Ebs"].get("DeleteOnTermination"),
         }
-        return [{k: (actual[k] if actual.get(k) is not None else v) if v is not None else None for k, v in declared.items()}]
+        return [_as_declared(declared, actual)]
 
     def update(self, ctx: UpdateContext, current: State, planned: State) -> Optional[State]:
         self._sync_tags(current["id"], current.get("tags"), planned.get("tags"))
@@ -1598,4 +1609,611 @@ class AmiDataSource(DataSource):
             "creation_date": image.get("CreationDate"),
             "root_device_name": image.get("RootDeviceName"),
             "virtualization_type": image.get("VirtualizationType"),
+        }
+
+
+# -- Elastic Load Balancing v2: shared helpers ---------------------------------------------
+_ELB_GONE = {"LoadBalancerNotFound", "TargetGroupNotFound", "ListenerNotFound"}
+
+
+def _declared_or_actual(declared: Any, actual: Any) -> Any:
+    """A boolean setting as the real provider reads it: an unset argument means false, so an
+    unset one that is false stays unset; otherwise what the API holds."""
+    return None if declared is None and not actual else bool(actual)
+
+
+class _Elbv2Resource(_AwsApiResource):
+    """A load balancer, target group or listener: tags through AddTags/RemoveTags on its ARN."""
+
+    service = "elbv2"
+
+    def _sync_tags(self, resource_id: str, old: Optional[dict], new: Optional[dict]) -> None:
+        old, new = old or {}, new or {}
+        removed = [k for k in old if k not in new]
+        if removed:
+            self.api.remove_tags(ResourceArns=[resource_id], TagKeys=removed)
+        changed = {k: v for k, v in new.items() if old.get(k) != v}
+        if changed:
+            self.api.add_tags(ResourceArns=[resource_id], Tags=_tags_list(changed))
+
+    def _tag_state(self, current: State, arn: str) -> dict:
+        descriptions = self.api.describe_tags(ResourceArns=[arn])["TagDescriptions"]
+        tags = _tags_dict(descriptions[0].get("Tags")) if descriptions else {}
+        return {"tags": tags or current.get("tags"), "tags_all": tags}
+
+    def _generated_name(self, planned: State, prefix: str) -> str:
+        name = _known(planned.get("name"))
+        if name:
+            return name
+        import uuid
+
+        return f"{prefix}{uuid.uuid4().hex[:26]}"
+
+    def _remove(self, ctx: DeleteContext, current: State, action: str, call, gone=_ELB_GONE, **args):
+        """Delete with `call(**args)`; already gone counts as deleted; a failure keeps `current`."""
+        try:
+            call(**args)
+        except Exception as exc:
+            if _error_code(exc) not in gone:
+                self._fail(ctx, action, exc)
+                return current
+        return None
+
+
+# -- aws_lb ----------------------------------------------------------------------------------
+_LB_ATTRIBUTES = {
+    "drop_invalid_header_fields": "routing.http.drop_invalid_header_fields.enabled",
+    "enable_deletion_protection": "deletion_protection.enabled",
+}
+
+
+class LoadBalancer(_Elbv2Resource):
+    @classmethod
+    def get_name(cls) -> str:
+        return "lb"
+
+    @classmethod
+    def get_schema(cls) -> Schema:
+        def replace(name, type_, **kw):
+            return Attribute(name, type_, optional=True, computed=True, requires_replace=True, **kw)
+
+        return Schema(
+            version=0,
+            attributes=[
+                _computed("id"),
+                _computed("arn"),
+                _computed("arn_suffix"),
+                _computed("dns_name"),
+                _computed("zone_id"),
+                _computed("vpc_id"),
+                replace("name", String()),
+                replace("internal", Bool(), default=False),
+                replace("load_balancer_type", String(), default="application"),
+                # Changed in place (SetSecurityGroups, SetSubnets, SetIpAddressType), as for an ALB.
+                Attribute("security_groups", Set(String()), optional=True, computed=True),
+                Attribute("subnets", Set(String()), optional=True, computed=True),
+                Attribute("ip_address_type", String(), optional=True, computed=True, default="ipv4"),
+                *[Attribute(name, Bool(), optional=True) for name in _LB_ATTRIBUTES],
+                *_tag_attributes(),
+            ],
+        )
+
+    def _attributes(self, planned: State, current: Optional[State] = None) -> list[dict]:
+        return [
+            {"Key": api, "Value": "true" if planned.get(name) else "false"}
+            for name, api in _LB_ATTRIBUTES.items()
+            if planned.get(name) is not None and (current is None or planned.get(name) != current.get(name))
+        ]
+
+    def create(self, ctx: CreateContext, planned: State) -> Optional[State]:
+        args: dict[str, Any] = {
+            "Name": self._generated_name(planned, "tf-lb-"),
+            "Type": _known(planned.get("load_balancer_type")) or "application",
+            "Scheme": "internal" if _known(planned.get("internal")) else "internet-facing",
+            "IpAddressType": _known(planned.get("ip_address_type")) or "ipv4",
+        }
+        if _known(planned.get("subnets")):
+            args["Subnets"] = sorted(planned["subnets"])
+        if _known(planned.get("security_groups")):
+            args["SecurityGroups"] = sorted(planned["security_groups"])
+        if planned.get("tags"):
+            args["Tags"] = _tags_list(planned["tags"])
+        try:
+            arn = self.api.create_load_balancer(**args)["LoadBalancers"][0]["LoadBalancerArn"]
+        except Exception as exc:
+            self._fail(ctx, "CreateLoadBalancer", exc)
+            return None
+        attributes = self._attributes(planned)
+        if attributes:
+            try:
+                self.api.modify_load_balancer_attributes(LoadBalancerArn=arn, Attributes=attributes)
+            except Exception as exc:  # created: keep it in the state, so that destroy removes it
+                self._fail(ctx, "ModifyLoadBalancerAttributes", exc)
+        return self.read(ctx, {**planned, "id": arn})
+
+    def read(self, ctx, current: State) -> Optional[State]:
+        try:
+            balancer = self.api.describe_load_balancers(LoadBalancerArns=[current["id"]])["LoadBalancers"][0]
+            attributes = {
+                a["Key"]: a["Value"]
+                for a in self.api.describe_load_balancer_attributes(LoadBalancerArn=current["id"])["Attributes"]
+            }
+        except Exception as exc:
+            if _error_code(exc) in _ELB_GONE:
+                return None
+            raise
+        arn = balancer["LoadBalancerArn"]
+        return {
+            **current,
+            "id": arn,
+            "arn": arn,
+            "arn_suffix": arn.split(":loadbalancer/", 1)[1],
+            "dns_name": balancer["DNSName"],
+            "zone_id": balancer.get("CanonicalHostedZoneId"),
+            "vpc_id": balancer.get("VpcId"),
+            "name": balancer["LoadBalancerName"],
+            "internal": balancer.get("Scheme") == "internal",
+            "load_balancer_type": balancer.get("Type"),
+            "security_groups": sorted(balancer.get("SecurityGroups") or []),
+            "subnets": sorted(zone["SubnetId"] for zone in balancer.get("AvailabilityZones") or []),
+            "ip_address_type": balancer.get("IpAddressType"),
+            **{
+                name: _declared_or_actual(current.get(name), attributes.get(api) == "true")
+                for name, api in _LB_ATTRIBUTES.items()
+            },
+            **self._tag_state(current, arn),
+        }
+
+    def update(self, ctx: UpdateContext, current: State, planned: State) -> Optional[State]:
+        arn = current["id"]
+        try:
+            self._sync_tags(arn, current.get("tags"), planned.get("tags"))
+            if _known(planned.get("security_groups")) and set(planned["security_groups"]) != set(
+                current.get("security_groups") or []
+            ):
+                self.api.set_security_groups(LoadBalancerArn=arn, SecurityGroups=sorted(planned["security_groups"]))
+            if _known(planned.get("subnets")) and set(planned["subnets"]) != set(current.get("subnets") or []):
+                self.api.set_subnets(LoadBalancerArn=arn, Subnets=sorted(planned["subnets"]))
+            if _known(planned.get("ip_address_type")) and planned["ip_address_type"] != current.get("ip_address_type"):
+                self.api.set_ip_address_type(LoadBalancerArn=arn, IpAddressType=planned["ip_address_type"])
+            attributes = self._attributes(planned, current)
+            if attributes:
+                self.api.modify_load_balancer_attributes(LoadBalancerArn=arn, Attributes=attributes)
+        except Exception as exc:
+            self._fail(ctx, "ModifyLoadBalancer", exc)
+            return current
+        return self.read(ctx, {**planned, "id": arn})
+
+    def delete(self, ctx: DeleteContext, current: State):
+        return self._remove(ctx, current, "DeleteLoadBalancer", self.api.delete_load_balancer, LoadBalancerArn=current["id"])
+
+
+# -- aws_lb_target_group ---------------------------------------------------------------------
+_HEALTH_CHECK_FIELDS = {
+    "enabled": "HealthCheckEnabled",
+    "protocol": "HealthCheckProtocol",
+    "port": "HealthCheckPort",
+    "path": "HealthCheckPath",
+    "interval": "HealthCheckIntervalSeconds",
+    "timeout": "HealthCheckTimeoutSeconds",
+    "healthy_threshold": "HealthyThresholdCount",
+    "unhealthy_threshold": "UnhealthyThresholdCount",
+}
+
+
+class TargetGroup(_Elbv2Resource):
+    @classmethod
+    def get_name(cls) -> str:
+        return "lb_target_group"
+
+    @classmethod
+    def get_schema(cls) -> Schema:
+        def replace(name, type_, **kw):
+            return Attribute(name, type_, optional=True, requires_replace=True, **kw)
+
+        return Schema(
+            version=0,
+            attributes=[
+                _computed("id"),
+                _computed("arn"),
+                _computed("arn_suffix"),
+                _computed("load_balancer_arns", Set(String())),
+                replace("name", String(), computed=True),
+                replace("port", Number()),
+                replace("protocol", String()),
+                replace("protocol_version", String(), computed=True),
+                replace("target_type", String(), computed=True, default="instance"),
+                replace("vpc_id", String()),
+                replace("ip_address_type", String(), computed=True),
+                *_tag_attributes(),
+            ],
+            block_types=[
+                SetNestedBlock(
+                    "health_check",
+                    Block(
+                        attributes=[
+                            Attribute("enabled", Bool(), optional=True),
+                            Attribute("protocol", String(), optional=True),
+                            Attribute("port", String(), optional=True),
+                            Attribute("path", String(), optional=True),
+                            Attribute("matcher", String(), optional=True),
+                            Attribute("interval", Number(), optional=True),
+                            Attribute("timeout", Number(), optional=True),
+                            Attribute("healthy_threshold", Number(), optional=True),
+                            Attribute("unhealthy_threshold", Number(), optional=True),
+                        ]
+                    ),
+                )
+            ],
+        )
+
+    @staticmethod
+    def _health_check_args(planned: State) -> dict:
+        check = (planned.get("health_check") or [None])[0] or {}
+        args: dict[str, Any] = {}
+        for name, api in _HEALTH_CHECK_FIELDS.items():
+            value = check.get(name)
+            if value is not None:
+                args[api] = int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        if check.get("matcher") is not None:
+            args["Matcher"] = {"HttpCode": check["matcher"]}
+        return args
+
+    def create(self, ctx: CreateContext, planned: State) -> Optional[State]:
+        args: dict[str, Any] = {
+            "Name": self._generated_name(planned, "tf-"),
+            "TargetType": _known(planned.get("target_type")) or "instance",
+            **self._health_check_args(planned),
+        }
+        for name, api in (("protocol", "Protocol"), ("vpc_id", "VpcId"), ("protocol_version", "ProtocolVersion"),
+                          ("ip_address_type", "IpAddressType")):
+            if _known(planned.get(name)):
+                args[api] = planned[name]
+        if planned.get("port") is not None:
+            args["Port"] = int(planned["port"])
+        if planned.get("tags"):
+            args["Tags"] = _tags_list(planned["tags"])
+        try:
+            arn = self.api.create_target_group(**args)["TargetGroups"][0]["TargetGroupArn"]
+        except Exception as exc:
+            self._fail(ctx, "CreateTargetGroup", exc)
+            return None
+        return self.read(ctx, {**planned, "id": arn})
+
+    def read(self, ctx, current: State) -> Optional[State]:
+        try:
+            group = self.api.describe_target_groups(TargetGroupArns=[current["id"]])["TargetGroups"][0]
+        except Exception as exc:
+            if _error_code(exc) in _ELB_GONE:
+                return None
+            raise
+        arn = group["TargetGroupArn"]
+        return {
+            **current,
+            "id": arn,
+            "arn": arn,
+            "arn_suffix": arn.split(":", 5)[5],
+            "load_balancer_arns": sorted(group.get("LoadBalancerArns") or []),
+            "name": group["TargetGroupName"],
+            "port": group.get("Port"),
+            "protocol": group.get("Protocol"),
+            "protocol_version": group.get("ProtocolVersion"),
+            "target_type": group.get("TargetType"),
+            "vpc_id": group.get("VpcId"),
+            "ip_address_type": group.get("IpAddressType"),
+            "health_check": self._read_health_check(group, current),
+            **self._tag_state(current, arn),
+        }
+
+    def _read_health_check(self, group: dict, current: State) -> list:
+        declared = (current.get("health_check") or [None])[0]
+        if not declared:
+            return current.get("health_check") or []
+        actual = {name: group.get(api) for name, api in _HEALTH_CHECK_FIELDS.items()}
+        actual["matcher"] = (group.get("Matcher") or {}).get("HttpCode")
+        return [_as_declared(declared, actual)]
+
+    def update(self, ctx: UpdateContext, current: State, planned: State) -> Optional[State]:
+        arn = current["id"]
+        try:
+            self._sync_tags(arn, current.get("tags"), planned.get("tags"))
+            if _canonical(planned.get("health_check")) != _canonical(current.get("health_check")):
+                self.api.modify_target_group(TargetGroupArn=arn, **self._health_check_args(planned))
+        except Exception as exc:
+            self._fail(ctx, "ModifyTargetGroup", exc)
+            return current
+        return self.read(ctx, {**planned, "id": arn})
+
+    def delete(self, ctx: DeleteContext, current: State):
+        return self._remove(ctx, current, "DeleteTargetGroup", self.api.delete_target_group, TargetGroupArn=current["id"])
+
+
+# -- aws_lb_target_group_attachment ------------------------------------------------------------
+# What DescribeTargetHealth says of a target that is no longer (or never was) registered.
+_TARGET_GONE = {"Target.NotRegistered", "Target.DeregistrationInProgress"}
+
+
+class TargetGroupAttachment(_Elbv2Resource):
+    @classmethod
+    def get_name(cls) -> str:
+        return "lb_target_group_attachment"
+
+    @classmethod
+    def get_schema(cls) -> Schema:
+        return Schema(
+            version=0,
+            attributes=[
+                _computed("id"),
+                Attribute("target_group_arn", String(), required=True, requires_replace=True),
+                Attribute("target_id", String(), required=True, requires_replace=True),
+                Attribute("port", Number(), optional=True, requires_replace=True),
+                Attribute("availability_zone", String(), optional=True, requires_replace=True),
+            ],
+        )
+
+    @staticmethod
+    def _target(state: State) -> dict:
+        target: dict[str, Any] = {"Id": state["target_id"]}
+        if state.get("port") is not None:
+            target["Port"] = int(state["port"])
+        if state.get("availability_zone"):
+            target["AvailabilityZone"] = state["availability_zone"]
+        return target
+
+    def create(self, ctx: CreateContext, planned: State) -> Optional[State]:
+        try:
+            self.api.register_targets(TargetGroupArn=planned["target_group_arn"], Targets=[self._target(planned)])
+        except Exception as exc:
+            self._fail(ctx, "RegisterTargets", exc)
+            return None
+        return self.read(ctx, {**planned, "id": f"{planned['target_group_arn']}-{planned['target_id']}"})
+
+    def read(self, ctx, current: State) -> Optional[State]:
+        try:
+            health = self.api.describe_target_health(
+                TargetGroupArn=current["target_group_arn"], Targets=[self._target(current)]
+            )["TargetHealthDescriptions"]
+        except Exception as exc:
+            if _error_code(exc) in _ELB_GONE or _error_code(exc) == "InvalidTarget":
+                return None
+            raise
+        if not health or (health[0].get("TargetHealth") or {}).get("Reason") in _TARGET_GONE:
+            return None
+        return dict(current)
+
+    def update(self, ctx: UpdateContext, current: State, planned: State) -> Optional[State]:
+        # Every argument replaces the attachment: nothing changes in place.
+        return self.read(ctx, {**planned, "id": current["id"]})
+
+    def delete(self, ctx: DeleteContext, current: State):
+        # A terminated instance is no target any more: InvalidTarget means already gone.
+        return self._remove(ctx, current, "DeregisterTargets", self.api.deregister_targets,
+                            gone=_ELB_GONE | {"InvalidTarget"},
+                            TargetGroupArn=current["target_group_arn"], Targets=[self._target(current)])
+
+
+# -- aws_lb_listener ---------------------------------------------------------------------------
+_REDIRECT_FIELDS = {
+    "protocol": "Protocol",
+    "port": "Port",
+    "host": "Host",
+    "path": "Path",
+    "query": "Query",
+    "status_code": "StatusCode",
+}
+
+
+class Listener(_Elbv2Resource):
+    @classmethod
+    def get_name(cls) -> str:
+        return "lb_listener"
+
+    @classmethod
+    def get_schema(cls) -> Schema:
+        return Schema(
+            version=0,
+            attributes=[
+                _computed("id"),
+                _computed("arn"),
+                Attribute("load_balancer_arn", String(), required=True, requires_replace=True),
+                # Changed in place (ModifyListener), as the real provider does.
+                Attribute("port", Number(), optional=True),
+                Attribute("protocol", String(), optional=True, computed=True),
+                Attribute("ssl_policy", String(), optional=True, computed=True),
+                Attribute("certificate_arn", String(), optional=True),
+                *_tag_attributes(),
+            ],
+            block_types=[
+                _Blocks(
+                    "default_action",
+                    Block(
+                        attributes=[
+                            Attribute("type", String(), required=True),
+                            Attribute("target_group_arn", String(), optional=True),
+                        ],
+                        block_types=[
+                            _Blocks(
+                                "redirect",
+                                Block(
+                                    attributes=[
+                                        Attribute("status_code", String(), required=True),
+                                        *[Attribute(name, String(), optional=True)
+                                          for name in _REDIRECT_FIELDS if name != "status_code"],
+                                    ]
+                                ),
+                            )
+                        ],
+                    ),
+                )
+            ],
+        )
+
+    @staticmethod
+    def _actions(planned: State) -> list[dict]:
+        actions = []
+        for action in planned.get("default_action") or []:
+            api: dict[str, Any] = {"Type": action["type"]}
+            if action.get("target_group_arn"):
+                api["TargetGroupArn"] = action["target_group_arn"]
+            redirect = (action.get("redirect") or [None])[0]
+            if redirect:
+                api["RedirectConfig"] = {a: redirect[k] for k, a in _REDIRECT_FIELDS.items() if redirect.get(k) is not None}
+            actions.append(api)
+        return actions
+
+    def _listener_args(self, planned: State) -> dict:
+        args: dict[str, Any] = {"DefaultActions": self._actions(planned)}
+        if planned.get("port") is not None:
+            args["Port"] = int(planned["port"])
+        if _known(planned.get("protocol")):
+            args["Protocol"] = planned["protocol"]
+        if _known(planned.get("ssl_policy")):
+            args["SslPolicy"] = planned["ssl_policy"]
+        if planned.get("certificate_arn"):
+            args["Certificates"] = [{"CertificateArn": planned["certificate_arn"]}]
+        return args
+
+    def create(self, ctx: CreateContext, planned: State) -> Optional[State]:
+        args = {"LoadBalancerArn": planned["load_balancer_arn"], **self._listener_args(planned)}
+        if planned.get("tags"):
+            args["Tags"] = _tags_list(planned["tags"])
+        try:
+            arn = self.api.create_listener(**args)["Listeners"][0]["ListenerArn"]
+        except Exception as exc:
+            self._fail(ctx, "CreateListener", exc)
+            return None
+        return self.read(ctx, {**planned, "id": arn})
+
+    def read(self, ctx, current: State) -> Optional[State]:
+        try:
+            listener = self.api.describe_listeners(ListenerArns=[current["id"]])["Listeners"][0]
+        except Exception as exc:
+            if _error_code(exc) in _ELB_GONE:
+                return None
+            raise
+        arn = listener["ListenerArn"]
+        secure = listener.get("Protocol") in ("HTTPS", "TLS")
+        return {
+            **current,
+            "id": arn,
+            "arn": arn,
+            "load_balancer_arn": listener["LoadBalancerArn"],
+            "port": listener.get("Port"),
+            "protocol": listener.get("Protocol"),
+            # Plain HTTP has no TLS policy (moto reports its default for every listener).
+            "ssl_policy": listener.get("SslPolicy") if secure else None,
+            "certificate_arn": ((listener.get("Certificates") or [{}])[0]).get("CertificateArn"),
+            "default_action": self._read_actions(listener.get("DefaultActions") or [], current),
+            **self._tag_state(current, arn),
+        }
+
+    @staticmethod
+    def _read_actions(actions: list[dict], current: State) -> list:
+        declared = {a.get("type"): a for a in current.get("default_action") or []}
+        read = []
+        for action in actions:
+            mine = (declared.get(action["Type"]) or {}).get("redirect") or [None]
+            config = action.get("RedirectConfig")
+            redirect = []
+            if config:
+                # The redirect's arguments the configuration leaves unset stay unset.
+                redirect = [{k: config.get(a) if mine[0] is None or mine[0].get(k) is not None else None
+                             for k, a in _REDIRECT_FIELDS.items()}]
+            read.append({"type": action["Type"], "target_group_arn": action.get("TargetGroupArn"), "redirect": redirect})
+        return read
+
+    def update(self, ctx: UpdateContext, current: State, planned: State) -> Optional[State]:
+        arn = current["id"]
+        try:
+            self._sync_tags(arn, current.get("tags"), planned.get("tags"))
+            self.api.modify_listener(ListenerArn=arn, **self._listener_args(planned))
+        except Exception as exc:
+            self._fail(ctx, "ModifyListener", exc)
+            return current
+        return self.read(ctx, {**planned, "id": arn})
+
+    def delete(self, ctx: DeleteContext, current: State):
+        return self._remove(ctx, current, "DeleteListener", self.api.delete_listener, ListenerArn=current["id"])
+
+
+# -- data "aws_subnet" -----------------------------------------------------------------------
+class SubnetDataSource(DataSource):
+    """One subnet, by id (or by the arguments given), as the real data source finds it."""
+
+    def __init__(self, provider: AwsTestDouble) -> None:
+        self.provider = provider
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "subnet"
+
+    @classmethod
+    def get_schema(cls) -> Schema:
+        def found(name, type_=None):
+            return Attribute(name, type_ or String(), optional=True, computed=True)
+
+        return Schema(
+            version=0,
+            attributes=[
+                found("id"),
+                found("vpc_id"),
+                found("availability_zone"),
+                found("availability_zone_id"),
+                found("cidr_block"),
+                found("default_for_az", Bool()),
+                found("state"),
+                found("tags", Map(String())),
+                _computed("arn"),
+                _computed("owner_id"),
+                _computed("map_public_ip_on_launch", Bool()),
+                _computed("available_ip_address_count", Number()),
+            ],
+        )
+
+    _FILTERS = {
+        "vpc_id": "vpc-id",
+        "availability_zone": "availability-zone",
+        "availability_zone_id": "availability-zone-id",
+        "cidr_block": "cidr-block",
+        "state": "state",
+    }
+
+    def read(self, ctx: ReadDataContext, config: Config) -> Optional[State]:
+        args: dict[str, Any] = {}
+        if _known(config.get("id")):
+            args["SubnetIds"] = [config["id"]]
+        filters = [{"Name": api, "Values": [str(config[k])]} for k, api in self._FILTERS.items() if _known(config.get(k))]
+        if config.get("default_for_az") is not None:
+            filters.append({"Name": "default-for-az", "Values": [str(bool(config["default_for_az"])).lower()]})
+        filters += [{"Name": f"tag:{k}", "Values": [v]} for k, v in (config.get("tags") or {}).items()]
+        if filters:
+            args["Filters"] = filters
+        try:
+            subnets = self.provider.ec2().describe_subnets(**args)["Subnets"]
+        except Exception as exc:
+            if _error_code(exc) != "InvalidSubnetID.NotFound":
+                ctx.diagnostics.add_error("data.aws_subnet: DescribeSubnets failed", str(exc))
+                return None
+            subnets = []
+        if not subnets:
+            ctx.diagnostics.add_error("no matching EC2 Subnet found", f"DescribeSubnets {args}")
+            return None
+        if len(subnets) > 1:
+            ctx.diagnostics.add_error("multiple EC2 Subnets matched; use additional constraints to reduce matches to a single EC2 Subnet")
+            return None
+        subnet = subnets[0]
+        return {
+            **config,
+            "id": subnet["SubnetId"],
+            "vpc_id": subnet["VpcId"],
+            "availability_zone": subnet["AvailabilityZone"],
+            "availability_zone_id": subnet.get("AvailabilityZoneId"),
+            "cidr_block": subnet.get("CidrBlock"),
+            "default_for_az": bool(subnet.get("DefaultForAz")),
+            "state": subnet.get("State"),
+            "tags": _tags_dict(subnet.get("Tags")),
+            "arn": subnet.get("SubnetArn"),
+            "owner_id": subnet.get("OwnerId"),
+            "map_public_ip_on_launch": bool(subnet.get("MapPublicIpOnLaunch")),
+            "available_ip_address_count": subnet.get("AvailableIpAddressCount"),
         }
