@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from mlops_assets.assets.hosts import deployed_hosts
-from mlops_assets.resources.hosts import DeployedHosts, ThisMachineHosts
+from mlops_assets.resources.hosts import AnsibleHosts, DeployedHosts, ThisMachineHosts
 from mlops_assets.resources.ansible import Ansible, AnsibleError, PlaybookResult, TaskFailure, describe_failure, _per_host
 from mlops_assets.resources.opentofu import ThisMachine
 from mlops_assets.settings import PROJECT_ROOT
@@ -75,3 +75,19 @@ def test_local_target_records_this_machine_without_ansible():
     assert value.api_addresses == ["127.0.0.1"] and value.prometheus_url == "http://127.0.0.1:9090"
     assert output.data_version.value.startswith("this-machine/")
     assert "Ansible did not run" in output.metadata["note"].value
+
+
+def test_more_than_one_api_host_is_refused_before_ansible_runs(tmp_path):
+    """api_instance_count > 1 is provisioned by infra_tf/, but the roles deploy one API host:
+    deployed_hosts refuses it by name before any playbook runs."""
+    inventory = {"all": {"children": {
+        "api": {"hosts": {"mlops-api": {"ansible_host": "10.0.0.5"}, "mlops-api-2": {"ansible_host": "10.0.1.5"}}},
+        "monitoring": {"hosts": {"mlops-monitoring": {"ansible_host": "10.0.0.6"}}}}}}
+    work_dir = tmp_path / "ansible"
+    configurator = AnsibleHosts(ansible=Ansible(target="sim", playbook_dir=str(PROJECT_ROOT / "ansible_roles"),
+                                                work_dir=str(work_dir)))
+    with pytest.raises(dg.Failure) as failure:
+        configurator.configure(inventory, previous_data_version=None, run_id="r", code_version="c", log=None)
+    message = failure.value.description
+    assert "2 API hosts (10.0.0.5, 10.0.1.5)" in message and "api_instance_count" in message, message
+    assert not work_dir.exists() or not any(work_dir.iterdir()), "a playbook ran"
