@@ -484,7 +484,8 @@ def test_load_balancer_in_front_of_two_hosts_checks_readyz_and_serves_https_with
     """Two API hosts over two subnets, the load balancer in two others (load_balancer_subnet_ids):
     read back from the emulator (subnets, its security group's rules, the target group's /readyz
     health check on the API port, both hosts registered, port 80 forwarding); a second plan
-    changes nothing; a host deregistered behind OpenTofu's back is registered again; with a
+    changes nothing; a host deregistered and header checking turned off behind OpenTofu's back
+    are repaired; with a
     certificate, port 80 redirects (changed in place) to a new HTTPS listener (TLS 1.2+); destroy
     leaves no load balancer, target group or security group."""
     ec2 = emulator.client()
@@ -510,13 +511,16 @@ def test_load_balancer_in_front_of_two_hosts_checks_readyz_and_serves_https_with
     assert second.applied is False and second.plan_summary == {"add": 0, "change": 0, "remove": 0}
     assert second.outputs == first.outputs
 
-    # Drift: a host taken out of the target group by hand is registered again by the next run.
+    # Drift: a host taken out of the target group and invalid headers let through, by hand: the
+    # next run registers the host again and drops invalid headers again.
     elb = emulator.client("elbv2")
     worker = first.outputs["api_hosts"][1]["instance_id"]
     elb.deregister_targets(TargetGroupArn=found["target_group"]["TargetGroupArn"], Targets=[{"Id": worker, "Port": 8000}])
+    elb.modify_load_balancer_attributes(LoadBalancerArn=found["load_balancer"]["LoadBalancerArn"], Attributes=[
+        {"Key": "routing.http.drop_invalid_header_fields.enabled", "Value": "false"}])
     repaired = tofu.provision(log.append)
-    assert repaired.plan_summary == {"add": 1, "change": 0, "remove": 0}
-    assert repaired.planned_changes == ["create aws_lb_target_group_attachment.api[1]"]
+    assert repaired.plan_summary == {"add": 1, "change": 1, "remove": 0}
+    assert repaired.planned_changes == ["create aws_lb_target_group_attachment.api[1]", "update aws_lb.api[0]"]
     assert_expected_load_balancer(emulator, repaired.outputs, CLIENT_CIDRS, lb_subnets)
 
     # A certificate: an HTTPS listener and its client rules are added, port 80 now redirects.

@@ -52,11 +52,22 @@ def _computed(name: str, type_=None) -> Attribute:
     return Attribute(name, type_ or String(), computed=True)
 
 
+def _replaced(name: str, type_, **kw) -> Attribute:
+    """An optional argument whose change replaces the resource."""
+    return Attribute(name, type_, optional=True, requires_replace=True, **kw)
+
+
 def _tag_attributes() -> list[Attribute]:
     return [
         Attribute("tags", Map(String()), optional=True, description="Tags of the resource."),
         Attribute("tags_all", Map(String()), computed=True, description="All tags (no default_tags here)."),
     ]
+
+
+def _declared_or_actual(declared: Any, actual: Any) -> Any:
+    """A boolean setting as the real provider reads it: an unset argument means false, so an
+    unset one that is false stays unset; otherwise what the API holds."""
+    return None if declared is None and not actual else bool(actual)
 
 
 def _as_declared(declared: dict, actual: dict) -> dict:
@@ -463,9 +474,6 @@ class Instance(_Ec2Resource):
 
     @classmethod
     def get_schema(cls) -> Schema:
-        def replace(name, type_, **kw):
-            return Attribute(name, type_, optional=True, requires_replace=True, **kw)
-
         return Schema(
             version=0,
             attributes=[
@@ -479,12 +487,12 @@ class Instance(_Ec2Resource):
                 _computed("availability_zone"),
                 Attribute("ami", String(), required=True, requires_replace=True),
                 Attribute("instance_type", String(), required=True, requires_replace=True),
-                replace("key_name", String()),
-                replace("subnet_id", String(), computed=True),
-                replace("vpc_security_group_ids", Set(String()), computed=True),
-                replace("associate_public_ip_address", Bool(), computed=True),
-                replace("monitoring", Bool()),
-                replace("ebs_optimized", Bool(), computed=True),
+                _replaced("key_name", String()),
+                _replaced("subnet_id", String(), computed=True),
+                _replaced("vpc_security_group_ids", Set(String()), computed=True),
+                _replaced("associate_public_ip_address", Bool(), computed=True),
+                _replaced("monitoring", Bool()),
+                _replaced("ebs_optimized", Bool(), computed=True),
                 # Changed in place (the instance's profile association), as the real provider does.
                 Attribute("iam_instance_profile", String(), optional=True),
                 *_tag_attributes(),
@@ -964,9 +972,7 @@ class S3BucketPublicAccessBlock(_BucketPart):
     def _state(self, current: State, fetched: Any) -> State:
         state = dict(current)
         for k, api in _PUBLIC_ACCESS_FIELDS.items():
-            actual = bool(fetched.get(api))
-            # An unset argument means false (the real provider's default): keep it unset then.
-            state[k] = None if current.get(k) is None and not actual else actual
+            state[k] = _declared_or_actual(current.get(k), fetched.get(api))
         return state
 
     def _remove(self, bucket: str) -> None:
@@ -1616,12 +1622,6 @@ class AmiDataSource(DataSource):
 _ELB_GONE = {"LoadBalancerNotFound", "TargetGroupNotFound", "ListenerNotFound"}
 
 
-def _declared_or_actual(declared: Any, actual: Any) -> Any:
-    """A boolean setting as the real provider reads it: an unset argument means false, so an
-    unset one that is false stays unset; otherwise what the API holds."""
-    return None if declared is None and not actual else bool(actual)
-
-
 class _Elbv2Resource(_AwsApiResource):
     """A load balancer, target group or listener: tags through AddTags/RemoveTags on its ARN."""
 
@@ -1640,6 +1640,27 @@ class _Elbv2Resource(_AwsApiResource):
         descriptions = self.api.describe_tags(ResourceArns=[arn])["TagDescriptions"]
         tags = _tags_dict(descriptions[0].get("Tags")) if descriptions else {}
         return {"tags": tags or current.get("tags"), "tags_all": tags}
+
+    def _create(self, ctx: CreateContext, planned: State, action: str, call, created: str, **args) -> Optional[State]:
+        """`call(**args)` with the planned tags; the new resource (`response[created][0]`) read
+        back by its ARN, which is its id, as in the real provider."""
+        if planned.get("tags"):
+            args["Tags"] = _tags_list(planned["tags"])
+        try:
+            arn = call(**args)[created][0][action.removeprefix("Create") + "Arn"]
+        except Exception as exc:
+            self._fail(ctx, action, exc)
+            return None
+        return self.read(ctx, {**planned, "id": arn})
+
+    def _describe(self, call, described: str, **args) -> Optional[dict]:
+        """The one resource `call(**args)` describes (`response[described][0]`); None when it is gone."""
+        try:
+            return call(**args)[described][0]
+        except Exception as exc:
+            if _error_code(exc) in _ELB_GONE:
+                return None
+            raise
 
     def _generated_name(self, planned: State, prefix: str) -> str:
         name = _known(planned.get("name"))
@@ -1674,9 +1695,6 @@ class LoadBalancer(_Elbv2Resource):
 
     @classmethod
     def get_schema(cls) -> Schema:
-        def replace(name, type_, **kw):
-            return Attribute(name, type_, optional=True, computed=True, requires_replace=True, **kw)
-
         return Schema(
             version=0,
             attributes=[
@@ -1686,9 +1704,9 @@ class LoadBalancer(_Elbv2Resource):
                 _computed("dns_name"),
                 _computed("zone_id"),
                 _computed("vpc_id"),
-                replace("name", String()),
-                replace("internal", Bool(), default=False),
-                replace("load_balancer_type", String(), default="application"),
+                _replaced("name", String(), computed=True),
+                _replaced("internal", Bool(), computed=True, default=False),
+                _replaced("load_balancer_type", String(), computed=True, default="application"),
                 # Changed in place (SetSecurityGroups, SetSubnets, SetIpAddressType), as for an ALB.
                 Attribute("security_groups", Set(String()), optional=True, computed=True),
                 Attribute("subnets", Set(String()), optional=True, computed=True),
@@ -1716,33 +1734,22 @@ class LoadBalancer(_Elbv2Resource):
             args["Subnets"] = sorted(planned["subnets"])
         if _known(planned.get("security_groups")):
             args["SecurityGroups"] = sorted(planned["security_groups"])
-        if planned.get("tags"):
-            args["Tags"] = _tags_list(planned["tags"])
-        try:
-            arn = self.api.create_load_balancer(**args)["LoadBalancers"][0]["LoadBalancerArn"]
-        except Exception as exc:
-            self._fail(ctx, "CreateLoadBalancer", exc)
-            return None
+        state = self._create(ctx, planned, "CreateLoadBalancer", self.api.create_load_balancer, "LoadBalancers", **args)
         attributes = self._attributes(planned)
-        if attributes:
+        if state is not None and attributes:
             try:
-                self.api.modify_load_balancer_attributes(LoadBalancerArn=arn, Attributes=attributes)
+                self.api.modify_load_balancer_attributes(LoadBalancerArn=state["id"], Attributes=attributes)
             except Exception as exc:  # created: keep it in the state, so that destroy removes it
                 self._fail(ctx, "ModifyLoadBalancerAttributes", exc)
-        return self.read(ctx, {**planned, "id": arn})
+            return self.read(ctx, state)
+        return state
 
     def read(self, ctx, current: State) -> Optional[State]:
-        try:
-            balancer = self.api.describe_load_balancers(LoadBalancerArns=[current["id"]])["LoadBalancers"][0]
-            attributes = {
-                a["Key"]: a["Value"]
-                for a in self.api.describe_load_balancer_attributes(LoadBalancerArn=current["id"])["Attributes"]
-            }
-        except Exception as exc:
-            if _error_code(exc) in _ELB_GONE:
-                return None
-            raise
+        balancer = self._describe(self.api.describe_load_balancers, "LoadBalancers", LoadBalancerArns=[current["id"]])
+        if balancer is None:
+            return None
         arn = balancer["LoadBalancerArn"]
+        attributes = {a["Key"]: a["Value"] for a in self.api.describe_load_balancer_attributes(LoadBalancerArn=arn)["Attributes"]}
         return {
             **current,
             "id": arn,
@@ -1808,9 +1815,6 @@ class TargetGroup(_Elbv2Resource):
 
     @classmethod
     def get_schema(cls) -> Schema:
-        def replace(name, type_, **kw):
-            return Attribute(name, type_, optional=True, requires_replace=True, **kw)
-
         return Schema(
             version=0,
             attributes=[
@@ -1818,13 +1822,13 @@ class TargetGroup(_Elbv2Resource):
                 _computed("arn"),
                 _computed("arn_suffix"),
                 _computed("load_balancer_arns", Set(String())),
-                replace("name", String(), computed=True),
-                replace("port", Number()),
-                replace("protocol", String()),
-                replace("protocol_version", String(), computed=True),
-                replace("target_type", String(), computed=True, default="instance"),
-                replace("vpc_id", String()),
-                replace("ip_address_type", String(), computed=True),
+                _replaced("name", String(), computed=True),
+                _replaced("port", Number()),
+                _replaced("protocol", String()),
+                _replaced("protocol_version", String(), computed=True),
+                _replaced("target_type", String(), computed=True, default="instance"),
+                _replaced("vpc_id", String()),
+                _replaced("ip_address_type", String(), computed=True),
                 *_tag_attributes(),
             ],
             block_types=[
@@ -1871,22 +1875,12 @@ class TargetGroup(_Elbv2Resource):
                 args[api] = planned[name]
         if planned.get("port") is not None:
             args["Port"] = int(planned["port"])
-        if planned.get("tags"):
-            args["Tags"] = _tags_list(planned["tags"])
-        try:
-            arn = self.api.create_target_group(**args)["TargetGroups"][0]["TargetGroupArn"]
-        except Exception as exc:
-            self._fail(ctx, "CreateTargetGroup", exc)
-            return None
-        return self.read(ctx, {**planned, "id": arn})
+        return self._create(ctx, planned, "CreateTargetGroup", self.api.create_target_group, "TargetGroups", **args)
 
     def read(self, ctx, current: State) -> Optional[State]:
-        try:
-            group = self.api.describe_target_groups(TargetGroupArns=[current["id"]])["TargetGroups"][0]
-        except Exception as exc:
-            if _error_code(exc) in _ELB_GONE:
-                return None
-            raise
+        group = self._describe(self.api.describe_target_groups, "TargetGroups", TargetGroupArns=[current["id"]])
+        if group is None:
+            return None
         arn = group["TargetGroupArn"]
         return {
             **current,
@@ -2074,23 +2068,13 @@ class Listener(_Elbv2Resource):
         return args
 
     def create(self, ctx: CreateContext, planned: State) -> Optional[State]:
-        args = {"LoadBalancerArn": planned["load_balancer_arn"], **self._listener_args(planned)}
-        if planned.get("tags"):
-            args["Tags"] = _tags_list(planned["tags"])
-        try:
-            arn = self.api.create_listener(**args)["Listeners"][0]["ListenerArn"]
-        except Exception as exc:
-            self._fail(ctx, "CreateListener", exc)
-            return None
-        return self.read(ctx, {**planned, "id": arn})
+        return self._create(ctx, planned, "CreateListener", self.api.create_listener, "Listeners",
+                            LoadBalancerArn=planned["load_balancer_arn"], **self._listener_args(planned))
 
     def read(self, ctx, current: State) -> Optional[State]:
-        try:
-            listener = self.api.describe_listeners(ListenerArns=[current["id"]])["Listeners"][0]
-        except Exception as exc:
-            if _error_code(exc) in _ELB_GONE:
-                return None
-            raise
+        listener = self._describe(self.api.describe_listeners, "Listeners", ListenerArns=[current["id"]])
+        if listener is None:
+            return None
         arn = listener["ListenerArn"]
         secure = listener.get("Protocol") in ("HTTPS", "TLS")
         return {
