@@ -39,6 +39,7 @@ locals {
     runtime_env_agent      = [var.ray_ports.runtime_env_agent, var.ray_ports.runtime_env_agent]
     metrics_export         = [var.ray_ports.metrics_export, var.ray_ports.metrics_export]
     workers                = [var.ray_ports.min_worker, var.ray_ports.max_worker]
+    serve_replicas         = [var.ray_ports.serve_replica_min, var.ray_ports.serve_replica_max]
   } : {}
 
   # The API's application load balancer: only in front of more than one API host. Its subnets

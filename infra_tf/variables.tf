@@ -55,7 +55,7 @@ variable "api_subnet_ids" {
 }
 
 variable "ray_ports" {
-  description = "Ports of the API hosts' Ray cluster, which the api role starts Ray with: the head's GCS and Ray client, and on every node the raylet (node manager), object manager, dashboard agent (gRPC and HTTP), runtime-env agent, metrics export and the workers' range. With more than one API host they are opened between API hosts only, by rules that reference the API group itself; never from anywhere else."
+  description = "Ports of the API hosts' Ray cluster, which the api role starts Ray with: the head's GCS and Ray client, and on every node the raylet (node manager), object manager, dashboard agent (gRPC and HTTP), runtime-env agent, metrics export, the workers' range, and the range of Serve's replicas' own HTTP ports (direct ingress: each node's HAProxy sends requests to the replicas on every node there; the API's runtime uses 30000-31000). With more than one API host they are opened between API hosts only, by rules that reference the API group itself; never from anywhere else."
   type = object({
     gcs                    = number
     client                 = number
@@ -67,6 +67,8 @@ variable "ray_ports" {
     metrics_export         = number
     min_worker             = number
     max_worker             = number
+    serve_replica_min      = number
+    serve_replica_max      = number
   })
   default = {
     gcs                    = 6379
@@ -79,11 +81,13 @@ variable "ray_ports" {
     metrics_export         = 6384
     min_worker             = 10002
     max_worker             = 10100
+    serve_replica_min      = 30000
+    serve_replica_max      = 31000
   }
 
   validation {
-    condition     = alltrue([for port in values(var.ray_ports) : port >= 1024 && port <= 65535]) && var.ray_ports.min_worker <= var.ray_ports.max_worker
-    error_message = "ray_ports must be ports from 1024 to 65535, with min_worker <= max_worker."
+    condition     = alltrue([for port in values(var.ray_ports) : port >= 1024 && port <= 65535]) && var.ray_ports.min_worker <= var.ray_ports.max_worker && var.ray_ports.serve_replica_min <= var.ray_ports.serve_replica_max
+    error_message = "ray_ports must be ports from 1024 to 65535, with min_worker <= max_worker and serve_replica_min <= serve_replica_max."
   }
 }
 

@@ -51,10 +51,11 @@ LB_ADDRESSES = ["aws_lb.api", "aws_lb_listener.api_http", "aws_lb_target_group.a
 
 RAY_DEFAULTS = {"gcs": 6379, "client": 10001, "node_manager": 6380, "object_manager": 6381, "dashboard_agent_grpc": 6382,
                 "dashboard_agent_listen": 52365, "runtime_env_agent": 6383, "metrics_export": 6384,
-                "min_worker": 10002, "max_worker": 10100}
-# (from, to) of each Ray rule: one port each, and the workers' range.
-RAY_RANGES = sorted([(p, p) for k, p in RAY_DEFAULTS.items() if not k.endswith("_worker")]
-                    + [(RAY_DEFAULTS["min_worker"], RAY_DEFAULTS["max_worker"])])
+                "min_worker": 10002, "max_worker": 10100, "serve_replica_min": 30000, "serve_replica_max": 31000}
+# (from, to) of each Ray rule: one port each, the workers' range and the Serve replicas' range.
+RAY_RANGES = sorted([(p, p) for k, p in RAY_DEFAULTS.items() if not k.endswith(("_worker", "_min", "_max"))]
+                    + [(RAY_DEFAULTS["min_worker"], RAY_DEFAULTS["max_worker"]),
+                       (RAY_DEFAULTS["serve_replica_min"], RAY_DEFAULTS["serve_replica_max"])])
 
 
 def _public_key() -> str:
@@ -187,6 +188,7 @@ def test_variable_validation_refuses_the_whole_internet_as_admin(emulator, tmp_p
         ("api_instance_count", 1.5, "whole number from 1 to 10"),
         ("ray_ports", {**RAY_DEFAULTS, "min_worker": 10200}, "min_worker <= max_worker"),
         ("ray_ports", {**RAY_DEFAULTS, "gcs": 80}, "ports from 1024 to 65535"),
+        ("ray_ports", {**RAY_DEFAULTS, "serve_replica_min": 31001}, "serve_replica_min <= serve_replica_max"),
     ):
         tofu = _tofu(emulator, tmp_path)
         tofu.variables[variable] = value

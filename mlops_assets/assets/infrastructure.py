@@ -51,6 +51,7 @@ def _metadata(result: ProvisionResult, total_seconds: float) -> dict:
         "addresses": dg.MetadataValue.md(markdown_table(["host", "public address", "private address"], _addresses(outputs))),
         "api_address": outputs.get("api_public_ip") or outputs.get("api_private_ip"),
         "api_host_count": len(outputs.get("api_hosts") or [None]),
+        **({"load_balancer": outputs["load_balancer_dns_name"]} if outputs.get("load_balancer_dns_name") else {}),
         "monitoring_address": outputs.get("monitoring_public_ip") or outputs.get("monitoring_private_ip"),
         "security_group_ids": dg.MetadataValue.json(outputs.get("security_group_ids") or {}),
         "ansible_inventory": dg.MetadataValue.json(outputs.get("ansible_inventory") or {}),
