@@ -88,8 +88,9 @@ def require_one_api_host(inventory: dict) -> None:
         raise dg.Failure(description=(
             f"tofu_state created {len(api)} API hosts ({', '.join(api)}) but the pipeline deploys and checks one "
             "API host so far: the Ray cluster across API hosts is not built yet. Set api_instance_count back to 1 "
-            "(TF_VAR_api_instance_count=1) and confirm the removed hosts in tofu_state's confirm_replacements "
-            "(aws_instance.api). No host was changed."))
+            "(TF_VAR_api_instance_count=1) and confirm what that removes in tofu_state's confirm_replacements "
+            "(the extra hosts, the load balancer and Ray's rules: infra_tf/README.md lists them). Ansible configured "
+            "no host."))
 
 
 class HostConfigurator(dg.ConfigurableResource):
