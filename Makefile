@@ -16,6 +16,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # instead of 5.6 on 2 cores: it compiles the 37,600 files on every core. Where uv cannot reach an
 # index (it reads no pip.conf), pip does the install instead.
 UV_VERSION := 0.13.9
+# make test's lanes (pytest-xdist workers): the tests with hosts in network namespaces run
+# beside all the others; TEST_LANES=0 runs everything in one process.
+TEST_LANES ?= 2
 $(VENV)/.installed: setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install --disable-pip-version-check -q 'uv==$(UV_VERSION)' || true
@@ -37,10 +40,10 @@ run: install ## materialize the whole asset graph for MLOPS_TARGET (default loca
 	@bash scripts/setup_podman.sh || echo "make run: no container engine; container_image will be skipped (see above)"
 	$(BIN)/python -m mlops_assets.cli run
 
-test: install ## the whole suite, cheapest tier first (unit, service, stack); stops after a failing tier
+test: install ## the whole suite in two lanes, each cheapest tier first (unit, service, stack); stops after a failing tier
 	@scripts/setup_prometheus.sh || echo 'without prometheus/promtool the monitoring tests fail' >&2
 	@scripts/setup_postgres.sh || echo 'without a PostgreSQL server the PostgreSQL-state tests fail' >&2
-	$(BIN)/python -m pytest mlops_assets_tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest mlops_assets_tests -n $(TEST_LANES) $(PYTEST_ARGS)
 
 test-fast: install ## the unit tier only: no servers, no root, well under a minute
 	$(BIN)/python -m pytest mlops_assets_tests -m unit $(PYTEST_ARGS)

@@ -58,6 +58,9 @@ DEV_REQUIRES = [
     *SIM_REQUIRES,
     "pytest==9.2.*",
     "pytest-timeout>=2.3",
+    # `make test` runs two lanes at once (conftest.py: the tests with hosts in network
+    # namespaces beside all the others).
+    "pytest-xdist==3.8.0",
     # Property-based requests against the prediction API's /openapi.json.
     "schemathesis==4.32.5",
     # Infra tests: HCL parsing. checkov runs from its own venv (its pins clash with ray and

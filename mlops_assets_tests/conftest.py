@@ -70,13 +70,58 @@ def trained_home():
 # `root` is skipped when not root, except in CI (MLOPS_CI=1), where it fails: CI runs as root
 # and a skipped test there would be a silent gap. MLOPS_TEST_PROGRESS_FILE, when set, names
 # the test running now (the CI watchdog prints it when it stops a hung run).
+#
+# Two lanes (`make test` runs pytest-xdist with `-n 2 --dist loadgroup`): the tests marked
+# `hosts` (they bring up hosts in network namespaces and spend most of their time waiting on
+# SSH, Ansible and containers) run in one worker, every other test in the other, each lane in
+# tier order. A failed tier in either lane stops both before their next later-tier test (the
+# lanes share a file that names the failed tiers).
 import json  # noqa: E402
 
 TIERS = ("unit", "service", "stack")
 TIMES_FILE = Path(__file__).with_name("test_times.json")
 TIMEOUT_FLOOR_S = {"unit": 30, "service": 120, "stack": 300}
 TIMEOUT_UNMEASURED_S = {"unit": 60, "service": 600, "stack": 1200}
-_failed_tiers: set[str] = set()
+_controller = {"xdist": False}
+
+
+def pytest_configure(config):
+    """One id per run, set before xdist starts its workers (they inherit it): the file of
+    failed tiers the lanes share is named after it."""
+    if not hasattr(config, "workerinput"):
+        os.environ["MLOPS_TEST_RUN_ID"] = f"{os.getpid()}-{int(time.time())}"
+        _controller["xdist"] = bool(config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None))
+
+
+def _failed_tiers_file() -> Path:
+    return Path(tempfile.gettempdir()) / f"mlops-failed-tiers-{os.environ['MLOPS_TEST_RUN_ID']}"
+
+
+def failed_tiers() -> set[str]:
+    shared = _failed_tiers_file()
+    return set(shared.read_text().split()) if shared.exists() else set()
+
+
+def lane_of_module(module) -> str:
+    """`hosts` for a test module marked so (module-level `pytestmark`), else `local`."""
+    marks = getattr(module, "pytestmark", [])
+    return "hosts" if any(mark.name == "hosts" for mark in (marks if isinstance(marks, list) else [marks])) else "local"
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown to a run without it
+def pytest_xdist_make_scheduler(config, log):
+    """One worker per lane, each running its tests in collection (tier) order. xdist's own
+    loadgroup cannot be used: it renames items through an attribute pytest 9 no longer reads."""
+    import importlib
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LaneScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].removesuffix(".py").replace("/", ".")
+            return lane_of_module(importlib.import_module(module))
+
+    return LaneScheduling(config, log)
 
 
 def tier_of(item) -> str:
@@ -98,14 +143,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(timeout_for(item.nodeid, tier_of(item), measured)))
+        if item.get_closest_marker("hosts") and lane_of_module(item.module) != "hosts":
+            raise pytest.UsageError(f"{item.nodeid}: mark a whole module `hosts` (pytestmark), never one test")
     items.sort(key=lambda item: TIERS.index(tier_of(item)))  # stable: file order within a tier
 
 
 def pytest_runtest_setup(item):
-    tier = tier_of(item)
-    earlier = [t for t in TIERS[: TIERS.index(tier)] if t in _failed_tiers]
-    if earlier:
-        pytest.exit(f"the {earlier[0]} tier failed: the {tier} tier and later ones were not run", returncode=1)
     if item.get_closest_marker("root") and os.geteuid() != 0:
         if os.environ.get("MLOPS_CI"):
             pytest.fail("this test needs root, and in CI (MLOPS_CI=1) every test must run: run .ci/run as root")
@@ -115,20 +158,37 @@ def pytest_runtest_setup(item):
 def pytest_runtest_logreport(report):
     if report.failed:
         tier = next((t for t in TIERS if t in report.keywords), None)
-        if tier:
-            _failed_tiers.add(tier)
+        if tier and not _controller["xdist"]:  # written by the worker that ran the test
+            with open(_failed_tiers_file(), "a") as handle:
+                handle.write(tier + "\n")
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Stop before the first test of a tier after one that failed (in this lane or the other):
+    both pytest and xdist's workers end the session cleanly once `shouldstop` is set."""
+    if nextitem is None:
+        return
+    tier, failed = tier_of(nextitem), failed_tiers()
+    earlier = [t for t in TIERS[: TIERS.index(tier)] if t in failed]
+    if earlier:
+        item.session.shouldstop = f"the {earlier[0]} tier failed: the {tier} tier and later ones were not run"
 
 
 def pytest_runtest_logstart(nodeid, location):
     progress = os.environ.get("MLOPS_TEST_PROGRESS_FILE")
-    if progress:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if progress and worker:  # one line per lane: MLOPS_TEST_PROGRESS_FILE.gw0, .gw1
+        Path(f"{progress}.{worker}").write_text(f"{worker}: {nodeid} (started {time.strftime('%H:%M:%S')})\n")
+    elif progress and not _controller["xdist"]:
         Path(progress).write_text(f"{nodeid} (started {time.strftime('%H:%M:%S')})\n")
 
 
 def pytest_sessionfinish(session, exitstatus):
     """Remove the session's state folder from /tmp after a passing session (a failing one, or
     MLOPS_KEEP_TEST_HOME=1, keeps it to look at)."""
-    if exitstatus == 0 and not os.environ.get("MLOPS_KEEP_TEST_HOME") and not hasattr(session.config, "workerinput"):
+    if not hasattr(session.config, "workerinput"):  # the controller, after every worker
+        _failed_tiers_file().unlink(missing_ok=True)
+    if exitstatus == 0 and not os.environ.get("MLOPS_KEEP_TEST_HOME"):  # each xdist worker has its own
         import shutil
 
         shutil.rmtree(_SESSION_HOME, ignore_errors=True)

@@ -25,7 +25,7 @@ import pytest
 from mlops_assets.resources.ansible import Ansible, AnsibleError
 from mlops_assets.settings import PROJECT_ROOT
 
-pytestmark = [pytest.mark.stack, pytest.mark.root]
+pytestmark = [pytest.mark.stack, pytest.mark.root, pytest.mark.hosts]
 
 TIMINGS: dict[str, float] = {}
 GRAFANA_PASSWORD = "rehearsal-" + os.urandom(6).hex()

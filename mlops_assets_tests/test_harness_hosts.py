@@ -16,7 +16,7 @@ import pytest
 from mlops_assets.offline_base import BASE_IMAGE
 from mlops_assets.rehearsal.hosts import TestHosts, free_subnet, reap_stale
 
-pytestmark = [pytest.mark.stack, pytest.mark.root]
+pytestmark = [pytest.mark.stack, pytest.mark.root, pytest.mark.hosts]
 
 TIMINGS: dict[str, float] = {}
 

@@ -49,7 +49,7 @@ import pytest
 from mlops_assets.settings import PROJECT_ROOT
 from mlops_assets_tests.lazy_stack import images_built_in, remove_images
 
-pytestmark = [pytest.mark.stack, pytest.mark.root]
+pytestmark = [pytest.mark.stack, pytest.mark.root, pytest.mark.hosts]
 
 PHASES: dict[str, float] = {}
 # Docker's default bridge address inside the monitoring host, and a free port there.

@@ -14,6 +14,7 @@ two `docker build`s, printed), with the wheels from this machine's pip.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -222,20 +223,24 @@ def ensure_wheels(pins: dict[str, str], cache_dir: Path, log=None) -> dict[str, 
         return found
 
     pins = {str(canonicalize_name(k)): v for k, v in pins.items()}
-    have = present()
-    missing = [f"{name}=={version}" for name, version in pins.items() if name not in have]
-    if missing:
-        if log:
-            log.info(f"fetching {len(missing)} wheels into {cache_dir} with this machine's pip")
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                   "--no-deps", "--only-binary=:all:", "--dest", str(cache_dir), *missing]
-        result = subprocess.run(command, capture_output=True, text=True)
+    # One fetcher at a time: pip writes each wheel in place, and another process (a second
+    # test lane, `make run` beside `make test`) must never link a half-written one.
+    with open(cache_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         have = present()
-        still = [m for m in missing if m.partition("==")[0] not in have]
-        if result.returncode != 0 or still:
-            tail = "\n".join(result.stderr.strip().splitlines()[-10:])
-            raise ContextError(f"pip could not fetch the wheels {', '.join(still) or missing}: {tail}\n"
-                               "Check that this machine's pip reaches its package index (pip config list).")
+        missing = [f"{name}=={version}" for name, version in pins.items() if name not in have]
+        if missing:
+            if log:
+                log.info(f"fetching {len(missing)} wheels into {cache_dir} with this machine's pip")
+            command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                       "--no-deps", "--only-binary=:all:", "--dest", str(cache_dir), *missing]
+            result = subprocess.run(command, capture_output=True, text=True)
+            have = present()
+            still = [m for m in missing if m.partition("==")[0] not in have]
+            if result.returncode != 0 or still:
+                tail = "\n".join(result.stderr.strip().splitlines()[-10:])
+                raise ContextError(f"pip could not fetch the wheels {', '.join(still) or missing}: {tail}\n"
+                                   "Check that this machine's pip reaches its package index (pip config list).")
     return have
 
 

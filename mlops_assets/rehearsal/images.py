@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -225,7 +226,7 @@ def save_archive(engine, reference: str, directory: Path | None = None) -> Path:
     image = engine.images.get(reference)
     archive = directory / f"{reference.rsplit('/', 1)[-1].replace(':', '-')}-{image.id.split(':')[-1][:12]}.tar"
     if not archive.exists():
-        partial = archive.with_suffix(".partial")
+        partial = archive.with_suffix(f".partial-{os.getpid()}")  # two test lanes may save the same image
         with open(partial, "wb") as handle:
             for chunk in image.save(named=True):
                 handle.write(chunk)
