@@ -121,3 +121,52 @@ def test_a_dagster_postgres_url_that_is_not_postgresql_names_the_setting_and_hid
     with pytest.raises(SettingsError, match="MLOPS_DAGSTER_POSTGRES_URL is .* not a PostgreSQL URL") as error:
         load_settings({"MLOPS_DAGSTER_POSTGRES_URL": value})
     assert "secret" not in str(error.value) and "team-db" not in str(error.value)
+
+
+def test_the_containers_cluster_settings_name_what_is_missing_and_build_the_cluster_commands(tmp_path):
+    """MLOPS_RAY_ROLE head/worker: the node's address, the head's, the token file and the
+    ports are required or checked by name; the commands and Serve's config follow them."""
+    from mlops_assets.serving.container import RAY_PORTS, ContainerSettings, runtime_for
+
+    token = tmp_path / "token"
+    token.write_text("t")
+    worker = {"MLOPS_RAY_ROLE": "worker", "MLOPS_RAY_NODE_IP": "10.9.0.3", "MLOPS_RAY_HEAD_ADDRESS": "10.9.0.2",
+              "RAY_AUTH_TOKEN_PATH": str(token), "MLOPS_STATE_DIR": str(tmp_path / "s")}
+    for change, message in (
+        ({"MLOPS_RAY_ROLE": "leader"}, "MLOPS_RAY_ROLE='leader': use single, head or worker"),
+        ({"MLOPS_RAY_NODE_IP": ""}, "needs MLOPS_RAY_NODE_IP"),
+        ({"MLOPS_RAY_HEAD_ADDRESS": ""}, "needs MLOPS_RAY_HEAD_ADDRESS"),
+        ({"RAY_AUTH_TOKEN_PATH": ""}, "needs RAY_AUTH_TOKEN_PATH"),
+        ({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "absent")}, "is not a file"),
+        ({"MLOPS_RAY_PORTS": "gcs=6379,raylet=1"}, "MLOPS_RAY_PORTS names 'raylet'"),
+        ({"MLOPS_RAY_PORTS": "gcs=six"}, "MLOPS_RAY_PORTS: 'gcs=six' is not gcs=NUMBER"),
+        ({"MLOPS_AUTOSCALING": "min=3,max=2"}, "need 1 <= min <= max"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            ContainerSettings.from_env({**worker, **change})
+
+    settings = ContainerSettings.from_env({**worker, "MLOPS_RAY_PORTS": "gcs=7000"})
+    runtime = runtime_for(settings)
+    command = runtime.start_command()
+    assert command[1:4] == ["start", "--address=10.9.0.2:7000", "--node-ip-address=10.9.0.3"]
+    assert f"--min-worker-port={RAY_PORTS['min_worker']}" in command and "--head" not in command
+    env = runtime.environment()
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "0"
+    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == ("30000", "31000")
+    # HAProxy's stats, metrics and the fallback proxy stay on loopback; Serve has a proxy per node.
+    assert runtime.listen_host == "127.0.0.1" and runtime.http_options()["location"] == "EveryNode"
+
+    head = runtime_for(ContainerSettings.from_env({**worker, "MLOPS_RAY_ROLE": "head", "MLOPS_RAY_NODE_IP": "10.9.0.2"}))
+    assert head.start_command()[1:5] == ["start", "--head", "--port=6379", "--ray-client-server-port=10001"]
+    # The single-node default is unchanged: everything on loopback.
+    single = runtime_for(ContainerSettings.from_env({"MLOPS_STATE_DIR": str(tmp_path / "single")}))
+    assert single.node_role is None and single.host == "127.0.0.1" and "--address" not in " ".join(single.start_command())
+    from mlops_assets.serving.deploy import serve_config
+
+    config = serve_config({}, {}, runtime.http_options(), autoscaling={"min_replicas": 1, "max_replicas": 4},
+                          max_replicas_per_node=1)
+    deployment = config["applications"][0]["deployments"][0]
+    assert config["proxy_location"] == "EveryNode" and "location" not in config["http_options"]
+    assert deployment["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4} and "num_replicas" not in deployment
+    assert deployment["max_replicas_per_node"] == 1
+    assert "proxy_location" not in serve_config({}, {}, single.http_options())

@@ -33,6 +33,21 @@ Settings (environment; the image sets the first one):
                                 environment variable shows in `docker inspect`)
     MLOPS_API_ACCESS_LOG        1: Serve's per-request access log in the replicas' logs (0)
     MLOPS_FORWARD_MAX_CONNECTIONS, MLOPS_FORWARD_IDLE_S   the metrics forwarder's bounds (64, 60)
+
+A Ray cluster across API hosts (the container runs with the host's network):
+
+    MLOPS_RAY_ROLE              single (default: the single-node instance above), head or worker
+    MLOPS_RAY_NODE_IP           this host's address, which the other API hosts reach
+    MLOPS_RAY_HEAD_ADDRESS      the head's address (a worker joins it)
+    MLOPS_RAY_PORTS             Ray's ports, as infra_tf's ray_ports: name=port,... (RAY_PORTS)
+    MLOPS_AUTOSCALING           Serve's autoscaling: min=1,max=4,target=2 (replicas, ongoing
+                                requests per replica); at most one replica per node
+    RAY_AUTH_TOKEN_PATH         the cluster's token file (required: RAY_AUTH_MODE=token)
+
+The head deploys the application once for the cluster (a proxy on every node, so every API
+host answers on the API port); a worker joins the head and serves the replicas Serve places
+on it. Only Ray's ports (MLOPS_RAY_PORTS) listen on MLOPS_RAY_NODE_IP; HAProxy's stats and
+metrics and Serve's fallback proxy stay on loopback.
 """
 
 from __future__ import annotations
@@ -54,6 +69,30 @@ from . import model as model_lib
 from .runtime import RayServeRuntime, parse_api_timeouts, parse_flag, stop_instance, write_private_file
 
 LOOPBACK = "127.0.0.1"
+ROLES = ("single", "head", "worker")
+# Ray's ports on a cluster node: infra_tf's ray_ports (variables.tf), the same defaults.
+RAY_PORTS = {"gcs": 6379, "client": 10001, "node_manager": 6380, "object_manager": 6381, "dashboard_agent_grpc": 6382,
+             "dashboard_agent_listen": 52365, "runtime_env_agent": 6383, "metrics_export": 6384,
+             "min_worker": 10002, "max_worker": 10100, "serve_replica_min": 30000, "serve_replica_max": 31000}
+AUTOSCALING = {"min": 1, "max": 4, "target": 2}
+
+
+def parse_named_numbers(name: str, raw: str, defaults: dict, example: str) -> dict:
+    """NAME=a=1,b=2 into `defaults` with the named ones moved; SystemExit names what to fix."""
+    values = dict(defaults)
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        if key.strip() not in defaults:
+            raise SystemExit(f"{name} names {key.strip()!r}; use any of {', '.join(defaults)} (e.g. {example})")
+        try:
+            values[key.strip()] = int(value)
+            if values[key.strip()] < 0:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"{name}: {item!r} is not {key.strip()}=NUMBER (e.g. {example})") from None
+    return values
 
 
 @dataclass(frozen=True)
@@ -76,6 +115,15 @@ class ContainerSettings:
     forward_max_connections: int = 64
     forward_idle_s: float = 60.0
     access_log: bool = False
+    ray_role: str = "single"
+    node_ip: str = ""
+    head_address: str = ""
+    ray_ports: tuple = ()
+    autoscaling: tuple = ()
+
+    @property
+    def cluster(self) -> bool:
+        return self.ray_role != "single"
 
     def __repr__(self) -> str:  # never the keys
         return f"ContainerSettings(model_dir={self.model_dir!r}, api_keys={len(self.api_keys)})"
@@ -105,7 +153,26 @@ class ContainerSettings:
             "batch_max_size": number("MLOPS_BATCH_MAX_SIZE", 16),
             "batch_wait_s": number("MLOPS_BATCH_WAIT_S", 0.002, float),
         }
+        role = (env.get("MLOPS_RAY_ROLE") or "single").strip()
+        if role not in ROLES:
+            raise SystemExit(f"MLOPS_RAY_ROLE={role!r}: use single, head or worker")
+        node_ip, head = (env.get("MLOPS_RAY_NODE_IP") or "").strip(), (env.get("MLOPS_RAY_HEAD_ADDRESS") or "").strip()
+        ports = parse_named_numbers("MLOPS_RAY_PORTS", env.get("MLOPS_RAY_PORTS") or "", RAY_PORTS, "gcs=6379,min_worker=10002")
+        scaling = parse_named_numbers("MLOPS_AUTOSCALING", env.get("MLOPS_AUTOSCALING") or "", AUTOSCALING, "min=1,max=4")
+        if role != "single":
+            if not node_ip:
+                raise SystemExit(f"MLOPS_RAY_ROLE={role} needs MLOPS_RAY_NODE_IP, this host's address the other API hosts reach")
+            if role == "worker" and not head:
+                raise SystemExit("MLOPS_RAY_ROLE=worker needs MLOPS_RAY_HEAD_ADDRESS, the head's address")
+            token = env.get("RAY_AUTH_TOKEN_PATH") or ""
+            if not token or not os.path.isfile(token):
+                raise SystemExit(f"MLOPS_RAY_ROLE={role} needs RAY_AUTH_TOKEN_PATH, the cluster's token file "
+                                 f"(mounted read-only){': ' + token + ' is not a file' if token else ''}")
+            if not 1 <= scaling["min"] <= scaling["max"] or scaling["target"] < 1:
+                raise SystemExit(f"MLOPS_AUTOSCALING: need 1 <= min <= max and target >= 1, not {scaling}")
         return cls(
+            ray_role=role, node_ip=node_ip, head_address=head if role == "worker" else node_ip,
+            ray_ports=tuple(ports.items()), autoscaling=tuple(scaling.items()),
             model_dir=Path(env.get("MLOPS_MODEL_DIR") or "/opt/model"),
             expected_version=env.get("MLOPS_MODEL_VERSION") or None,
             public_host=env.get("MLOPS_API_HOST") or "0.0.0.0",
@@ -143,7 +210,7 @@ class ContainerRuntime(RayServeRuntime):
         # After the shim's own rewrite (every `bind *:PORT` to loopback), move the API
         # frontend's bind, and only it, to the public address.
         public = (
-            f"    sed -i -E 's/^([[:space:]]*bind[[:space:]]+){self.host}:{self.api_port}([^0-9]|$)/"
+            f"    sed -i -E 's/^([[:space:]]*bind[[:space:]]+){self.listen_host}:{self.api_port}([^0-9]|$)/"
             f"\\1{self.public_host}:{self.api_port}\\2/' \"$arg\"\n"
         )
         lines = text.splitlines(keepends=True)
@@ -153,9 +220,16 @@ class ContainerRuntime(RayServeRuntime):
 
 
 def runtime_for(settings: ContainerSettings) -> ContainerRuntime:
+    ports = dict(settings.ray_ports) or RAY_PORTS
+    cluster = {
+        "node_role": settings.ray_role, "head_host": settings.head_address, "cluster_ports": tuple(ports.items()),
+        "gcs_port": ports["gcs"], "client_port": ports["client"],
+        "replica_port_min": ports["serve_replica_min"], "replica_port_max": ports["serve_replica_max"],
+    } if settings.cluster else {}
     return ContainerRuntime(
+        **cluster,
         state_dir=settings.state_dir,
-        host=LOOPBACK,
+        host=settings.node_ip if settings.cluster else LOOPBACK,
         api_port=settings.internal_api_port,
         metrics_port=settings.ray_metrics_port,
         num_cpus=settings.num_cpus,
@@ -173,12 +247,18 @@ def serve_config_for(settings: ContainerSettings, runtime: RayServeRuntime) -> d
     key_file = api_key_file(settings)
     if key_file:
         args["api_key_file"] = str(key_file)
+    scaling = dict(settings.autoscaling)
     return serve_deploy.serve_config(
         args,
         model_lib.ModelSource(str(settings.model_dir)).to_config(),
         runtime.http_options(),
         num_replicas=settings.num_replicas,
         access_log=settings.access_log,
+        # A cluster: replicas spread over the nodes (one per node while there are fewer than
+        # nodes), as many as the load needs between min and max.
+        **({"autoscaling": {"min_replicas": scaling["min"], "max_replicas": scaling["max"],
+                            "target_ongoing_requests": scaling["target"]},
+            "max_replicas_per_node": 1} if settings.cluster else {}),
     )
 
 
@@ -274,17 +354,18 @@ def _log(message: str) -> None:
     print(f"mlops-api: {message}", file=sys.stderr, flush=True)
 
 
-def _wait_port(port: int, timeout_s: float, process: subprocess.Popen) -> None:
+def _wait_port(port: int, timeout_s: float, process: subprocess.Popen, host: str = LOOPBACK,
+               what: str = "Ray's GCS") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"Ray exited with status {process.returncode} while starting")
         with socket.socket() as sock:
             sock.settimeout(0.5)
-            if sock.connect_ex((LOOPBACK, port)) == 0:
+            if sock.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.2)
-    raise SystemExit(f"Ray's GCS did not open port {port} within {timeout_s:.0f}s")
+    raise SystemExit(f"{what} did not open {host}:{port} within {timeout_s:.0f}s")
 
 
 class _Stopped(Exception):
@@ -317,7 +398,19 @@ def serve(settings: ContainerSettings) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        _wait_port(runtime.gcs_port, 120, ray)
+        if settings.ray_role == "worker":
+            # Joined once this node's raylet listens; the head places replicas here.
+            _wait_port(runtime.cluster_port("node_manager"), 120, ray, settings.node_ip, "this node's raylet")
+            Forwarder(settings.public_host, settings.metrics_port, settings.ray_metrics_port,
+                      max_connections=settings.forward_max_connections, idle_s=settings.forward_idle_s).start()
+            _log(f"joined the Ray cluster of {runtime.address} as {settings.node_ip} in "
+                 f"{time.monotonic() - started:.1f}s: API http://{settings.public_host}:{settings.api_port} once "
+                 f"Serve's proxy runs here, metrics :{settings.metrics_port}/metrics")
+            while ray.poll() is None:
+                time.sleep(0.5)
+            _log(f"Ray exited with status {ray.returncode}")
+            return 1
+        _wait_port(runtime.gcs_port, 120, ray, runtime.host)
         config = serve_config_for(settings, runtime)
         path = settings.state_dir / "serve-config.json"
         path.write_text(json.dumps(config, indent=2))

@@ -25,13 +25,26 @@ def serve_config(
     num_replicas: int = 2,
     code_version: str | None = None,
     access_log: bool = False,
+    autoscaling: dict[str, Any] | None = None,
+    max_replicas_per_node: int | None = None,
 ) -> dict[str, Any]:
     """`code_version` (a hash of the serving code) goes into the application's runtime_env:
     Serve sees a new code version as an application change and replaces the replicas, which
     import the code afresh; the same code keeps them. `access_log`: Serve's per-request log
-    line in the replicas' log files (MLOPS_API_ACCESS_LOG; off by default, docs/performance.md)."""
+    line in the replicas' log files (MLOPS_API_ACCESS_LOG; off by default, docs/performance.md).
+    `autoscaling` (Serve's autoscaling_config) replaces the fixed `num_replicas`;
+    `max_replicas_per_node` spreads the replicas over a cluster's nodes."""
+    deployment: dict[str, Any] = {"name": DEPLOYMENT_NAME, "user_config": user_config}
+    if autoscaling:
+        deployment["autoscaling_config"] = autoscaling
+    else:
+        deployment["num_replicas"] = num_replicas
+    if max_replicas_per_node:
+        deployment["max_replicas_per_node"] = max_replicas_per_node
+    location = http_options.get("location")
     return {
-        "http_options": http_options,
+        **({"proxy_location": location} if location else {}),
+        "http_options": {k: v for k, v in http_options.items() if k != "location"},
         "applications": [
             {
                 "name": APP_NAME,
@@ -40,9 +53,7 @@ def serve_config(
                 **({"runtime_env": {"env_vars": {"MLOPS_SERVING_CODE_VERSION": code_version}}} if code_version else {}),
                 "args": args,
                 "logging_config": {"enable_access_log": access_log},
-                "deployments": [
-                    {"name": DEPLOYMENT_NAME, "num_replicas": num_replicas, "user_config": user_config},
-                ],
+                "deployments": [deployment],
             }
         ],
     }
@@ -56,7 +67,7 @@ def apply(address: str, config: dict[str, Any]) -> None:
     schema = ServeDeploySchema.model_validate(config)
     ray.init(address=address, namespace="serve", log_to_driver=False, logging_level="WARNING")
     try:
-        client = serve_start(http_options=config.get("http_options"))
+        client = serve_start(http_options=config.get("http_options"), proxy_location=config.get("proxy_location"))
         client.deploy_apps(schema)
     finally:
         ray.shutdown()

@@ -190,6 +190,22 @@ class RayServeRuntime:
     timeout_connect_s: int = API_TIMEOUTS["connect"]
     timeout_http_request_s: int = API_TIMEOUTS["http_request"]
     request_timeout_s: float = API_TIMEOUTS["request"]
+    # A node of a Ray cluster across API hosts (container.py, MLOPS_RAY_ROLE): "head" or
+    # "worker"; None for the single-node instance every other place runs. In a cluster `host`
+    # is this node's address, `head_host` the head's, and `cluster_ports` RAY_PORTS' names.
+    node_role: str | None = None
+    head_host: str = ""
+    cluster_ports: tuple = ()
+
+    @property
+    def listen_host(self) -> str:
+        """Where HAProxy's stats and metrics and Serve's fallback proxy listen: `host` for a
+        single node (loopback), loopback on a cluster node (only Ray's ports face the other
+        API hosts)."""
+        return "127.0.0.1" if self.node_role else self.host
+
+    def cluster_port(self, name: str) -> int:
+        return dict(self.cluster_ports)[name]
 
     @property
     def short_dir(self) -> Path:
@@ -246,7 +262,8 @@ class RayServeRuntime:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.gcs_port}"
+        """The GCS: this instance's, or on a cluster's worker the head's."""
+        return f"{self.head_host if self.node_role == 'worker' else self.host}:{self.gcs_port}"
 
     @property
     def api_url(self) -> str:
@@ -280,6 +297,18 @@ class RayServeRuntime:
         }
         if self.throughput_optimized:
             env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        if self.node_role:
+            env.update({
+                # Every node of the cluster authenticates with the cluster's token (the file
+                # RAY_AUTH_TOKEN_PATH names, container.py checks it is there).
+                "RAY_AUTH_MODE": "token",
+                # Calls between Serve's actors over Ray's own channels (the worker-port range),
+                # not the replicas' gRPC servers, which listen on random ports no security
+                # group could name.
+                "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
+                # A worker's session folder (`--temp-dir` is the head's only).
+                "RAY_TMPDIR": str(self.ray_dir),
+            })
         self.prepare_dirs()
         if self.haproxy:
             env.update(
@@ -307,7 +336,7 @@ class RayServeRuntime:
         return env
 
     def shim_text(self, real: str) -> str:
-        return HAPROXY_SHIM.format(host=self.host, real=real, http_request=self.timeout_http_request_s)
+        return HAPROXY_SHIM.format(host=self.listen_host, real=real, http_request=self.timeout_http_request_s)
 
     def write_haproxy_shim(self) -> Path:
         real = os.environ.get("MLOPS_HAPROXY_BINARY") or _bundled_haproxy() or shutil.which("haproxy")
@@ -320,8 +349,12 @@ class RayServeRuntime:
         return write_private_file(self.haproxy_dir, "haproxy-loopback", self.shim_text(real), mode=0o700)
 
     def start_command(self) -> list[str]:
-        """`ray start` for a head node whose every listener is on `host`."""
+        """`ray start` for a head node whose every listener is on `host`; on a cluster node, the
+        head or a worker joining it, every port fixed (the API hosts' security group opens
+        exactly these between them)."""
         ray = str(Path(sys.executable).with_name("ray"))
+        if self.node_role:
+            return self._cluster_start_command(ray)
         return [
             ray,
             "start",
@@ -341,7 +374,35 @@ class RayServeRuntime:
             "--disable-usage-stats",
         ]
 
+    def _cluster_start_command(self, ray: str) -> list[str]:
+        ports = dict(self.cluster_ports)
+        node = [
+            f"--node-ip-address={self.host}",
+            f"--node-manager-port={ports['node_manager']}",
+            f"--object-manager-port={ports['object_manager']}",
+            f"--dashboard-agent-grpc-port={ports['dashboard_agent_grpc']}",
+            f"--dashboard-agent-listen-port={ports['dashboard_agent_listen']}",
+            f"--runtime-env-agent-port={ports['runtime_env_agent']}",
+            f"--metrics-export-port={self.metrics_port}",
+            f"--min-worker-port={ports['min_worker']}",
+            f"--max-worker-port={ports['max_worker']}",
+            f"--num-cpus={self.num_cpus}",
+            "--disable-usage-stats",
+        ]
+        if self.node_role == "worker":
+            return [ray, "start", f"--address={self.head_host}:{ports['gcs']}", *node]
+        return [
+            ray, "start", "--head", f"--port={ports['gcs']}", f"--ray-client-server-port={ports['client']}", *node,
+            # Serve is deployed through GCS, not the dashboard's REST API: no dashboard, no
+            # autoscaler monitor (the API hosts are a fixed set).
+            "--include-dashboard=false", "--no-monitor", f"--temp-dir={self.ray_dir}",
+        ]
+
     def http_options(self) -> dict:
+        if self.node_role:
+            # A proxy (HAProxy) on every node, so that each API host answers on the API port.
+            return {"host": self.listen_host, "port": self.api_port, "request_timeout_s": self.request_timeout_s,
+                    "location": "EveryNode"}
         return {"host": self.host, "port": self.api_port, "request_timeout_s": self.request_timeout_s}
 
 
