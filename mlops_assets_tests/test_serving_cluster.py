@@ -145,8 +145,13 @@ def test_two_api_hosts_form_one_cluster_and_losing_the_worker_loses_no_request(m
             assert placed.returncode == 0, placed.stderr[-2000:]
             assert json.loads(placed.stdout.strip().splitlines()[-1]) == sorted([head_ip, worker_ip])
             for ip in (head_ip, worker_ip):
-                answer = requests.post(f"http://{ip}:8000/predict", json=body, timeout=30)
-                assert answer.status_code == 200 and len(answer.json()["predictions"]) == 3, answer.text
+                served = {}
+                for _ in range(20):
+                    answer = requests.post(f"http://{ip}:8000/predict", json=body, timeout=30)
+                    assert answer.status_code == 200 and len(answer.json()["predictions"]) == 3, answer.text
+                    served[answer.headers["x-served-by"]] = served.get(answer.headers["x-served-by"], 0) + 1
+                # Through either host, replicas on both nodes answer.
+                assert set(served) == {head_ip, worker_ip}, (ip, served)
             # Without the token the cluster refuses a client.
             refused = _replica_nodes(namespaces, token, env_token=False)
             assert refused.returncode != 0 and "token" in (refused.stderr + refused.stdout).lower(), refused.stderr[-1500:]

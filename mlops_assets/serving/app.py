@@ -62,11 +62,13 @@ class ApiMiddleware:
     API key with 401 (when keys are configured; auth.py), bodies over the limit with 413, and
     records every request's status and latency."""
 
-    def __init__(self, app, max_body_bytes: int, record, api_keys=None) -> None:
+    def __init__(self, app, max_body_bytes: int, record, api_keys=None, served_by: str | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.record = record
         self.api_keys = api_keys  # auth.ApiKeys, or None: no key needed
+        # On a cluster's node: every answer the replica gives says which node it runs on.
+        self.served_by = [(b"x-served-by", served_by.encode())] if served_by else []
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -115,6 +117,8 @@ class ApiMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if self.served_by:
+                    message = {**message, "headers": [*message.get("headers", ()), *self.served_by]}
             await send(message)
 
         try:
@@ -283,8 +287,13 @@ def build_app(args: dict[str, Any]):
             self._rejected: dict[str, Any] | None = None  # the last model refused by reconfigure
             self._metrics = ApiMetrics(features)
             api_keys = ApiKeys(str(args["api_key_file"])) if args.get("api_key_file") else None
+            served_by = None
+            if args.get("served_by_header"):
+                import ray
+
+                served_by = ray.util.get_node_ip_address()
             app.add_middleware(ApiMiddleware, max_body_bytes=max_body_bytes, record=self._metrics.request,
-                               api_keys=api_keys)
+                               api_keys=api_keys, served_by=served_by)
             if args.get("model_uri"):
                 # Without a user_config (plain `serve run`), serve the builder's model.
                 self._load_sync(model_lib.ModelSource(args["model_uri"], args.get("tracking_uri")))

@@ -244,6 +244,8 @@ def runtime_for(settings: ContainerSettings) -> ContainerRuntime:
 def serve_config_for(settings: ContainerSettings, runtime: RayServeRuntime) -> dict:
     features = [{"name": f.name, "type": f.type} for f in model_lib.features_of_folder(settings.model_dir)]
     args = {"features": features, "bind_host": LOOPBACK, **settings.app_options}
+    if settings.cluster:
+        args["served_by_header"] = True  # X-Served-By: the node of the replica that answered
     key_file = api_key_file(settings)
     if key_file:
         args["api_key_file"] = str(key_file)
