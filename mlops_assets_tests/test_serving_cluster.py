@@ -97,17 +97,14 @@ def _node(namespaces: Namespaces, role: str, model_folder: Path, token: Path, st
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _replica_nodes(namespaces: Namespaces, token: Path, env_token: bool = True) -> subprocess.CompletedProcess:
-    """The address of the node of each running replica, asked from the head's namespace as a
-    Ray client of the cluster (with or without the token)."""
+def _cluster_nodes(namespaces: Namespaces, token: Path, env_token: bool = True) -> subprocess.CompletedProcess:
+    """The addresses of the cluster's live nodes, asked from the head's namespace as a Ray
+    driver of the cluster (with or without the token)."""
     namespace, address, _ = namespaces.nodes["head"]
     script = (
         "import json, ray\n"
-        "from ray.util.state import list_actors\n"
         f"ray.init(address='{address}:6379', logging_level='ERROR', log_to_driver=False)\n"
-        "ips = {n['NodeID']: n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']}\n"
-        "print(json.dumps(sorted(ips.get(a.node_id, '?') for a in list_actors(filters=[('state', '=', 'ALIVE')])"
-        " if a.class_name.startswith('ServeReplica'))))\n"
+        "print(json.dumps(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))\n"
     )
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(PROJECT_ROOT), "RAY_AUTH_MODE": "token",
            **({"RAY_AUTH_TOKEN_PATH": str(token)} if env_token else {})}
@@ -140,20 +137,27 @@ def test_two_api_hosts_form_one_cluster_and_losing_the_worker_loses_no_request(m
                          last=lambda: (state / "head.log").read_text()[-2000:] + (state / "worker.log").read_text()[-1000:])
             timings["both nodes ready (s)"] = round(time.monotonic() - started, 1)
 
-            # One replica per node, and either node's port answers.
-            placed = _replica_nodes(namespaces, token)
-            assert placed.returncode == 0, placed.stderr[-2000:]
-            assert json.loads(placed.stdout.strip().splitlines()[-1]) == sorted([head_ip, worker_ip])
-            for ip in (head_ip, worker_ip):
+            # Two nodes in one cluster; through either node's port, replicas on both answer.
+            nodes = _cluster_nodes(namespaces, token)
+            assert nodes.returncode == 0, nodes.stderr[-2000:]
+            assert json.loads(nodes.stdout.strip().splitlines()[-1]) == sorted([head_ip, worker_ip])
+            def served_by(ip) -> dict:
                 served = {}
                 for _ in range(20):
                     answer = requests.post(f"http://{ip}:8000/predict", json=body, timeout=30)
                     assert answer.status_code == 200 and len(answer.json()["predictions"]) == 3, answer.text
                     served[answer.headers["x-served-by"]] = served.get(answer.headers["x-served-by"], 0) + 1
-                # Through either host, replicas on both nodes answer.
-                assert set(served) == {head_ip, worker_ip}, (ip, served)
+                return served
+
+            # The second replica may still be starting when both proxies answer: wait for it.
+            wait_for(lambda: set(served_by(head_ip)) == {head_ip, worker_ip}, 120, 1, "replicas on both nodes",
+                     last=lambda: served_by(head_ip))
+            timings["replicas on both nodes (s)"] = round(time.monotonic() - started, 1)
+            # Through either host, replicas on both nodes answer.
+            for ip in (head_ip, worker_ip):
+                assert set(served_by(ip)) == {head_ip, worker_ip}, ip
             # Without the token the cluster refuses a client.
-            refused = _replica_nodes(namespaces, token, env_token=False)
+            refused = _cluster_nodes(namespaces, token, env_token=False)
             assert refused.returncode != 0 and "token" in (refused.stderr + refused.stdout).lower(), refused.stderr[-1500:]
 
             # The worker host lost under load through the head: at most 1% of requests fail.

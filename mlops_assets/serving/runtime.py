@@ -306,8 +306,6 @@ class RayServeRuntime:
                 # not the replicas' gRPC servers, which listen on random ports no security
                 # group could name.
                 "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
-                # A worker's session folder (`--temp-dir` is the head's only).
-                "RAY_TMPDIR": str(self.ray_dir),
             })
         self.prepare_dirs()
         if self.haproxy:
@@ -388,6 +386,8 @@ class RayServeRuntime:
             f"--max-worker-port={ports['max_worker']}",
             f"--num-cpus={self.num_cpus}",
             "--disable-usage-stats",
+            # Each node's own session folder (without it a worker takes the head's path).
+            f"--temp-dir={self.ray_dir}",
         ]
         if self.node_role == "worker":
             return [ray, "start", f"--address={self.head_host}:{ports['gcs']}", *node]
@@ -395,13 +395,15 @@ class RayServeRuntime:
             ray, "start", "--head", f"--port={ports['gcs']}", f"--ray-client-server-port={ports['client']}", *node,
             # Serve is deployed through GCS, not the dashboard's REST API: no dashboard, no
             # autoscaler monitor (the API hosts are a fixed set).
-            "--include-dashboard=false", "--no-monitor", f"--temp-dir={self.ray_dir}",
+            "--include-dashboard=false", "--no-monitor",
         ]
 
     def http_options(self) -> dict:
         if self.node_role:
             # A proxy (HAProxy) on every node, so that each API host answers on the API port.
-            return {"host": self.listen_host, "port": self.api_port, "request_timeout_s": self.request_timeout_s,
+            # All interfaces: every replica's own HTTP port (direct ingress) binds this host, and
+            # the HAProxy of every node sends requests to the replicas of every node there.
+            return {"host": "0.0.0.0", "port": self.api_port, "request_timeout_s": self.request_timeout_s,
                     "location": "EveryNode"}
         return {"host": self.host, "port": self.api_port, "request_timeout_s": self.request_timeout_s}
 
