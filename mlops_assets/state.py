@@ -194,7 +194,7 @@ def atomic_write_text(path: str | Path, text: str, mode: int = 0o644) -> None:
         raise
 
 
-def generated_secret(directory: Path, name: str) -> str:
+def generated_secret(directory: Path, name: str, nbytes: int = 18) -> str:
     """The secret `name` generated once into `directory` (0700) as a 0600 file and read back:
     for passwords the project creates itself (the rehearsal's, a deployed tracking server's)."""
     import secrets
@@ -202,7 +202,7 @@ def generated_secret(directory: Path, name: str) -> str:
     path = Path(directory) / name
     if not path.is_file():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write_text(path, secrets.token_urlsafe(18), mode=0o600)  # never readable by others, not even briefly
+        atomic_write_text(path, secrets.token_urlsafe(nbytes), mode=0o600)  # never readable by others, not even briefly
     return path.read_text().strip()
 
 

@@ -176,7 +176,10 @@ def ansible_for(settings: Settings) -> Ansible:
         "secret_extra_vars_env": {"grafana_admin_password": "MLOPS_GRAFANA_ADMIN_PASSWORD",
                                   "prometheus_web_password": "MLOPS_PROMETHEUS_PASSWORD",
                                   "alertmanager_web_password": "MLOPS_ALERTMANAGER_PASSWORD",
-                                  PUSHGATEWAY_SECRET: PUSHGATEWAY_PASSWORD_ENV},
+                                  PUSHGATEWAY_SECRET: PUSHGATEWAY_PASSWORD_ENV,
+                                  # The Ray cluster's token (more than one API host): generated once.
+                                  "api_ray_token": "MLOPS_RAY_AUTH_TOKEN"},
+        "machine_secrets_dir": str(home / "secrets"),
         # The rules and dashboards the `dashboards` asset renders for these hosts (the
         # monitoring resource's out_dir): deployed_hosts and dashboards provision the same
         # files, so a second run changes nothing. Before the first `dashboards` run the folders are empty.

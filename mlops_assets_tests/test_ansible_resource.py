@@ -13,6 +13,8 @@ from mlops_assets.resources.ansible import Ansible, AnsibleError, PlaybookResult
 from mlops_assets.resources.opentofu import ThisMachine
 from mlops_assets.settings import PROJECT_ROOT
 
+from .conftest import make_settings
+
 pytestmark = pytest.mark.unit
 
 INVENTORY = {
@@ -77,17 +79,19 @@ def test_local_target_records_this_machine_without_ansible():
     assert "Ansible did not run" in output.metadata["note"].value
 
 
-def test_more_than_one_api_host_is_refused_before_ansible_runs(tmp_path):
-    """api_instance_count > 1 is provisioned by infra_tf/, but the roles deploy one API host:
-    deployed_hosts refuses it by name before any playbook runs."""
-    inventory = {"all": {"children": {
-        "api": {"hosts": {"mlops-api": {"ansible_host": "10.0.0.5"}, "mlops-api-2": {"ansible_host": "10.0.1.5"}}},
-        "monitoring": {"hosts": {"mlops-monitoring": {"ansible_host": "10.0.0.6"}}}}}}
-    work_dir = tmp_path / "ansible"
-    configurator = AnsibleHosts(ansible=Ansible(target="sim", playbook_dir=str(PROJECT_ROOT / "ansible_roles"),
-                                                work_dir=str(work_dir)))
-    with pytest.raises(dg.Failure) as failure:
-        configurator.configure(inventory, previous_data_version=None, run_id="r", code_version="c", log=None)
-    message = failure.value.description
-    assert "2 API hosts (10.0.0.5, 10.0.1.5)" in message and "api_instance_count" in message, message
-    assert not work_dir.exists() or not any(work_dir.iterdir()), "a playbook ran"
+def test_the_ray_clusters_token_is_generated_once_for_every_target(tmp_path, monkeypatch):
+    """More than one API host: the api role needs the Ray cluster's token. No person uses it,
+    so every target generates it once (0600, git-ignored MLOPS_HOME/secrets), aws included,
+    where the passwords people use come from the environment; MLOPS_RAY_AUTH_TOKEN overrides it."""
+    from mlops_assets.targets import ansible_for
+
+    for name in ("MLOPS_RAY_AUTH_TOKEN", "MLOPS_GRAFANA_ADMIN_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    ansible = ansible_for(make_settings(tmp_path / "home", MLOPS_TARGET="aws"))
+    token = ansible.secret("api_ray_token")
+    assert token and len(token) >= 32 and ansible.secret("api_ray_token") == token
+    path = tmp_path / "home" / "secrets" / "api_ray_token"
+    assert path.read_text().strip() == token and path.stat().st_mode & 0o777 == 0o600
+    assert ansible.secret("grafana_admin_password") is None  # a person's password: never generated for aws
+    monkeypatch.setenv("MLOPS_RAY_AUTH_TOKEN", "t" * 40)
+    assert ansible.secret("api_ray_token") == "t" * 40

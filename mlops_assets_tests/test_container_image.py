@@ -14,12 +14,10 @@ import socket
 import time
 from pathlib import Path
 
-import dagster as dg
 import pytest
 import requests
 
-from mlops_assets.assets.packaging import ContainerImageConfig, container_image
-from mlops_assets.assets.training import selected_model
+from mlops_assets.assets.packaging import ContainerImageConfig
 from mlops_assets.image import context as image_context
 from mlops_assets.image.requirements import WHEEL_HASHES, closure, read_hashes, roots_for
 from mlops_assets.offline_base import BASE_IMAGE
@@ -27,6 +25,8 @@ from mlops_assets.resources.container_engine import ContainerEngine
 from mlops_assets.resources.mlflow_registry import MlflowRegistry
 from mlops_assets.settings import load_settings
 from mlops_assets.state import RECORDS
+
+from .image_helpers import materialize_container_image
 
 pytestmark = pytest.mark.stack
 
@@ -98,13 +98,13 @@ def test_tag_follows_every_input(tmp_path, trained_home):
 
 def test_no_engine_is_a_labelled_skip_in_local_and_a_failure_elsewhere(trained_home):
     nowhere = "unix:///nonexistent/mlops-test.sock"
-    result = _materialize(trained_home, ContainerEngine(docker_host=nowhere, required=False, images_dir=IMAGES_DIR))
+    result = materialize_container_image(trained_home, ContainerEngine(docker_host=nowhere, required=False, images_dir=IMAGES_DIR))
     event = _materialization(result)
     assert event.metadata["status"].value == "SKIPPED: no container engine"
     assert "setup_podman.sh" in event.metadata["how_to_get_an_engine"].value
     assert result.output_for_node("container_image").skipped
 
-    failed = _materialize(trained_home, ContainerEngine(docker_host=nowhere, required=True, images_dir=IMAGES_DIR),
+    failed = materialize_container_image(trained_home, ContainerEngine(docker_host=nowhere, required=True, images_dir=IMAGES_DIR),
                           raise_on_error=False)
     assert not failed.success
     assert "setup_podman.sh" in _failure_message(failed)
@@ -157,28 +157,12 @@ def test_engine(engine_host, docker_client):
 @pytest.fixture(scope="module")
 def first_build(trained_home, test_engine):
     started = time.monotonic()
-    result = _materialize(trained_home, test_engine)
+    result = materialize_container_image(trained_home, test_engine)
     seconds = time.monotonic() - started
     event = _materialization(result)
     print(f"\ncontainer_image first materialization: {seconds:.0f}s, build {event.metadata['build_seconds'].value}s, "
           f"{event.metadata['size_mb'].value} MB, rebuilt={event.metadata['rebuilt'].value}")
     return result.output_for_node("container_image"), event
-
-
-def _materialize(trained_home, engine: ContainerEngine, config: ContainerImageConfig | None = None, raise_on_error=True):
-    settings = trained_home["settings"]
-    resources = {
-        "container_engine": engine,
-        "mlflow": MlflowRegistry(tracking_uri=settings.tracking_uri, artifact_root=str(settings.artifact_root)),
-        "io_manager": dg.FilesystemIOManager(base_dir=str(settings.io_dir)),
-    }
-    run_config = {"ops": {"container_image": {"config": (config or ContainerImageConfig()).model_dump()}}}
-    return dg.materialize(
-        [*selected_model.to_source_assets(), container_image],
-        resources=resources,
-        run_config=run_config,
-        raise_on_error=raise_on_error,
-    )
 
 
 def _materialization(result):
@@ -336,7 +320,7 @@ def test_container_publishes_only_api_and_metrics(running_api):
 @needs_root
 def test_second_materialization_builds_nothing(first_build, trained_home, test_engine):
     image, _ = first_build
-    result = _materialize(trained_home, test_engine)
+    result = materialize_container_image(trained_home, test_engine)
     event = _materialization(result)
     assert event.metadata["rebuilt"].value is False
     assert event.metadata["tag"].value == image.tag
@@ -353,7 +337,7 @@ def test_a_recipe_record_whose_image_is_gone_is_not_trusted(first_build, trained
     assert image.tag in {entry["tag"] for entry in recipes.values()}
     # As if the image had been removed from the engine by hand since the record was written.
     records.write({key: {**entry, "tag": "0000000000000000"} for key, entry in recipes.items()})
-    result = _materialize(trained_home, test_engine)
+    result = materialize_container_image(trained_home, test_engine)
     event = _materialization(result)
     assert event.metadata["model_downloaded"].value is True  # the inputs were hashed again
     assert event.metadata["tag"].value == image.tag and event.metadata["rebuilt"].value is False
@@ -367,7 +351,7 @@ def test_serving_code_change_builds_a_new_tag_and_keeps_the_old(first_build, tra
     shutil.copytree(image_context.SERVING_DIR, serving_copy, ignore=shutil.ignore_patterns("__pycache__"))
     (serving_copy / "app.py").write_text((serving_copy / "app.py").read_text() + "\n# a change to the serving code\n")
     started = time.monotonic()
-    result = _materialize(trained_home, test_engine, ContainerImageConfig(serving_dir=str(serving_copy)))
+    result = materialize_container_image(trained_home, test_engine, ContainerImageConfig(serving_dir=str(serving_copy)))
     event = _materialization(result)
     print(f"\nrebuild after a code change: {time.monotonic() - started:.0f}s, build {event.metadata['build_seconds'].value}s")
     assert event.metadata["rebuilt"].value is True
@@ -387,7 +371,7 @@ def test_failed_build_fails_with_the_builders_error_and_keeps_the_previous_image
     broken.write_text(image_context.DOCKERFILE.read_text().replace(
         "COPY model/ /opt/model/", "COPY model/ /opt/model/\nRUN echo 'the model check failed' >&2 && exit 3"
     ))
-    result = _materialize(trained_home, test_engine, ContainerImageConfig(dockerfile=str(broken)), raise_on_error=False)
+    result = materialize_container_image(trained_home, test_engine, ContainerImageConfig(dockerfile=str(broken)), raise_on_error=False)
     assert not result.success
     message = _failure_message(result)
     assert "the model check failed" in message or "exit status 3" in message, message

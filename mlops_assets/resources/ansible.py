@@ -38,6 +38,10 @@ from pydantic import Field
 Log = Callable[[str], None]
 COUNTS = ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored")
 # cloud-init prints the host's public keys on the instance console between these lines.
+# Secrets that only machines use, generated once for every target when their variable is
+# unset (name: random bytes): the Ray cluster's token, which the api role needs with more
+# than one API host.
+MACHINE_SECRETS = {"api_ray_token": 32}
 HOST_KEYS_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 HOST_KEYS_END = "-----END SSH HOST KEY KEYS-----"
 _HOST_KEY = re.compile(r"(?:^|\s)((?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) [A-Za-z0-9+/]+={0,3})(?:\s|$)")
@@ -118,6 +122,11 @@ class Ansible(dg.ConfigurableResource):
         default="",
         description="When set, a secret of secret_extra_vars_env whose variable is unset is generated once "
         "and kept here (mode 0600): for the offline rehearsal only.",
+    )
+    machine_secrets_dir: str = Field(
+        default="",
+        description="Where the secrets no person needs (MACHINE_SECRETS: the Ray cluster's token) are generated "
+        "once (mode 0600) when their variable is unset, for every target.",
     )
     host_keys_from_console: bool = Field(
         default=False,
@@ -363,10 +372,12 @@ class Ansible(dg.ConfigurableResource):
         return (os.environ.get(env_name) if env_name else None) or self._generated_secret(name)
 
     def _generated_secret(self, name: str) -> str | None:
-        if not self.generated_secrets_dir:
-            return None
         from mlops_assets.state import generated_secret
 
+        if name in MACHINE_SECRETS and self.machine_secrets_dir:
+            return generated_secret(Path(self.machine_secrets_dir), name, nbytes=MACHINE_SECRETS[name])
+        if not self.generated_secrets_dir:
+            return None
         return generated_secret(Path(self.generated_secrets_dir), name)
 
     def _envvars(self, private_dir: Path, playbook_dir: Path) -> dict[str, str]:

@@ -134,41 +134,49 @@ class ImageOnApiHosts(ApiDeployer):
         # An archive when there is no registry (sim; aws without MLOPS_IMAGE_REGISTRY), else a pull.
         archive = None if image.remote_ref else image.archive
         image_ref = image.remote_ref or (archive_image_name(archive) if archive else None) or image.ref
-        url = f"http://{hosts.api_addresses[0]}:{group_var(hosts.inventory, 'api', 'api_port', 8000)}"
+        port = group_var(hosts.inventory, 'api', 'api_port', 8000)
+        # Every API host answers (more than one: the nodes of one Ray cluster, each with a proxy).
+        urls = [f"http://{address}:{port}" for address in hosts.api_addresses]
+        url = urls[0]
         metrics_url = f"http://{hosts.api_addresses[0]}:{group_var(hosts.inventory, 'api', 'metrics_port', 8080)}/metrics"
-        client = ApiClient(url, api_key=_first_key(self.api_key_file))
+        api_key = _first_key(self.api_key_file)
+        clients = [ApiClient(each, api_key=api_key) for each in urls]
         record = StateFile(self.record_file)
         role = code_version_of(API_ROLE_DIR) if API_ROLE_DIR.is_dir() else None
-        wanted = {"image": image_ref, "url": url, "model_version": str(champion.version), "role": role}
-        changed, per_host, ansible_seconds, smoke = 0, {}, 0.0, None
-        if record.read() == wanted and client.ready_version() == str(champion.version):
-            try:  # nothing new to deploy and the API answers ready with that version
-                smoke = client.smoke_check(smoke_rows, champion.version)
-                log.info(f"the api host already runs {image_ref} and answers with version {champion.version}: "
+        wanted = {"image": image_ref, "url": url, "model_version": str(champion.version), "role": role,
+                  **({"urls": urls} if len(urls) > 1 else {})}
+        changed, per_host, ansible_seconds, smokes = 0, {}, 0.0, None
+        if record.read() == wanted and all(client.ready_version() == str(champion.version) for client in clients):
+            try:  # nothing new to deploy and every API host answers ready with that version
+                smokes = [client.smoke_check(smoke_rows, champion.version) for client in clients]
+                log.info(f"the api hosts already run {image_ref} and answer with version {champion.version}: "
                          "Ansible not run")
             except ApiError as exc:
-                log.warning(f"the api host answers ready but its smoke prediction failed ({exc}): deploying again")
+                log.warning(f"the api hosts answer ready but a smoke prediction failed ({exc}): deploying again")
         try:
-            if smoke is None:
+            if smokes is None:
                 record.remove()  # from here until the smoke test passes, nothing is known good
                 result = self.ansible.run_playbook(hosts.inventory, "site.yml", tags=[API_TAG], log=log.info,
                                                    extra_vars=self._role_vars(image_ref, archive, champion.version,
                                                                               None if image.remote_ref else image.runtime_archive))
                 changed, per_host, ansible_seconds = result.changed, result.per_host, result.seconds
-                smoke = client.smoke_check(smoke_rows, champion.version)
+                smokes = [client.smoke_check(smoke_rows, champion.version) for client in clients]
         except (AnsibleError, ApiError) as exc:
             raise dg.Failure(description=str(exc)) from None
-        answer, seconds = smoke
+        answer, seconds = smokes[0]
         record.write(wanted)
-        log.info(f"smoke prediction through {url}/predict in {seconds * 1000:.0f} ms: {answer.get('predictions')}")
+        for each, (reply, took) in zip(urls, smokes):
+            log.info(f"smoke prediction through {each}/predict in {took * 1000:.0f} ms: {reply.get('predictions')}")
         api = DeployedApi(url=url, metrics_url=metrics_url, model_name=champion.name, model_version=str(champion.version),
                           action="deployed" if changed else "unchanged (the api host already ran this image)",
                           inventory=hosts.inventory, prometheus_url=hosts.prometheus_url)
         # Same image on the same hosts: the same version, nothing downstream becomes stale.
-        version = stable_hash({"image": image_ref, "url": url, "model": api.model_version})
+        version = stable_hash({"image": image_ref, "url": url, "model": api.model_version,
+                               **({"urls": urls} if len(urls) > 1 else {})})
         return ApiResult(api, version, answer, seconds, details={
             "image": image_ref, "image_source": "archive" if archive else "registry", "changed": changed,
             "per_host": dg.MetadataValue.json(per_host), "ansible_seconds": ansible_seconds,
+            **({"api_urls": dg.MetadataValue.json(urls)} if len(urls) > 1 else {}),
         })
 
     def _role_vars(self, image_ref: str, archive: str | None, version: str,

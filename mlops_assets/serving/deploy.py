@@ -34,13 +34,12 @@ def serve_config(
     line in the replicas' log files (MLOPS_API_ACCESS_LOG; off by default, docs/performance.md).
     `autoscaling` (Serve's autoscaling_config) replaces the fixed `num_replicas`;
     `max_replicas_per_node` spreads the replicas over a cluster's nodes."""
-    deployment: dict[str, Any] = {"name": DEPLOYMENT_NAME, "user_config": user_config}
-    if autoscaling:
-        deployment["autoscaling_config"] = autoscaling
-    else:
-        deployment["num_replicas"] = num_replicas
-    if max_replicas_per_node:
-        deployment["max_replicas_per_node"] = max_replicas_per_node
+    deployment: dict[str, Any] = {
+        "name": DEPLOYMENT_NAME,
+        **({"autoscaling_config": autoscaling} if autoscaling else {"num_replicas": num_replicas}),
+        "user_config": user_config,
+        **({"max_replicas_per_node": max_replicas_per_node} if max_replicas_per_node else {}),
+    }
     location = http_options.get("location")
     return {
         **({"proxy_location": location} if location else {}),
