@@ -176,6 +176,40 @@ def replicas_over_time():
     )
 
 
+# Per node: every API host is a scrape target of its own (`instance`), and each one exports
+# the series of its own node (its proxy's requests, its replicas). With one API host each panel
+# has one line; a Ray cluster across API hosts shows one line per node.
+def requests_by_node():
+    return timeseries(
+        "Requests per second by node",
+        "HTTP requests answered per second on each API host (scrape target): how the load spreads over the cluster's nodes.",
+        units.RequestsPerSecond,
+        [query(f"sum by (instance) (rate(ray_serve_num_http_requests_total{{{APP}}}[{RATE}]))", "{{instance}}")],
+        span=8,
+    )
+
+
+def replicas_by_node():
+    return timeseries(
+        "Replicas by node",
+        "Replicas of the prediction deployment running on each API host; the total is what the no-replica alert counts.",
+        units.Short,
+        [query(f"count by (instance) ({last('ray_serve_replica_processing_queries')})", "{{instance}}")],
+        span=8,
+    )
+
+
+def latency_by_node():
+    return timeseries(
+        "Latency p99 by node (ingress)",
+        "99th percentile of Ray Serve's ingress latency on each API host: a node slower than the others shows here.",
+        units.Milliseconds,
+        [query(f"histogram_quantile(0.99, sum by (instance, le) (rate(ray_serve_http_request_latency_ms_bucket{{{APP}}}[{RATE}])))",
+               "p99 {{instance}}")],
+        span=8,
+    )
+
+
 def build():
     return (
         dashboard(UID, "mlops-assets / Prediction API", "Traffic, errors, latency, queues and replicas of the prediction API (Ray Serve).")
@@ -195,4 +229,8 @@ def build():
         .with_panel(ongoing_requests())
         .with_panel(queued_requests())
         .with_panel(replicas_over_time())
+        .with_row(row("Per node (API hosts)"))
+        .with_panel(requests_by_node())
+        .with_panel(replicas_by_node())
+        .with_panel(latency_by_node())
     )
