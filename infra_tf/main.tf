@@ -632,7 +632,7 @@ resource "aws_s3_bucket_policy" "artifacts" {
 
 resource "aws_iam_role" "tracking_server" {
   name        = "${var.name}-tracking-server"
-  description = "MLflow tracking server on the monitoring host: reads and writes the artifact bucket only"
+  description = "The monitoring host: the MLflow tracking server reads and writes the artifact bucket; Prometheus describes instances"
   assume_role_policy = jsonencode({
     Version = "2012-10-17"
     Statement = [
@@ -665,6 +665,24 @@ resource "aws_iam_role_policy" "tracking_artifacts" {
         Effect   = "Allow"
         Action   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
         Resource = "${aws_s3_bucket.artifacts.arn}/*"
+      },
+    ]
+  })
+}
+
+# Prometheus on the same host finds the API hosts by their tags (EC2 service discovery, the
+# aws target): read-only DescribeInstances, an action AWS does not scope to resources.
+resource "aws_iam_role_policy" "prometheus_discovery" {
+  name = "prometheus-ec2-discovery"
+  role = aws_iam_role.tracking_server.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "DescribeApiHosts"
+        Effect   = "Allow"
+        Action   = ["ec2:DescribeInstances"]
+        Resource = "*"
       },
     ]
   })

@@ -122,6 +122,10 @@ output "ansible_inventory" {
             tracking_port     = var.tracking_port
             # The tracking server's artifact store (in aws_region, read through the instance profile).
             mlflow_artifact_bucket = aws_s3_bucket.artifacts.id
+            # Prometheus's EC2 service discovery (aws): the API hosts are the running instances
+            # tagged Role = "api" and Project = this name (the monitoring host's instance profile
+            # may describe instances).
+            project_name = var.name
           }
           hosts = {
             "${var.name}-monitoring" = {

@@ -192,6 +192,9 @@ def ansible_for(settings: Settings) -> Ansible:
             # the same prometheus.yml, so neither undoes the other's.
             "prometheus_scrape_interval": settings.scrape_interval,
             "prometheus_evaluation_interval": settings.scrape_interval,
+            # aws: Prometheus finds the API hosts by their tags (every API host of a Ray cluster,
+            # one added later too); sim: from the inventory (its emulator is out of the hosts' reach).
+            **({"prometheus_api_discovery": "ec2"} if target == "aws" else {}),
             # The api role copies the key file to the host and mounts it into the container.
             **({"api_key_file": str(settings.api_key_file)} if settings.api_key_file else {}),
             # The container reads MLOPS_API_ACCESS_LOG (serving/container.py); only set when on,
