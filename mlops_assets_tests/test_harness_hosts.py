@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from mlops_assets.offline_base import BASE_IMAGE
-from mlops_assets.rehearsal.hosts import TestHosts, free_subnet, reap_stale
+from mlops_assets.rehearsal.hosts import TestHosts, _alive, free_subnet, reap_stale
 
 pytestmark = [pytest.mark.stack, pytest.mark.root, pytest.mark.hosts]
 
@@ -200,6 +200,24 @@ def test_hosts_with_a_state_file_outlive_their_creator_until_torn_down(tmp_path)
         reap_stale()  # its creator is gone, but the state file says it is wanted
         assert hosts.ssh("monitoring", "hostname").stdout.strip() == "monitoring"
         assert TestHosts.ensure(pairs, state_file).id == hosts.id  # reused, not rebuilt
+
+        # A host added (api_instance_count + 1): the others keep running, what runs on them too.
+        hosts.ssh("api", "nohup sleep 600 >/dev/null 2>&1 &")
+        kept = {name: host.init_pid for name, host in hosts.hosts.items()}
+        grown = TestHosts.ensure(sorted([*pairs, ("api-2", str(subnet[42]))]), state_file)
+        assert grown.id == hosts.id and {n: grown.hosts[n].init_pid for n in kept} == kept
+        assert grown.ssh("api-2", "hostname").stdout.strip() == "api-2"
+        assert grown.ssh("api-2", f"timeout 3 bash -c '</dev/tcp/{subnet[40]}/22' && echo reached").stdout.strip() == "reached"
+        assert grown.ssh("api", "pgrep -x sleep", check=False).stdout.strip(), "a kept host's process was lost"
+        assert TestHosts.attach(state_file).hosts.keys() == grown.hosts.keys()
+        # ... and removed again: gone from the machine, the others untouched.
+        second = grown.hosts["api-2"]
+        shrunk = TestHosts.ensure(pairs, state_file)
+        assert shrunk.id == hosts.id and {n: shrunk.hosts[n].init_pid for n in kept} == kept
+        assert second.netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert not second.dir.exists() and not _alive(second.init_pid)
+        assert shrunk.ssh("api", "pgrep -x sleep", check=False).stdout.strip()
+        hosts = shrunk
     finally:
         hosts.down()
     assert hosts.footprint() == []

@@ -235,8 +235,11 @@ class TestHosts:
 
     @classmethod
     def ensure(cls, hosts: list[tuple[str, str]], state_file: Path, **options) -> TestHosts:
-        """The hosts recorded in `state_file` when they are exactly `hosts` and all running;
-        otherwise whatever is recorded there is removed and `hosts` are brought up anew."""
+        """The hosts recorded in `state_file`, made exactly `hosts` when they all run: the ones
+        still listed at the same address are kept as they are (what runs on them goes on), the
+        others stopped, new ones brought up on the same bridge (an instance added or removed by
+        api_instance_count). When a recorded host is down, a kept host moved, a new address is
+        outside the subnet, or no host is kept, everything is brought up anew."""
         state_file = Path(state_file)
         if state_file.exists():
             try:
@@ -244,7 +247,8 @@ class TestHosts:
             except (OSError, ValueError, KeyError):
                 state_file.unlink()
             else:
-                if existing._requested == list(hosts) and existing.running():
+                if existing.running() and existing._can_reshape(hosts):
+                    existing.reshape(hosts)
                     return existing
                 existing.down()
         fresh = cls(hosts, state_file=state_file, **options)
@@ -254,6 +258,41 @@ class TestHosts:
             fresh.down()
             raise
         return fresh
+
+    def _can_reshape(self, hosts: list[tuple[str, str]]) -> bool:
+        have, wanted = dict(self._requested), dict(hosts)
+        kept = set(have) & set(wanted)
+        return (bool(kept) and all(have[name] == wanted[name] for name in kept)
+                and all(ipaddress.ip_address(address) in self.subnet for address in wanted.values())
+                and ipaddress.ip_address(self.bridge_address) not in {ipaddress.ip_address(a) for a in wanted.values()})
+
+    def reshape(self, hosts: list[tuple[str, str]]) -> None:
+        """Stop the hosts no longer in `hosts`, bring up the new ones, keep the others running
+        (see ensure)."""
+        wanted = dict(hosts)
+        for name in [name for name in self.hosts if name not in wanted]:
+            _sweep_host(self.id, self.hosts.pop(name))
+        started = time.monotonic()
+        used = {host.veth for host in self.hosts.values()}
+        new = []
+        for name, address in hosts:
+            if name in self.hosts:
+                continue
+            index = next(i for i in range(len(used) + len(hosts) + 1) if f"mlh{self.id}{i}" not in used)
+            used.add(f"mlh{self.id}{index}")
+            host = Host(name=name, address=address, netns=f"mlh-{self.id}-{name}", veth=f"mlh{self.id}{index}",
+                        dir=self._require_workdir() / "hosts" / name)
+            self.hosts[name] = host
+            new.append(host)
+        self._requested = list(hosts)
+        for host in new:
+            self._start_host(host)
+        self.known_hosts_file.write_text("".join(f"{h.address} {h.host_public_key}\n" for h in self.hosts.values()))
+        for host in new:
+            self._wait_ready(host)
+        self.timings.hosts_s = time.monotonic() - started if new else 0.0
+        if self.state_file:
+            StateFile(self.state_file).write(self._state())
 
     def running(self) -> bool:
         """Every host's PID 1 is alive and its sshd answers."""
@@ -747,6 +786,37 @@ def _sweep(hid: str, workdir_parent: Path) -> None:
     for folder in workdir_parent.glob(f"mlops-hosts-{hid}-*"):
         shutil.rmtree(folder, ignore_errors=True)
     (_STATE_DIR / hid).unlink(missing_ok=True)
+
+
+def _sweep_host(hid: str, host: Host) -> None:
+    """Remove one host of harness `hid` (the others go on): its processes, cgroups, loop
+    device, namespace, link and folder."""
+    marker = f"{host.dir}/"
+    for pid in _pids():  # its unshare parent: its death kills the host's PID 1
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and "unshare" in cmdline and pid != os.getpid():
+            _kill(pid)
+    tops = [top / host.name for top in _cgroup_tops(hid)]
+    for _ in range(100):
+        pids = [pid for top in tops for pid in _cgroup_pids(top)]
+        if not pids:
+            break
+        for pid in pids:
+            _kill(pid)
+        time.sleep(0.05)
+    _remove_cgroups(tops)
+    for _ in range(100):  # its loop device detaches once its mount namespace is gone
+        if not [line for line in _loops(hid) if marker in line]:
+            break
+        time.sleep(0.05)
+    for line in [line for line in _loops(hid) if marker in line]:
+        subprocess.run(["losetup", "-d", line.split(":")[0]], capture_output=True)
+    subprocess.run(["ip", "netns", "delete", host.netns], capture_output=True)
+    subprocess.run(["ip", "link", "delete", host.veth], capture_output=True)
+    shutil.rmtree(host.dir, ignore_errors=True)
 
 
 def _loops(hid: str) -> list[str]:
