@@ -179,7 +179,7 @@ def ansible_for(settings: Settings) -> Ansible:
                                   PUSHGATEWAY_SECRET: PUSHGATEWAY_PASSWORD_ENV,
                                   # The Ray cluster's token (more than one API host): generated once.
                                   "api_ray_token": "MLOPS_RAY_AUTH_TOKEN"},
-        "machine_secrets_dir": str(home / "secrets"),
+        "machine_secrets_dir": str(home / "secrets" / target),
         # The rules and dashboards the `dashboards` asset renders for these hosts (the
         # monitoring resource's out_dir): deployed_hosts and dashboards provision the same
         # files, so a second run changes nothing. Before the first `dashboards` run the folders are empty.

@@ -81,7 +81,7 @@ def test_local_target_records_this_machine_without_ansible():
 
 def test_the_ray_clusters_token_is_generated_once_for_every_target(tmp_path, monkeypatch):
     """More than one API host: the api role needs the Ray cluster's token. No person uses it,
-    so every target generates it once (0600, git-ignored MLOPS_HOME/secrets), aws included,
+    so every target generates it once (0600, git-ignored MLOPS_HOME/secrets/TARGET), aws included,
     where the passwords people use come from the environment; MLOPS_RAY_AUTH_TOKEN overrides it."""
     from mlops_assets.targets import ansible_for
 
@@ -90,7 +90,7 @@ def test_the_ray_clusters_token_is_generated_once_for_every_target(tmp_path, mon
     ansible = ansible_for(make_settings(tmp_path / "home", MLOPS_TARGET="aws"))
     token = ansible.secret("api_ray_token")
     assert token and len(token) >= 32 and ansible.secret("api_ray_token") == token
-    path = tmp_path / "home" / "secrets" / "api_ray_token"
+    path = tmp_path / "home" / "secrets" / "aws" / "api_ray_token"
     assert path.read_text().strip() == token and path.stat().st_mode & 0o777 == 0o600
     assert ansible.secret("grafana_admin_password") is None  # a person's password: never generated for aws
     monkeypatch.setenv("MLOPS_RAY_AUTH_TOKEN", "t" * 40)
