@@ -419,6 +419,9 @@ class RehearsalOpenTofu(OpenTofu):
             "inventory_address": "private",
             # The rehearsal is disposable: `make down` removes its bucket with the artifacts in it.
             "artifact_bucket_force_destroy": True,
+            # With api_instance_count > 1 the rehearsal's hosts are reached at their own
+            # addresses: no load balancer (the emulator tests cover infra_tf's).
+            "load_balancer": False,
         }
 
     def teardown(self, log: Log) -> bool:
