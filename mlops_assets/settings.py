@@ -91,6 +91,10 @@ class Settings:
     # default: writing it cost 3.5% of the replica's CPU and doubled the single-row p99
     # (21 ms -> 10-12 ms without it, docs/performance.md); the request metrics count every request.
     api_access_log: bool = False
+    # MLOPS_API_AUTOSCALING: Serve autoscaling over a Ray cluster of API hosts (aws/sim with
+    # api_instance_count > 1): "min=1,max=10,target=2" (replicas, requests in flight per replica),
+    # any of them; empty: the api role's defaults.
+    api_autoscaling: tuple = ()
     # MLOPS_DAGSTER_POSTGRES_URL: Dagster's runs, event logs and schedules in PostgreSQL instead
     # of sqlite files in DAGSTER_HOME (docs/operations.md, "State on PostgreSQL"). The URL may
     # carry a password: never printed, and dagster.yaml names the variable, not its value.
@@ -153,8 +157,25 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         api_key_file=_api_key_file(env.get("MLOPS_API_KEY_FILE") or ""),
         api_keys=tuple(k.strip() for k in (env.get("MLOPS_API_KEYS") or "").split(",") if k.strip()),
         api_access_log=_flag(env, "MLOPS_API_ACCESS_LOG", False),
+        api_autoscaling=_api_autoscaling(env.get("MLOPS_API_AUTOSCALING") or ""),
         dagster_postgres_url=_postgres_url(env, "MLOPS_DAGSTER_POSTGRES_URL"),
     )
+
+
+def _api_autoscaling(raw: str) -> tuple:
+    """Only the named values ((name, number), ...): the others stay the api role's defaults."""
+    from mlops_assets.serving.container import AUTOSCALING, parse_named_numbers
+
+    if not raw.strip():
+        return ()
+    try:
+        values = parse_named_numbers("MLOPS_API_AUTOSCALING", raw, AUTOSCALING, "min=1,max=4,target=2")
+    except SystemExit as exc:
+        raise SettingsError(str(exc)) from None
+    named = {part.partition("=")[0].strip() for part in raw.split(",") if part.strip()}
+    if values["min"] < 1 or values["target"] < 1 or ({"min", "max"} <= named and values["min"] > values["max"]):
+        raise SettingsError(f"MLOPS_API_AUTOSCALING={raw!r}: need 1 <= min <= max and target >= 1")
+    return tuple((name, values[name]) for name in AUTOSCALING if name in named)
 
 
 def _api_timeouts(raw: str) -> dict:

@@ -200,6 +200,8 @@ def ansible_for(settings: Settings) -> Ansible:
             # The container reads MLOPS_API_ACCESS_LOG (serving/container.py); only set when on,
             # so a default configuration leaves the running container as it is.
             **({"api_env": {"MLOPS_API_ACCESS_LOG": "1"}} if settings.api_access_log else {}),
+            # Serve autoscaling of a Ray cluster across API hosts (MLOPS_API_AUTOSCALING).
+            **{f"api_autoscaling_{name}": value for name, value in settings.api_autoscaling},
         },
     }
     if target == "sim":

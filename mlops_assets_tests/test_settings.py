@@ -170,3 +170,15 @@ def test_the_containers_cluster_settings_name_what_is_missing_and_build_the_clus
     assert deployment["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4} and "num_replicas" not in deployment
     assert deployment["max_replicas_per_node"] == 1
     assert "proxy_location" not in serve_config({}, {}, single.http_options())
+
+
+def test_api_autoscaling_names_only_what_is_set_and_refuses_bad_values():
+    from mlops_assets.settings import SettingsError, load_settings
+
+    assert load_settings({}).api_autoscaling == ()
+    assert load_settings({"MLOPS_API_AUTOSCALING": "min=2, target=3"}).api_autoscaling == (("min", 2), ("target", 3))
+    for raw, named in (("min=0", "min <= max"), ("min=3,max=2", "min <= max"), ("replicas=2", "'replicas'"),
+                       ("min=two", "min=NUMBER")):
+        with pytest.raises(SettingsError) as refused:
+            load_settings({"MLOPS_API_AUTOSCALING": raw})
+        assert "MLOPS_API_AUTOSCALING" in str(refused.value) and named in str(refused.value), str(refused.value)
