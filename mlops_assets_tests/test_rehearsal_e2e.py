@@ -99,11 +99,11 @@ def _run_config(home: Path, name: str, text: str) -> Path:
     return path
 
 
-def _cli(home: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+def _cli(home: Path, *args: str, timeout: float = 1500, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The CLI with its output streamed to a log file in `home` (lazy_stack.run_cli)."""
     from mlops_assets_tests.lazy_stack import run_cli
 
-    returncode, output = run_cli(args, PROJECT_ROOT, _env(home), home, timeout)
+    returncode, output = run_cli(args, PROJECT_ROOT, {**_env(home), **(env or {})}, home, timeout)
     return subprocess.CompletedProcess(args, returncode, stdout=output, stderr="")
 
 
@@ -452,13 +452,13 @@ def test_a_stopped_api_fires_target_down_at_a_webhook_and_its_start_resolves_it(
 LIVE_SERVICE_CHECKS = {"container_image", "deployed_api", "dashboards"}
 
 
-def _scenario(rehearsal, name: str, *args: str) -> tuple[set[str], dict]:
+def _scenario(rehearsal, name: str, *args: str, env: dict[str, str] | None = None) -> tuple[set[str], dict]:
     """One `cli run ARGS`: the assets it materialized and the latest metadata of each."""
     assert rehearsal["first"].returncode == 0, _tail(rehearsal["first"])
     home = rehearsal["home"]
     before = _latest(home)
     started = time.monotonic()
-    run = _cli(home, "run", *args)
+    run = _cli(home, "run", *args, env=env)
     PHASES[name] = round(time.monotonic() - started, 1)
     assert run.returncode == 0, _tail(run)
     after = _latest(home)
@@ -712,6 +712,79 @@ def test_second_materialization_changes_nothing(rehearsal):
         time.sleep(0 if not empty else 2)
     PHASES["wait for every pipeline panel's data on the monitoring host"] = round(time.monotonic() - started, 1)
     assert not empty, f"pipeline dashboard panels without data on the monitoring host: {empty}"
+
+
+def _served_by(url: str, body: dict, count: int = 10) -> set[str]:
+    """The nodes (X-Served-By) of the replicas that answered `count` predictions through `url`."""
+    nodes = set()
+    for _ in range(count):
+        request = urllib.request.Request(f"{url}/predict", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            nodes.add(response.headers["X-Served-By"])
+    return nodes
+
+
+def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
+    """api_instance_count = 2 and `make run`: tofu_state adds the instance, deployed_hosts
+    brings its host up beside the others (which keep running), deployed_api makes the first
+    API host the Ray head and the second a worker that joins it with the cluster's token, and
+    checks both; /predict through either host is answered by replicas on both nodes, and
+    Prometheus scrapes both. Then back to one host (the removal confirmed): it serves alone."""
+    from mlops_assets.rehearsal.hosts import TestHosts
+
+    home = rehearsal["home"]
+    monitoring_started = rehearsal["hosts"].hosts["mlops-assets-monitoring"].init_pid
+    materialized, latest = _scenario(rehearsal, "8 a second API host: one Ray cluster", env={
+        "TF_VAR_api_instance_count": "2", "MLOPS_API_AUTOSCALING": "min=2,max=2"})
+    assert {"tofu_state", "deployed_hosts", "deployed_api"} <= materialized, materialized
+    assert latest["tofu_state"]["api_host_count"] == 2
+    hosts = TestHosts.attach(home / "rehearsal" / "hosts.json")
+    assert hosts.hosts["mlops-assets-monitoring"].init_pid == monitoring_started  # kept, not rebuilt
+    urls = latest["deployed_api"]["api_urls"]
+    assert len(urls) == 2, urls
+    addresses = {url.split("//")[1].split(":")[0] for url in urls}
+    assert addresses == {hosts.address("mlops-assets-api"), hosts.address("mlops-assets-api-2")}
+    # One replica per node: through either host, answers from both nodes.
+    from mlops_assets.ml.data import DEFAULT_SOURCE, DEFAULT_TARGET, SplitSpec, build_dataset
+
+    x_test, _ = build_dataset(DEFAULT_SOURCE, DEFAULT_TARGET, SplitSpec()).xy("test")
+    body = {"instances": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                          for row in x_test.head(3).to_dict(orient="records")]}
+    started, served = time.monotonic(), {}
+    while time.monotonic() - started < 120:
+        served = {url: _served_by(url, body) for url in urls}
+        if all(nodes == addresses for nodes in served.values()):
+            break
+        time.sleep(2)
+    PHASES["  replicas answering on both nodes after the run"] = round(time.monotonic() - started, 1)
+    assert all(nodes == addresses for nodes in served.values()), served
+    # The cluster's token: a 0400 file of the container's user on both hosts, nowhere else.
+    token = (home / "secrets" / "sim" / "api_ray_token").read_text().strip()
+    for name in ("mlops-assets-api", "mlops-assets-api-2"):
+        assert hosts.exec(name, "stat -c '%u %a' /etc/mlops-assets/ray-token/token").stdout.split() == ["10001", "400"]
+        assert token not in hosts.exec(name, "docker inspect mlops-api").stdout
+    # Prometheus on the monitoring host scrapes both API hosts.
+    prometheus, auth, _ = _monitoring_prometheus(rehearsal)
+    deadline, up = time.monotonic() + 60, []
+    while time.monotonic() < deadline:
+        up = [r["metric"]["instance"] for r in _query(prometheus, 'up{job="mlops-api"} == 1', auth)]
+        if len(up) == 2:
+            break
+        time.sleep(2)
+    assert sorted(up) == sorted(f"{address}:8080" for address in addresses), up
+
+    # Back to one API host: the second instance, its host and Ray's rules go (confirmed).
+    confirm = _run_config(home, "one-api-host", "ops:\n  tofu_state:\n    config:\n      confirm_replacements:\n"
+                          "        - aws_instance.api\n        - aws_vpc_security_group_ingress_rule.api_ray\n"
+                          "        - aws_vpc_security_group_egress_rule.api_ray\n")
+    materialized, latest = _scenario(rehearsal, "9 back to one API host", "--config", str(confirm))
+    assert latest["tofu_state"]["api_host_count"] == 1 and "api_urls" not in latest["deployed_api"]
+    hosts = TestHosts.attach(home / "rehearsal" / "hosts.json")
+    assert set(hosts.hosts) == {"mlops-assets-api", "mlops-assets-monitoring"}
+    api = hosts.address("mlops-assets-api")
+    assert _get_json(f"http://{api}:8000/predict", body)["model"]["version"] == latest["deployed_api"]["model_version"]
+    rehearsal["hosts"] = hosts
 
 
 def test_teardown_leaves_nothing_behind(rehearsal, capsys):
