@@ -71,11 +71,12 @@ def trained_home():
 # and a skipped test there would be a silent gap. MLOPS_TEST_PROGRESS_FILE, when set, names
 # the test running now (the CI watchdog prints it when it stops a hung run).
 #
-# Two lanes (`make test` runs pytest-xdist with `-n 2 --dist loadgroup`): the tests marked
-# `hosts` (they bring up hosts in network namespaces and spend most of their time waiting on
-# SSH, Ansible and containers) run in one worker, every other test in the other, each lane in
-# tier order. A failed tier in either lane stops both before their next later-tier test (the
-# lanes share a file that names the failed tiers).
+# Two lanes (`make test` runs pytest-xdist with `-n 2`): the modules marked `hosts` (the
+# longest ones with hosts in network namespaces, which spend much of their time waiting on SSH,
+# Ansible and containers: the rehearsal e2e and the Ansible roles) run in one worker, every
+# other test in the other, each lane in tier order; the mark balances the two (measured: each
+# lane about half of the suite's time). A failed tier in either lane stops both before their
+# next later-tier test (the lanes share a file that names the failed tiers).
 import json  # noqa: E402
 
 TIERS = ("unit", "service", "stack")

@@ -225,3 +225,14 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"; last: {last()}" if last else ""))
+
+
+def served_by_nodes(base_url: str, body: dict, count: int = 10) -> set[str]:
+    """The nodes (the X-Served-By header of a Ray cluster's node) of the replicas that answered
+    `count` predictions of `body` through `base_url`."""
+    nodes = set()
+    for _ in range(count):
+        answer = requests.post(f"{base_url}/predict", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text[:500]
+        nodes.add(answer.headers["x-served-by"])
+    return nodes

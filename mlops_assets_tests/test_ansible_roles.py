@@ -42,8 +42,7 @@ def hosts(request):
 
     subnet = free_subnet()
     started = time.monotonic()
-    # api-2: the second API host of the cluster test only (the other tests' inventory has one).
-    with TestHosts([("api", str(subnet[10])), ("monitoring", str(subnet[11])), ("api-2", str(subnet[12]))]) as test_hosts:
+    with TestHosts([("api", str(subnet[10])), ("monitoring", str(subnet[11]))]) as test_hosts:
         TIMINGS["hosts_up_s"] = round(time.monotonic() - started, 2)
         yield test_hosts
     TIMINGS["teardown_s"] = round(test_hosts.timings.teardown_s, 2)
@@ -716,90 +715,3 @@ def test_unreachable_host_is_named_with_its_task(hosts, ansible):
     assert failure.value.result.per_host["ghost"]["unreachable"] == 1
     assert not list(Path(ansible.work_dir).glob("run-*/env/extravars"))  # extra vars (secrets) not left behind
 
-
-def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, inventory, trained_home, test_split):
-    """Two API hosts (tofu_state's inventory with api_instance_count = 2): the real API image
-    on both, the first host the Ray head, the second a worker joining it with the cluster's
-    token; one replica on each node; each host answers on the API port, with replicas of both
-    nodes; converged again, nothing changes."""
-    import secrets
-
-    from mlops_assets.offline_base import BASE_IMAGE
-    from mlops_assets.resources.api_deployer import archive_image_name
-    from mlops_assets.resources.container_engine import ContainerEngine
-    from mlops_assets.settings import load_settings
-
-    from .image_helpers import materialize_container_image
-    from .serving_fixtures import as_instances
-
-    started = time.monotonic()
-    # Docker on the second API host (the module's other tests leave it out).
-    only_second = {"all": {"vars": inventory["all"]["vars"], "children": {"api": {"hosts": {
-        "api-2": {"ansible_host": hosts.address("api-2"), "private_ip": hosts.address("api-2")}}}}}}
-    ansible.run_playbook(only_second, "tests/docker.yml")
-    TIMINGS["cluster_docker_s"] = round(time.monotonic() - started, 2)
-
-    started = time.monotonic()
-    images_dir = load_settings().home / "images"
-    test_engine = ContainerEngine(repository="localhost/mlops-api-cluster-test", base_image=BASE_IMAGE, required=True,
-                                  save_archive=True, images_dir=str(images_dir))
-    image = materialize_container_image(trained_home, test_engine).output_for_node("container_image")
-    TIMINGS["cluster_image_s"] = round(time.monotonic() - started, 2)
-    assert image.archive and image.runtime_archive, image
-
-    token = secrets.token_hex(32)
-    ray_ports = {"gcs": 6379, "client": 10001, "node_manager": 6380, "object_manager": 6381, "dashboard_agent_grpc": 6382,
-                 "dashboard_agent_listen": 52365, "runtime_env_agent": 6383, "metrics_export": 6384,
-                 "min_worker": 10002, "max_worker": 10100, "serve_replica_min": 30000, "serve_replica_max": 31000}
-    head, worker = hosts.address("api"), hosts.address("api-2")
-    cluster = {"all": {"vars": inventory["all"]["vars"], "children": {"api": {
-        "vars": {"ray_head_address": head, "ray_ports": ray_ports},
-        "hosts": {"api": {"ansible_host": head, "private_ip": head, "ray_role": "head"},
-                  "api-2": {"ansible_host": worker, "private_ip": worker, "ray_role": "worker"}}}}}}
-    repository, tag = archive_image_name(image.archive).rsplit(":", 1)
-    variables = {"api_image_repository": repository, "api_image_tag": tag, "api_image_source": "archive",
-                 "api_image_archive": image.archive, "api_runtime_image": archive_image_name(image.runtime_archive),
-                 "api_runtime_archive": image.runtime_archive, "api_model_version": str(image.model_version),
-                 "api_ready_timeout": 240, "api_autoscaling_min": 2, "api_autoscaling_max": 2}
-    with pytest.raises(AnsibleError) as failure:  # a cluster without its token: refused, nothing run
-        ansible.run_playbook(cluster, "tests/api.yml", extra_vars=variables)
-    assert "failed at task 'Check the cluster's variables'" in str(failure.value)
-    assert token not in str(failure.value)
-    variables["api_ray_token"] = token
-    started = time.monotonic()
-    converge_twice(ansible, cluster, "tests/api.yml", "api_cluster", **variables)
-    TIMINGS["cluster_converge_both_s"] = round(time.monotonic() - started, 2)
-
-    # The token: a 0400 file of the container's user, mounted read-only; never in the
-    # container's configuration nor on a command line.
-    for name in ("api", "api-2"):
-        assert hosts.exec(name, "stat -c '%u %a' /etc/mlops-assets/ray-token/token").stdout.split() == ["10001", "400"]
-        config = json.loads(hosts.exec(name, "docker inspect mlops-api").stdout)[0]
-        assert token not in json.dumps(config) and token not in hosts.exec(name, "ps -eo args").stdout
-        assert config["HostConfig"]["NetworkMode"] == "host" and config["HostConfig"]["ReadonlyRootfs"] is True
-        assert ("/etc/mlops-assets/ray-token", "/run/secrets/ray-token", False) in [
-            (m["Source"], m["Destination"], m["RW"]) for m in config["Mounts"]]
-
-    # Each host answers ready with the version, and predictions come from replicas on both nodes.
-    body = {"instances": as_instances(test_split[0].head(3))}
-    for address in (head, worker):
-        assert http_json(f"http://{address}:8000/readyz")[1]["model"]["version"] == str(image.model_version)
-    started, served = time.monotonic(), {}
-    while time.monotonic() - started < 120:
-        served = {address: _served_by(f"http://{address}:8000/predict", body) for address in (head, worker)}
-        if all(nodes == {head, worker} for nodes in served.values()):
-            break
-        time.sleep(2)
-    TIMINGS["cluster_replicas_on_both_s"] = round(time.monotonic() - started, 2)
-    assert all(nodes == {head, worker} for nodes in served.values()), served
-
-
-def _served_by(url: str, body: dict, requests_count: int = 10) -> set[str]:
-    """The nodes (X-Served-By) that answered `requests_count` predictions."""
-    nodes = set()
-    for _ in range(requests_count):
-        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 200
-            nodes.add(response.headers["X-Served-By"])
-    return nodes

@@ -16,7 +16,7 @@ import pytest
 from mlops_assets.offline_base import BASE_IMAGE
 from mlops_assets.rehearsal.hosts import TestHosts, _alive, free_subnet, reap_stale
 
-pytestmark = [pytest.mark.stack, pytest.mark.root, pytest.mark.hosts]
+pytestmark = [pytest.mark.stack, pytest.mark.root]
 
 TIMINGS: dict[str, float] = {}
 

@@ -714,17 +714,6 @@ def test_second_materialization_changes_nothing(rehearsal):
     assert not empty, f"pipeline dashboard panels without data on the monitoring host: {empty}"
 
 
-def _served_by(url: str, body: dict, count: int = 10) -> set[str]:
-    """The nodes (X-Served-By) of the replicas that answered `count` predictions through `url`."""
-    nodes = set()
-    for _ in range(count):
-        request = urllib.request.Request(f"{url}/predict", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            nodes.add(response.headers["X-Served-By"])
-    return nodes
-
-
 def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
     """api_instance_count = 2 and `make run`: tofu_state adds the instance, deployed_hosts
     brings its host up beside the others (which keep running), deployed_api makes the first
@@ -732,6 +721,8 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
     checks both; /predict through either host is answered by replicas on both nodes, and
     Prometheus scrapes both. Then back to one host (the removal confirmed): it serves alone."""
     from mlops_assets.rehearsal.hosts import TestHosts
+
+    from .serving_fixtures import served_by_nodes
 
     home = rehearsal["home"]
     monitoring_started = rehearsal["hosts"].hosts["mlops-assets-monitoring"].init_pid
@@ -753,7 +744,7 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
                           for row in x_test.head(3).to_dict(orient="records")]}
     started, served = time.monotonic(), {}
     while time.monotonic() - started < 120:
-        served = {url: _served_by(url, body) for url in urls}
+        served = {url: served_by_nodes(url, body) for url in urls}
         if all(nodes == addresses for nodes in served.values()):
             break
         time.sleep(2)

@@ -23,7 +23,7 @@ from mlops_assets.settings import PROJECT_ROOT
 
 from .serving_fixtures import Load, as_instances, wait_for
 
-pytestmark = [pytest.mark.stack, pytest.mark.root, pytest.mark.hosts]
+pytestmark = [pytest.mark.stack, pytest.mark.root]
 
 
 def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess:

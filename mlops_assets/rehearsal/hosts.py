@@ -34,6 +34,7 @@ rehearsal target); ``reap_stale()`` removes what a killed run left. See docs/tar
 from __future__ import annotations
 
 import atexit
+import fcntl
 import ipaddress
 import json
 import os
@@ -85,10 +86,28 @@ class Timings:
 
 
 def free_subnet(supernet: ipaddress.IPv4Network = DEFAULT_SUPERNET) -> ipaddress.IPv4Network:
-    """A /24 of `supernet` that no route or address on this machine touches."""
-    used = _routed_networks()
-    for candidate in supernet.subnets(new_prefix=24):
-        if not any(candidate.overlaps(net) for net in used):
+    """A /24 of `supernet` that no route or address on this machine touches and that no other
+    live process picked (two test lanes may ask at once, before either bridge exists): the
+    pick is reserved for this process's lifetime."""
+    _SUBNETS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(_SUBNETS_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        reserved = set()
+        for record in _SUBNETS_DIR.glob("subnet-*"):
+            try:
+                owner = json.loads(record.read_text())
+            except (OSError, ValueError):
+                owner = {}
+            if _alive(owner.get("pid", 0)) and _start_time(owner["pid"]) == owner.get("start"):
+                reserved.add(record.name.removeprefix("subnet-"))
+            else:
+                record.unlink(missing_ok=True)
+        used = _routed_networks()
+        for candidate in supernet.subnets(new_prefix=24):
+            if str(candidate.network_address) in reserved or any(candidate.overlaps(net) for net in used):
+                continue
+            (_SUBNETS_DIR / f"subnet-{candidate.network_address}").write_text(
+                json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid())}))
             return candidate
     raise HostsError(f"every /24 of {supernet} is in use on this machine")
 
@@ -693,6 +712,7 @@ START_DOCKERD = (
 
 _SCRATCH_BYTES = 64 << 30  # sparse: only what Docker writes takes space
 _STATE_DIR = Path("/run/mlops-test-hosts")  # one file per live TestHosts: who owns it
+_SUBNETS_DIR = Path("/run/mlops-test-subnets")  # free_subnet's picks: which live process owns each
 
 
 def reap_stale() -> list[str]:
