@@ -6,6 +6,7 @@ what `dagster dev` (workspace.yaml) loads: Dagster calls it when it loads the co
 so importing this module reads no environment.
 """
 
+import os
 import warnings
 
 import dagster as dg
@@ -17,7 +18,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 from mlops_assets.assets.data import dataset, dataset_source  # noqa: E402
 from mlops_assets.assets.deployment import deployed_api  # noqa: E402
 from mlops_assets.assets.hosts import deployed_hosts  # noqa: E402
-from mlops_assets.assets.infrastructure import destroy_infrastructure, tofu_state  # noqa: E402
+from mlops_assets.assets.infrastructure import destroy_infrastructure, tofu_state, tofu_state_for  # noqa: E402
 from mlops_assets.assets.monitoring import dashboards  # noqa: E402
 from mlops_assets.assets.packaging import container_image  # noqa: E402
 from mlops_assets.assets.tracking import (  # noqa: E402
@@ -31,7 +32,7 @@ from mlops_assets.automation import build_automation  # noqa: E402
 from mlops_assets.checks import DATASET_CHECKS  # noqa: E402
 from mlops_assets.pipeline_metrics import with_pipeline_metrics  # noqa: E402
 from mlops_assets.settings import Settings, load_settings  # noqa: E402
-from mlops_assets.targets import resources_for  # noqa: E402
+from mlops_assets.targets import AWS_VAR_FILE, resources_for  # noqa: E402
 
 SOURCE_ASSETS = [dataset_source]
 # Every materialization pushes the pipeline's metrics (pipeline_metrics.py: a success and a
@@ -52,8 +53,11 @@ ml_phase = dg.define_asset_job("ml_phase", selection=dg.AssetSelection.groups("m
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or load_settings()
     schedules, sensors = build_automation(settings)
+    # tofu_state is stale when the user's OpenTofu variables changed (the aws var file, TF_VAR_*).
+    infrastructure = with_pipeline_metrics([tofu_state_for(str(settings.home / AWS_VAR_FILE) if settings.target == "aws"
+                                                           else None, os.environ)])[0]
     return dg.Definitions(
-        assets=ASSETS,
+        assets=[infrastructure if getattr(a, "key", None) == tofu_state.key else a for a in ASSETS],
         asset_checks=DATASET_CHECKS,
         jobs=[materialize_all, ml_phase, observe_sources, destroy_infrastructure, tracking_backup, tracking_restore],
         schedules=[*schedules, tracking_backup_schedule],

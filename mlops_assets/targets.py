@@ -48,6 +48,9 @@ from mlops_assets.resources.tracking import ConfiguredStore, ServerOnMonitoringH
 from mlops_assets.settings import PROJECT_ROOT, Settings
 from mlops_assets.state import RECORDS
 
+# The aws target's OpenTofu variables, in MLOPS_HOME (infra_tf/examples/ shows one).
+AWS_VAR_FILE = "aws.tfvars"
+
 
 def resources_for(settings: Settings) -> dict[str, Any]:
     home, target, ports = settings.home, settings.target, settings.local_ports
@@ -99,7 +102,7 @@ def resources_for(settings: Settings) -> dict[str, Any]:
     ansible = ansible_for(settings)
     resources["infrastructure"] = (
         RehearsalOpenTofu(**tofu, rehearsal_dir=str(home / "rehearsal")) if target == "sim"
-        else OpenTofu(**tofu, target="aws", var_file=str(home / "aws.tfvars"))
+        else OpenTofu(**tofu, target="aws", var_file=str(home / AWS_VAR_FILE))
     )
     if server_on_host:
         resources["tracking_store"] = ServerOnMonitoringHost(

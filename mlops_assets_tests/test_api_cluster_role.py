@@ -46,7 +46,8 @@ def hosts():
     from mlops_assets.rehearsal.hosts import TestHosts, free_subnet
 
     subnet = free_subnet()
-    with TestHosts([("api", str(subnet[10])), ("api-2", str(subnet[11]))]) as test_hosts:
+    # Not "api": a host named like its group would take the group's place in `hosts: api`.
+    with TestHosts([("api-1", str(subnet[10])), ("api-2", str(subnet[11]))]) as test_hosts:
         for name in test_hosts.hosts:
             test_hosts.start_docker(name)
         yield test_hosts
@@ -83,10 +84,10 @@ def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, tra
     timings["image (s)"] = round(time.monotonic() - started, 1)
     assert image.archive and image.runtime_archive, image
 
-    head, worker = hosts.address("api"), hosts.address("api-2")
+    head, worker = hosts.address("api-1"), hosts.address("api-2")
     inventory = {"all": {"vars": {"ansible_user": "admin", "api_port": 8000, "metrics_port": 8080}, "children": {"api": {
         "vars": {"ray_head_address": head, "ray_ports": RAY_PORTS},
-        "hosts": {"api": {"ansible_host": head, "private_ip": head, "ray_role": "head"},
+        "hosts": {"api-1": {"ansible_host": head, "private_ip": head, "ray_role": "head"},
                   "api-2": {"ansible_host": worker, "private_ip": worker, "ray_role": "worker"}}}}}}
     repository, tag = archive_image_name(image.archive).rsplit(":", 1)
     variables = {"api_image_repository": repository, "api_image_tag": tag, "api_image_source": "archive",
@@ -97,7 +98,7 @@ def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, tra
     with pytest.raises(AnsibleError) as failure:  # a cluster without its token: refused before anything runs
         ansible.run_playbook(inventory, "tests/api.yml", extra_vars=variables)
     assert "failed at task 'Check the cluster's variables'" in str(failure.value)
-    assert hosts.exec("api", "docker ps -aq").stdout.strip() == ""
+    assert hosts.exec("api-1", "docker ps -aq").stdout.strip() == ""
     variables["api_ray_token"] = token
     started = time.monotonic()
     ansible.run_playbook(inventory, "tests/api.yml", extra_vars=variables)
@@ -109,21 +110,21 @@ def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, tra
 
     # The token: a 0400 file of the container's user, mounted read-only; never in the
     # container's configuration nor on a command line.
-    for name in ("api", "api-2"):
+    for name in ("api-1", "api-2"):
         assert hosts.exec(name, "stat -c '%u %a' /etc/mlops-assets/ray-token/token").stdout.split() == ["10001", "400"]
         config = json.loads(hosts.exec(name, "docker inspect mlops-api").stdout)[0]
         assert token not in json.dumps(config) and token not in hosts.exec(name, "ps -eo args").stdout
         assert config["HostConfig"]["NetworkMode"] == "host" and config["HostConfig"]["ReadonlyRootfs"] is True
         assert ("/etc/mlops-assets/ray-token", "/run/secrets/ray-token", False) in [
             (m["Source"], m["Destination"], m["RW"]) for m in config["Mounts"]]
-        role = "head" if name == "api" else "worker"
+        role = "head" if name == "api-1" else "worker"
         assert f"MLOPS_RAY_ROLE={role}" in config["Config"]["Env"]
         assert any(e.startswith("MLOPS_AUTOSCALING=") for e in config["Config"]["Env"]) == (role == "head")
 
     # Each host answers ready with the version, and predictions come from replicas on both nodes.
     body = {"instances": as_instances(test_split[0].head(3))}
     for address in (head, worker):
-        ready = json.loads(hosts.exec("api", f"curl -s http://{address}:8000/readyz").stdout)
+        ready = json.loads(hosts.exec("api-1", f"curl -s http://{address}:8000/readyz").stdout)
         assert ready["model"]["version"] == str(image.model_version), ready
     started, served = time.monotonic(), {}
     while time.monotonic() - started < 120:

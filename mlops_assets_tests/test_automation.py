@@ -1,5 +1,6 @@
 """Schedules, sensors and automation conditions, through Dagster's own evaluation contexts."""
 
+import os
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -263,3 +264,30 @@ def test_cli_observes_the_source_again_only_when_its_bytes_changed(tmp_path, ins
     assert not _source_observed(settings, instance)  # unreadable: the observe run reports why
     failed = observe.execute_in_process(instance=instance, raise_on_error=False)
     assert not failed.success
+
+
+def test_a_changed_opentofu_variable_makes_tofu_state_stale(tmp_path, monkeypatch):
+    """TF_VAR_* and the aws var file are part of tofu_state's code version: a new value
+    (api_instance_count 2 -> 3) makes it stale, so `make run` applies it; none set, the module's
+    own version, as before."""
+    from mlops_assets.definitions import build_definitions
+
+    def version(target: str) -> str:
+        defs = build_definitions(make_settings(tmp_path / "home", MLOPS_TARGET=target))
+        return defs.resolve_asset_graph().get(dg.AssetKey("tofu_state")).code_version
+
+    for name in [n for n in os.environ if n.startswith("TF_VAR_")]:
+        monkeypatch.delenv(name)
+    plain = version("sim")
+    assert "+variables-" not in plain
+    monkeypatch.setenv("TF_VAR_api_instance_count", "2")
+    two = version("sim")
+    monkeypatch.setenv("TF_VAR_api_instance_count", "3")
+    three = version("sim")
+    assert len({plain, two, three}) == 3 and two.startswith(plain)
+    monkeypatch.delenv("TF_VAR_api_instance_count")
+    (tmp_path / "home").mkdir(exist_ok=True)
+    (tmp_path / "home" / "aws.tfvars").write_text('api_instance_count = 2\n')
+    aws = version("aws")
+    (tmp_path / "home" / "aws.tfvars").write_text('api_instance_count = 3\n')
+    assert version("aws") != aws and "+variables-" in aws

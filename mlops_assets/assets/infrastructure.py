@@ -33,6 +33,16 @@ def _infra_code_version() -> str:
     return code_version_of(opentofu_module, *files)
 
 
+def tofu_state_for(var_file: str | None, environ) -> dg.AssetsDefinition:
+    """`tofu_state` whose code version also names the user's variables (opentofu.py's
+    user_variables_fingerprint): TF_VAR_api_instance_count=3 and `make run` applies it."""
+    fingerprint = opentofu_module.user_variables_fingerprint(var_file, environ)
+    if fingerprint is None:
+        return tofu_state
+    return tofu_state.map_asset_specs(
+        lambda spec: spec.replace_attributes(code_version=f"{spec.code_version}+variables-{fingerprint}"))
+
+
 def _addresses(outputs: dict) -> list[tuple[str, str | None, str | None]]:
     """One row per host: every API host (`api_hosts`, the first the Ray head), then monitoring."""
     api_hosts = outputs.get("api_hosts") or [{"name": "api", "public_ip": outputs.get("api_public_ip"),

@@ -442,6 +442,19 @@ class RehearsalOpenTofu(OpenTofu):
         return result
 
 
+def user_variables_fingerprint(var_file: str | None, environ) -> str | None:
+    """A hash of the variables the user gives the module (the var file's bytes, every TF_VAR_*),
+    None when there are none: tofu_state's code version carries it, so that a changed variable
+    (api_instance_count, an instance type) makes tofu_state stale and `make run` applies it."""
+    import hashlib
+
+    given = sorted((name, value) for name, value in environ.items() if name.startswith("TF_VAR_"))
+    content = Path(var_file).read_bytes() if var_file and Path(var_file).is_file() else b""
+    if not given and not content:
+        return None
+    return hashlib.sha256(repr((given, content)).encode()).hexdigest()[:12]
+
+
 def destructive(changes: list[str]) -> list[str]:
     """The planned changes ("ACTION ADDRESS", as `plan()` returns them) that destroy or
     replace a resource."""
