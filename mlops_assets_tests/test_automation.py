@@ -1,7 +1,7 @@
 """Schedules, sensors and automation conditions, through Dagster's own evaluation contexts."""
 
-import os
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
