@@ -24,7 +24,8 @@ model (the whole chain, and the api host serves the new version); a crash on the
 the API comes back); a new image that never becomes ready (the api role starts the one that
 ran before again). A materialization of
 everything (`run --all`) then applies nothing, builds nothing, and Ansible changes nothing on
-any host. `make down`'s code path (`cli down`) destroys the emulated infrastructure, removes
+any host. Then a second API host (TF_VAR_api_instance_count=2 and `cli run`): one Ray cluster
+across both, each answering with replicas of both nodes, and back to one host. `make down`'s code path (`cli down`) destroys the emulated infrastructure, removes
 the hosts and stops the emulator: nothing is left behind.
 
 Needs root (namespaces, bridges, podman); CI runs as root, so it runs there. Phase times are
@@ -726,7 +727,7 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
 
     home = rehearsal["home"]
     monitoring_started = rehearsal["hosts"].hosts["mlops-assets-monitoring"].init_pid
-    materialized, latest = _scenario(rehearsal, "8 a second API host: one Ray cluster", env={
+    materialized, latest = _scenario(rehearsal, "12 a second API host: one Ray cluster", env={
         "TF_VAR_api_instance_count": "2", "MLOPS_API_AUTOSCALING": "min=2,max=2"})
     assert {"tofu_state", "deployed_hosts", "deployed_api"} <= materialized, materialized
     assert latest["tofu_state"]["api_host_count"] == 2
@@ -769,7 +770,7 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
     confirm = _run_config(home, "one-api-host", "ops:\n  tofu_state:\n    config:\n      confirm_replacements:\n"
                           "        - aws_instance.api\n        - aws_vpc_security_group_ingress_rule.api_ray\n"
                           "        - aws_vpc_security_group_egress_rule.api_ray\n")
-    materialized, latest = _scenario(rehearsal, "9 back to one API host", "--config", str(confirm))
+    materialized, latest = _scenario(rehearsal, "13 back to one API host", "--config", str(confirm))
     assert latest["tofu_state"]["api_host_count"] == 1 and "api_urls" not in latest["deployed_api"]
     hosts = TestHosts.attach(home / "rehearsal" / "hosts.json")
     assert set(hosts.hosts) == {"mlops-assets-api", "mlops-assets-monitoring"}
