@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from mlops_assets.resources.ansible import Ansible, AnsibleError
-from mlops_assets.settings import PROJECT_ROOT
+from mlops_assets.resources.ansible import AnsibleError
+
+from .ansible_helpers import ansible_for_test_hosts
 
 pytestmark = [pytest.mark.stack, pytest.mark.root, pytest.mark.hosts]
 
@@ -74,13 +75,7 @@ def inventory(hosts):
 
 @pytest.fixture(scope="module")
 def ansible(hosts, tmp_path_factory):
-    return Ansible(
-        playbook_dir=str(PROJECT_ROOT / "ansible_roles"),
-        work_dir=str(tmp_path_factory.mktemp("ansible")),
-        private_key_file=str(hosts.key_file),
-        known_hosts_file=str(hosts.known_hosts_file),
-        host_key_checking="strict",
-    )
+    return ansible_for_test_hosts(hosts, tmp_path_factory.mktemp("ansible"))
 
 
 @pytest.fixture(scope="module")

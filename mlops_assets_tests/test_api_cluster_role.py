@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from mlops_assets.resources.ansible import Ansible, AnsibleError
-from mlops_assets.settings import PROJECT_ROOT
+from mlops_assets.resources.ansible import AnsibleError
 
+from .ansible_helpers import ansible_for_test_hosts
 from .serving_fixtures import as_instances, served_by_nodes
 
 pytestmark = [pytest.mark.stack, pytest.mark.root]
@@ -56,13 +56,7 @@ def hosts():
 
 @pytest.fixture(scope="module")
 def ansible(hosts, tmp_path_factory):
-    return Ansible(
-        playbook_dir=str(PROJECT_ROOT / "ansible_roles"),
-        work_dir=str(tmp_path_factory.mktemp("ansible")),
-        private_key_file=str(hosts.key_file),
-        known_hosts_file=str(hosts.known_hosts_file),
-        host_key_checking="strict",
-    )
+    return ansible_for_test_hosts(hosts, tmp_path_factory.mktemp("ansible"))
 
 
 def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, trained_home, test_split):

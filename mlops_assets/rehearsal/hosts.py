@@ -767,29 +767,10 @@ def _footprint(hid: str, workdir_parent: Path) -> list[str]:
 def _sweep(hid: str, workdir_parent: Path) -> None:
     """Remove every trace of harness `hid` (idempotent): processes, cgroups, namespaces,
     links, firewall rules, its folder and its state file."""
-    for pid in _pids():  # unshare parents (their death kills each host's PID 1), ssh masters
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if f"mlops-hosts-{hid}-" in cmdline and pid != os.getpid():
-            _kill(pid)
-    tops = _cgroup_tops(hid)
-    for _ in range(100):  # whatever still runs in a host's cgroups (a host's PID 1 included)
-        pids = [pid for top in tops for pid in _cgroup_pids(top)]
-        if not pids:
-            break
-        for pid in pids:
-            _kill(pid)
-        time.sleep(0.05)
-    _remove_cgroups(tops)
-    for _ in range(100):  # loop devices detach once the hosts' mount namespaces are gone
-        loops = _loops(hid)
-        if not loops:
-            break
-        time.sleep(0.05)
-    for line in _loops(hid):
-        subprocess.run(["losetup", "-d", line.split(":")[0]], capture_output=True)
+    # unshare parents (their death kills each host's PID 1), ssh masters
+    _kill_matching(lambda cmdline: f"mlops-hosts-{hid}-" in cmdline)
+    _empty_and_remove_cgroups(_cgroup_tops(hid))  # whatever still runs there, a host's PID 1 included
+    _detach_loops(hid, "")  # once the hosts' mount namespaces are gone
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for line in netns.splitlines():
         if line.startswith(f"mlh-{hid}-"):
@@ -812,14 +793,27 @@ def _sweep_host(hid: str, host: Host) -> None:
     """Remove one host of harness `hid` (the others go on): its processes, cgroups, loop
     device, namespace, link and folder."""
     marker = f"{host.dir}/"
-    for pid in _pids():  # its unshare parent: its death kills the host's PID 1
+    # its unshare parent: its death kills the host's PID 1
+    _kill_matching(lambda cmdline: marker in cmdline and "unshare" in cmdline)
+    _empty_and_remove_cgroups([top / host.name for top in _cgroup_tops(hid)])
+    _detach_loops(hid, marker)  # once its mount namespace is gone
+    subprocess.run(["ip", "netns", "delete", host.netns], capture_output=True)
+    subprocess.run(["ip", "link", "delete", host.veth], capture_output=True)
+    shutil.rmtree(host.dir, ignore_errors=True)
+
+
+def _kill_matching(matches) -> None:
+    """SIGKILL every process (but this one) whose command line `matches`."""
+    for pid in _pids():
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if marker in cmdline and "unshare" in cmdline and pid != os.getpid():
+        if matches(cmdline) and pid != os.getpid():
             _kill(pid)
-    tops = [top / host.name for top in _cgroup_tops(hid)]
+
+
+def _empty_and_remove_cgroups(tops: list[Path]) -> None:
     for _ in range(100):
         pids = [pid for top in tops for pid in _cgroup_pids(top)]
         if not pids:
@@ -828,15 +822,17 @@ def _sweep_host(hid: str, host: Host) -> None:
             _kill(pid)
         time.sleep(0.05)
     _remove_cgroups(tops)
-    for _ in range(100):  # its loop device detaches once its mount namespace is gone
+
+
+def _detach_loops(hid: str, marker: str) -> None:
+    """The loop devices of harness `hid` whose backing file path holds `marker`, detached:
+    waited for first (they detach by themselves once their mount namespace is gone)."""
+    for _ in range(100):
         if not [line for line in _loops(hid) if marker in line]:
             break
         time.sleep(0.05)
     for line in [line for line in _loops(hid) if marker in line]:
         subprocess.run(["losetup", "-d", line.split(":")[0]], capture_output=True)
-    subprocess.run(["ip", "netns", "delete", host.netns], capture_output=True)
-    subprocess.run(["ip", "link", "delete", host.veth], capture_output=True)
-    shutil.rmtree(host.dir, ignore_errors=True)
 
 
 def _loops(hid: str) -> list[str]:
