@@ -127,6 +127,8 @@ def assert_expected_artifact_store(emulator, outputs: dict) -> None:
     assert allowed == {
         f"arn:aws:s3:::{bucket}": {"s3:ListBucket", "s3:GetBucketLocation"},
         f"arn:aws:s3:::{bucket}/*": {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"},
+        # Prometheus's EC2 discovery of the API hosts: read-only, and AWS scopes it to "*" only.
+        "*": {"ec2:DescribeInstances"},
     }
 
     instances = {i["InstanceId"]: i for i in live_instances(ec2)}

@@ -71,7 +71,7 @@ def test_sim_target_applies_to_the_emulator_then_changes_nothing_then_destroys(s
         first_md = _materialization(first).metadata
         assert first_md["applied"].value is True
         # test_infra_emulator's RESOURCES with the sim target's one client network (127.0.0.0/8).
-        assert first_md["plan summary"].value.startswith("33 to add")
+        assert first_md["plan summary"].value.startswith("34 to add")
         assert "TEST DOUBLE" in first_md["note"].value
         emulator = Ec2Emulator(**first_md["emulator"].value)
         assert emulator.endpoint.startswith("http://127.0.0.1:")

@@ -35,9 +35,9 @@ ADMIN_CIDR = "198.51.100.7/32"
 CLIENT_CIDRS = ["203.0.113.0/24", "192.0.2.0/24"]
 # key pair, hosts_generation, 2 groups, 2 instances, 10 admin/metrics/node_exporter/tracking ingress rules
 # (Alertmanager's included), 7 egress rules, the artifact bucket and its 5 settings (public access block,
-# encryption, versioning, lifecycle, policy), the tracking server's role, role policy and instance
-# profile, 1 per client network
-RESOURCES = 32 + len(CLIENT_CIDRS)
+# encryption, versioning, lifecycle, policy), the monitoring host's role, its two policies (the
+# tracking server's artifacts, Prometheus's EC2 discovery) and instance profile, 1 per client network
+RESOURCES = 33 + len(CLIENT_CIDRS)
 # With more than one API host, the API's load balancer (on by default), without a certificate: its
 # security group, its egress rule to the API group and the API group's ingress rule from it, the
 # ALB, the target group, one attachment per host (2), the port 80 listener, and its ingress rule
@@ -237,8 +237,8 @@ def test_artifact_store_reads_back_repairs_drift_and_force_destroys_versions(emu
     ec2.disassociate_iam_instance_profile(AssociationId=association["AssociationId"])
     s3.delete_public_access_block(Bucket=bucket)
     role = "team-tracking-server"
-    [policy_name] = iam.list_role_policies(RoleName=role)["PolicyNames"]
-    iam.put_role_policy(RoleName=role, PolicyName=policy_name, PolicyDocument=json.dumps(
+    assert sorted(iam.list_role_policies(RoleName=role)["PolicyNames"]) == ["mlflow-artifacts", "prometheus-ec2-discovery"]
+    iam.put_role_policy(RoleName=role, PolicyName="mlflow-artifacts", PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
     repaired = tofu.provision(log.append)
     assert repaired.plan_summary == {"add": 1, "change": 3, "remove": 0}, repaired.planned_changes
