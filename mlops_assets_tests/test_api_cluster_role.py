@@ -70,8 +70,10 @@ def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, tra
 
     timings = {}
     started = time.monotonic()
-    # The runtime under the pipeline's name (shared with the other image tests, not rebuilt).
-    engine = ContainerEngine(repository=REPOSITORY, runtime_repository=DEFAULT_REPOSITORY + RUNTIME_SUFFIX,
+    # The runtime under the sim pipeline's name (shared with the rehearsal, not rebuilt),
+    # qualified: a short name is tagged docker.io/library/NAME, which the hosts' Docker loads
+    # as NAME (what the role then does not find).
+    engine = ContainerEngine(repository=REPOSITORY, runtime_repository=f"localhost/{DEFAULT_REPOSITORY}{RUNTIME_SUFFIX}",
                              base_image=BASE_IMAGE, required=True, save_archive=True,
                              images_dir=str(load_settings().home / "images"))
     image = materialize_container_image(trained_home, engine).output_for_node("container_image")
