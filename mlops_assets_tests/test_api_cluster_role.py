@@ -15,16 +15,14 @@ import time
 import pytest
 
 from mlops_assets.resources.ansible import AnsibleError
+# infra_tf's ray_ports defaults, as tofu_state's inventory carries them (the image's own copy).
+from mlops_assets.serving.container import RAY_PORTS
 
 from .ansible_helpers import ansible_for_test_hosts
 from .serving_fixtures import as_instances, served_by_nodes
 
 pytestmark = [pytest.mark.stack, pytest.mark.root]
 
-# infra_tf's ray_ports defaults (variables.tf), as tofu_state's inventory carries them.
-RAY_PORTS = {"gcs": 6379, "client": 10001, "node_manager": 6380, "object_manager": 6381, "dashboard_agent_grpc": 6382,
-             "dashboard_agent_listen": 52365, "runtime_env_agent": 6383, "metrics_export": 6384,
-             "min_worker": 10002, "max_worker": 10100, "serve_replica_min": 30000, "serve_replica_max": 31000}
 
 
 REPOSITORY = "localhost/mlops-api-cluster-test"

@@ -227,11 +227,9 @@ def save_archive(engine, reference: str, directory: Path | None = None) -> Path:
     archive = directory / f"{reference.rsplit('/', 1)[-1].replace(':', '-')}-{image.id.split(':')[-1][:12]}.tar"
     if not archive.exists():
         partial = archive.with_suffix(f".partial-{os.getpid()}")  # two test lanes may save the same image
-        # Saved under `reference` itself: with named=True the engine picks the image's first tag,
-        # and an image built under a short name too (Podman's compatible API tags it
-        # docker.io/library/NAME) may list that one first, a name the host's Docker loads as
-        # another image.
-        named = reference if reference in image.tags else True
+        from mlops_assets.resources.container_engine import saved_name
+
+        named = saved_name(image.tags, reference) or True
         with open(partial, "wb") as handle:
             for chunk in image.save(named=named):
                 handle.write(chunk)

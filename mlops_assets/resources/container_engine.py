@@ -53,6 +53,15 @@ class BuiltImage:
     log_lines: int
 
 
+def saved_name(tags: list[str], ref: str) -> str | None:
+    """The name a `docker save` of `ref` should carry (a `docker load` gives the image that
+    name): `ref` itself when the image has that tag, else the engine's qualified form of it
+    (Podman names short references localhost/NAME:TAG); None when neither. Never simply the
+    image's first tag: an image built under a short name too also carries
+    docker.io/library/NAME, which a host's Docker loads as NAME, another image."""
+    return ref if ref in tags else next((tag for tag in tags if tag.endswith("/" + ref)), None)
+
+
 class ContainerEngine(dg.ConfigurableResource):
     """The engine that builds the API image (and pushes it where a registry is configured)."""
 
@@ -250,9 +259,7 @@ class ContainerEngine(dg.ConfigurableResource):
         partial = archive.with_name(archive.name + ".partial")
         with self.connected() as client:
             image = client.images.get(ref)
-            # Podman names short references localhost/NAME:TAG; the archive carries the
-            # engine's own name (a `docker load` gives the image that name).
-            named = ref if ref in image.tags else next((t for t in image.tags if t.endswith("/" + ref)), ref)
+            named = saved_name(image.tags, ref) or ref
             with open(partial, "wb") as handle:
                 for chunk in image.save(named=named):
                     handle.write(chunk)
