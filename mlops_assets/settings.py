@@ -173,8 +173,9 @@ def _api_autoscaling(raw: str) -> tuple:
     except SystemExit as exc:
         raise SettingsError(str(exc)) from None
     named = {part.partition("=")[0].strip() for part in raw.split(",") if part.strip()}
-    if values["min"] < 1 or values["target"] < 1 or ({"min", "max"} <= named and values["min"] > values["max"]):
-        raise SettingsError(f"MLOPS_API_AUTOSCALING={raw!r}: need 1 <= min <= max and target >= 1")
+    if (values["min"] < 1 or values["target"] < 1 or values["per_node"] < 1
+            or ({"min", "max"} <= named and values["min"] > values["max"])):
+        raise SettingsError(f"MLOPS_API_AUTOSCALING={raw!r}: need 1 <= min <= max, target >= 1 and per_node >= 1")
     return tuple((name, values[name]) for name in AUTOSCALING if name in named)
 
 

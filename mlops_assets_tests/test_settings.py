@@ -123,7 +123,7 @@ def test_a_dagster_postgres_url_that_is_not_postgresql_names_the_setting_and_hid
     assert "secret" not in str(error.value) and "team-db" not in str(error.value)
 
 
-def test_the_containers_cluster_settings_name_what_is_missing_and_build_the_cluster_commands(tmp_path):
+def test_the_containers_cluster_settings_name_what_is_missing_and_build_the_cluster_commands(tmp_path, monkeypatch):
     """MLOPS_RAY_ROLE head/worker: the node's address, the head's, the token file and the
     ports are required or checked by name; the commands and Serve's config follow them."""
     from mlops_assets.serving.container import RAY_PORTS, ContainerSettings, runtime_for
@@ -141,6 +141,7 @@ def test_the_containers_cluster_settings_name_what_is_missing_and_build_the_clus
         ({"MLOPS_RAY_PORTS": "gcs=6379,raylet=1"}, "MLOPS_RAY_PORTS names 'raylet'"),
         ({"MLOPS_RAY_PORTS": "gcs=six"}, "MLOPS_RAY_PORTS: 'gcs=six' is not gcs=NUMBER"),
         ({"MLOPS_AUTOSCALING": "min=3,max=2"}, "need 1 <= min <= max"),
+        ({"MLOPS_AUTOSCALING": "per_node=0"}, "per_node >= 1"),
     ):
         with pytest.raises(SystemExit, match=message):
             ContainerSettings.from_env({**worker, **change})
@@ -170,6 +171,14 @@ def test_the_containers_cluster_settings_name_what_is_missing_and_build_the_clus
     assert deployment["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4} and "num_replicas" not in deployment
     assert deployment["max_replicas_per_node"] == 1
     assert "proxy_location" not in serve_config({}, {}, single.http_options())
+    # The head's MLOPS_AUTOSCALING reaches Serve's config: per_node is max_replicas_per_node.
+    from mlops_assets.serving import container
+
+    monkeypatch.setattr(container.model_lib, "features_of_folder", lambda folder: [])
+    scaled = ContainerSettings.from_env({**worker, "MLOPS_RAY_ROLE": "head", "MLOPS_AUTOSCALING": "min=2,max=6,per_node=3"})
+    deployment = container.serve_config_for(scaled, runtime_for(scaled))["applications"][0]["deployments"][0]
+    assert deployment["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 6, "target_ongoing_requests": 2}
+    assert deployment["max_replicas_per_node"] == 3
 
 
 def test_api_autoscaling_names_only_what_is_set_and_refuses_bad_values():
@@ -177,8 +186,9 @@ def test_api_autoscaling_names_only_what_is_set_and_refuses_bad_values():
 
     assert load_settings({}).api_autoscaling == ()
     assert load_settings({"MLOPS_API_AUTOSCALING": "min=2, target=3"}).api_autoscaling == (("min", 2), ("target", 3))
+    assert load_settings({"MLOPS_API_AUTOSCALING": "per_node=3"}).api_autoscaling == (("per_node", 3),)
     for raw, named in (("min=0", "min <= max"), ("min=3,max=2", "min <= max"), ("replicas=2", "'replicas'"),
-                       ("min=two", "min=NUMBER")):
+                       ("min=two", "min=NUMBER"), ("per_node=0", "per_node >= 1")):
         with pytest.raises(SettingsError) as refused:
             load_settings({"MLOPS_API_AUTOSCALING": raw})
         assert "MLOPS_API_AUTOSCALING" in str(refused.value) and named in str(refused.value), str(refused.value)

@@ -40,8 +40,8 @@ A Ray cluster across API hosts (the container runs with the host's network):
     MLOPS_RAY_NODE_IP           this host's address, which the other API hosts reach
     MLOPS_RAY_HEAD_ADDRESS      the head's address (a worker joins it)
     MLOPS_RAY_PORTS             Ray's ports, as infra_tf's ray_ports: name=port,... (RAY_PORTS)
-    MLOPS_AUTOSCALING           Serve's autoscaling: min=1,max=4,target=2 (replicas, ongoing
-                                requests per replica); at most one replica per node
+    MLOPS_AUTOSCALING           Serve's autoscaling: min=1,max=4,target=2,per_node=1 (replicas,
+                                ongoing requests per replica, replicas per node at most)
     RAY_AUTH_TOKEN_PATH         the cluster's token file (required: RAY_AUTH_MODE=token)
 
 The head deploys the application once for the cluster (a proxy on every node, so every API
@@ -74,7 +74,7 @@ ROLES = ("single", "head", "worker")
 RAY_PORTS = {"gcs": 6379, "client": 10001, "node_manager": 6380, "object_manager": 6381, "dashboard_agent_grpc": 6382,
              "dashboard_agent_listen": 52365, "runtime_env_agent": 6383, "metrics_export": 6384,
              "min_worker": 10002, "max_worker": 10100, "serve_replica_min": 30000, "serve_replica_max": 31000}
-AUTOSCALING = {"min": 1, "max": 4, "target": 2}
+AUTOSCALING = {"min": 1, "max": 4, "target": 2, "per_node": 1}
 
 
 def parse_named_numbers(name: str, raw: str, defaults: dict, example: str) -> dict:
@@ -168,8 +168,8 @@ class ContainerSettings:
             if not token or not os.path.isfile(token):
                 raise SystemExit(f"MLOPS_RAY_ROLE={role} needs RAY_AUTH_TOKEN_PATH, the cluster's token file "
                                  f"(mounted read-only){': ' + token + ' is not a file' if token else ''}")
-            if not 1 <= scaling["min"] <= scaling["max"] or scaling["target"] < 1:
-                raise SystemExit(f"MLOPS_AUTOSCALING: need 1 <= min <= max and target >= 1, not {scaling}")
+            if not 1 <= scaling["min"] <= scaling["max"] or scaling["target"] < 1 or scaling["per_node"] < 1:
+                raise SystemExit(f"MLOPS_AUTOSCALING: need 1 <= min <= max, target >= 1 and per_node >= 1, not {scaling}")
         return cls(
             ray_role=role, node_ip=node_ip, head_address=head if role == "worker" else node_ip,
             ray_ports=tuple(ports.items()), autoscaling=tuple(scaling.items()),
@@ -256,11 +256,12 @@ def serve_config_for(settings: ContainerSettings, runtime: RayServeRuntime) -> d
         runtime.http_options(),
         num_replicas=settings.num_replicas,
         access_log=settings.access_log,
-        # A cluster: replicas spread over the nodes (one per node while there are fewer than
-        # nodes), as many as the load needs between min and max.
+        # A cluster: as many replicas as the load needs between min and max, spread over the
+        # nodes (Serve's default SPREAD), at most `per_node` on one node: a replica beyond
+        # what the nodes take waits for a node (one that joins gets it).
         **({"autoscaling": {"min_replicas": scaling["min"], "max_replicas": scaling["max"],
                             "target_ongoing_requests": scaling["target"]},
-            "max_replicas_per_node": 1} if settings.cluster else {}),
+            "max_replicas_per_node": scaling["per_node"]} if settings.cluster else {}),
     )
 
 
