@@ -177,15 +177,18 @@ class Load:
         self.url, self.body, self.workers = url, body, workers
         self.statuses: dict[str, int] = {}
         self.versions: dict[str, int] = {}
+        self.nodes: dict[str, int] = {}  # a Ray cluster's: the X-Served-By of each answer
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
 
-    def _count(self, outcome: str, version: str | None = None) -> None:
+    def _count(self, outcome: str, version: str | None = None, node: str | None = None) -> None:
         with self._lock:
             self.statuses[outcome] = self.statuses.get(outcome, 0) + 1
             if version:
                 self.versions[version] = self.versions.get(version, 0) + 1
+            if node:
+                self.nodes[node] = self.nodes.get(node, 0) + 1
 
     def _run(self) -> None:
         session = requests.Session()
@@ -193,7 +196,7 @@ class Load:
             try:
                 response = session.post(self.url, json=self.body, timeout=30)
                 version = response.json()["model"]["version"] if response.status_code == 200 else None
-                self._count(str(response.status_code), version)
+                self._count(str(response.status_code), version, response.headers.get("x-served-by"))
             except Exception as exc:  # a failed request is what the tests count
                 self._count(type(exc).__name__)
                 session = requests.Session()
@@ -215,6 +218,11 @@ class Load:
     @property
     def failed(self) -> int:
         return self.total - self.statuses.get("200", 0)
+
+    def snapshot(self) -> tuple[int, int, dict[str, int]]:
+        """(answers, failed, answers by node) so far: a window's counts are two snapshots' difference."""
+        with self._lock:
+            return self.total, self.failed, dict(self.nodes)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition", last=None):

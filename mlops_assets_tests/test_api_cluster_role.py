@@ -1,8 +1,10 @@
 """The `api` role on two API hosts (tofu_state's inventory with api_instance_count = 2), the
 Molecule way on two Debian 12 test hosts of the rehearsal harness over real SSH: the real API
 image (container_image, built on this machine) on both, the first host the Ray head, the
-second a worker joining it with the cluster's token; one replica on each node; each host
-answers on the API port with replicas of both nodes; converged again, nothing changes.
+second a worker joining it with the cluster's token; one replica at rest, one on each node
+under load (Serve's autoscaling); each host answers on the API port with replicas of both
+nodes; converged again, nothing changes. Then issue 15's faults on that cluster: the worker
+host's container stopped and started under load, the head's replica killed under load.
 
 The hosts' Docker comes with the harness's host layer (started as the `docker` role starts it
 on these hosts); test_ansible_roles.py tests that role itself.
@@ -13,19 +15,22 @@ import secrets
 import time
 
 import pytest
+import requests
 
 from mlops_assets.resources.ansible import AnsibleError
 # infra_tf's ray_ports defaults, as tofu_state's inventory carries them (the image's own copy).
 from mlops_assets.serving.container import RAY_PORTS
 
 from .ansible_helpers import ansible_for_test_hosts
-from .serving_fixtures import as_instances, served_by_nodes
+from .serving_fixtures import Load, as_instances, served_by_nodes, wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.root]
 
 
 
 REPOSITORY = "localhost/mlops-api-cluster-test"
+# The first test's playbook variables (the image, the token), for the tests that follow it.
+CONVERGED: dict = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -87,7 +92,9 @@ def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, tra
     variables = {"api_image_repository": repository, "api_image_tag": tag, "api_image_source": "archive",
                  "api_image_archive": image.archive, "api_runtime_image": archive_image_name(image.runtime_archive),
                  "api_runtime_archive": image.runtime_archive, "api_model_version": str(image.model_version),
-                 "api_ready_timeout": 240, "api_autoscaling_min": 2, "api_autoscaling_max": 2}
+                 "api_ready_timeout": 240,
+                 # min 1 is raised to one replica per API host (Serve's proxy runs only where one is).
+                 "api_autoscaling_min": 1, "api_autoscaling_max": 2, "api_autoscaling_target": 1}
     token = secrets.token_hex(32)
     with pytest.raises(AnsibleError) as failure:  # a cluster without its token: refused before anything runs
         ansible.run_playbook(inventory, "tests/api.yml", extra_vars=variables)
@@ -100,6 +107,7 @@ def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, tra
     started = time.monotonic()
     again = ansible.run_playbook(inventory, "tests/api.yml", extra_vars=variables)
     timings["converge again (s)"] = round(time.monotonic() - started, 1)
+    CONVERGED["variables"] = variables
     assert {host: counts["changed"] for host, counts in again.per_host.items() if counts["changed"]} == {}
 
     # The token: a 0400 file of the container's user, mounted read-only; never in the
@@ -113,7 +121,8 @@ def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, tra
             (m["Source"], m["Destination"], m["RW"]) for m in config["Mounts"]]
         role = "head" if name == "api-1" else "worker"
         assert f"MLOPS_RAY_ROLE={role}" in config["Config"]["Env"]
-        assert any(e.startswith("MLOPS_AUTOSCALING=") for e in config["Config"]["Env"]) == (role == "head")
+        assert any(e.startswith("MLOPS_AUTOSCALING_FILE=") for e in config["Config"]["Env"]) == (role == "head")
+    assert hosts.exec("api-1", "cat /etc/mlops-assets/serve/autoscaling").stdout == "min=2,max=2,target=1,per_node=1\n"
 
     # Each host answers ready with the version, and predictions come from replicas on both nodes.
     body = {"instances": as_instances(test_split[0].head(3))}
@@ -128,4 +137,153 @@ def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, tra
         time.sleep(2)
     timings["replicas on both nodes after the converge (s)"] = round(time.monotonic() - started, 1)
     assert all(nodes == {head, worker} for nodes in served.values()), served
+    assert [_replicas_on(hosts, name, hosts.address(name)) for name in ("api-1", "api-2")] == [1, 1]
     print(f"\n[api cluster role] {json.dumps(timings)}")
+
+
+def _replicas_on(hosts, name: str, address: str) -> int:
+    """The Serve replicas running on one node: the replica series in that node's Ray exporter
+    (behind the host's metrics port), asked from inside the host."""
+    text = hosts.exec(name, f"curl -s --max-time 10 http://{address}:8080/metrics").stdout
+    return len({line.split('replica="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+                if line.startswith("ray_serve_replica_processing_queries{") and 'replica="' in line})
+
+
+def _container_run(hosts, name: str) -> str:
+    """The API container's process and restart count on a host: unchanged means not restarted."""
+    return hosts.exec(name, "docker inspect -f '{{.State.Pid}} {{.RestartCount}} {{.State.StartedAt}}' mlops-api").stdout.strip()
+
+
+def _window(load, seconds: float) -> tuple[int, int, dict, float]:
+    """Answers, failures and answers by node during the next `seconds` of `load`, and its rate."""
+    before = load.snapshot()
+    time.sleep(seconds)
+    after = load.snapshot()
+    nodes = {node: count - before[2].get(node, 0) for node, count in after[2].items() if count - before[2].get(node, 0)}
+    return after[0] - before[0], after[1] - before[1], nodes, round((after[0] - before[0]) / seconds, 1)
+
+
+def test_the_cluster_serves_through_the_loss_of_a_worker_host_and_of_a_replica(hosts, test_split):
+    """Issue 15's faults on the cluster the previous test converged (two replicas, one per
+    node): the worker host's container stopped under steady load against the
+    head's port, then started again; the head's replica process killed under load. Also
+    measures what the capacity model in docs/performance.md rests on."""
+    head, worker = hosts.address("api-1"), hosts.address("api-2")
+    body = {"instances": as_instances(test_split[0].head(3))}
+    figures = {}
+    # The hop to a replica on the other node, against a replica on the node that took the
+    # request: sequential predictions through the head's port, split by the node that served.
+    latencies: dict[str, list] = {head: [], worker: []}
+    session = requests.Session()
+    while min(len(v) for v in latencies.values()) < 100 and sum(len(v) for v in latencies.values()) < 1000:
+        started = time.perf_counter()
+        answer = session.post(f"http://{head}:8000/predict", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text[:300]
+        latencies[answer.headers["x-served-by"]].append((time.perf_counter() - started) * 1000)
+    for node, label in ((head, "local replica"), (worker, "replica on the other node")):
+        values = sorted(latencies[node])
+        assert len(values) >= 100, {n: len(v) for n, v in latencies.items()}
+        figures[f"{label}: p50 / p99 ms"] = (round(values[len(values) // 2], 2), round(values[int(len(values) * 0.99)], 2))
+    for name in ("api-1", "api-2"):
+        figures[f"memory of {name}'s container"] = hosts.exec(name, "docker stats --no-stream --format '{{.MemUsage}}' mlops-api").stdout.strip()
+    head_run = _container_run(hosts, "api-1")
+
+    with Load(f"http://{head}:8000/predict", body, workers=4) as load:
+        answers, failed, nodes, rate = _window(load, 10)
+        assert failed == 0 and set(nodes) == {head, worker}, (load.statuses, nodes)
+        figures["two replicas (one per node): requests/s, answers by node"] = (rate, nodes)
+
+        # The worker host's container stopped: its replica and proxy are gone.
+        before = load.snapshot()
+        hosts.exec("api-2", "docker stop -t 10 mlops-api")
+        stopped = time.monotonic()
+        # The head's node keeps its replica (one per node); the second waits for a node.
+        wait_for(lambda: _window(load, 3)[2].keys() == {head}, 60, 0, "answers from the head's replica only")
+        figures["worker stopped: only the head's replica answers after (s)"] = round(time.monotonic() - stopped, 1)
+        assert _replicas_on(hosts, "api-1", head) == 1
+        answers, failed, nodes, rate = _window(load, 10)
+        assert failed == 0 and set(nodes) == {head}, (load.statuses, nodes)
+        figures["one replica (the head's): requests/s"] = rate
+        after = load.snapshot()
+        lost = (after[0] - before[0], after[1] - before[1])
+        figures["worker stopped: requests, failed"] = lost
+        assert lost[1] <= lost[0] * 0.01, load.statuses
+
+        # Started again: it rejoins the cluster and gets the waiting replica back; the head's
+        # container (and so Ray's control plane) was not restarted.
+        hosts.exec("api-2", "docker start mlops-api")
+        restarted = time.monotonic()
+        wait_for(lambda: worker in _window(load, 2)[2], 180, 0, "a replica on the worker's node again",
+                 last=lambda: hosts.exec("api-2", "docker logs --tail 20 mlops-api 2>&1", check=False).stdout)
+        figures["worker started: its replica answers after (s)"] = round(time.monotonic() - restarted, 1)
+        assert _container_run(hosts, "api-1") == head_run
+
+        # The head's replica process killed: the worker's replica serves on; Serve starts a
+        # new replica on the head.
+        before = load.snapshot()
+        killed = hosts.exec("api-1", "pkill -9 -f -e '^ray::ServeReplica'", check=False)
+        assert killed.returncode == 0, f"no replica process on the head: {killed.stdout}{killed.stderr}"
+        killed_at = time.monotonic()
+        wait_for(lambda: _window(load, 2)[2].keys() == {head, worker}, 120, 0, "a replica on the head's node again")
+        figures["head's replica killed: both nodes answer again after (s)"] = round(time.monotonic() - killed_at, 1)
+        after = load.snapshot()
+        figures["head's replica killed: requests, failed, answers by node"] = (
+            after[0] - before[0], after[1] - before[1],
+            {n: c - before[2].get(n, 0) for n, c in after[2].items()})
+        assert after[1] - before[1] <= (after[0] - before[0]) * 0.01, load.statuses
+        assert _container_run(hosts, "api-1") == head_run
+    print(f"\n[api cluster faults] {json.dumps(figures)}")
+
+
+def _inventory(hosts, names: list[str]) -> dict:
+    head = hosts.address(names[0])
+    return {"all": {"vars": {"ansible_user": "admin", "api_port": 8000, "metrics_port": 8080}, "children": {"api": {
+        "vars": {"ray_head_address": head, "ray_ports": RAY_PORTS},
+        "hosts": {name: {"ansible_host": hosts.address(name), "private_ip": hosts.address(name),
+                         "ray_role": "head" if name == names[0] else "worker"} for name in names}}}}}
+
+
+def test_a_third_api_host_joins_and_leaves_under_load(hosts, ansible, test_split):
+    """api_instance_count 2 -> 3 -> 2 as the `api` role sees it: the third host joins and gets
+    a replica while the head applies the new minimum in place (neither running container
+    restarts, no request through them fails); then it leaves (its container stopped, the
+    inventory back to two)."""
+    import ipaddress
+
+    head, worker = hosts.address("api-1"), hosts.address("api-2")
+    third = str(ipaddress.ip_address(worker) + 1)
+    hosts.reshape([("api-1", head), ("api-2", worker), ("api-3", third)])
+    hosts.start_docker("api-3")
+    body = {"instances": as_instances(test_split[0].head(3))}
+    variables = CONVERGED.get("variables")
+    assert variables, "the first test converges the cluster"
+    runs = {name: _container_run(hosts, name) for name in ("api-1", "api-2")}
+    figures = {}
+    with Load(f"http://{head}:8000/predict", body, workers=2) as via_head, \
+            Load(f"http://{worker}:8000/predict", body, workers=2) as via_worker:
+        started = time.monotonic()
+        grown = ansible.run_playbook(_inventory(hosts, ["api-1", "api-2", "api-3"]), "tests/api.yml", extra_vars=variables)
+        figures["2 -> 3: converge (s)"] = round(time.monotonic() - started, 1)
+        assert grown.per_host["api-2"]["changed"] == 0, grown.per_host
+        assert hosts.exec("api-1", "cat /etc/mlops-assets/serve/autoscaling").stdout.startswith("min=3,max=3,")
+        wait_for(lambda: served_by_nodes(f"http://{third}:8000", body, 20) >= {third}, 60, 1, "the third host's replica")
+        assert {name: _container_run(hosts, name) for name in ("api-1", "api-2")} == runs
+        figures["2 -> 3: requests, failed through the staying hosts"] = (via_head.total + via_worker.total,
+                                                                        via_head.failed + via_worker.failed)
+        assert via_head.failed + via_worker.failed == 0, (via_head.statuses, via_worker.statuses)
+
+        before = (via_head.total + via_worker.total, via_head.failed + via_worker.failed)
+        hosts.exec("api-3", "docker stop -t 10 mlops-api")
+        started = time.monotonic()
+        ansible.run_playbook(_inventory(hosts, ["api-1", "api-2"]), "tests/api.yml", extra_vars=variables)
+        figures["3 -> 2: converge (s)"] = round(time.monotonic() - started, 1)
+        assert hosts.exec("api-1", "cat /etc/mlops-assets/serve/autoscaling").stdout.startswith("min=2,max=2,")
+        time.sleep(5)
+    shrink = (via_head.total + via_worker.total - before[0], via_head.failed + via_worker.failed - before[1])
+    figures["3 -> 2: requests, failed through the staying hosts"] = shrink
+    assert {name: _container_run(hosts, name) for name in ("api-1", "api-2")} == runs
+    for address in (head, worker):
+        assert served_by_nodes(f"http://{address}:8000", body) == {head, worker}
+    print(f"\n[api cluster scale] {json.dumps(figures)}")
+    assert shrink[1] <= shrink[0] * 0.01, (via_head.statuses, via_worker.statuses)
+    hosts.reshape([("api-1", head), ("api-2", worker)])

@@ -179,6 +179,17 @@ def test_the_containers_cluster_settings_name_what_is_missing_and_build_the_clus
     deployment = container.serve_config_for(scaled, runtime_for(scaled))["applications"][0]["deployments"][0]
     assert deployment["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 6, "target_ongoing_requests": 2}
     assert deployment["max_replicas_per_node"] == 3
+    # The head's role-written settings file is read instead of the variable; a missing one is named.
+    (tmp_path / "autoscaling").write_text("min=3,max=5,target=1,per_node=1\n")
+    from_file = ContainerSettings.from_env({**worker, "MLOPS_AUTOSCALING": "min=1", "MLOPS_AUTOSCALING_FILE": str(tmp_path / "autoscaling")})
+    assert dict(from_file.autoscaling) == {"min": 3, "max": 5, "target": 1, "per_node": 1}
+    with pytest.raises(SystemExit, match="MLOPS_AUTOSCALING_FILE .*absent.* cannot be read"):
+        ContainerSettings.from_env({**worker, "MLOPS_AUTOSCALING_FILE": str(tmp_path / "absent")})
+    (tmp_path / "autoscaling").write_text("min=3,replicas=5\n")
+    with pytest.raises(SystemExit, match="MLOPS_AUTOSCALING_FILE .* names 'replicas'"):
+        ContainerSettings.from_env({**worker, "MLOPS_AUTOSCALING_FILE": str(tmp_path / "autoscaling")})
+    # `container apply` belongs to the head's container.
+    assert container.apply({**worker}) == 2
 
 
 def test_api_autoscaling_names_only_what_is_set_and_refuses_bad_values():

@@ -42,11 +42,14 @@ A Ray cluster across API hosts (the container runs with the host's network):
     MLOPS_RAY_PORTS             Ray's ports, as infra_tf's ray_ports: name=port,... (RAY_PORTS)
     MLOPS_AUTOSCALING           Serve's autoscaling: min=1,max=4,target=2,per_node=1 (replicas,
                                 ongoing requests per replica, replicas per node at most)
+    MLOPS_AUTOSCALING_FILE      a file holding the same (read instead, at start and by `apply`)
     RAY_AUTH_TOKEN_PATH         the cluster's token file (required: RAY_AUTH_MODE=token)
 
-The head deploys the application once for the cluster (a proxy on every node, so every API
-host answers on the API port); a worker joins the head and serves the replicas Serve places
-on it. Only Ray's ports (MLOPS_RAY_PORTS) listen on MLOPS_RAY_NODE_IP; HAProxy's stats and
+The head deploys the application once for the cluster (Serve runs a proxy on every node that
+holds a replica, so every API host answers on the API port when min >= the API hosts); a
+worker joins the head and serves the replicas Serve places on it. `... container apply`, run
+in the head's container (`docker exec`), applies the application's config again with the
+settings read afresh (the autoscaling file): Serve updates the running deployment in place. Only Ray's ports (MLOPS_RAY_PORTS) listen on MLOPS_RAY_NODE_IP; HAProxy's stats and
 metrics and Serve's fallback proxy stay on loopback.
 """
 
@@ -158,7 +161,14 @@ class ContainerSettings:
             raise SystemExit(f"MLOPS_RAY_ROLE={role!r}: use single, head or worker")
         node_ip, head = (env.get("MLOPS_RAY_NODE_IP") or "").strip(), (env.get("MLOPS_RAY_HEAD_ADDRESS") or "").strip()
         ports = parse_named_numbers("MLOPS_RAY_PORTS", env.get("MLOPS_RAY_PORTS") or "", RAY_PORTS, "gcs=6379,min_worker=10002")
-        scaling = parse_named_numbers("MLOPS_AUTOSCALING", env.get("MLOPS_AUTOSCALING") or "", AUTOSCALING, "min=1,max=4")
+        scaling_name, scaling_raw = "MLOPS_AUTOSCALING", env.get("MLOPS_AUTOSCALING") or ""
+        if env.get("MLOPS_AUTOSCALING_FILE"):
+            scaling_name = f"MLOPS_AUTOSCALING_FILE ({env['MLOPS_AUTOSCALING_FILE']})"
+            try:
+                scaling_raw = Path(env["MLOPS_AUTOSCALING_FILE"]).read_text().strip()
+            except OSError as exc:
+                raise SystemExit(f"{scaling_name} cannot be read ({exc.strerror}): mount the file there") from None
+        scaling = parse_named_numbers(scaling_name, scaling_raw, AUTOSCALING, "min=1,max=4")
         if role != "single":
             if not node_ip:
                 raise SystemExit(f"MLOPS_RAY_ROLE={role} needs MLOPS_RAY_NODE_IP, this host's address the other API hosts reach")
@@ -414,13 +424,7 @@ def serve(settings: ContainerSettings) -> int:
             _log(f"Ray exited with status {ray.returncode}")
             return 1
         _wait_port(runtime.gcs_port, 120, ray, runtime.host)
-        config = serve_config_for(settings, runtime)
-        path = settings.state_dir / "serve-config.json"
-        path.write_text(json.dumps(config, indent=2))
-        deployed = subprocess.run(
-            [sys.executable, "-m", "mlops_assets.serving.deploy", runtime.address, str(path)], env=env
-        )
-        if deployed.returncode != 0:
+        if deploy_application(settings, runtime, env) != 0:
             _log("deploying the application failed (see above)")
             return 1
         bounds = {"max_connections": settings.forward_max_connections, "idle_s": settings.forward_idle_s}
@@ -442,6 +446,28 @@ def serve(settings: ContainerSettings) -> int:
         if ray.poll() is None:
             ray.kill()
             ray.wait()
+
+
+def deploy_application(settings: ContainerSettings, runtime: ContainerRuntime, env: dict) -> int:
+    """Apply the Serve config of `settings` to the running Ray instance (its own process: no
+    driver is held); the exit status of that process."""
+    path = settings.state_dir / "serve-config.json"
+    path.write_text(json.dumps(serve_config_for(settings, runtime), indent=2))
+    return subprocess.run([sys.executable, "-m", "mlops_assets.serving.deploy", runtime.address, str(path)], env=env).returncode
+
+
+def apply(env=os.environ) -> int:
+    """`container apply` in a running head's container: the application's config again, from
+    the settings read now (a changed autoscaling file); Serve changes the running deployment
+    in place (a new min or max starts or stops replicas; the others keep serving)."""
+    settings = ContainerSettings.from_env(env)
+    if settings.ray_role != "head":
+        print(f"container apply runs in the head's container (MLOPS_RAY_ROLE=head), not {settings.ray_role}", file=sys.stderr)
+        return 2
+    runtime = runtime_for(settings)
+    status = deploy_application(settings, runtime, {**env, **runtime.environment()})
+    _log(f"applied {dict(settings.autoscaling)}" if status == 0 else "applying the config failed (see above)")
+    return status
 
 
 def healthcheck(env=os.environ) -> int:
@@ -482,8 +508,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["healthcheck"]:
         return healthcheck()
+    if argv[:1] == ["apply"]:
+        return apply()
     if argv:
-        print("usage: python -m mlops_assets.serving.container [healthcheck]", file=sys.stderr)
+        print("usage: python -m mlops_assets.serving.container [healthcheck | apply]", file=sys.stderr)
         return 2
     settings = ContainerSettings.from_env()
     if os.getpid() == 1:
