@@ -287,3 +287,40 @@ def test_a_third_api_host_joins_and_leaves_under_load(hosts, ansible, test_split
     print(f"\n[api cluster scale] {json.dumps(figures)}")
     assert shrink[1] <= shrink[0] * 0.01, (via_head.statuses, via_worker.statuses)
     hosts.reshape([("api-1", head), ("api-2", worker)])
+
+
+def test_the_head_host_down_then_the_next_converge_recovers_the_cluster(hosts, ansible, test_split):
+    """The head's container stopped under load through the worker's port: the control plane
+    (GCS, Serve's controller) is on the head, so this measures how long the worker serves on
+    alone and what fails; then the role's converge (what the next `make run` does) starts the
+    head again and the worker rejoins."""
+    head, worker = hosts.address("api-1"), hosts.address("api-2")
+    body = {"instances": as_instances(test_split[0].head(3))}
+    figures = {}
+    with Load(f"http://{worker}:8000/predict", body, workers=4) as load:
+        time.sleep(3)
+        before = load.snapshot()
+        hosts.exec("api-1", "docker stop -t 10 mlops-api")
+        stopped = time.monotonic()
+        # Windows of 5 s until the worker no longer answers at all (or 120 s): what it serves alone.
+        served_alone, windows = 0.0, []
+        while time.monotonic() - stopped < 120:
+            answers, failed, _, _ = _window(load, 5)
+            windows.append((answers, failed))
+            if answers > failed:
+                served_alone = round(time.monotonic() - stopped, 1)
+            if answers and answers == failed:
+                break
+        figures["head down: requests, failed per 5 s"] = windows
+        after = load.snapshot()
+        figures["head down: the worker answered until (s)"] = served_alone
+        figures["head down: requests, failed through the worker"] = (after[0] - before[0], after[1] - before[1])
+        started = time.monotonic()
+        ansible.run_playbook(_inventory(hosts, ["api-1", "api-2"]), "tests/api.yml", extra_vars=CONVERGED["variables"])
+        figures["the converge after (s)"] = round(time.monotonic() - started, 1)
+        wait_for(lambda: all(served_by_nodes(f"http://{a}:8000", body) == {head, worker} for a in (head, worker)), 120, 2,
+                 "replicas of both nodes through both hosts after the converge")
+        figures["both nodes serve again after the converge's start (s)"] = round(time.monotonic() - started, 1)
+    print(f"\n[api cluster head down] {json.dumps(figures)}")
+    # The worker served alone for a while, and the converge brought the whole cluster back.
+    assert served_alone > 0, figures
