@@ -16,8 +16,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # instead of 5.6 on 2 cores: it compiles the 37,600 files on every core. Where uv cannot reach an
 # index (it reads no pip.conf), pip does the install instead.
 UV_VERSION := 0.13.9
-# make test's lanes (pytest-xdist workers): the tests with hosts in network namespaces run
-# beside all the others; TEST_LANES=0 runs everything in one process.
+# make test's lanes (pytest-xdist workers): the modules marked second_lane run beside all the
+# others; TEST_LANES=0 runs everything in one process.
 TEST_LANES ?= 2
 $(VENV)/.installed: setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

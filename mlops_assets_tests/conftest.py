@@ -71,11 +71,11 @@ def trained_home():
 # and a skipped test there would be a silent gap. MLOPS_TEST_PROGRESS_FILE, when set, names
 # the test running now (the CI watchdog prints it when it stops a hung run).
 #
-# Two lanes (`make test` runs pytest-xdist with `-n 2`): the modules marked `hosts` (the
-# longest ones with hosts in network namespaces, which spend much of their time waiting on SSH,
-# Ansible and containers: the rehearsal e2e and the Ansible roles) run in one worker, every
-# other test in the other, each lane in tier order; the mark balances the two (measured: each
-# lane about half of the suite's time). A failed tier in either lane stops both before their
+# Two lanes (`make test` runs pytest-xdist with `-n 2`): the modules marked `second_lane`
+# run in one worker, every other test in the other, each lane in tier order. The mark balances
+# the two by the modules' times in CI's junit (each lane about half of the suite's time): the
+# rehearsal e2e, the longest module, with a few shorter ones; the Ansible role tests in the
+# other lane. A failed tier in either lane stops both before their
 # next later-tier test (the lanes share a file that names the failed tiers).
 import json  # noqa: E402
 
@@ -104,9 +104,9 @@ def failed_tiers() -> set[str]:
 
 
 def lane_of_module(module) -> str:
-    """`hosts` for a test module marked so (module-level `pytestmark`), else `local`."""
+    """`second` for a test module marked `second_lane` (module-level `pytestmark`), else `first`."""
     marks = getattr(module, "pytestmark", [])
-    return "hosts" if any(mark.name == "hosts" for mark in (marks if isinstance(marks, list) else [marks])) else "local"
+    return "second" if any(mark.name == "second_lane" for mark in (marks if isinstance(marks, list) else [marks])) else "first"
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown to a run without it
@@ -144,8 +144,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(timeout_for(item.nodeid, tier_of(item), measured)))
-        if item.get_closest_marker("hosts") and lane_of_module(item.module) != "hosts":
-            raise pytest.UsageError(f"{item.nodeid}: mark a whole module `hosts` (pytestmark), never one test")
+        if item.get_closest_marker("second_lane") and lane_of_module(item.module) != "second":
+            raise pytest.UsageError(f"{item.nodeid}: mark a whole module `second_lane` (pytestmark), never one test")
     items.sort(key=lambda item: TIERS.index(tier_of(item)))  # stable: file order within a tier
 
 

@@ -244,3 +244,27 @@ def served_by_nodes(base_url: str, body: dict, count: int = 10) -> set[str]:
         assert answer.status_code == 200, answer.text[:500]
         nodes.add(answer.headers["x-served-by"])
     return nodes
+
+
+def replicas_on(hosts, name: str, address: str) -> int:
+    """The Serve replicas running on one node of a cluster of test hosts (a `TestHosts`): the
+    replica series in that node's Ray exporter (behind the host's metrics port), asked from
+    inside the host."""
+    text = hosts.exec(name, f"curl -s --max-time 10 http://{address}:8080/metrics").stdout
+    return len({line.split('replica="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+                if line.startswith("ray_serve_replica_processing_queries{") and 'replica="' in line})
+
+
+def container_run(hosts, name: str) -> str:
+    """The API container's process, restart count and start time on a test host (a
+    `TestHosts`): unchanged means not restarted."""
+    return hosts.exec(name, "docker inspect -f '{{.State.Pid}} {{.RestartCount}} {{.State.StartedAt}}' mlops-api").stdout.strip()
+
+
+def load_window(load, seconds: float) -> tuple[int, int, dict, float]:
+    """Answers, failures and answers by node during the next `seconds` of `load`, and its rate."""
+    before = load.snapshot()
+    time.sleep(seconds)
+    after = load.snapshot()
+    nodes = {node: count - before[2].get(node, 0) for node, count in after[2].items() if count - before[2].get(node, 0)}
+    return after[0] - before[0], after[1] - before[1], nodes, round((after[0] - before[0]) / seconds, 1)

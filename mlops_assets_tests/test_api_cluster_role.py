@@ -22,7 +22,7 @@ from mlops_assets.resources.ansible import AnsibleError
 from mlops_assets.serving.container import RAY_PORTS
 
 from .ansible_helpers import ansible_for_test_hosts
-from .serving_fixtures import Load, as_instances, served_by_nodes, wait_for
+from .serving_fixtures import Load, as_instances, container_run, load_window, replicas_on, served_by_nodes, wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.root]
 
@@ -137,30 +137,8 @@ def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, tra
         time.sleep(2)
     timings["replicas on both nodes after the converge (s)"] = round(time.monotonic() - started, 1)
     assert all(nodes == {head, worker} for nodes in served.values()), served
-    assert [_replicas_on(hosts, name, hosts.address(name)) for name in ("api-1", "api-2")] == [1, 1]
+    assert [replicas_on(hosts, name, hosts.address(name)) for name in ("api-1", "api-2")] == [1, 1]
     print(f"\n[api cluster role] {json.dumps(timings)}")
-
-
-def _replicas_on(hosts, name: str, address: str) -> int:
-    """The Serve replicas running on one node: the replica series in that node's Ray exporter
-    (behind the host's metrics port), asked from inside the host."""
-    text = hosts.exec(name, f"curl -s --max-time 10 http://{address}:8080/metrics").stdout
-    return len({line.split('replica="', 1)[1].split('"', 1)[0] for line in text.splitlines()
-                if line.startswith("ray_serve_replica_processing_queries{") and 'replica="' in line})
-
-
-def _container_run(hosts, name: str) -> str:
-    """The API container's process and restart count on a host: unchanged means not restarted."""
-    return hosts.exec(name, "docker inspect -f '{{.State.Pid}} {{.RestartCount}} {{.State.StartedAt}}' mlops-api").stdout.strip()
-
-
-def _window(load, seconds: float) -> tuple[int, int, dict, float]:
-    """Answers, failures and answers by node during the next `seconds` of `load`, and its rate."""
-    before = load.snapshot()
-    time.sleep(seconds)
-    after = load.snapshot()
-    nodes = {node: count - before[2].get(node, 0) for node, count in after[2].items() if count - before[2].get(node, 0)}
-    return after[0] - before[0], after[1] - before[1], nodes, round((after[0] - before[0]) / seconds, 1)
 
 
 def test_the_cluster_serves_through_the_loss_of_a_worker_host_and_of_a_replica(hosts, test_split):
@@ -186,10 +164,10 @@ def test_the_cluster_serves_through_the_loss_of_a_worker_host_and_of_a_replica(h
         figures[f"{label}: p50 / p99 ms"] = (round(values[len(values) // 2], 2), round(values[int(len(values) * 0.99)], 2))
     for name in ("api-1", "api-2"):
         figures[f"memory of {name}'s container"] = hosts.exec(name, "docker stats --no-stream --format '{{.MemUsage}}' mlops-api").stdout.strip()
-    head_run = _container_run(hosts, "api-1")
+    head_run = container_run(hosts, "api-1")
 
     with Load(f"http://{head}:8000/predict", body, workers=4) as load:
-        answers, failed, nodes, rate = _window(load, 10)
+        answers, failed, nodes, rate = load_window(load, 10)
         assert failed == 0 and set(nodes) == {head, worker}, (load.statuses, nodes)
         figures["two replicas (one per node): requests/s, answers by node"] = (rate, nodes)
 
@@ -198,10 +176,10 @@ def test_the_cluster_serves_through_the_loss_of_a_worker_host_and_of_a_replica(h
         hosts.exec("api-2", "docker stop -t 10 mlops-api")
         stopped = time.monotonic()
         # The head's node keeps its replica (one per node); the second waits for a node.
-        wait_for(lambda: _window(load, 3)[2].keys() == {head}, 60, 0, "answers from the head's replica only")
+        wait_for(lambda: load_window(load, 3)[2].keys() == {head}, 60, 0, "answers from the head's replica only")
         figures["worker stopped: only the head's replica answers after (s)"] = round(time.monotonic() - stopped, 1)
-        assert _replicas_on(hosts, "api-1", head) == 1
-        answers, failed, nodes, rate = _window(load, 10)
+        assert replicas_on(hosts, "api-1", head) == 1
+        answers, failed, nodes, rate = load_window(load, 10)
         assert failed == 0 and set(nodes) == {head}, (load.statuses, nodes)
         figures["one replica (the head's): requests/s"] = rate
         after = load.snapshot()
@@ -213,10 +191,10 @@ def test_the_cluster_serves_through_the_loss_of_a_worker_host_and_of_a_replica(h
         # container (and so Ray's control plane) was not restarted.
         hosts.exec("api-2", "docker start mlops-api")
         restarted = time.monotonic()
-        wait_for(lambda: worker in _window(load, 2)[2], 180, 0, "a replica on the worker's node again",
+        wait_for(lambda: worker in load_window(load, 2)[2], 180, 0, "a replica on the worker's node again",
                  last=lambda: hosts.exec("api-2", "docker logs --tail 20 mlops-api 2>&1", check=False).stdout)
         figures["worker started: its replica answers after (s)"] = round(time.monotonic() - restarted, 1)
-        assert _container_run(hosts, "api-1") == head_run
+        assert container_run(hosts, "api-1") == head_run
 
         # The head's replica process killed: the worker's replica serves on; Serve starts a
         # new replica on the head.
@@ -224,14 +202,14 @@ def test_the_cluster_serves_through_the_loss_of_a_worker_host_and_of_a_replica(h
         killed = hosts.exec("api-1", "pkill -9 -f -e '^ray::ServeReplica'", check=False)
         assert killed.returncode == 0, f"no replica process on the head: {killed.stdout}{killed.stderr}"
         killed_at = time.monotonic()
-        wait_for(lambda: _window(load, 2)[2].keys() == {head, worker}, 120, 0, "a replica on the head's node again")
+        wait_for(lambda: load_window(load, 2)[2].keys() == {head, worker}, 120, 0, "a replica on the head's node again")
         figures["head's replica killed: both nodes answer again after (s)"] = round(time.monotonic() - killed_at, 1)
         after = load.snapshot()
         figures["head's replica killed: requests, failed, answers by node"] = (
             after[0] - before[0], after[1] - before[1],
             {n: c - before[2].get(n, 0) for n, c in after[2].items()})
         assert after[1] - before[1] <= (after[0] - before[0]) * 0.01, load.statuses
-        assert _container_run(hosts, "api-1") == head_run
+        assert container_run(hosts, "api-1") == head_run
     print(f"\n[api cluster faults] {json.dumps(figures)}")
 
 
@@ -257,7 +235,7 @@ def test_a_third_api_host_joins_and_leaves_under_load(hosts, ansible, test_split
     body = {"instances": as_instances(test_split[0].head(3))}
     variables = CONVERGED.get("variables")
     assert variables, "the first test converges the cluster"
-    runs = {name: _container_run(hosts, name) for name in ("api-1", "api-2")}
+    runs = {name: container_run(hosts, name) for name in ("api-1", "api-2")}
     figures = {}
     with Load(f"http://{head}:8000/predict", body, workers=2) as via_head, \
             Load(f"http://{worker}:8000/predict", body, workers=2) as via_worker:
@@ -267,7 +245,7 @@ def test_a_third_api_host_joins_and_leaves_under_load(hosts, ansible, test_split
         assert grown.per_host["api-2"]["changed"] == 0, grown.per_host
         assert hosts.exec("api-1", "cat /etc/mlops-assets/serve/autoscaling").stdout.startswith("min=3,max=3,")
         wait_for(lambda: served_by_nodes(f"http://{third}:8000", body, 20) >= {third}, 60, 1, "the third host's replica")
-        assert {name: _container_run(hosts, name) for name in ("api-1", "api-2")} == runs
+        assert {name: container_run(hosts, name) for name in ("api-1", "api-2")} == runs
         figures["2 -> 3: requests, failed through the staying hosts"] = (via_head.total + via_worker.total,
                                                                         via_head.failed + via_worker.failed)
         assert via_head.failed + via_worker.failed == 0, (via_head.statuses, via_worker.statuses)
@@ -281,7 +259,7 @@ def test_a_third_api_host_joins_and_leaves_under_load(hosts, ansible, test_split
         time.sleep(5)
     shrink = (via_head.total + via_worker.total - before[0], via_head.failed + via_worker.failed - before[1])
     figures["3 -> 2: requests, failed through the staying hosts"] = shrink
-    assert {name: _container_run(hosts, name) for name in ("api-1", "api-2")} == runs
+    assert {name: container_run(hosts, name) for name in ("api-1", "api-2")} == runs
     for address in (head, worker):
         assert served_by_nodes(f"http://{address}:8000", body) == {head, worker}
     print(f"\n[api cluster scale] {json.dumps(figures)}")
@@ -305,7 +283,7 @@ def test_the_head_host_down_then_the_next_converge_recovers_the_cluster(hosts, a
         # Windows of 5 s until the worker no longer answers at all (or 120 s): what it serves alone.
         served_alone, windows = 0.0, []
         while time.monotonic() - stopped < 120:
-            answers, failed, _, _ = _window(load, 5)
+            answers, failed, _, _ = load_window(load, 5)
             windows.append((answers, failed))
             if answers > failed:
                 served_alone = round(time.monotonic() - stopped, 1)

@@ -49,8 +49,9 @@ The head deploys the application once for the cluster (Serve runs a proxy on eve
 holds a replica, so every API host answers on the API port when min >= the API hosts); a
 worker joins the head and serves the replicas Serve places on it. `... container apply`, run
 in the head's container (`docker exec`), applies the application's config again with the
-settings read afresh (the autoscaling file): Serve updates the running deployment in place. Only Ray's ports (MLOPS_RAY_PORTS) listen on MLOPS_RAY_NODE_IP; HAProxy's stats and
-metrics and Serve's fallback proxy stay on loopback.
+settings read afresh (the autoscaling file): Serve updates the running deployment in place.
+Only Ray's ports (MLOPS_RAY_PORTS) listen on MLOPS_RAY_NODE_IP; HAProxy's stats and metrics
+and Serve's fallback proxy stay on loopback.
 """
 
 from __future__ import annotations
