@@ -71,11 +71,11 @@ def trained_home():
 # and a skipped test there would be a silent gap. MLOPS_TEST_PROGRESS_FILE, when set, names
 # the test running now (the CI watchdog prints it when it stops a hung run).
 #
-# Two lanes (`make test` runs pytest-xdist with `-n 2`): the modules marked `second_lane`
-# run in one worker, every other test in the other, each lane in tier order. The mark balances
-# the two by the modules' times in CI's junit (each lane about half of the suite's time): the
-# rehearsal e2e, the longest module, with a few shorter ones; the Ansible role tests in the
-# other lane. A failed tier in either lane stops both before their
+# Two lanes (`make test` runs pytest-xdist with `-n 2`): the modules marked `second_lane` (the
+# rehearsal e2e and the Ansible roles, the longest with hosts in network namespaces) run in one
+# worker, every other test in the other, each lane in tier order. The mark balances the two by
+# the modules' times in CI's junit; it also keeps those two apart from each other: run side by
+# side, their SSH, Ansible and image loads slowed the whole suite by half (measured). A failed tier in either lane stops both before their
 # next later-tier test (the lanes share a file that names the failed tiers).
 import json  # noqa: E402
 

@@ -26,7 +26,7 @@ from mlops_assets.resources.ansible import AnsibleError
 
 from .ansible_helpers import ansible_for_test_hosts
 
-pytestmark = [pytest.mark.stack, pytest.mark.root]
+pytestmark = [pytest.mark.stack, pytest.mark.root, pytest.mark.second_lane]
 
 TIMINGS: dict[str, float] = {}
 GRAFANA_PASSWORD = "rehearsal-" + os.urandom(6).hex()

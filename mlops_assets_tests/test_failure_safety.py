@@ -23,7 +23,7 @@ import pytest
 
 from .serving_fixtures import Load, as_instances
 
-pytestmark = [pytest.mark.service, pytest.mark.second_lane]
+pytestmark = pytest.mark.service
 # The rollouts and rollbacks here do not depend on the engine: they run on ONNX Runtime, what a
 # trained champion gets. The broken variants below edit the scikit-learn pipeline and carry no
 # engine tag, so their replicas load that pipeline (as for a version registered before

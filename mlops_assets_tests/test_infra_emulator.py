@@ -29,7 +29,7 @@ from .infra_helpers import (
     record_timings,
 )
 
-pytestmark = [pytest.mark.service, pytest.mark.second_lane]
+pytestmark = pytest.mark.service
 
 ADMIN_CIDR = "198.51.100.7/32"
 CLIENT_CIDRS = ["203.0.113.0/24", "192.0.2.0/24"]

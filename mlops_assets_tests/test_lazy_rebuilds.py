@@ -29,7 +29,7 @@ import requests
 
 from mlops_assets_tests.lazy_stack import ASSETS, LocalStack, images_built_in, remove_images
 
-pytestmark = [pytest.mark.stack, pytest.mark.root, pytest.mark.second_lane]
+pytestmark = [pytest.mark.stack, pytest.mark.root]
 
 ML = {"dataset", "candidate_models", "selected_model"}
 # In the local target these stand for this machine and its MLflow store (no OpenTofu, no
