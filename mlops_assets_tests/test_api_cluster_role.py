@@ -62,6 +62,15 @@ def ansible(hosts, tmp_path_factory):
     return ansible_for_test_hosts(hosts, tmp_path_factory.mktemp("ansible"))
 
 
+def _inventory(hosts, names: list[str]) -> dict:
+    """tofu_state's inventory shape for these test hosts: the first of `names` the Ray head."""
+    head = hosts.address(names[0])
+    return {"all": {"vars": {"ansible_user": "admin", "api_port": 8000, "metrics_port": 8080}, "children": {"api": {
+        "vars": {"ray_head_address": head, "ray_ports": RAY_PORTS},
+        "hosts": {name: {"ansible_host": hosts.address(name), "private_ip": hosts.address(name),
+                         "ray_role": "head" if name == names[0] else "worker"} for name in names}}}}}
+
+
 def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, trained_home, test_split):
     from mlops_assets.image.context import DEFAULT_REPOSITORY, RUNTIME_SUFFIX
     from mlops_assets.offline_base import BASE_IMAGE
@@ -84,10 +93,7 @@ def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, tra
     assert image.archive and image.runtime_archive, image
 
     head, worker = hosts.address("api-1"), hosts.address("api-2")
-    inventory = {"all": {"vars": {"ansible_user": "admin", "api_port": 8000, "metrics_port": 8080}, "children": {"api": {
-        "vars": {"ray_head_address": head, "ray_ports": RAY_PORTS},
-        "hosts": {"api-1": {"ansible_host": head, "private_ip": head, "ray_role": "head"},
-                  "api-2": {"ansible_host": worker, "private_ip": worker, "ray_role": "worker"}}}}}}
+    inventory = _inventory(hosts, ["api-1", "api-2"])
     repository, tag = archive_image_name(image.archive).rsplit(":", 1)
     variables = {"api_image_repository": repository, "api_image_tag": tag, "api_image_source": "archive",
                  "api_image_archive": image.archive, "api_runtime_image": archive_image_name(image.runtime_archive),
@@ -211,14 +217,6 @@ def test_the_cluster_serves_through_the_loss_of_a_worker_host_and_of_a_replica(h
         assert after[1] - before[1] <= (after[0] - before[0]) * 0.01, load.statuses
         assert container_run(hosts, "api-1") == head_run
     print(f"\n[api cluster faults] {json.dumps(figures)}")
-
-
-def _inventory(hosts, names: list[str]) -> dict:
-    head = hosts.address(names[0])
-    return {"all": {"vars": {"ansible_user": "admin", "api_port": 8000, "metrics_port": 8080}, "children": {"api": {
-        "vars": {"ray_head_address": head, "ray_ports": RAY_PORTS},
-        "hosts": {name: {"ansible_host": hosts.address(name), "private_ip": hosts.address(name),
-                         "ray_role": "head" if name == names[0] else "worker"} for name in names}}}}}
 
 
 def test_a_third_api_host_joins_and_leaves_under_load(hosts, ansible, test_split):
