@@ -178,13 +178,17 @@ class Load:
         self.statuses: dict[str, int] = {}
         self.versions: dict[str, int] = {}
         self.nodes: dict[str, int] = {}  # a Ray cluster's: the X-Served-By of each answer
+        self.samples: list[str] = []  # the first failures, as "STATUS body" (what an assertion shows)
+        self.started = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
 
-    def _count(self, outcome: str, version: str | None = None, node: str | None = None) -> None:
+    def _count(self, outcome: str, version: str | None = None, node: str | None = None, detail: str = "") -> None:
         with self._lock:
             self.statuses[outcome] = self.statuses.get(outcome, 0) + 1
+            if outcome != "200" and len(self.samples) < 10:
+                self.samples.append(f"{time.monotonic() - self.started:.1f}s {outcome} {detail[:400]}")
             if version:
                 self.versions[version] = self.versions.get(version, 0) + 1
             if node:
@@ -196,9 +200,10 @@ class Load:
             try:
                 response = session.post(self.url, json=self.body, timeout=30)
                 version = response.json()["model"]["version"] if response.status_code == 200 else None
-                self._count(str(response.status_code), version, response.headers.get("x-served-by"))
+                detail = "" if response.status_code == 200 else f"{response.text[:160]!r} {dict(response.headers)}"
+                self._count(str(response.status_code), version, response.headers.get("x-served-by"), detail)
             except Exception as exc:  # a failed request is what the tests count
-                self._count(type(exc).__name__)
+                self._count(type(exc).__name__, detail=str(exc))
                 session = requests.Session()
 
     def __enter__(self) -> "Load":

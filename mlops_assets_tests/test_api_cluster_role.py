@@ -219,6 +219,40 @@ def test_the_cluster_serves_through_the_loss_of_a_worker_host_and_of_a_replica(h
     print(f"\n[api cluster faults] {json.dumps(figures)}")
 
 
+def test_the_head_applies_serve_settings_under_load_and_no_request_fails(hosts, test_split):
+    """`container apply` is how a host added or removed (and a new model, issue 15 part 3)
+    reaches the running application: under load through both hosts' ports, the head applies
+    its settings again, unchanged and then with new autoscaling bounds; every request is
+    answered."""
+    head, worker = hosts.address("api-1"), hosts.address("api-2")
+    body = {"instances": as_instances(test_split[0].head(3))}
+    runs = {name: container_run(hosts, name) for name in ("api-1", "api-2")}
+    apply = "docker exec mlops-api python -m mlops_assets.serving.container apply"
+    settings = "/etc/mlops-assets/serve/autoscaling"
+    original = hosts.exec("api-1", f"cat {settings}").stdout
+    figures = {}
+    with Load(f"http://{head}:8000/predict", body, workers=2) as via_head, \
+            Load(f"http://{worker}:8000/predict", body, workers=2) as via_worker:
+        time.sleep(3)
+        for attempt in range(3):
+            started = time.monotonic()
+            hosts.exec("api-1", apply)
+            figures.setdefault("apply, unchanged (s)", []).append(round(time.monotonic() - started, 1))
+            time.sleep(3)
+        hosts.exec("api-1", f"chmod u+w {settings} && echo min=2,max=3,target=2,per_node=2 > {settings}")
+        hosts.exec("api-1", apply)
+        time.sleep(5)
+        hosts.exec("api-1", f"echo -n '{original}' > {settings} && chmod 0444 {settings}")
+        hosts.exec("api-1", apply)
+        time.sleep(5)
+    figures["requests, failed through the head / the worker"] = ((via_head.total, via_head.failed),
+                                                                 (via_worker.total, via_worker.failed))
+    print(f"\n[api cluster apply] {json.dumps(figures)}")
+    assert via_head.failed + via_worker.failed == 0, (via_head.statuses, via_head.samples, via_worker.statuses, via_worker.samples)
+    assert {name: container_run(hosts, name) for name in ("api-1", "api-2")} == runs
+    assert hosts.exec("api-1", f"cat {settings}").stdout == original
+
+
 def test_a_third_api_host_joins_and_leaves_under_load(hosts, ansible, test_split):
     """api_instance_count 2 -> 3 -> 2 as the `api` role sees it: the third host joins and gets
     a replica while the head applies the new minimum in place (neither running container
