@@ -65,6 +65,79 @@ def test_hosts_reach_each_other_and_nothing_else(hosts):
     assert hosts.exec("api", "ip route get 198.51.100.1", check=False).returncode != 0
 
 
+# Accepts (and forgets) connections on the ports given, for 10 minutes at most.
+LISTENER = """import socket, sys, threading, time
+for port in sys.argv[1:]:
+    server = socket.create_server(("0.0.0.0", int(port)))
+    threading.Thread(target=lambda s=server: [s.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
+time.sleep(600)
+"""
+
+
+def _connects(hosts, source: str, address: str, port: int) -> bool:
+    """A TCP connection to address:port opens within 2 s, from a host or from this machine ("control")."""
+    import socket
+
+    if source == "control":
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            return sock.connect_ex((address, port)) == 0
+    probe = f"timeout 2 bash -c 'exec 3<>/dev/tcp/{address}/{port}'"
+    return hosts.exec(source, probe, check=False).returncode == 0
+
+
+def test_the_emulators_security_groups_are_enforced_on_the_hosts(hosts, tmp_path):
+    """sim's stand-in for security groups: what the EC2 emulator's rules admit into an
+    instance reaches its test host, from this machine (127.0.0.1 in sim's CIDRs) or another
+    host (a referenced group); anything else is dropped, and a rule added later applies."""
+    from mlops_assets.rehearsal.emulator import DEBIAN_AMI_ID, Ec2Emulator
+    from mlops_assets.rehearsal.security_groups import enforce
+
+    api, monitoring = hosts.address("api"), hosts.address("monitoring")
+    # Listeners on both hosts (sshd is on 22): what answers when the rules let a probe in.
+    hosts.exec("api", "cat > /root/listen.py", input=LISTENER)
+    hosts.exec("api", "setsid nohup python3 /root/listen.py 8000 8080 6379 >/dev/null 2>&1 &")
+    hosts.exec("api", "for i in $(seq 50); do ss -Htln | grep -q ':6379 ' && exit 0; sleep 0.1; done; exit 1")
+    emulator = Ec2Emulator.start(tmp_path)
+    try:
+        ec2 = emulator.client()
+        vpc = ec2.create_vpc(CidrBlock=str(hosts.subnet))["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=str(hosts.subnet))["Subnet"]["SubnetId"]
+        group = {name: ec2.create_security_group(GroupName=name, Description=name, VpcId=vpc)["GroupId"]
+                 for name in ("api", "monitoring")}
+        rule = lambda port, **source: {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, **source}
+        ec2.authorize_security_group_ingress(GroupId=group["api"], IpPermissions=[
+            rule(8000, IpRanges=[{"CidrIp": "127.0.0.0/8"}]),  # sim's api_client_cidrs: this machine
+            rule(8080, UserIdGroupPairs=[{"GroupId": group["monitoring"]}]),  # the metrics: monitoring only
+            rule(6379, UserIdGroupPairs=[{"GroupId": group["api"]}])])  # Ray's: the API group only
+        ec2.authorize_security_group_ingress(GroupId=group["monitoring"], IpPermissions=[
+            rule(22, IpRanges=[{"CidrIp": "127.0.0.1/32"}])])  # sim's admin_cidr
+        for name, address in (("api", api), ("monitoring", monitoring)):
+            ec2.run_instances(ImageId=DEBIAN_AMI_ID, MinCount=1, MaxCount=1, SubnetId=subnet,
+                              PrivateIpAddress=address, SecurityGroupIds=[group[name]])
+        assert enforce(hosts, ec2) == {"enforced": True, "rules": 6, "instances": 2}
+        assert enforce(hosts, ec2)["rules"] == 6  # again: the chain replaced, the jumps not doubled
+        rules = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True, check=True).stdout
+        assert rules.count(f"-j {hosts.security_group_chain}") == 2, rules
+
+        reached = {(source, port): _connects(hosts, source, api, port)
+                   for source in ("control", "monitoring") for port in (8000, 8080, 6379, 22)}
+        assert reached == {("control", 8000): True, ("control", 8080): False, ("control", 6379): False,
+                           ("control", 22): False, ("monitoring", 8000): False, ("monitoring", 8080): True,
+                           ("monitoring", 6379): False, ("monitoring", 22): False}
+        assert _connects(hosts, "control", monitoring, 22) and not _connects(hosts, "api", monitoring, 22)
+        # A rule added (what the next tofu_state apply does), enforced again: it applies.
+        ec2.authorize_security_group_ingress(GroupId=group["api"], IpPermissions=[rule(22, IpRanges=[{"CidrIp": "127.0.0.1/32"}])])
+        enforce(hosts, ec2)
+        assert _connects(hosts, "control", api, 22) and not _connects(hosts, "monitoring", api, 22)
+    finally:
+        hosts.unhook_security_groups()
+        Ec2Emulator.stop_recorded(tmp_path)
+    assert hosts.security_group_chain not in subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
+    assert _connects(hosts, "monitoring", api, 6379)  # without the chain, as before: everything on the bridge
+    hosts.exec("api", "pkill -f '^python3 /root/listen'")
+
+
 def test_ansible_ping_over_real_ssh(hosts, tmp_path, monkeypatch, record_property):
     import ansible_runner
 

@@ -766,6 +766,26 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
         time.sleep(2)
     assert sorted(up) == sorted(f"{address}:8080" for address in addresses), up
 
+    # The security groups, enforced on the hosts (rehearsal/security_groups.py): of all that
+    # listens on an API host, Ray's ports included, only the API port answers this machine
+    # (and SSH, admin_cidr's), only the metrics and node_exporter answer the monitoring host;
+    # the other API host reaches Ray's ports.
+    head, worker = hosts.address("mlops-assets-api"), hosts.address("mlops-assets-api-2")
+    monitoring = "mlops-assets-monitoring"
+    started, reached = time.monotonic(), {}
+    for name, address, other in (("mlops-assets-api", head, "mlops-assets-api-2"), ("mlops-assets-api-2", worker, "mlops-assets-api")):
+        listening = _listening_ports(hosts, name, address)
+        ray = sorted(listening - {22, 8000, 8080, 9100})
+        assert len(ray) >= 5, listening  # GCS (head), raylet, object manager, agents, replicas
+        reached[name] = {"listening": sorted(listening), "control": _reached(None, address, listening),
+                         "monitoring": _reached((hosts, monitoring), address, listening),
+                         "other API host": _reached((hosts, other), address, set(ray))}
+        assert reached[name]["control"] == [22, 8000], reached[name]
+        assert reached[name]["monitoring"] == [8080, 9100], reached[name]
+        assert reached[name]["other API host"] == ray, reached[name]
+    PHASES["  every listening port of both API hosts probed from outside and inside the API group"] = round(time.monotonic() - started, 1)
+    print(f"\n[security groups] {json.dumps(reached)}")
+
     # Back to one API host: the second instance, its host and Ray's rules go (confirmed).
     confirm = _run_config(home, "one-api-host", "ops:\n  tofu_state:\n    config:\n      confirm_replacements:\n"
                           "        - aws_instance.api\n        - aws_vpc_security_group_ingress_rule.api_ray\n"
@@ -777,6 +797,36 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
     api = hosts.address("mlops-assets-api")
     assert _get_json(f"http://{api}:8000/predict", body)["model"]["version"] == latest["deployed_api"]["model_version"]
     rehearsal["hosts"] = hosts
+
+
+def _listening_ports(hosts, name: str, address: str) -> set[int]:
+    """The TCP ports that listen on host `name` at `address` (or on every address)."""
+    ports = set()
+    for line in hosts.exec(name, "ss -Htln").stdout.splitlines():
+        local = line.split()[3]
+        bound, port = local.rsplit(":", 1)
+        if bound in ("0.0.0.0", "*", "[::]", address):
+            ports.add(int(port))
+    return ports
+
+
+def _reached(source, address: str, ports: set[int]) -> list[int]:
+    """Which of `ports` at `address` accept a TCP connection within 2 s, probed all at once
+    from this machine (source None) or from inside a host ((hosts, name))."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    if source is None:
+        def connects(port: int) -> bool:
+            with socket.socket() as sock:
+                sock.settimeout(2)
+                return sock.connect_ex((address, port)) == 0
+
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            return sorted(port for port, ok in zip(ports, pool.map(connects, ports)) if ok)
+    hosts, name = source
+    probes = " ".join(f"(timeout 2 bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>/dev/null && echo {port}) &" for port in sorted(ports))
+    return sorted(int(port) for port in hosts.exec(name, f"{probes} wait").stdout.split())
 
 
 def test_teardown_leaves_nothing_behind(rehearsal, capsys):

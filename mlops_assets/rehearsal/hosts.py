@@ -512,6 +512,23 @@ class TestHosts:
         _run(["iptables", "-w", "-A", self.chain, "-o", self.bridge, "-j", "DROP"])
         _run(["iptables", "-w", "-I", "FORWARD", "1", "-j", self.chain])
 
+    # --- the sim target's security groups (security_groups.py) -----------------------------------
+
+    @property
+    def security_group_chain(self) -> str:
+        """The chain that enforces the EC2 emulator's security groups on these hosts."""
+        return f"{self.chain}-SG"
+
+    def hook_security_groups(self) -> None:
+        """Send the traffic into the hosts through the security-group chain (made first)."""
+        for jump in _security_group_jumps(self.id):
+            if subprocess.run(["iptables", "-w", "-C", *jump], capture_output=True).returncode != 0:
+                _run(["iptables", "-w", "-I", jump[0], "1", *jump[1:]])
+
+    def unhook_security_groups(self) -> None:
+        """No security groups: the jumps and the chain gone (idempotent)."""
+        _remove_security_group_chain(self.id)
+
     def _start_host(self, host: Host) -> None:
         started = time.monotonic()
         for sub in ("upper", "work", "root", "scratch"):
@@ -782,11 +799,29 @@ def _sweep(hid: str, workdir_parent: Path) -> None:
     chain = f"MLOPS-HOSTS-{hid}"
     while subprocess.run(["iptables", "-w", "-D", "FORWARD", "-j", chain], capture_output=True).returncode == 0:
         pass
+    _remove_security_group_chain(hid)
     subprocess.run(["iptables", "-w", "-F", chain], capture_output=True)
     subprocess.run(["iptables", "-w", "-X", chain], capture_output=True)
     for folder in workdir_parent.glob(f"mlops-hosts-{hid}-*"):
         shutil.rmtree(folder, ignore_errors=True)
     (_STATE_DIR / hid).unlink(missing_ok=True)
+
+
+def _security_group_jumps(hid: str) -> list[list[str]]:
+    """Into the security-group chain of harness `hid`: host to host (bridged frames, through
+    FORWARD and the harness's chain, ahead of its ACCEPT) and this machine to a host (OUTPUT)."""
+    chain, bridge = f"MLOPS-HOSTS-{hid}", f"mlhbr{hid}"
+    return [[chain, "-i", bridge, "-o", bridge, "-j", f"{chain}-SG"], ["OUTPUT", "-o", bridge, "-j", f"{chain}-SG"]]
+
+
+def _remove_security_group_chain(hid: str) -> None:
+    """The sim target's security-group chain of harness `hid` and its two jumps, gone."""
+    chain = f"MLOPS-HOSTS-{hid}"
+    for jump in _security_group_jumps(hid):
+        while subprocess.run(["iptables", "-w", "-D", *jump], capture_output=True).returncode == 0:
+            pass
+    subprocess.run(["iptables", "-w", "-F", f"{chain}-SG"], capture_output=True)
+    subprocess.run(["iptables", "-w", "-X", f"{chain}-SG"], capture_output=True)
 
 
 def _sweep_host(hid: str, host: Host) -> None:

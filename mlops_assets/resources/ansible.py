@@ -501,14 +501,17 @@ class RehearsalAnsible(Ansible):
 
     def ensure_hosts(self, inventory: dict, log: Log | None = None):
         """The rehearsal hosts for `inventory`, each printing its host keys on its instance's
-        console in the emulator (as cloud-init does), from where `pin_console_host_keys` reads them."""
+        console in the emulator (as cloud-init does), from where `pin_console_host_keys` reads them;
+        and the emulator's security groups enforced on them (rehearsal/security_groups.py), as
+        they stand after the latest tofu_state apply."""
         from mlops_assets.rehearsal.emulator import Ec2Emulator
+        from mlops_assets.rehearsal.security_groups import enforce
         from mlops_assets.rehearsal.sim_hosts import ensure_sim_hosts
 
         if not self.private_key_file:
             raise AnsibleError("sim: no private_key_file (tofu_state's generated rehearsal key)")
         try:
-            return ensure_sim_hosts(
+            hosts = ensure_sim_hosts(
                 inventory, Path(self.hosts_state_file),
                 public_key_file=Path(self.private_key_file).with_suffix(".pub"),
                 console_dir=Ec2Emulator.console_dir(Path(self.emulator_dir)) if self.emulator_dir else None,
@@ -516,6 +519,14 @@ class RehearsalAnsible(Ansible):
             )
         except Exception as exc:
             raise AnsibleError(f"sim: could not bring up the rehearsal hosts of the inventory: {exc}") from None
+        if self.emulator_dir:
+            try:
+                enforce(hosts, self.ec2_client(inventory), log=log)
+            except AnsibleError:
+                raise
+            except Exception as exc:  # the emulator not answering, iptables refusing
+                raise AnsibleError(f"sim: could not enforce the security groups on the rehearsal hosts: {exc}") from None
+        return hosts
 
     def prepare(self, log: Log) -> dict[str, Any]:
         from mlops_assets.rehearsal import images as rehearsal_images
