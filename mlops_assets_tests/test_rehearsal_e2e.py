@@ -767,22 +767,27 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
     assert sorted(up) == sorted(f"{address}:8080" for address in addresses), up
 
     # The security groups, enforced on the hosts (rehearsal/security_groups.py): of all that
-    # listens on an API host, Ray's ports included, only the API port answers this machine
-    # (and SSH, admin_cidr's), only the metrics and node_exporter answer the monitoring host;
-    # the other API host reaches Ray's ports.
+    # listens on an API host (Ray's ports, and what Ray and Serve bind on every interface:
+    # Serve's fallback proxy, Ray's metrics exporter), only the API port answers this machine
+    # (and SSH, admin_cidr's), only the metrics and node_exporter answer the monitoring host,
+    # and the other API host reaches exactly the listening ports among infra_tf's ray_ports.
+    from mlops_assets.serving.container import RAY_PORTS
+
+    ranges = [(RAY_PORTS["min_worker"], RAY_PORTS["max_worker"]), (RAY_PORTS["serve_replica_min"], RAY_PORTS["serve_replica_max"]),
+              *((port, port) for name, port in RAY_PORTS.items() if not name.endswith(("_min", "_max", "min_worker", "max_worker")))]
     head, worker = hosts.address("mlops-assets-api"), hosts.address("mlops-assets-api-2")
     monitoring = "mlops-assets-monitoring"
     started, reached = time.monotonic(), {}
     for name, address, other in (("mlops-assets-api", head, "mlops-assets-api-2"), ("mlops-assets-api-2", worker, "mlops-assets-api")):
         listening = _listening_ports(hosts, name, address)
-        ray = sorted(listening - {22, 8000, 8080, 9100})
-        assert len(ray) >= 5, listening  # GCS (head), raylet, object manager, agents, replicas
+        ray = sorted(port for port in listening if any(low <= port <= high for low, high in ranges))
+        assert {6380, 6381} <= set(ray) and (6379 in ray) == (name == "mlops-assets-api"), listening  # raylet; GCS on the head
         reached[name] = {"listening": sorted(listening), "control": _reached(None, address, listening),
                          "monitoring": _reached((hosts, monitoring), address, listening),
-                         "other API host": _reached((hosts, other), address, set(ray))}
+                         "other API host": _reached((hosts, other), address, listening)}
         assert reached[name]["control"] == [22, 8000], reached[name]
         assert reached[name]["monitoring"] == [8080, 9100], reached[name]
-        assert reached[name]["other API host"] == ray, reached[name]
+        assert reached[name]["other API host"] == ray, (ray, reached[name])
     PHASES["  every listening port of both API hosts probed from outside and inside the API group"] = round(time.monotonic() - started, 1)
     print(f"\n[security groups] {json.dumps(reached)}")
 
@@ -805,7 +810,7 @@ def _listening_ports(hosts, name: str, address: str) -> set[int]:
     for line in hosts.exec(name, "ss -Htln").stdout.splitlines():
         local = line.split()[3]
         bound, port = local.rsplit(":", 1)
-        if bound in ("0.0.0.0", "*", "[::]", address):
+        if bound.strip("[]").removeprefix("::ffff:") in ("0.0.0.0", "*", "::", address):
             ports.add(int(port))
     return ports
 
