@@ -222,8 +222,12 @@ def test_the_cluster_serves_through_the_loss_of_a_worker_host_and_of_a_replica(h
 def test_the_head_applies_serve_settings_under_load_and_no_request_fails(hosts, test_split):
     """`container apply` is how a host added or removed (and a new model, issue 15 part 3)
     reaches the running application: under load through both hosts' ports, the head applies
-    its settings again, unchanged and then with new autoscaling bounds; every request is
-    answered."""
+    its settings again, unchanged and then with a new autoscaling target; every request is
+    answered, and the cluster is as before (one replica per node) at the end.
+
+    Not per_node: a run that changed it (1 -> 2 -> 1) here left a rolling replacement behind,
+    and the next test's requests through the worker failed (connection refused, 404) while
+    it went on; a change of per_node is not applied without loss."""
     head, worker = hosts.address("api-1"), hosts.address("api-2")
     body = {"instances": as_instances(test_split[0].head(3))}
     runs = {name: container_run(hosts, name) for name in ("api-1", "api-2")}
@@ -239,7 +243,7 @@ def test_the_head_applies_serve_settings_under_load_and_no_request_fails(hosts, 
             hosts.exec("api-1", apply)
             figures.setdefault("apply, unchanged (s)", []).append(round(time.monotonic() - started, 1))
             time.sleep(3)
-        hosts.exec("api-1", f"chmod u+w {settings} && echo min=2,max=3,target=2,per_node=2 > {settings}")
+        hosts.exec("api-1", f"chmod u+w {settings} && echo min=2,max=2,target=2,per_node=1 > {settings}")
         hosts.exec("api-1", apply)
         time.sleep(5)
         hosts.exec("api-1", f"echo -n '{original}' > {settings} && chmod 0444 {settings}")
@@ -251,6 +255,9 @@ def test_the_head_applies_serve_settings_under_load_and_no_request_fails(hosts, 
     assert via_head.failed + via_worker.failed == 0, (via_head.statuses, via_head.samples, via_worker.statuses, via_worker.samples)
     assert {name: container_run(hosts, name) for name in ("api-1", "api-2")} == runs
     assert hosts.exec("api-1", f"cat {settings}").stdout == original
+    assert [replicas_on(hosts, name, hosts.address(name)) for name in ("api-1", "api-2")] == [1, 1]
+    for address in (head, worker):
+        assert served_by_nodes(f"http://{address}:8000", body) == {head, worker}
 
 
 def test_a_third_api_host_joins_and_leaves_under_load(hosts, ansible, test_split):
@@ -280,7 +287,7 @@ def test_a_third_api_host_joins_and_leaves_under_load(hosts, ansible, test_split
         assert {name: container_run(hosts, name) for name in ("api-1", "api-2")} == runs
         figures["2 -> 3: requests, failed through the staying hosts"] = (via_head.total + via_worker.total,
                                                                         via_head.failed + via_worker.failed)
-        assert via_head.failed + via_worker.failed == 0, (via_head.statuses, via_worker.statuses)
+        assert via_head.failed + via_worker.failed == 0, (via_head.statuses, via_head.samples, via_worker.statuses, via_worker.samples)
 
         before = (via_head.total + via_worker.total, via_head.failed + via_worker.failed)
         hosts.exec("api-3", "docker stop -t 10 mlops-api")
@@ -295,7 +302,7 @@ def test_a_third_api_host_joins_and_leaves_under_load(hosts, ansible, test_split
     for address in (head, worker):
         assert served_by_nodes(f"http://{address}:8000", body) == {head, worker}
     print(f"\n[api cluster scale] {json.dumps(figures)}")
-    assert shrink[1] <= shrink[0] * 0.01, (via_head.statuses, via_worker.statuses)
+    assert shrink[1] <= shrink[0] * 0.01, (via_head.statuses, via_head.samples, via_worker.statuses, via_worker.samples)
     hosts.reshape([("api-1", head), ("api-2", worker)])
 
 
