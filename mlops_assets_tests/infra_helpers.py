@@ -1,10 +1,13 @@
 """Helpers of the infra tests: the emulator + test-double provider environment, what the
-emulator holds, and a timings record for the closing note."""
+emulator holds, a timings record for the closing note, and the probes that check security
+groups on live hosts (what listens on a host, what answers from where)."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mlops_assets.settings import PROJECT_ROOT
@@ -20,6 +23,40 @@ def record_timings(name: str, timings: dict) -> None:
     data[name] = timings
     TIMINGS_FILE.write_text(json.dumps(data, indent=2))
     print(f"\n[infra timings] {name}: {json.dumps(timings)}")
+
+
+def ray_port_ranges(ports: dict[str, int]) -> list[tuple[int, int]]:
+    """infra_tf's ray_ports (name -> port) as the sorted port ranges its rules open: each port
+    alone, the workers' range and the Serve replicas' range."""
+    ranges = [(port, port) for name, port in ports.items() if not name.endswith(("_worker", "_min", "_max"))]
+    return sorted(ranges + [(ports["min_worker"], ports["max_worker"]), (ports["serve_replica_min"], ports["serve_replica_max"])])
+
+
+def listening_ports(hosts, name: str, address: str) -> set[int]:
+    """The TCP ports that listen on host `name` at `address` (or on every address)."""
+    ports = set()
+    for line in hosts.exec(name, "ss -Htln").stdout.splitlines():
+        local = line.split()[3]
+        bound, port = local.rsplit(":", 1)
+        if bound.strip("[]").removeprefix("::ffff:") in ("0.0.0.0", "*", "::", address):
+            ports.add(int(port))
+    return ports
+
+
+def reachable_ports(source, address: str, ports: set[int]) -> list[int]:
+    """Which of `ports` at `address` accept a TCP connection within 2 s, probed all at once
+    from this machine (source None) or from inside a host ((hosts, name))."""
+    if source is None:
+        def connects(port: int) -> bool:
+            with socket.socket() as sock:
+                sock.settimeout(2)
+                return sock.connect_ex((address, port)) == 0
+
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            return sorted(port for port, ok in zip(ports, pool.map(connects, ports)) if ok)
+    hosts, name = source
+    probes = " ".join(f"(timeout 2 bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>/dev/null && echo {port}) &" for port in sorted(ports))
+    return sorted(int(port) for port in hosts.exec(name, f"{probes} wait").stdout.split())
 
 
 def ingress_rules(ec2, group_id: str, egress: bool = False) -> list[dict]:

@@ -16,6 +16,8 @@ import pytest
 from mlops_assets.offline_base import BASE_IMAGE
 from mlops_assets.rehearsal.hosts import TestHosts, _alive, free_subnet, reap_stale
 
+from .infra_helpers import reachable_ports
+
 pytestmark = [pytest.mark.stack, pytest.mark.root]
 
 TIMINGS: dict[str, float] = {}
@@ -76,14 +78,7 @@ time.sleep(600)
 
 def _connects(hosts, source: str, address: str, port: int) -> bool:
     """A TCP connection to address:port opens within 2 s, from a host or from this machine ("control")."""
-    import socket
-
-    if source == "control":
-        with socket.socket() as sock:
-            sock.settimeout(2)
-            return sock.connect_ex((address, port)) == 0
-    probe = f"timeout 2 bash -c 'exec 3<>/dev/tcp/{address}/{port}'"
-    return hosts.exec(source, probe, check=False).returncode == 0
+    return reachable_ports(None if source == "control" else (hosts, source), address, {port}) == [port]
 
 
 def test_the_emulators_security_groups_are_enforced_on_the_hosts(hosts, tmp_path):

@@ -26,6 +26,7 @@ from .infra_helpers import (
     ingress_rules,
     live_instances,
     load_balancers_left,
+    ray_port_ranges,
     record_timings,
 )
 
@@ -54,9 +55,7 @@ RAY_DEFAULTS = {"gcs": 6379, "client": 10001, "node_manager": 6380, "object_mana
                 "dashboard_agent_listen": 52365, "runtime_env_agent": 6383, "metrics_export": 6384,
                 "min_worker": 10002, "max_worker": 10100, "serve_replica_min": 30000, "serve_replica_max": 31000}
 # (from, to) of each Ray rule: one port each, the workers' range and the Serve replicas' range.
-RAY_RANGES = sorted([(p, p) for k, p in RAY_DEFAULTS.items() if not k.endswith(("_worker", "_min", "_max"))]
-                    + [(RAY_DEFAULTS["min_worker"], RAY_DEFAULTS["max_worker"]),
-                       (RAY_DEFAULTS["serve_replica_min"], RAY_DEFAULTS["serve_replica_max"])])
+RAY_RANGES = ray_port_ranges(RAY_DEFAULTS)
 
 
 def _public_key() -> str:

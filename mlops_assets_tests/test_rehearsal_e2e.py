@@ -773,18 +773,19 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
     # and the other API host reaches exactly the listening ports among infra_tf's ray_ports.
     from mlops_assets.serving.container import RAY_PORTS
 
-    ranges = [(RAY_PORTS["min_worker"], RAY_PORTS["max_worker"]), (RAY_PORTS["serve_replica_min"], RAY_PORTS["serve_replica_max"]),
-              *((port, port) for name, port in RAY_PORTS.items() if not name.endswith(("_min", "_max", "min_worker", "max_worker")))]
+    from .infra_helpers import listening_ports, ray_port_ranges, reachable_ports
+
+    ranges = ray_port_ranges(RAY_PORTS)
     head, worker = hosts.address("mlops-assets-api"), hosts.address("mlops-assets-api-2")
     monitoring = "mlops-assets-monitoring"
     started, reached = time.monotonic(), {}
     for name, address, other in (("mlops-assets-api", head, "mlops-assets-api-2"), ("mlops-assets-api-2", worker, "mlops-assets-api")):
-        listening = _listening_ports(hosts, name, address)
+        listening = listening_ports(hosts, name, address)
         ray = sorted(port for port in listening if any(low <= port <= high for low, high in ranges))
         assert {6380, 6381} <= set(ray) and (6379 in ray) == (name == "mlops-assets-api"), listening  # raylet; GCS on the head
-        reached[name] = {"listening": sorted(listening), "control": _reached(None, address, listening),
-                         "monitoring": _reached((hosts, monitoring), address, listening),
-                         "other API host": _reached((hosts, other), address, listening)}
+        reached[name] = {"listening": sorted(listening), "control": reachable_ports(None, address, listening),
+                         "monitoring": reachable_ports((hosts, monitoring), address, listening),
+                         "other API host": reachable_ports((hosts, other), address, listening)}
         assert reached[name]["control"] == [22, 8000], reached[name]
         assert reached[name]["monitoring"] == [8080, 9100], reached[name]
         assert reached[name]["other API host"] == ray, (ray, reached[name])
@@ -802,36 +803,6 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
     api = hosts.address("mlops-assets-api")
     assert _get_json(f"http://{api}:8000/predict", body)["model"]["version"] == latest["deployed_api"]["model_version"]
     rehearsal["hosts"] = hosts
-
-
-def _listening_ports(hosts, name: str, address: str) -> set[int]:
-    """The TCP ports that listen on host `name` at `address` (or on every address)."""
-    ports = set()
-    for line in hosts.exec(name, "ss -Htln").stdout.splitlines():
-        local = line.split()[3]
-        bound, port = local.rsplit(":", 1)
-        if bound.strip("[]").removeprefix("::ffff:") in ("0.0.0.0", "*", "::", address):
-            ports.add(int(port))
-    return ports
-
-
-def _reached(source, address: str, ports: set[int]) -> list[int]:
-    """Which of `ports` at `address` accept a TCP connection within 2 s, probed all at once
-    from this machine (source None) or from inside a host ((hosts, name))."""
-    import socket
-    from concurrent.futures import ThreadPoolExecutor
-
-    if source is None:
-        def connects(port: int) -> bool:
-            with socket.socket() as sock:
-                sock.settimeout(2)
-                return sock.connect_ex((address, port)) == 0
-
-        with ThreadPoolExecutor(max_workers=64) as pool:
-            return sorted(port for port, ok in zip(ports, pool.map(connects, ports)) if ok)
-    hosts, name = source
-    probes = " ".join(f"(timeout 2 bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>/dev/null && echo {port}) &" for port in sorted(ports))
-    return sorted(int(port) for port in hosts.exec(name, f"{probes} wait").stdout.split())
 
 
 def test_teardown_leaves_nothing_behind(rehearsal, capsys):

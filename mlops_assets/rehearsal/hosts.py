@@ -517,7 +517,7 @@ class TestHosts:
     @property
     def security_group_chain(self) -> str:
         """The chain that enforces the EC2 emulator's security groups on these hosts."""
-        return f"{self.chain}-SG"
+        return _security_group_chain(self.id)
 
     def hook_security_groups(self) -> None:
         """Send the traffic into the hosts through the security-group chain (made first)."""
@@ -807,21 +807,26 @@ def _sweep(hid: str, workdir_parent: Path) -> None:
     (_STATE_DIR / hid).unlink(missing_ok=True)
 
 
+def _security_group_chain(hid: str) -> str:
+    """The sim target's security-group chain of harness `hid` (named like the harness's own, so
+    that footprint() finds it)."""
+    return f"MLOPS-HOSTS-{hid}-SG"
+
+
 def _security_group_jumps(hid: str) -> list[list[str]]:
     """Into the security-group chain of harness `hid`: host to host (bridged frames, through
     FORWARD and the harness's chain, ahead of its ACCEPT) and this machine to a host (OUTPUT)."""
-    chain, bridge = f"MLOPS-HOSTS-{hid}", f"mlhbr{hid}"
-    return [[chain, "-i", bridge, "-o", bridge, "-j", f"{chain}-SG"], ["OUTPUT", "-o", bridge, "-j", f"{chain}-SG"]]
+    bridge, chain = f"mlhbr{hid}", _security_group_chain(hid)
+    return [[f"MLOPS-HOSTS-{hid}", "-i", bridge, "-o", bridge, "-j", chain], ["OUTPUT", "-o", bridge, "-j", chain]]
 
 
 def _remove_security_group_chain(hid: str) -> None:
     """The sim target's security-group chain of harness `hid` and its two jumps, gone."""
-    chain = f"MLOPS-HOSTS-{hid}"
     for jump in _security_group_jumps(hid):
         while subprocess.run(["iptables", "-w", "-D", *jump], capture_output=True).returncode == 0:
             pass
-    subprocess.run(["iptables", "-w", "-F", f"{chain}-SG"], capture_output=True)
-    subprocess.run(["iptables", "-w", "-X", f"{chain}-SG"], capture_output=True)
+    for action in ("-F", "-X"):
+        subprocess.run(["iptables", "-w", action, _security_group_chain(hid)], capture_output=True)
 
 
 def _sweep_host(hid: str, host: Host) -> None:

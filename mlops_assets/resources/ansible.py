@@ -520,10 +520,9 @@ class RehearsalAnsible(Ansible):
         except Exception as exc:
             raise AnsibleError(f"sim: could not bring up the rehearsal hosts of the inventory: {exc}") from None
         if self.emulator_dir:
+            ec2 = self.ec2_client(inventory)  # an AnsibleError of its own when no emulator is recorded
             try:
-                enforce(hosts, self.ec2_client(inventory), log=log)
-            except AnsibleError:
-                raise
+                enforce(hosts, ec2, log=log)
             except Exception as exc:  # the emulator not answering, iptables refusing
                 raise AnsibleError(f"sim: could not enforce the security groups on the rehearsal hosts: {exc}") from None
         return hosts

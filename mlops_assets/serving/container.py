@@ -50,8 +50,11 @@ holds a replica, so every API host answers on the API port when min >= the API h
 worker joins the head and serves the replicas Serve places on it. `... container apply`, run
 in the head's container (`docker exec`), applies the application's config again with the
 settings read afresh (the autoscaling file): Serve updates the running deployment in place.
-Only Ray's ports (MLOPS_RAY_PORTS) listen on MLOPS_RAY_NODE_IP; HAProxy's stats and metrics
-and Serve's fallback proxy stay on loopback.
+Ray's ports (MLOPS_RAY_PORTS) listen on MLOPS_RAY_NODE_IP and HAProxy's stats and metrics stay
+on loopback. Serve binds its HTTP listeners on every interface in a cluster (each replica's
+own port must take requests from every node's HAProxy), so its fallback proxy (8500) does too,
+and so does Ray's exporter (MLOPS_RAY_METRICS_PORT): the API hosts' security group keeps them
+closed (the rehearsal probes every listening port against it).
 """
 
 from __future__ import annotations
