@@ -72,19 +72,31 @@ def _backend_ports(serving_api) -> set[int]:
     return {int(port) for port in re.findall(r"^\s*server\s+SERVE_REPLICA\S+\s+127\.0\.0\.1:(\d+)", text, flags=re.M)}
 
 
-def _fully_healthy(serving_api) -> bool:
-    if len(_replica_pids(serving_api)) != REPLICAS:
-        return False
-    ports = _backend_ports(serving_api)
-    if len(ports) != REPLICAS:
-        return False
+def _health(serving_api) -> dict:
+    """What full health is made of, each part as found now: the replica processes, the replica
+    ports in HAProxy's config, and each of those ports' `/readyz` status."""
+    ports = sorted(_backend_ports(serving_api))
+    ready = {}
     for port in ports:
         try:
-            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code != 200:
-                return False
-        except requests.RequestException:
-            return False
-    return True
+            ready[port] = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
+        except requests.RequestException as exc:
+            ready[port] = type(exc).__name__
+    return {"replica processes": len(_replica_pids(serving_api)), "haproxy backends": ports, "readyz": ready}
+
+
+def _fully_healthy(serving_api) -> bool:
+    state = _health(serving_api)
+    return (state["replica processes"] == REPLICAS and len(state["haproxy backends"]) == REPLICAS
+            and all(status == 200 for status in state["readyz"].values()))
+
+
+def test_the_replicas_run_at_the_priority_of_the_hosts_other_services(serving_api):
+    """Ray would start them at nice 15: behind any busy process beside them (a build, a backup),
+    a replacement replica then took over 30 s to start (RAY_worker_niceness, runtime.py)."""
+    pids = _replica_pids(serving_api)
+    assert len(pids) == REPLICAS
+    assert {pid: os.getpriority(os.PRIO_PROCESS, pid) for pid in pids} == {pid: 0 for pid in pids}
 
 
 def test_killed_replica_under_load(serving_api, body):
@@ -95,7 +107,8 @@ def test_killed_replica_under_load(serving_api, body):
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         time.sleep(1)
-        wait_for(lambda: _fully_healthy(serving_api), timeout=30, interval=0.5, what="a replacement replica")
+        wait_for(lambda: _fully_healthy(serving_api), timeout=30, interval=0.5, what="a replacement replica",
+                 last=lambda: _health(serving_api))
         healthy_after = time.monotonic() - killed_at
         time.sleep(2)
     assert not Path(f"/proc/{victim}").exists()

@@ -289,6 +289,16 @@ class RayServeRuntime:
             "RAY_enable_worker_prestart": "0",
             "RAY_prestart_worker_first_driver": "0",
             "RAY_metrics_report_interval_ms": str(self.metrics_report_interval_ms),
+            # Ray starts its workers at nice 15, and here the workers are the service: the
+            # replicas, Serve's controller and proxies. At 15 any busy process beside them (a
+            # build, a backup, another test) takes ~30 times their CPU share: a killed
+            # replica's replacement took over 30 s to start, a first deploy over 120 s.
+            "RAY_worker_niceness": "0",
+            # A proxy gets 5 s to answer its first readiness check; on a busy 2-core host its
+            # worker process takes longer to start, the controller kills it as unhealthy and
+            # `serve.start` fails with ActorDiedError (measured with two busy loops beside it, at
+            # Ray's default worker niceness).
+            "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self.fallback_proxy_port),
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(self.replica_port_min),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(self.replica_port_max),
