@@ -23,7 +23,7 @@ from typing import Any
 import dagster as dg
 
 from mlops_assets.image.build import ContainerImage
-from mlops_assets.resources.ansible import Ansible, AnsibleError, inventory_hosts
+from mlops_assets.resources.ansible import Ansible, AnsibleError
 from mlops_assets.resources.hosts import API_TAG, DeployedHosts, group_var
 from mlops_assets.resources.mlflow_registry import Champion
 from mlops_assets.resources.ray_serve import RayServe
@@ -190,7 +190,8 @@ class ImageOnApiHosts(ApiDeployer):
         drain that fails (a host already unreachable) is reported and the removal goes on: it
         then costs what it cost without the drain, the leaving node's requests in flight."""
         inventory = outputs.get("ansible_inventory") or {}
-        leaving = [name for name, host in inventory_hosts(inventory).items() if host.get("instance_id") in instance_ids]
+        api_hosts = (inventory.get("all", {}).get("children", {}).get("api") or {}).get("hosts") or {}
+        leaving = [name for name, host in api_hosts.items() if (host or {}).get("instance_id") in instance_ids]
         if not leaving:
             return
         started = time.monotonic()

@@ -341,7 +341,7 @@ class OpenTofu(Infrastructure):
                 changes.append(f"{change['action']} {change['resource']['addr']}")
         return run.returncode == 2, summary, sorted(changes), run.seconds
 
-    def leaving_api_instances(self, changes: list[str]) -> list[str]:
+    def leaving_api_instances(self, changes: list[str], log: Log) -> list[str]:
         """The IDs of the API instances the saved plan deletes (not replaces: a replaced head
         is a new cluster), from `show -json` of the plan; none without such a change."""
         if not any(change.startswith(f"delete {API_INSTANCE}[") for change in changes):
@@ -373,7 +373,7 @@ class OpenTofu(Infrastructure):
         unconfirmed = unconfirmed_destruction(changes, confirm_replacements)
         if unconfirmed:
             raise ReplacementRefused(self.target, unconfirmed)
-        leaving = self.leaving_api_instances(changes) if before_destroy else []
+        leaving = self.leaving_api_instances(changes, log) if before_destroy else []
         if leaving:
             t0 = time.monotonic()
             log(f"plan: deletes the API instances {leaving}; taking them out of service first")

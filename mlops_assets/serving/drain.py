@@ -53,11 +53,12 @@ def replica_processes() -> list[int]:
     return sorted(pid for pid, (_, cmd) in _processes().items() if cmd.startswith(REPLICA_PROCESS))
 
 
-def drain_node(address: str, node_ip: str, env: dict, deadline_s: float = 120, log=print) -> int:
+def drain_node(address: str, node_ip: str, env: dict, deadline_s: float = 120, log=print,
+               clock=time.monotonic, sleep=time.sleep) -> int:
     """Drain this node and wait until its replicas are gone; exit status 0 when they are, 1
     when the drain failed or replicas are left. Serve stops a replica that has not moved by
     the deadline minus its graceful-shutdown time, so the wait ends at most GRACE_S after it."""
-    started = time.monotonic()
+    started = clock()
     result = subprocess.run([sys.executable, "-m", __name__, address, node_ip, str(deadline_s)],
                             env=env, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
@@ -65,13 +66,13 @@ def drain_node(address: str, node_ip: str, env: dict, deadline_s: float = 120, l
         return 1
     log(f"node {result.stdout.strip()} at {node_ip} draining (deadline {deadline_s:.0f} s); waiting for its replicas to move")
     left = replica_processes()
-    while left and time.monotonic() - started < deadline_s + GRACE_S:
-        time.sleep(1)
+    while left and clock() - started < deadline_s + GRACE_S:
+        sleep(1)
         left = replica_processes()
     if left:
-        log(f"replicas still on this node {time.monotonic() - started:.0f} s after the drain request: processes {left}")
+        log(f"replicas still on this node {clock() - started:.0f} s after the drain request: processes {left}")
         return 1
-    log(f"no replica left on this node {time.monotonic() - started:.1f} s after the drain request")
+    log(f"no replica left on this node {clock() - started:.1f} s after the drain request")
     return 0
 
 
