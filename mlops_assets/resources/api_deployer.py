@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,10 +76,6 @@ class ApiDeployer(dg.ConfigurableResource):
     def stop(self) -> int:
         """Stop what this deployer runs on this machine (`make down`); how many processes ended."""
         return 0
-
-    def before_hosts_removed(self, outputs: dict, instance_ids: list[str], log) -> None:
-        """`tofu_state` calls this before OpenTofu destroys API instances (`instance_ids`, of
-        the hosts in `outputs`' inventory): take them out of service without failing requests."""
 
 
 class RayServeOnThisMachine(ApiDeployer):
@@ -183,24 +178,6 @@ class ImageOnApiHosts(ApiDeployer):
             "per_host": dg.MetadataValue.json(per_host), "ansible_seconds": ansible_seconds,
             **({"api_urls": dg.MetadataValue.json(urls)} if len(urls) > 1 else {}),
         })
-
-    def before_hosts_removed(self, outputs: dict, instance_ids: list[str], log) -> None:
-        """The leaving hosts drained (ansible_roles/api_drain.yml): the head keeps replicas for
-        the hosts that stay, each leaving node's replicas move, then its container stops. A
-        drain that fails (a host already unreachable) is reported and the removal goes on: it
-        then costs what it cost without the drain, the leaving node's requests in flight."""
-        inventory = outputs.get("ansible_inventory") or {}
-        api_hosts = (inventory.get("all", {}).get("children", {}).get("api") or {}).get("hosts") or {}
-        leaving = [name for name, host in api_hosts.items() if (host or {}).get("instance_id") in instance_ids]
-        if not leaving:
-            return
-        started = time.monotonic()
-        try:
-            self.ansible.run_playbook(inventory, "api_drain.yml", extra_vars={"api_leaving": leaving}, log=log.info)
-        except AnsibleError as exc:
-            log.warning(f"draining {leaving} failed; removing them anyway (their requests in flight may fail): {exc}")
-            return
-        log.info(f"drained {leaving} in {time.monotonic() - started:.1f} s: their replicas moved to the hosts that stay")
 
     def _role_vars(self, image_ref: str, archive: str | None, version: str,
                    runtime_archive: str | None = None) -> dict[str, Any]:
