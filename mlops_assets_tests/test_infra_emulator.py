@@ -467,14 +467,23 @@ def test_api_hosts_spread_over_subnets_form_one_group_with_ray_ports_between_the
     # Back to one host: refused until the removed host, Ray's rules and the load balancer are
     # confirmed; the head stays.
     tofu.variables["api_instance_count"] = 1
+    # tofu_state drains the API hosts the plan deletes (before_destroy), after the plan and its
+    # confirmation, before the apply: here a record of the calls, with the hosts still there.
+    drained = []
+    before_destroy = lambda outputs, ids: drained.append(  # noqa: E731
+        (ids, [h["instance_id"] for h in outputs["api_hosts"]], len(tofu.outputs()["api_hosts"]))) or f"drained {ids}"
     with pytest.raises(ReplacementRefused) as refused:
-        tofu.provision(log.append)
+        tofu.provision(log.append, before_destroy=before_destroy)
+    assert drained == [], "refused: nothing drained"
     assert "delete aws_instance.api[1]" in str(refused.value) and "aws_instance.api[0]" not in str(refused.value)
     assert "delete aws_lb.api[0]" in str(refused.value)
     assert len(tofu.outputs()["api_hosts"]) == 2, "nothing was applied"
     shrunk = tofu.provision(log.append, confirm_replacements=[
         "aws_instance.api[1]", "aws_vpc_security_group_ingress_rule.api_ray", "aws_vpc_security_group_egress_rule.api_ray",
-        *LB_ADDRESSES])
+        *LB_ADDRESSES], before_destroy=before_destroy)
+    assert drained == [([hosts[1]["instance_id"]], [h["instance_id"] for h in hosts], 2)]
+    assert shrunk.extra["drained_api_instances"] == [hosts[1]["instance_id"]]
+    assert shrunk.extra["api_drain"] == f"drained {[hosts[1]['instance_id']]}", "what the drain did, in the metadata"
     assert shrunk.plan_summary == {"add": 0, "change": 0, "remove": 1 + 2 * len(RAY_RANGES) + LB_RESOURCES}
     assert [h["instance_id"] for h in shrunk.outputs["api_hosts"]] == [hosts[0]["instance_id"]]
     assert _ray_rules(ec2, api_sg, False) == _ray_rules(ec2, api_sg, True) == []

@@ -720,7 +720,8 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
     brings its host up beside the others (which keep running), deployed_api makes the first
     API host the Ray head and the second a worker that joins it with the cluster's token, and
     checks both; /predict through either host is answered by replicas on both nodes, and
-    Prometheus scrapes both. Then back to one host (the removal confirmed): it serves alone."""
+    Prometheus scrapes both. Then back to one host (the removal confirmed): tofu_state drains the
+    second before OpenTofu destroys it, and the first serves alone."""
     from mlops_assets.rehearsal.hosts import TestHosts
 
     from .serving_fixtures import served_by_nodes
@@ -798,6 +799,9 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
                           "        - aws_vpc_security_group_egress_rule.api_ray\n")
     materialized, latest = _scenario(rehearsal, "13 back to one API host", "--config", str(confirm))
     assert latest["tofu_state"]["api_host_count"] == 1 and "api_urls" not in latest["deployed_api"]
+    # The second host was drained (api_drain.yml) before OpenTofu destroyed its instance.
+    assert len(latest["tofu_state"]["drained_api_instances"]) == 1, latest["tofu_state"]
+    assert latest["tofu_state"]["api_drain"].startswith("drained ['mlops-assets-api-2']"), latest["tofu_state"]
     hosts = TestHosts.attach(home / "rehearsal" / "hosts.json")
     assert set(hosts.hosts) == {"mlops-assets-api", "mlops-assets-monitoring"}
     api = hosts.address("mlops-assets-api")

@@ -188,8 +188,12 @@ def test_the_containers_cluster_settings_name_what_is_missing_and_build_the_clus
     (tmp_path / "autoscaling").write_text("min=3,replicas=5\n")
     with pytest.raises(SystemExit, match="MLOPS_AUTOSCALING_FILE .* names 'replicas'"):
         ContainerSettings.from_env({**worker, "MLOPS_AUTOSCALING_FILE": str(tmp_path / "autoscaling")})
-    # `container apply` belongs to the head's container.
+    # `container apply` belongs to the head's container, `container drain` to a worker's (the
+    # head holds the control plane); a refused drain leaves no drained mark behind.
     assert container.apply({**worker}) == 2
+    head_env = {**worker, "MLOPS_RAY_ROLE": "head"}
+    assert container.drain("request", head_env) == 2
+    assert not (ContainerSettings.from_env(head_env).state_dir / container.DRAINED_MARK).exists()
 
 
 def test_api_autoscaling_names_only_what_is_set_and_refuses_bad_values():

@@ -18,6 +18,7 @@ from pydantic import Field
 from mlops_assets.freshness import rebuild_condition
 from mlops_assets.metadata import markdown_table
 from mlops_assets.resources import opentofu as opentofu_module
+from mlops_assets.resources.api_deployer import ApiDeployer
 from mlops_assets.resources.opentofu import Infrastructure, OpenTofuError, ProvisionResult, ReplacementRefused
 from mlops_assets.settings import PROJECT_ROOT
 from mlops_assets.retries import EXTERNAL_STEP_RETRY
@@ -99,12 +100,17 @@ class TofuStateConfig(dg.Config):
     description="The target's hosts: infra_tf/ applied by OpenTofu (aws, sim), or this machine (local). "
     "Its value is OpenTofu's outputs, including an Ansible inventory.",
 )
-def tofu_state(context: dg.AssetExecutionContext, config: TofuStateConfig, infrastructure: Infrastructure) -> dg.Output[dict]:
+def tofu_state(context: dg.AssetExecutionContext, config: TofuStateConfig, infrastructure: Infrastructure,
+               api_deployer: ApiDeployer) -> dg.Output[dict]:
     # Everything that deploys to hosts starts from these outputs. Their hash is the data
     # version: a no-change plan keeps it, so downstream deployments stay fresh.
     started = time.monotonic()
     try:
-        result = infrastructure.provision(context.log.info, confirm_replacements=config.confirm_replacements)
+        # API hosts the plan removes are drained before OpenTofu destroys them.
+        result = infrastructure.provision(
+            context.log.info, confirm_replacements=config.confirm_replacements,
+            before_destroy=lambda outputs, ids: api_deployer.before_hosts_removed(outputs, ids, context.log),
+        )
     except ReplacementRefused as exc:
         # Not retried: the same plan would be refused again until the run config confirms it.
         raise dg.Failure(description=str(exc), allow_retries=False) from None

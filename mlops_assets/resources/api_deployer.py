@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import tarfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 
 from mlops_assets.image.build import ContainerImage
-from mlops_assets.resources.ansible import Ansible, AnsibleError
+from mlops_assets.resources.ansible import Ansible, AnsibleError, inventory_hosts
 from mlops_assets.resources.hosts import API_TAG, DeployedHosts, group_var
 from mlops_assets.resources.mlflow_registry import Champion
 from mlops_assets.resources.ray_serve import RayServe
@@ -76,6 +77,12 @@ class ApiDeployer(dg.ConfigurableResource):
     def stop(self) -> int:
         """Stop what this deployer runs on this machine (`make down`); how many processes ended."""
         return 0
+
+    def before_hosts_removed(self, outputs: dict, instance_ids: list[str], log) -> str:
+        """`tofu_state` calls this before OpenTofu destroys API instances (`instance_ids`, of
+        the hosts in `outputs`' inventory): take them out of service without failing requests.
+        What happened, in a line for the asset's metadata."""
+        return "nothing to drain on this target"
 
 
 class RayServeOnThisMachine(ApiDeployer):
@@ -178,6 +185,25 @@ class ImageOnApiHosts(ApiDeployer):
             "per_host": dg.MetadataValue.json(per_host), "ansible_seconds": ansible_seconds,
             **({"api_urls": dg.MetadataValue.json(urls)} if len(urls) > 1 else {}),
         })
+
+    def before_hosts_removed(self, outputs: dict, instance_ids: list[str], log) -> str:
+        """The leaving hosts drained (ansible_roles/api_drain.yml): the head keeps replicas for
+        the hosts that stay, each leaving node's replicas move, then its container stops. A
+        drain that fails (a host already unreachable) is reported and the removal goes on: it
+        then costs what it cost without the drain, the leaving node's requests in flight."""
+        inventory = outputs.get("ansible_inventory") or {}
+        leaving = [name for name, host in inventory_hosts(inventory).items() if host.get("instance_id") in instance_ids]
+        if not leaving:
+            return f"not drained: no host of the inventory has the instance IDs {instance_ids}"
+        started = time.monotonic()
+        try:
+            self.ansible.run_playbook(inventory, "api_drain.yml", extra_vars={"api_leaving": leaving}, log=log.info)
+        except AnsibleError as exc:
+            log.warning(f"draining {leaving} failed; removing them anyway (their requests in flight may fail): {exc}")
+            return f"drain of {leaving} failed after {time.monotonic() - started:.1f} s: {str(exc)[:300]}"
+        outcome = f"drained {leaving} in {time.monotonic() - started:.1f} s"
+        log.info(f"{outcome}: their replicas stopped gracefully, the hosts that stay kept theirs")
+        return outcome
 
     def _role_vars(self, image_ref: str, archive: str | None, version: str,
                    runtime_archive: str | None = None) -> dict[str, Any]:

@@ -35,6 +35,11 @@ from pydantic import Field, PrivateAttr
 from mlops_assets.state import RECORDS
 
 Log = Callable[[str], None]
+# Called between the plan and its apply when the plan deletes API instances: the current
+# outputs (the inventory with the leaving hosts) and the leaving instances' IDs; what it did.
+BeforeDestroy = Callable[[dict[str, Any], list[str]], str]
+# The API instances, as the plan addresses them (aws_instance.api[0], [1], ...).
+API_INSTANCE = "aws_instance.api"
 _MODULE_FILE_SUFFIXES = (".tf", ".tf.json")
 PLAN_FILE = "tfplan"
 VARS_FILE = "mlops.auto.tfvars.json"
@@ -106,9 +111,11 @@ class Infrastructure(dg.ConfigurableResource):
     # hosts stay until the destroy_infrastructure job runs with `confirm_target: aws`.
     destroyed_by_down: bool = False
 
-    def provision(self, log: Log, confirm_replacements: list[str] | tuple[str, ...] = ()) -> ProvisionResult:  # pragma: no cover - abstract
+    def provision(self, log: Log, confirm_replacements: list[str] | tuple[str, ...] = (),
+                  before_destroy: BeforeDestroy | None = None) -> ProvisionResult:  # pragma: no cover - abstract
         """Create or update the hosts. A plan that destroys or replaces a resource whose
-        address is not in `confirm_replacements` raises ReplacementRefused, applying nothing."""
+        address is not in `confirm_replacements` raises ReplacementRefused, applying nothing.
+        A plan that deletes API instances calls `before_destroy` first (the API hosts' drain)."""
         raise NotImplementedError
 
     def destroy(self, log: Log) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -130,7 +137,8 @@ class ThisMachine(Infrastructure):
     prometheus_port: int = 9090
     grafana_port: int = 3000
 
-    def provision(self, log: Log, confirm_replacements: list[str] | tuple[str, ...] = ()) -> ProvisionResult:
+    def provision(self, log: Log, confirm_replacements: list[str] | tuple[str, ...] = (),
+                  before_destroy: BeforeDestroy | None = None) -> ProvisionResult:
         log("local target: no cloud to provision; the hosts are this machine")
         host = {"ansible_host": self.address, "ansible_connection": "local", "private_ip": self.address, "public_ip": None}
         outputs = {
@@ -333,6 +341,16 @@ class OpenTofu(Infrastructure):
                 changes.append(f"{change['action']} {change['resource']['addr']}")
         return run.returncode == 2, summary, sorted(changes), run.seconds
 
+    def leaving_api_instances(self, changes: list[str]) -> list[str]:
+        """The IDs of the API instances the saved plan deletes (not replaces: a replaced head
+        is a new cluster), from `show -json` of the plan; none without such a change."""
+        if not any(change.startswith(f"delete {API_INSTANCE}[") for change in changes):
+            return []
+        plan = json.loads(self._run(["show", "-no-color", "-json", PLAN_FILE], log=None).stdout or "{}")
+        return [change["change"]["before"]["id"] for change in plan.get("resource_changes", [])
+                if change.get("address", "").startswith(f"{API_INSTANCE}[")
+                and change["change"]["actions"] == ["delete"] and (change["change"].get("before") or {}).get("id")]
+
     def apply(self, log: Log) -> float:
         run = self._run(["apply", "-input=false", "-no-color", "-json", PLAN_FILE], log, json_lines=True)
         return run.seconds
@@ -342,7 +360,8 @@ class OpenTofu(Infrastructure):
         return {name: value.get("value") for name, value in json.loads(run.stdout or "{}").items()}
 
     # -- what the asset and the job call -------------------------------------------------------
-    def provision(self, log: Log, confirm_replacements: list[str] | tuple[str, ...] = ()) -> ProvisionResult:
+    def provision(self, log: Log, confirm_replacements: list[str] | tuple[str, ...] = (),
+                  before_destroy: BeforeDestroy | None = None) -> ProvisionResult:
         timings: dict[str, float] = {}
         started = time.monotonic()
         self.prepare(log)
@@ -354,6 +373,13 @@ class OpenTofu(Infrastructure):
         unconfirmed = unconfirmed_destruction(changes, confirm_replacements)
         if unconfirmed:
             raise ReplacementRefused(self.target, unconfirmed)
+        leaving = self.leaving_api_instances(changes) if before_destroy else []
+        drain = ""
+        if leaving:
+            t0 = time.monotonic()
+            log(f"plan: deletes the API instances {leaving}; taking them out of service first")
+            drain = before_destroy(self.outputs(), leaving)
+            timings["before_destroy"] = time.monotonic() - t0
         if changed:
             log(f"plan: {summary['add']} to add, {summary['change']} to change, {summary['remove']} to destroy; applying the saved plan")
             timings["apply"] = self.apply(log)
@@ -371,6 +397,7 @@ class OpenTofu(Infrastructure):
             planned_changes=changes,
             timings={k: round(v, 2) for k, v in timings.items()},
             note="" if changed else "No changes: the infrastructure matches infra_tf/; nothing was applied.",
+            extra={"drained_api_instances": leaving, "api_drain": drain} if leaving else {},
         )
 
     def destroy(self, log: Log) -> dict[str, Any]:
@@ -429,9 +456,11 @@ class RehearsalOpenTofu(OpenTofu):
 
         return not teardown_sim(Path(self.rehearsal_dir).parent, log)["hosts_left"]
 
-    def provision(self, log: Log, confirm_replacements: list[str] | tuple[str, ...] = ()) -> ProvisionResult:
-        result = super().provision(log, confirm_replacements)
+    def provision(self, log: Log, confirm_replacements: list[str] | tuple[str, ...] = (),
+                  before_destroy: BeforeDestroy | None = None) -> ProvisionResult:
+        result = super().provision(log, confirm_replacements, before_destroy)
         result.extra = {
+            **result.extra,
             "emulator": RECORDS["emulator"].in_folder(Path(self.rehearsal_dir) / "emulator").read(),
             "ssh_private_key": str(Path(self.rehearsal_dir) / "ssh" / "id_ed25519"),
         }

@@ -77,6 +77,8 @@ from .runtime import RayServeRuntime, parse_api_timeouts, parse_flag, stop_insta
 
 LOOPBACK = "127.0.0.1"
 ROLES = ("single", "head", "worker")
+# In the state folder once `container drain` ran: Ray's exit is then expected, not a failure.
+DRAINED_MARK = "drained"
 # Ray's ports on a cluster node: infra_tf's ray_ports (variables.tf), the same defaults.
 RAY_PORTS = {"gcs": 6379, "client": 10001, "node_manager": 6380, "object_manager": 6381, "dashboard_agent_grpc": 6382,
              "dashboard_agent_listen": 52365, "runtime_env_agent": 6383, "metrics_export": 6384,
@@ -426,6 +428,12 @@ def serve(settings: ContainerSettings) -> int:
             while ray.poll() is None:
                 time.sleep(0.5)
             _log(f"Ray exited with status {ray.returncode}")
+            if (settings.state_dir / DRAINED_MARK).exists():
+                # Drained (`container drain`): the node left the cluster on purpose. Exiting
+                # would make the engine restart the container, and the node join again.
+                _log("this node was drained: waiting to be stopped")
+                while True:
+                    time.sleep(3600)
             return 1
         _wait_port(runtime.gcs_port, 120, ray, runtime.host)
         if deploy_application(settings, runtime, env) != 0:
@@ -474,6 +482,25 @@ def apply(env=os.environ) -> int:
     return status
 
 
+def drain(step: str, env=os.environ) -> int:
+    """`container drain request|wait` in a worker's running container, before its host goes
+    (serving/drain.py has the order): `request` asks Ray to drain this node, `wait` waits
+    until its replicas are gone. After `request` the container idles when Ray leaves, until
+    it is stopped."""
+    from . import drain as drain_lib
+
+    settings = ContainerSettings.from_env(env)
+    if settings.ray_role != "worker":
+        print(f"container drain runs in a worker's container (MLOPS_RAY_ROLE=worker), not {settings.ray_role}: "
+              "the head holds the cluster's control plane", file=sys.stderr)
+        return 2
+    if step == "wait":
+        return drain_lib.wait_until_drained(log=_log)
+    runtime = runtime_for(settings)
+    (settings.state_dir / DRAINED_MARK).touch()
+    return drain_lib.request_drain(runtime.address, settings.node_ip, {**env, **runtime.environment()}, log=_log)
+
+
 def healthcheck(env=os.environ) -> int:
     """Exit 0 when /readyz answers 200 on loopback and the metrics port answers through its
     forwarder (the HEALTHCHECK of the image)."""
@@ -514,8 +541,10 @@ def main(argv: list[str] | None = None) -> int:
         return healthcheck()
     if argv[:1] == ["apply"]:
         return apply()
+    if argv[:1] == ["drain"] and argv[1:] in (["request"], ["wait"]):
+        return drain(argv[1])
     if argv:
-        print("usage: python -m mlops_assets.serving.container [healthcheck | apply]", file=sys.stderr)
+        print("usage: python -m mlops_assets.serving.container [healthcheck | apply | drain request|wait]", file=sys.stderr)
         return 2
     settings = ContainerSettings.from_env()
     if os.getpid() == 1:
