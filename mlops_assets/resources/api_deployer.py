@@ -187,8 +187,9 @@ class ImageOnApiHosts(ApiDeployer):
         })
 
     def before_hosts_removed(self, outputs: dict, instance_ids: list[str], log) -> str:
-        """The leaving hosts drained (ansible_roles/api_drain.yml): the head keeps replicas for
-        the hosts that stay, each leaving node's replicas move, then its container stops. A
+        """The leaving hosts drained (ansible_roles/api_drain.yml): each leaving node drained,
+        the head's lower target applied (Serve stops the draining replicas first, gracefully),
+        then each leaving container stopped. A
         drain that fails (a host already unreachable) is reported and the removal goes on: it
         then costs what it cost without the drain, the leaving node's requests in flight."""
         inventory = outputs.get("ansible_inventory") or {}
