@@ -14,6 +14,8 @@ unbiased sample of the traffic; `mlops_api_feature_values_total` still counts ev
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -28,6 +30,12 @@ BATCH_ROWS_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
 # distinct values get their own series per replica;
 # the rest are counted as "__other__" so that a client cannot blow up the series count.
 MAX_CATEGORIES_PER_FEATURE = 50
+# Ray exports a gauge's value only when it was set since the last export (every
+# RAY_metrics_report_interval_ms, at least 1 s) and its agent drops a series not exported within
+# two intervals. The model-info gauge is set again this often, below the shortest interval, so
+# that every export carries it: with a heartbeat every 2 s (the health checks) and 1 s intervals,
+# the series was missing from some scrapes (CI, stop 33).
+MODEL_INFO_HEARTBEAT_S = 0.5
 VALUES_OBSERVED_PER_BATCH = 16
 OTHER_CATEGORY = "__other__"
 UNKNOWN_CATEGORY = "__unknown__"  # not a category the model was trained on
@@ -96,6 +104,8 @@ class ApiMetrics:
         )
         self._seen_categories: dict[str, set[str]] = defaultdict(set)
         self._serving: dict[str, str] | None = None
+        self._serving_lock = threading.Lock()
+        self._heartbeats: threading.Thread | None = None
 
     def request(self, route: str, status: int, seconds: float) -> None:
         self.requests.inc(1, {"route": route, "status": str(status)})
@@ -104,15 +114,25 @@ class ApiMetrics:
     def serving(self, name: str, version: str, previous: tuple[str, str] | None, engine: str = "sklearn",
                 reason: str = "") -> None:
         tags = {"model_name": name, "model_version": version, "engine": engine, "engine_reason": engine_label(reason)}
-        if self._serving and self._serving != tags:
-            self.model_info.set(0, self._serving)
-        self._serving = tags
+        with self._serving_lock:
+            if self._serving and self._serving != tags:
+                self.model_info.set(0, self._serving)
+            self._serving = tags
         self.heartbeat()
+        if self._heartbeats is None:
+            self._heartbeats = threading.Thread(target=self._beat, name="model-info-heartbeat", daemon=True)
+            self._heartbeats.start()
 
     def heartbeat(self) -> None:
-        """Ray drops a gauge series not set again within its TTL: re-set it (every health check)."""
-        if self._serving:
-            self.model_info.set(1, self._serving)
+        """Ray drops a gauge series not set again within its TTL: re-set it (MODEL_INFO_HEARTBEAT_S)."""
+        with self._serving_lock:
+            if self._serving:
+                self.model_info.set(1, self._serving)
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(MODEL_INFO_HEARTBEAT_S)
+            self.heartbeat()
 
     def batch(
         self, columns: dict[str, list], labels: list[str], version: str, known: dict[str, frozenset[str]] | None = None
