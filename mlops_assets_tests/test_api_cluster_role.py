@@ -313,6 +313,17 @@ def test_a_third_api_host_joins_and_leaves_under_load(hosts, ansible, test_split
         assert served_by_nodes(f"http://{address}:8000", body) == {head, worker}
     print(f"\n[api cluster scale] {json.dumps(figures)}")
     assert shrink[1] == 0, (via_head.statuses, via_head.samples, via_worker.statuses, via_worker.samples)
+
+    # A leaving host whose drain cannot be requested (here its container is down): the head
+    # must not lower its target, since Serve could then stop a staying host's replica. The
+    # playbook stops at the head's check, which names the host.
+    with pytest.raises(AnsibleError) as refused:
+        ansible.run_playbook(_inventory(hosts, ["api-1", "api-2", "api-3"]), "api_drain.yml",
+                             extra_vars={**variables, "api_leaving": ["api-3"]})
+    failures = {failure.host: failure for failure in refused.value.result.failures}
+    assert set(failures) == {"api-1", "api-3"}, refused.value
+    assert failures["api-1"].task.startswith("Every leaving host's drain was requested"), refused.value
+    assert "['api-3']" in failures["api-1"].message, refused.value
     hosts.reshape([("api-1", head), ("api-2", worker)])
 
 
