@@ -42,22 +42,6 @@ CLIENT_NICENESS = 10
 # 16-20 s beside three busy processes). Not root: the processes' own priority, unchanged.
 SERVING_NICENESS = -5
 
-
-@contextmanager
-def started_at_priority(niceness: int):
-    """Processes started from this thread inside the block run at `niceness` (Linux keeps a
-    niceness per thread, and a child inherits its parent thread's). Only as root: lowering it
-    needs the privilege."""
-    if os.geteuid() != 0:
-        yield
-        return
-    thread = threading.get_native_id()
-    before = os.getpriority(os.PRIO_PROCESS, thread)
-    os.setpriority(os.PRIO_PROCESS, thread, niceness)
-    try:
-        yield
-    finally:
-        os.setpriority(os.PRIO_PROCESS, thread, before)
 HTTP_REQUEST_TIMEOUT_S = 3
 ENGINES = ("onnx", "sklearn")
 # How close each engine's probabilities are to the pipeline's own: the scikit-learn engine runs
@@ -108,6 +92,23 @@ def free_ports(count: int, low: int = 20100, high: int = 29900) -> list[int]:
         if port not in ports and _free(port):
             ports.append(port)
     return ports
+
+
+@contextmanager
+def started_at_priority(niceness: int):
+    """Processes started from this thread inside the block run at `niceness` (Linux keeps a
+    niceness per thread, and a child inherits its parent thread's). Only as root: lowering it
+    needs the privilege."""
+    if os.geteuid() != 0:
+        yield
+        return
+    thread = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, thread)
+    os.setpriority(os.PRIO_PROCESS, thread, niceness)
+    try:
+        yield
+    finally:
+        os.setpriority(os.PRIO_PROCESS, thread, before)
 
 
 @dataclass
@@ -203,13 +204,10 @@ def as_instances(frame) -> list[dict]:
 
 
 class Load:
-    """Load from `workers` threads until stopped: counts answers by outcome. Closed-loop (each
-    thread sends its next request when the last one is answered), or paced at `rate` requests
-    per second in all when given: a steady traffic, not the most the server can take."""
+    """Closed-loop load from `workers` threads until stopped: counts answers by outcome."""
 
-    def __init__(self, url: str, body: dict, workers: int = 8, rate: float | None = None) -> None:
+    def __init__(self, url: str, body: dict, workers: int = 8) -> None:
         self.url, self.body, self.workers = url, body, workers
-        self.interval = workers / rate if rate else 0.0  # each thread's, between two requests
         self.statuses: dict[str, int] = {}
         self.versions: dict[str, int] = {}
         self.nodes: dict[str, int] = {}  # a Ray cluster's: the X-Served-By of each answer
@@ -232,12 +230,7 @@ class Load:
     def _run(self) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CLIENT_NICENESS)
         session = requests.Session()
-        next_at = time.monotonic()
         while not self._stop.is_set():
-            if self.interval:
-                next_at = max(next_at + self.interval, time.monotonic() - self.interval)  # never a burst to catch up
-                if self._stop.wait(max(0.0, next_at - time.monotonic())):
-                    break
             try:
                 response = session.post(self.url, json=self.body, timeout=30)
                 version = response.json()["model"]["version"] if response.status_code == 200 else None

@@ -366,7 +366,6 @@ def build_app(args: dict[str, Any]):
         def check_health(self) -> None:
             if self._model is None:
                 raise RuntimeError("no model loaded")
-            self._metrics.heartbeat()
 
         # -- routes ------------------------------------------------------------------------
         @app.get("/healthz", summary="Liveness")
