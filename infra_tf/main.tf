@@ -41,6 +41,9 @@ locals {
     workers                = [var.ray_ports.min_worker, var.ray_ports.max_worker]
     serve_replicas         = [var.ray_ports.serve_replica_min, var.ray_ports.serve_replica_max]
   } : {}
+  # Ray's GCS fault tolerance (more than one API host): the head keeps the cluster's state in
+  # Redis on the monitoring host (the ray_gcs_store role), reached from the API hosts only.
+  ray_gcs_store_ports = var.api_instance_count > 1 ? { redis = 6379 } : {}
 
   # The API's application load balancer: only in front of more than one API host. Its subnets
   # (load_balancer_subnet_ids, else the API hosts'), its listeners' ports (80, and 443 with a
@@ -230,6 +233,31 @@ resource "aws_vpc_security_group_egress_rule" "api_ray" {
   from_port                    = each.value[0]
   to_port                      = each.value[1]
   referenced_security_group_id = aws_security_group.api.id
+  tags                         = local.tags
+}
+
+# The Ray cluster's state store on the monitoring host: from and to the API group only.
+resource "aws_vpc_security_group_ingress_rule" "monitoring_ray_gcs_store" {
+  for_each = local.ray_gcs_store_ports
+
+  security_group_id            = aws_security_group.monitoring.id
+  description                  = "Redis (the Ray cluster's GCS state) from the API hosts only"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value
+  to_port                      = each.value
+  referenced_security_group_id = aws_security_group.api.id
+  tags                         = local.tags
+}
+
+resource "aws_vpc_security_group_egress_rule" "api_ray_gcs_store" {
+  for_each = local.ray_gcs_store_ports
+
+  security_group_id            = aws_security_group.api.id
+  description                  = "The Ray head to its GCS state store on the monitoring host"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value
+  to_port                      = each.value
+  referenced_security_group_id = aws_security_group.monitoring.id
   tags                         = local.tags
 }
 

@@ -101,6 +101,9 @@ output "ansible_inventory" {
             # (opened between API hosts only).
             ray_head_address = aws_instance.api[0].private_ip
             ray_ports        = var.ray_ports
+            # Where the head keeps the cluster's state (Redis on the monitoring host; null: one
+            # API host, no cluster).
+            ray_gcs_store = var.api_instance_count > 1 ? "${aws_instance.monitoring.private_ip}:${local.ray_gcs_store_ports.redis}" : null
             # The load balancer's DNS name in front of every host's API port (null: none).
             api_load_balancer = one(aws_lb.api[*].dns_name)
           }

@@ -180,8 +180,10 @@ def ansible_for(settings: Settings) -> Ansible:
                                   "prometheus_web_password": "MLOPS_PROMETHEUS_PASSWORD",
                                   "alertmanager_web_password": "MLOPS_ALERTMANAGER_PASSWORD",
                                   PUSHGATEWAY_SECRET: PUSHGATEWAY_PASSWORD_ENV,
-                                  # The Ray cluster's token (more than one API host): generated once.
-                                  "api_ray_token": "MLOPS_RAY_AUTH_TOKEN"},
+                                  # The Ray cluster's token and its state store's password (more
+                                  # than one API host): generated once.
+                                  "api_ray_token": "MLOPS_RAY_AUTH_TOKEN",
+                                  "ray_gcs_store_password": "MLOPS_RAY_GCS_STORE_PASSWORD"},
         "machine_secrets_dir": str(home / "secrets" / target),
         # The rules and dashboards the `dashboards` asset renders for these hosts (the
         # monitoring resource's out_dir): deployed_hosts and dashboards provision the same

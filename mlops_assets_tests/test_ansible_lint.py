@@ -32,7 +32,7 @@ def test_ansible_lint_passes(tmp_path):
 
 @pytest.mark.parametrize("playbook", ["site.yml", "tests/docker.yml", "tests/api.yml", "tests/prometheus.yml", "tests/alertmanager.yml",
                                       "tests/grafana.yml", "tests/node_exporter.yml", "tests/pushgateway.yml",
-                                      "tests/tracking_server.yml", "tracking_backup.yml", "tracking_restore.yml", "api_drain.yml"])
+                                      "tests/tracking_server.yml", "tests/ray_gcs_store.yml", "tracking_backup.yml", "tracking_restore.yml", "api_drain.yml"])
 def test_playbook_syntax(playbook, tmp_path):
     inventory = tmp_path / "inventory.ini"
     inventory.write_text("[api]\napi-host ansible_host=192.0.2.10\n[monitoring]\nmonitoring-host ansible_host=192.0.2.11\n")

@@ -56,6 +56,11 @@ RAY_DEFAULTS = {"gcs": 6379, "client": 10001, "node_manager": 6380, "object_mana
                 "min_worker": 10002, "max_worker": 10100, "serve_replica_min": 30000, "serve_replica_max": 31000}
 # (from, to) of each Ray rule: one port each, the workers' range and the Serve replicas' range.
 RAY_RANGES = ray_port_ranges(RAY_DEFAULTS)
+# With more than one API host, the cluster's state store (Redis on the monitoring host): its
+# ingress rule from the API group and the API group's egress rule to it.
+STORE_RULES = 2
+STORE_ADDRESSES = ["aws_vpc_security_group_ingress_rule.monitoring_ray_gcs_store",
+                   "aws_vpc_security_group_egress_rule.api_ray_gcs_store"]
 
 
 def _public_key() -> str:
@@ -411,8 +416,15 @@ def test_host_keys_are_pinned_from_the_instance_console(emulator, emulator_dir, 
 
 
 def _ray_rules(ec2, group_id: str, egress: bool) -> list[dict]:
+    """The rules in Ray's port ranges, but the state store's (Redis on the GCS's usual port,
+    between the API and the monitoring groups)."""
     rules = ingress_rules(ec2, group_id, egress=egress)
-    return [r for r in rules if any(lo <= r["FromPort"] <= hi for lo, hi in RAY_RANGES)]
+    return [r for r in rules if any(lo <= r["FromPort"] <= hi for lo, hi in RAY_RANGES)
+            and not _store_rule(r, group_id)]
+
+
+def _store_rule(rule: dict, group_id: str) -> bool:
+    return rule["FromPort"] == 6379 and rule.get("ReferencedGroupInfo", {}).get("GroupId", group_id) != group_id
 
 
 def test_api_hosts_spread_over_subnets_form_one_group_with_ray_ports_between_them_only(emulator, tmp_path):
@@ -431,7 +443,7 @@ def test_api_hosts_spread_over_subnets_form_one_group_with_ray_ports_between_the
     log: list[str] = []
     first = tofu.provision(log.append)
     # One more instance, 9 Ray rules each way and the load balancer.
-    assert first.plan_summary == {"add": RESOURCES + 1 + 2 * len(RAY_RANGES) + LB_RESOURCES, "change": 0, "remove": 0}
+    assert first.plan_summary == {"add": RESOURCES + 1 + 2 * len(RAY_RANGES) + STORE_RULES + LB_RESOURCES, "change": 0, "remove": 0}
     outputs = first.outputs
     hosts = outputs["api_hosts"]
     assert [(h["name"], h["ray_role"], h["subnet_id"]) for h in hosts] == [
@@ -445,8 +457,10 @@ def test_api_hosts_spread_over_subnets_form_one_group_with_ray_ports_between_the
     assert {name: (host["private_ip"], host["ray_role"]) for name, host in inventory["hosts"].items()} == {
         h["name"]: (h["private_ip"], h["ray_role"]) for h in hosts}
     assert outputs["load_balancer_dns_name"]
+    monitoring_ip = next(iter(outputs["ansible_inventory"]["all"]["children"]["monitoring"]["hosts"].values()))["private_ip"]
     assert api_group["vars"] == {"ray_head_address": hosts[0]["private_ip"], "ray_ports": RAY_DEFAULTS,
-                                 "api_load_balancer": outputs["load_balancer_dns_name"]}
+                                 "api_load_balancer": outputs["load_balancer_dns_name"],
+                                 "ray_gcs_store": f"{monitoring_ip}:6379"}
 
     # Ray's ports: from and to the API group itself, nothing else; the monitoring group has none.
     api_sg, monitoring_sg = outputs["security_group_ids"]["api"], outputs["security_group_ids"]["monitoring"]
@@ -456,6 +470,13 @@ def test_api_hosts_spread_over_subnets_form_one_group_with_ray_ports_between_the
         for rule in rules:
             assert rule["ReferencedGroupInfo"]["GroupId"] == api_sg and "CidrIpv4" not in rule, rule
         assert _ray_rules(ec2, monitoring_sg, egress) == []
+    # The state store (Redis on the monitoring host): its port from the API group only, and the
+    # API group's egress to it; nothing else of the monitoring group references the API group
+    # but Prometheus's scrapes.
+    store_in = [r for r in ingress_rules(ec2, monitoring_sg) if r["FromPort"] == 6379]
+    store_out = [r for r in ingress_rules(ec2, api_sg, egress=True) if _store_rule(r, api_sg)]
+    assert [(r["ToPort"], r["ReferencedGroupInfo"]["GroupId"], "CidrIpv4" in r) for r in store_in] == [(6379, api_sg, False)]
+    assert [(r["ToPort"], r["ReferencedGroupInfo"]["GroupId"], "CidrIpv4" in r) for r in store_out] == [(6379, monitoring_sg, False)]
     # The rest of the API group is what a single host has (clients, metrics, node_exporter, SSH),
     # plus the API port from the load balancer's group.
     others = {r["FromPort"] for r in ingress_rules(ec2, api_sg)} - {lo for lo, _ in RAY_RANGES}
@@ -480,13 +501,15 @@ def test_api_hosts_spread_over_subnets_form_one_group_with_ray_ports_between_the
     assert len(tofu.outputs()["api_hosts"]) == 2, "nothing was applied"
     shrunk = tofu.provision(log.append, confirm_replacements=[
         "aws_instance.api[1]", "aws_vpc_security_group_ingress_rule.api_ray", "aws_vpc_security_group_egress_rule.api_ray",
-        *LB_ADDRESSES], before_destroy=before_destroy)
+        *STORE_ADDRESSES, *LB_ADDRESSES], before_destroy=before_destroy)
     assert drained == [([hosts[1]["instance_id"]], [h["instance_id"] for h in hosts], 2)]
     assert shrunk.extra["drained_api_instances"] == [hosts[1]["instance_id"]]
     assert shrunk.extra["api_drain"] == f"drained {[hosts[1]['instance_id']]}", "what the drain did, in the metadata"
-    assert shrunk.plan_summary == {"add": 0, "change": 0, "remove": 1 + 2 * len(RAY_RANGES) + LB_RESOURCES}
+    assert shrunk.plan_summary == {"add": 0, "change": 0, "remove": 1 + 2 * len(RAY_RANGES) + STORE_RULES + LB_RESOURCES}
     assert [h["instance_id"] for h in shrunk.outputs["api_hosts"]] == [hosts[0]["instance_id"]]
     assert _ray_rules(ec2, api_sg, False) == _ray_rules(ec2, api_sg, True) == []
+    assert [r for r in ingress_rules(ec2, monitoring_sg) if r["FromPort"] == 6379] == []
+    assert shrunk.outputs["ansible_inventory"]["all"]["children"]["api"]["vars"].get("ray_gcs_store") is None
     # A null output is left out of `tofu output -json`.
     assert shrunk.outputs.get("load_balancer_dns_name") is None and load_balancers_left(emulator) == []
     assert "load_balancer" not in shrunk.outputs["security_group_ids"]
@@ -517,7 +540,7 @@ def test_load_balancer_in_front_of_two_hosts_checks_readyz_and_serves_https_with
                            "load_balancer_subnet_ids": lb_subnets})
     log: list[str] = []
     first = tofu.provision(log.append)
-    assert first.plan_summary == {"add": RESOURCES + 1 + 2 * len(RAY_RANGES) + LB_RESOURCES, "change": 0, "remove": 0}
+    assert first.plan_summary == {"add": RESOURCES + 1 + 2 * len(RAY_RANGES) + STORE_RULES + LB_RESOURCES, "change": 0, "remove": 0}
     assert {"create aws_lb.api[0]", "create aws_lb_listener.api_http[0]", "create aws_lb_target_group.api[0]",
             "create aws_lb_target_group_attachment.api[0]", "create aws_lb_target_group_attachment.api[1]"} <= set(
         first.planned_changes)
@@ -553,7 +576,7 @@ def test_load_balancer_in_front_of_two_hosts_checks_readyz_and_serves_https_with
     assert tofu.provision(log.append).plan_summary == {"add": 0, "change": 0, "remove": 0}
 
     destroyed = tofu.destroy(log.append)
-    assert destroyed["resources_destroyed"] == RESOURCES + 1 + 2 * len(RAY_RANGES) + LB_RESOURCES + 1 + len(CLIENT_CIDRS)
+    assert destroyed["resources_destroyed"] == RESOURCES + 1 + 2 * len(RAY_RANGES) + STORE_RULES + LB_RESOURCES + 1 + len(CLIENT_CIDRS)
     assert load_balancers_left(emulator) == []
     assert {g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]} == {"default"}
     assert live_instances(ec2) == []
@@ -597,7 +620,7 @@ def test_load_balancer_needs_two_zones_and_turned_off_creates_none(emulator, tmp
                            "load_balancer_subnet_ids": []})
     log: list[str] = []
     off = tofu.provision(log.append)
-    assert off.plan_summary == {"add": RESOURCES + 1 + 2 * len(RAY_RANGES), "change": 0, "remove": 0}
+    assert off.plan_summary == {"add": RESOURCES + 1 + 2 * len(RAY_RANGES) + STORE_RULES, "change": 0, "remove": 0}
     assert not [c for c in off.planned_changes if "aws_lb" in c or "load_balancer" in c], off.planned_changes
     assert off.outputs.get("load_balancer_dns_name") is None and "load_balancer" not in off.outputs["security_group_ids"]
     assert off.outputs["ansible_inventory"]["all"]["children"]["api"]["vars"]["api_load_balancer"] is None

@@ -796,7 +796,9 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
     # Back to one API host: the second instance, its host and Ray's rules go (confirmed).
     confirm = _run_config(home, "one-api-host", "ops:\n  tofu_state:\n    config:\n      confirm_replacements:\n"
                           "        - aws_instance.api\n        - aws_vpc_security_group_ingress_rule.api_ray\n"
-                          "        - aws_vpc_security_group_egress_rule.api_ray\n")
+                          "        - aws_vpc_security_group_egress_rule.api_ray\n"
+                          "        - aws_vpc_security_group_ingress_rule.monitoring_ray_gcs_store\n"
+                          "        - aws_vpc_security_group_egress_rule.api_ray_gcs_store\n")
     materialized, latest = _scenario(rehearsal, "13 back to one API host", "--config", str(confirm))
     assert latest["tofu_state"]["api_host_count"] == 1 and "api_urls" not in latest["deployed_api"]
     # The second host was drained (api_drain.yml) before OpenTofu destroyed its instance.

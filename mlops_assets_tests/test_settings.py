@@ -207,3 +207,32 @@ def test_api_autoscaling_names_only_what_is_set_and_refuses_bad_values():
         with pytest.raises(SettingsError) as refused:
             load_settings({"MLOPS_API_AUTOSCALING": raw})
         assert "MLOPS_API_AUTOSCALING" in str(refused.value) and named in str(refused.value), str(refused.value)
+
+
+def test_the_heads_gcs_store_password_comes_from_its_file_and_a_wrong_setting_is_named(tmp_path):
+    """Ray's GCS fault tolerance on the head: MLOPS_RAY_REDIS_PASSWORD_FILE needs Ray's
+    RAY_REDIS_ADDRESS and an existing file; `ray start --head` then takes the password (Ray's
+    only way); a worker ignores the file; without a store the command has no Redis option."""
+    from mlops_assets.serving.container import ContainerSettings, runtime_for
+
+    token, password = tmp_path / "token", tmp_path / "password"
+    token.write_text("t")
+    password.write_text("s3cret-redis-password\n")
+    head = {"MLOPS_RAY_ROLE": "head", "MLOPS_RAY_NODE_IP": "10.9.0.2", "RAY_AUTH_TOKEN_PATH": str(token),
+            "MLOPS_STATE_DIR": str(tmp_path / "s"), "RAY_REDIS_ADDRESS": "10.9.0.9:6379",
+            "MLOPS_RAY_REDIS_PASSWORD_FILE": str(password)}
+    for change, message in (
+        ({"RAY_REDIS_ADDRESS": ""}, "MLOPS_RAY_REDIS_PASSWORD_FILE is set but RAY_REDIS_ADDRESS is not"),
+        ({"MLOPS_RAY_REDIS_PASSWORD_FILE": str(tmp_path / "absent")}, "absent is not a file"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            ContainerSettings.from_env({**head, **change})
+    settings = ContainerSettings.from_env(head)
+    command = runtime_for(settings).start_command()
+    assert "--head" in command and command[-2:] == ["--redis-password=s3cret-redis-password", "--redis-username=default"]
+    assert "s3cret" not in repr(settings)
+    worker = ContainerSettings.from_env({**head, "MLOPS_RAY_ROLE": "worker", "MLOPS_RAY_HEAD_ADDRESS": "10.9.0.2",
+                                         "MLOPS_RAY_NODE_IP": "10.9.0.3"})
+    assert not any("redis" in part for part in runtime_for(worker).start_command())
+    without = {k: v for k, v in head.items() if k != "MLOPS_RAY_REDIS_PASSWORD_FILE"}
+    assert not any("redis" in part for part in runtime_for(ContainerSettings.from_env(without)).start_command())

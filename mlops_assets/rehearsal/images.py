@@ -11,7 +11,9 @@
   (entrypoint the binary, user nobody, data in /alertmanager), for the `alertmanager` role;
 - node_exporter and the Pushgateway from Debian's `prometheus-node-exporter` and
   `prometheus-pushgateway`, laid out like prom/node-exporter and prom/pushgateway (entrypoint
-  the binary, user nobody) for the `node_exporter` and `pushgateway` roles.
+  the binary, user nobody) for the `node_exporter` and `pushgateway` roles;
+- Redis from Debian's `redis-server`, laid out like the official `redis` image (the command
+  `redis-server`, user redis (999), data in /data), for the `ray_gcs_store` role.
 
 Images are built once per engine (the tag is a hash of the build context) and saved as
 archives under the cache folder.
@@ -32,6 +34,7 @@ PROMETHEUS_REPOSITORY = "localhost/mlops-prometheus"
 ALERTMANAGER_REPOSITORY = "localhost/mlops-alertmanager"
 NODE_EXPORTER_REPOSITORY = "localhost/mlops-node-exporter"
 PUSHGATEWAY_REPOSITORY = "localhost/mlops-pushgateway"
+REDIS_REPOSITORY = "localhost/mlops-redis"
 
 _TEST_API_SERVER = r'''
 import json, os, sys
@@ -148,6 +151,31 @@ ENTRYPOINT ["/usr/bin/{package}"]
 """
 
 
+# Redis needs a few shared libraries beyond libc (OpenSSL, jemalloc, Lua, systemd's notify):
+# the image is the server, what `ldd` lists, and the official image's redis user (999) on an
+# empty root; like the official image, `redis-server [config file]` is its command.
+_REDIS_DOCKERFILE = """\
+FROM {base} AS package
+RUN apt-get update -qq \\
+ && apt-get install -y -qq --no-install-recommends redis-server \\
+ && mkdir -p /out/usr/bin /out/etc /out/data \\
+ && cp /usr/bin/redis-server /out/usr/bin/redis-server \\
+ && ldd /usr/bin/redis-server | grep -o '/[^ ]*' | xargs -I LIB cp -L --parents LIB /out/ \\
+ && chown 999:999 /out/data \\
+ && grep -E '^root:' /etc/passwd > /out/etc/passwd \\
+ && echo 'redis:x:999:999::/data:/usr/sbin/nologin' >> /out/etc/passwd \\
+ && grep -E '^root:' /etc/group > /out/etc/group \\
+ && echo 'redis:x:999:' >> /out/etc/group
+FROM scratch
+COPY --from=package /out/ /
+ENV PATH=/usr/bin
+USER 999
+WORKDIR /data
+EXPOSE 6379
+CMD ["redis-server"]
+"""
+
+
 def _context(files: dict[str, str]) -> tuple[bytes, str]:
     """A build context tar and the hash of its files."""
     buffer = io.BytesIO()
@@ -211,6 +239,12 @@ def build_node_exporter_image(engine) -> str:
 def build_pushgateway_image(engine) -> str:
     """The Pushgateway from Debian's package, laid out like prom/pushgateway; returns repository:tag."""
     return _build_go_binary_image(engine, PUSHGATEWAY_REPOSITORY, "prometheus-pushgateway", 9091)
+
+
+def build_redis_image(engine) -> str:
+    """Redis from Debian's package, laid out like the official image; returns repository:tag."""
+    ensure_base_image(engine)
+    return _build(engine, REDIS_REPOSITORY, {"Dockerfile": _REDIS_DOCKERFILE.format(base=BASE_IMAGE)})
 
 
 def _build_go_binary_image(engine, repository: str, package: str, port: int) -> str:

@@ -40,8 +40,8 @@ COUNTS = ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignor
 # cloud-init prints the host's public keys on the instance console between these lines.
 # Secrets that only machines use, generated once for every target when their variable is
 # unset (name: random bytes): the Ray cluster's token, which the api role needs with more
-# than one API host.
-MACHINE_SECRETS = {"api_ray_token": 32}
+# than one API host, and the password of the Redis that keeps that cluster's state.
+MACHINE_SECRETS = {"api_ray_token": 32, "ray_gcs_store_password": 24}
 HOST_KEYS_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 HOST_KEYS_END = "-----END SSH HOST KEY KEYS-----"
 _HOST_KEY = re.compile(r"(?:^|\s)((?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) [A-Za-z0-9+/]+={0,3})(?:\s|$)")
@@ -531,19 +531,20 @@ class RehearsalAnsible(Ansible):
         from mlops_assets.rehearsal import images as rehearsal_images
         from mlops_assets.rehearsal.engine import docker_client
 
-        # role -> the local image that replaces its registry image (prom/<role>) offline, from
-        # Debian's package.
+        # role -> the local image from Debian's package, and the registry image it replaces offline.
         builders = {
-            "prometheus": rehearsal_images.build_prometheus_image,
-            "alertmanager": rehearsal_images.build_alertmanager_image,
-            "node_exporter": rehearsal_images.build_node_exporter_image,
-            "pushgateway": rehearsal_images.build_pushgateway_image,
+            "prometheus": (rehearsal_images.build_prometheus_image, "prom/prometheus"),
+            "alertmanager": (rehearsal_images.build_alertmanager_image, "prom/alertmanager"),
+            "node_exporter": (rehearsal_images.build_node_exporter_image, "prom/node-exporter"),
+            "pushgateway": (rehearsal_images.build_pushgateway_image, "prom/pushgateway"),
+            # Redis, the state store of the API hosts' Ray cluster.
+            "ray_gcs_store": (rehearsal_images.build_redis_image, "redis"),
         }
         variables: dict[str, Any] = {"grafana_render_only": True}
         role = "prometheus"
         try:
             engine = docker_client()
-            for role, build in builders.items():
+            for role, (build, _) in builders.items():
                 image = build(engine)
                 archive = rehearsal_images.save_archive(engine, image, Path(self.images_dir) if self.images_dir else None)
                 log(f"sim: {role} image {image} from Debian's package, archive {archive}")
@@ -552,7 +553,7 @@ class RehearsalAnsible(Ansible):
                                   f"{role}_image_tag": tag, f"{role}_image_archive": str(archive)})
         except Exception as exc:  # no engine, no Debian mirror for the build: say what failed
             raise AnsibleError(
-                f"sim: could not build the local {role} image that replaces prom/{role.replace('_', '-')} offline "
+                f"sim: could not build the local {role} image that replaces {builders[role][1]} offline "
                 f"(needs a Docker-compatible engine, see scripts/setup_podman.sh): {exc}"
             ) from None
         return variables

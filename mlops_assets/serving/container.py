@@ -45,6 +45,17 @@ A Ray cluster across API hosts (the container runs with the host's network):
     MLOPS_AUTOSCALING_FILE      a file holding the same (read instead, at start and by `apply`)
     RAY_AUTH_TOKEN_PATH         the cluster's token file (required: RAY_AUTH_MODE=token)
 
+Ray's GCS fault tolerance (optional): the head keeps the cluster's state in an external Redis,
+so that the workers serve on while the head restarts, and the restarted head resumes it.
+
+    RAY_REDIS_ADDRESS           (head) Redis, host:port; Ray's own variable
+    RAY_external_storage_namespace   (head) the cluster's key prefix in Redis; Ray's own
+    MLOPS_RAY_REDIS_PASSWORD_FILE    (head) a file holding Redis' password (mounted read-only);
+                                Ray takes it on the command line only (`ray start
+                                --redis-password`), which its GCS process shows in `ps`
+    RAY_gcs_rpc_server_reconnect_timeout_s   (every node) how long a node waits for a
+                                restarting head before it exits (Ray's default 60)
+
 The head deploys the application once for the cluster (Serve runs a proxy on every node that
 holds a replica, so every API host answers on the API port when min >= the API hosts); a
 worker joins the head and serves the replicas Serve places on it. `... container apply`, run
@@ -129,6 +140,7 @@ class ContainerSettings:
     head_address: str = ""
     ray_ports: tuple = ()
     autoscaling: tuple = ()
+    redis_password_file: str = ""
 
     @property
     def cluster(self) -> bool:
@@ -184,10 +196,18 @@ class ContainerSettings:
             if not token or not os.path.isfile(token):
                 raise SystemExit(f"MLOPS_RAY_ROLE={role} needs RAY_AUTH_TOKEN_PATH, the cluster's token file "
                                  f"(mounted read-only){': ' + token + ' is not a file' if token else ''}")
+            if role == "head" and env.get("MLOPS_RAY_REDIS_PASSWORD_FILE"):
+                if not env.get("RAY_REDIS_ADDRESS"):
+                    raise SystemExit("MLOPS_RAY_REDIS_PASSWORD_FILE is set but RAY_REDIS_ADDRESS is not: "
+                                     "name the Redis that keeps the cluster's state (host:port)")
+                if not os.path.isfile(env["MLOPS_RAY_REDIS_PASSWORD_FILE"]):
+                    raise SystemExit(f"MLOPS_RAY_REDIS_PASSWORD_FILE={env['MLOPS_RAY_REDIS_PASSWORD_FILE']} is not a "
+                                     "file: mount the file holding Redis' password there")
             if not 1 <= scaling["min"] <= scaling["max"] or scaling["target"] < 1 or scaling["per_node"] < 1:
                 raise SystemExit(f"MLOPS_AUTOSCALING: need 1 <= min <= max, target >= 1 and per_node >= 1, not {scaling}")
         return cls(
             ray_role=role, node_ip=node_ip, head_address=head if role == "worker" else node_ip,
+            redis_password_file=(env.get("MLOPS_RAY_REDIS_PASSWORD_FILE") or "") if role == "head" else "",
             ray_ports=tuple(ports.items()), autoscaling=tuple(scaling.items()),
             model_dir=Path(env.get("MLOPS_MODEL_DIR") or "/opt/model"),
             expected_version=env.get("MLOPS_MODEL_VERSION") or None,
@@ -239,6 +259,7 @@ def runtime_for(settings: ContainerSettings) -> ContainerRuntime:
     ports = dict(settings.ray_ports) or RAY_PORTS
     cluster = {
         "node_role": settings.ray_role, "head_host": settings.head_address, "cluster_ports": tuple(ports.items()),
+        "redis_password_file": settings.redis_password_file,
         "gcs_port": ports["gcs"], "client_port": ports["client"],
         "replica_port_min": ports["serve_replica_min"], "replica_port_max": ports["serve_replica_max"],
     } if settings.cluster else {}

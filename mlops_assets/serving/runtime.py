@@ -196,6 +196,9 @@ class RayServeRuntime:
     node_role: str | None = None
     head_host: str = ""
     cluster_ports: tuple = ()
+    # The head of a cluster whose state is kept in an external Redis (RAY_REDIS_ADDRESS in the
+    # environment): the file holding Redis' password, read when the start command is made.
+    redis_password_file: str = ""
 
     @property
     def listen_host(self) -> str:
@@ -406,7 +409,16 @@ class RayServeRuntime:
             # Serve is deployed through GCS, not the dashboard's REST API: no dashboard, no
             # autoscaler monitor (the API hosts are a fixed set).
             "--include-dashboard=false", "--no-monitor",
+            *self._redis_credentials(),
         ]
+
+    def _redis_credentials(self) -> list[str]:
+        """`ray start`'s options for the external Redis (the head's, with GCS fault tolerance):
+        its only way to take the password is the command line."""
+        if not self.redis_password_file:
+            return []
+        password = Path(self.redis_password_file).read_text().strip()
+        return [f"--redis-password={password}", "--redis-username=default"]
 
     def http_options(self) -> dict:
         if self.node_role:
