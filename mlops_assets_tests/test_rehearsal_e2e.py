@@ -792,6 +792,14 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
         assert reached[name]["other API host"] == ray, (ray, reached[name])
     PHASES["  every listening port of both API hosts probed from outside and inside the API group"] = round(time.monotonic() - started, 1)
     print(f"\n[security groups] {json.dumps(reached)}")
+    # The cluster's state store: Redis on the monitoring host (ray_gcs_store), named to the head
+    # only; its port answers the API hosts, not this machine.
+    store = f"{hosts.address(monitoring)}:6379"
+    for name in ("mlops-assets-api", "mlops-assets-api-2"):
+        env = json.loads(hosts.exec(name, "docker inspect mlops-api").stdout)[0]["Config"]["Env"]
+        assert (f"RAY_REDIS_ADDRESS={store}" in env) == (name == "mlops-assets-api"), env
+    assert reachable_ports(None, hosts.address(monitoring), {6379}) == []
+    assert reachable_ports((hosts, "mlops-assets-api-2"), hosts.address(monitoring), {6379}) == [6379]
 
     # Back to one API host: the second instance, its host and Ray's rules go (confirmed).
     confirm = _run_config(home, "one-api-host", "ops:\n  tofu_state:\n    config:\n      confirm_replacements:\n"
@@ -806,6 +814,8 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
     assert latest["tofu_state"]["api_drain"].startswith("drained ['mlops-assets-api-2']"), latest["tofu_state"]
     hosts = TestHosts.attach(home / "rehearsal" / "hosts.json")
     assert set(hosts.hosts) == {"mlops-assets-api", "mlops-assets-monitoring"}
+    # No cluster, no state store: its container is gone from the monitoring host.
+    assert hosts.exec("mlops-assets-monitoring", "docker ps -aq --filter name=ray-gcs-store").stdout.strip() == ""
     api = hosts.address("mlops-assets-api")
     assert _get_json(f"http://{api}:8000/predict", body)["model"]["version"] == latest["deployed_api"]["model_version"]
     rehearsal["hosts"] = hosts
