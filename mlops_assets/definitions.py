@@ -29,7 +29,7 @@ from mlops_assets.assets.tracking import (  # noqa: E402
 )
 from mlops_assets.assets.training import candidate_models, selected_model  # noqa: E402
 from mlops_assets.automation import build_automation  # noqa: E402
-from mlops_assets.checks import DATASET_CHECKS  # noqa: E402
+from mlops_assets.checks import DATASET_CHECKS, DEPLOYED_API_CHECKS  # noqa: E402
 from mlops_assets.pipeline_metrics import with_pipeline_metrics  # noqa: E402
 from mlops_assets.settings import Settings, load_settings  # noqa: E402
 from mlops_assets.targets import AWS_VAR_FILE, resources_for  # noqa: E402
@@ -58,7 +58,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                                                            else None, os.environ)])[0]
     return dg.Definitions(
         assets=[infrastructure if getattr(a, "key", None) == tofu_state.key else a for a in ASSETS],
-        asset_checks=DATASET_CHECKS,
+        asset_checks=[*DATASET_CHECKS, *DEPLOYED_API_CHECKS],
         jobs=[materialize_all, ml_phase, observe_sources, destroy_infrastructure, tracking_backup, tracking_restore],
         schedules=[*schedules, tracking_backup_schedule],
         sensors=sensors,

@@ -127,6 +127,19 @@ def _latest(home: Path) -> dict[str, tuple[str, dict]]:
         return found
 
 
+def _api_check(home: Path, run_id: str) -> dict:
+    """The `deployed_api` check's evaluation in run `run_id`: passed, description, metadata."""
+    import dagster as dg
+
+    key = dg.AssetCheckKey(dg.AssetKey("deployed_api"), "serves_its_version_on_every_host")
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+    evaluation = record.event.dagster_event.event_specific_data
+    assert record.run_id == run_id, f"the check last ran in {record.run_id}, not with deployed_api in {run_id}"
+    return {"passed": evaluation.passed, "description": evaluation.description,
+            **{k: v.value for k, v in evaluation.metadata.items()}}
+
+
 def _get_json(url: str, data=None, timeout: float = 30, auth: tuple[str, str] | None = None, method: str | None = None):
     body = json.dumps(data).encode() if data is not None else None
     headers = {"Content-Type": "application/json"}
@@ -199,6 +212,9 @@ def test_first_materialization_serves_the_champion_on_the_api_host(rehearsal):
     assert running.rpartition(":")[2] == image["tag"], (running, image["tag"])
     api = latest["deployed_api"][1]
     assert api["url"].startswith(f"http://{api_address}:8000")
+    # deployed_api's check ran after it and found the host answering with that version.
+    check = _api_check(rehearsal["home"], latest["deployed_api"][0])
+    assert check["passed"] and check["expected_version"] == str(api["model_version"]), check
     PHASES.update({
         "  tofu_state (emulator, init, plan, apply)": tofu["timings (s)"]["total"],
         "  container_image (build + archive)": latest["container_image"][1]["total_seconds"],
@@ -752,6 +768,12 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
         time.sleep(2)
     PHASES["  replicas answering on both nodes after the run"] = round(time.monotonic() - started, 1)
     assert all(nodes == addresses for nodes in served.values()), served
+    # deployed_api's check: both hosts answered ready with the deployed version.
+    check = _api_check(home, _latest(home)["deployed_api"][0])
+    assert check["passed"], check
+    assert check["description"] == f"all 2 API host(s) answer ready with model version {latest['deployed_api']['model_version']}"
+    assert all(f"| {url} | {latest['deployed_api']['model_version']} |" in check["hosts"] for url in urls), check["hosts"]
+    assert set(check["nodes_seen"]) <= addresses and check["nodes_seen"], check
     # The cluster's token: a 0400 file of the container's user on both hosts, nowhere else.
     token = (home / "secrets" / "sim" / "api_ray_token").read_text().strip()
     for name in ("mlops-assets-api", "mlops-assets-api-2"):

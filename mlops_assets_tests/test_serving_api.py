@@ -4,6 +4,7 @@ bad input, OpenAPI, metrics, and a schemathesis run."""
 import dataclasses
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -282,3 +283,31 @@ def test_deployed_api_asset_with_the_same_champion_restarts_nothing(serving_api,
     assert len(output.metadata["smoke_predictions"].value) == 3
     assert output.metadata["smoke_latency_ms"].value > 0
     assert replicas() == before
+
+
+def test_deployed_apis_check_confirms_the_version_and_names_a_host_that_differs(serving_api):
+    """`serves_its_version_on_every_host`: passes on the API that serves the version, fails
+    naming the host and both versions when it serves another, and naming a host that does not
+    answer; it deploys nothing."""
+    from mlops_assets.checks import READYZ_PROBES, serves_its_version_on_every_host
+    from mlops_assets.resources.api_deployer import DeployedApi
+    from mlops_assets.serving.client import ApiClient
+
+    version = serving_api.versions[-1]
+    api = DeployedApi(url=serving_api.url, metrics_url=f"{serving_api.url}/metrics", model_name=serving_api.model_name,
+                      model_version=version, action="unchanged")
+    result = serves_its_version_on_every_host(deployed_api=api)
+    assert result.passed, result.description
+    assert result.description == f"all 1 API host(s) answer ready with model version {version}"
+    assert f"| {serving_api.url} | {version} | {serving_api.engine} | - | 0 of {READYZ_PROBES} |" in result.metadata["hosts"].value
+
+    with socket.socket() as closed:  # a loopback port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    wrong = dataclasses.replace(api, model_version="999", urls=(serving_api.url, nobody))
+    result = serves_its_version_on_every_host(deployed_api=wrong)
+    assert not result.passed and result.severity.value == "ERROR"
+    assert result.description.startswith("2 of 2 API host(s) do not serve model version 999: "), result.description
+    assert f"{serving_api.url} answered model version {version}, expected 999" in result.description
+    assert f"{nobody}: /readyz did not answer" in result.description and "make run" in result.description
+    assert ApiClient(serving_api.url).ready_version() == version  # nothing was redeployed

@@ -50,6 +50,13 @@ class DeployedApi:
     # Container targets: the hosts' inventory and their Prometheus (what `dashboards` provisions).
     inventory: dict | None = None
     prometheus_url: str | None = None
+    # Every API host's URL when there are several (the nodes of one Ray cluster); else `url` alone.
+    urls: tuple[str, ...] = ()
+
+    @property
+    def every_url(self) -> tuple[str, ...]:
+        """Where the API answers: each API host (the `deployed_api` check probes them all)."""
+        return self.urls or (self.url,)
 
     def curl_example(self, instance: dict) -> str:
         return (f"curl -s -X POST {self.url}/predict -H 'Content-Type: application/json' "
@@ -176,7 +183,7 @@ class ImageOnApiHosts(ApiDeployer):
             log.info(f"smoke prediction through {each}/predict in {took * 1000:.0f} ms: {reply.get('predictions')}")
         api = DeployedApi(url=url, metrics_url=metrics_url, model_name=champion.name, model_version=str(champion.version),
                           action="deployed" if changed else "unchanged (the api host already ran this image)",
-                          inventory=hosts.inventory, prometheus_url=hosts.prometheus_url)
+                          inventory=hosts.inventory, prometheus_url=hosts.prometheus_url, urls=tuple(urls))
         # Same image on the same hosts: the same version, nothing downstream becomes stale.
         version = stable_hash({"image": image_ref, "url": url, "model": api.model_version,
                                **({"urls": urls} if len(urls) > 1 else {})})

@@ -8,7 +8,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -31,6 +31,17 @@ class ApiClient:
                 return json.loads(response.read())
         except (OSError, ValueError):
             return None
+
+    def readyz_probe(self, timeout_s: float = 5.0) -> tuple[dict[str, Any] | None, str | None, str | None]:
+        """One GET /readyz: (its answer when 200, the X-Served-By node when the API names the
+        node of the replica that answered, what went wrong otherwise)."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=timeout_s) as response:
+                return json.loads(response.read()), response.headers.get("x-served-by"), None
+        except urllib.error.HTTPError as exc:
+            return None, exc.headers.get("x-served-by"), f"/readyz answered {exc.code}: {exc.read()[:300].decode(errors='replace')}"
+        except (OSError, ValueError) as exc:
+            return None, None, f"/readyz did not answer: {exc}"
 
     def ready_version(self, timeout_s: float = 2.0) -> str | None:
         """The model version the API reports ready, or None when it is not ready."""
@@ -70,3 +81,52 @@ class ApiClient:
         if len(labels) != len(instances):
             raise ApiError(f"the smoke prediction returned {len(labels)} labels for {len(instances)} rows")
         return answer, seconds
+
+
+@dataclass
+class HostSurvey:
+    """What one API host's /readyz answered to a few probes (`survey`)."""
+
+    url: str
+    versions: set[str] = field(default_factory=set)  # the model versions answered
+    engines: set[str] = field(default_factory=set)
+    nodes: set[str] = field(default_factory=set)  # X-Served-By: the nodes whose replicas answered
+    errors: list[str] = field(default_factory=list)  # probes not answered 200
+    rejected: dict[str, Any] | None = None  # a model a replica refused (it kept its own)
+
+    def problem(self, expected_version: str) -> str | None:
+        """Why this host does not serve `expected_version`, or None when it does."""
+        if self.errors and not self.versions:
+            return f"{self.url}: {self.errors[-1]}"
+        if self.errors:
+            return f"{self.url}: {len(self.errors)} probe(s) not answered ready ({self.errors[-1]})"
+        if self.versions != {str(expected_version)}:
+            return f"{self.url} answered model version {', '.join(sorted(self.versions))}, expected {expected_version}"
+        return None
+
+
+def survey(urls: list[str], probes: int = 6, timeout_s: float = 5.0) -> list[HostSurvey]:
+    """`probes` GETs of /readyz through each URL. In a Ray cluster each answer may come from a
+    replica on another node (its X-Served-By says which): several probes per host see more of
+    the replicas behind it."""
+    found = []
+    for url in urls:
+        host, client = HostSurvey(url), ApiClient(url)
+        for _ in range(probes):
+            answer, node, error = client.readyz_probe(timeout_s)
+            if error:
+                host.errors.append(error)
+                if answer is None and node is None and "did not answer" in error:
+                    break  # nothing listens (or a timeout): more probes would only wait as long again
+                continue
+            try:
+                host.versions.add(str(answer["model"]["version"]))
+            except (KeyError, TypeError):
+                host.errors.append(f"/readyz answered without a model version: {str(answer)[:200]}")
+                continue
+            host.engines.add(str(answer.get("engine")))
+            host.rejected = answer.get("rejected") or host.rejected
+            if node:
+                host.nodes.add(node)
+        found.append(host)
+    return found
