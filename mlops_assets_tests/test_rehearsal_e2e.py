@@ -774,6 +774,7 @@ def test_a_second_api_host_joins_one_ray_cluster_and_goes_again(rehearsal):
     assert check["description"] == f"all 2 API host(s) answer ready with model version {latest['deployed_api']['model_version']}"
     assert all(f"| {url} | {latest['deployed_api']['model_version']} |" in check["hosts"] for url in urls), check["hosts"]
     assert set(check["nodes_seen"]) <= addresses and check["nodes_seen"], check
+    print(f"\n[deployed_api check] {check['description']}; nodes seen: {check['nodes_seen']}\n{check['hosts']}")
     # The cluster's token: a 0400 file of the container's user on both hosts, nowhere else.
     token = (home / "secrets" / "sim" / "api_ray_token").read_text().strip()
     for name in ("mlops-assets-api", "mlops-assets-api-2"):

@@ -37,11 +37,11 @@ from pydantic import Field
 
 Log = Callable[[str], None]
 COUNTS = ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored")
-# cloud-init prints the host's public keys on the instance console between these lines.
 # Secrets that only machines use, generated once for every target when their variable is
 # unset (name: random bytes): the Ray cluster's token, which the api role needs with more
 # than one API host, and the password of the Redis that keeps that cluster's state.
 MACHINE_SECRETS = {"api_ray_token": 32, "ray_gcs_store_password": 24}
+# cloud-init prints the host's public keys on the instance console between these lines.
 HOST_KEYS_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 HOST_KEYS_END = "-----END SSH HOST KEY KEYS-----"
 _HOST_KEY = re.compile(r"(?:^|\s)((?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) [A-Za-z0-9+/]+={0,3})(?:\s|$)")
