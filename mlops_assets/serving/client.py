@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+# How `ApiClient.readyz_probe` reports that nothing answered (no HTTP status at all).
+NO_ANSWER = "/readyz did not answer"
+
+
 class ApiError(RuntimeError):
     """The API did not answer as expected; the message says what it answered."""
 
@@ -26,11 +30,7 @@ class ApiClient:
 
     def readyz(self, timeout_s: float = 2.0) -> dict[str, Any] | None:
         """/readyz's answer when it is 200 (a model is loaded), else None."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=timeout_s) as response:
-                return json.loads(response.read())
-        except (OSError, ValueError):
-            return None
+        return self.readyz_probe(timeout_s)[0]
 
     def readyz_probe(self, timeout_s: float = 5.0) -> tuple[dict[str, Any] | None, str | None, str | None]:
         """One GET /readyz: (its answer when 200, the X-Served-By node when the API names the
@@ -41,7 +41,7 @@ class ApiClient:
         except urllib.error.HTTPError as exc:
             return None, exc.headers.get("x-served-by"), f"/readyz answered {exc.code}: {exc.read()[:300].decode(errors='replace')}"
         except (OSError, ValueError) as exc:
-            return None, None, f"/readyz did not answer: {exc}"
+            return None, None, f"{NO_ANSWER}: {exc}"
 
     def ready_version(self, timeout_s: float = 2.0) -> str | None:
         """The model version the API reports ready, or None when it is not ready."""
@@ -116,7 +116,7 @@ def survey(urls: list[str], probes: int = 6, timeout_s: float = 5.0) -> list[Hos
             answer, node, error = client.readyz_probe(timeout_s)
             if error:
                 host.errors.append(error)
-                if answer is None and node is None and "did not answer" in error:
+                if error.startswith(NO_ANSWER):
                     break  # nothing listens (or a timeout): more probes would only wait as long again
                 continue
             try:
