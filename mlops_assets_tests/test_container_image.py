@@ -400,9 +400,14 @@ def test_tracking_server_image_is_pinned_hashed_and_tagged_by_its_inputs(tmp_pat
     follow every input."""
     from mlops_assets.image import tracking_server as ts
 
-    pins = closure(ts.ROOTS)
+    pins = closure(ts.ROOTS, leave_out=ts.LEAVE_OUT)
     assert pins["mlflow"] == "3.17.2" and pins["boto3"] == "1.44.8" and pins["psycopg2-binary"] == "2.9.13"
-    assert {"flask-wtf", "sqlalchemy", "alembic", "uvicorn", "gunicorn"} <= set(pins)
+    assert {"flask-wtf", "sqlalchemy", "alembic", "uvicorn", "gunicorn", "numpy", "pandas"} <= set(pins)
+    # The client-side stack mlflow declares is left out, with what only it needs (joblib:
+    # scikit-learn; pillow: matplotlib); the requirements the image installs are these pins.
+    assert not {"scikit-learn", "scipy", "pyarrow", "matplotlib", "skops", "joblib", "pillow"} & set(pins)
+    assert {"scikit-learn", "scipy", "pyarrow", "matplotlib", "joblib"} <= set(closure(ts.ROOTS))
+    assert {image_context.canonicalize(n): v for n, v in image_context.pins_of(ts.requirements()).items()} == pins
     recorded = {name.split("-")[0].lower().replace("_", "-") for name in read_hashes(WHEEL_HASHES)}
     assert {n.replace("_", "-") for n in pins} <= recorded
     requirements = ts.requirements()

@@ -56,9 +56,13 @@ def _environment(python_version: str) -> dict[str, str]:
     return env
 
 
-def closure(roots: tuple[str, ...] = SERVING_ROOTS, python_version: str = "3.11") -> dict[str, str]:
+def closure(roots: tuple[str, ...] = SERVING_ROOTS, python_version: str = "3.11",
+            leave_out: tuple[str, ...] = ()) -> dict[str, str]:
     """{canonical name: installed version} for `roots` and everything they require (with
-    their extras), markers evaluated for Linux and `python_version` (the image's Python)."""
+    their extras), markers evaluated for Linux and `python_version` (the image's Python).
+    `leave_out`: distributions a root declares but the image never imports; neither they nor
+    what only they require are pinned (the image then installs with `pip --no-deps`)."""
+    skipped = {_canonical(name) for name in leave_out}
     pinned: dict[str, str] = {}
     seen: set[tuple[str, frozenset[str]]] = set()
     stack = [Requirement(root) for root in roots]
@@ -66,7 +70,7 @@ def closure(roots: tuple[str, ...] = SERVING_ROOTS, python_version: str = "3.11"
         requirement = stack.pop()
         name = _canonical(requirement.name)
         key = (name, frozenset(requirement.extras))
-        if key in seen or name in _TOOLING:
+        if key in seen or name in _TOOLING or name in skipped:
             continue
         seen.add(key)
         try:
@@ -144,10 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.record:
         print(requirements_text(pins), end="")
         return 0
+    from mlops_assets.image.tracking_server import LEAVE_OUT as TRACKING_SERVER_LEAVE_OUT
     from mlops_assets.image.tracking_server import ROOTS as TRACKING_SERVER_ROOTS
 
     # Both engines' API images and the MLflow tracking server's image (image/tracking_server.py).
-    pins = {**pins, **closure(ONNX_SERVING_ROOTS), **closure(TRACKING_SERVER_ROOTS)}
+    pins = {**pins, **closure(ONNX_SERVING_ROOTS), **closure(TRACKING_SERVER_ROOTS, leave_out=TRACKING_SERVER_LEAVE_OUT)}
     wheels = ensure_wheels(pins, default_wheel_cache())
     write_hashes(WHEEL_HASHES, {wheel.name: _sha256(wheel) for wheel in wheels.values()},
                  "# sha256 of the API and tracking server images' wheels, as pip downloaded them (python -m mlops_assets.image.requirements --record)\n")
