@@ -4,8 +4,8 @@ image (container_image, built on this machine) on both, the first host the Ray h
 second a worker joining it with the cluster's token, the head keeping the cluster's state in
 Redis (Ray's GCS fault tolerance; Redis from Debian's package on a third host, as it would be
 on the monitoring host); one replica at rest, one on each node under load (Serve's
-autoscaling); each host answers on the API port with replicas of both nodes; converged again,
-nothing changes. Then issue 15's faults on that cluster: the worker host's container stopped
+autoscaling); each host answers on the API port with replicas of both nodes; a Ray client
+without the cluster's token is refused; converged again, nothing changes. Then issue 15's faults on that cluster: the worker host's container stopped
 and started under load, the head's replica killed under load, a third host joining and
 leaving, the head's container down past Ray's default reconnect timeout.
 
@@ -195,7 +195,27 @@ def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, gcs
     timings["replicas on both nodes after the converge (s)"] = round(time.monotonic() - started, 1)
     assert all(nodes == {head, worker} for nodes in served.values()), served
     assert [replicas_on(hosts, name, hosts.address(name)) for name in ("api-1", "api-2")] == [1, 1]
+
+    # A Ray client with the cluster's token (the head container's own file) sees both nodes;
+    # one with another token is refused by the cluster.
+    member = _ray_client(hosts, head)
+    assert member.returncode == 0 and json.loads(member.stdout.strip().splitlines()[-1]) == sorted([head, worker]), \
+        member.stderr[-2000:]
+    stranger = _ray_client(hosts, head, token=secrets.token_hex(32))
+    assert stranger.returncode != 0, stranger.stdout[-1000:]
+    assert "token" in (stranger.stderr + stranger.stdout).lower() and head not in stranger.stdout, stranger.stderr[-1500:]
     print(f"\n[api cluster role] {json.dumps(timings)}")
+
+
+def _ray_client(hosts, head: str, token: str | None = None):
+    """A Ray driver run in the head's container (its Ray), token authentication on (the
+    entrypoint sets it for its own processes only), with the container's token file or, given
+    `token`, that token instead (RAY_AUTH_TOKEN comes first), asking for the live nodes."""
+    script = ("import json, ray\n"
+              f"ray.init(address='{head}:6379', logging_level='ERROR', log_to_driver=False)\n"
+              "print(json.dumps(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))\n")
+    flags = "-e RAY_AUTH_MODE=token " + (f"-e RAY_AUTH_TOKEN={token} " if token else "")
+    return hosts.exec("api-1", f"docker exec -i {flags}mlops-api python -", check=False, timeout=120, input=script)
 
 
 def test_the_cluster_serves_through_the_loss_of_a_worker_host_and_of_a_replica(hosts, test_split):
