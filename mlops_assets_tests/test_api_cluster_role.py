@@ -336,29 +336,34 @@ def test_the_head_applies_serve_settings_under_load_and_no_request_fails(hosts, 
         assert served_by_nodes(f"http://{address}:8000", body) == {head, worker}
 
 
-def _image_of_a_new_version(trained_home) -> tuple[dict, str]:
-    """The champion registered again as a new version (its files, its manifest and engine tags)
-    and container_image's image for it: the same serving code, another model. Its playbook
-    variables and its version."""
-    import logging
-
+def _new_version(trained_home) -> str:
+    """The champion registered again as a new version (its files, its manifest and engine
+    tags): to the API image, another model with the same serving code."""
     from mlflow import MlflowClient
+
+    champion = trained_home["selected"].champion
+    client = MlflowClient(champion.tracking_uri)
+    source = client.get_model_version(champion.name, champion.version)
+    return str(client.create_model_version(champion.name, source.source, run_id=source.run_id, tags=source.tags).version)
+
+
+def _variables_for_version(trained_home, version: str) -> dict:
+    """The converged playbook variables with container_image's image for `version` (built, or
+    found and its archive saved again: saving one removes the others)."""
+    import logging
 
     from mlops_assets.image.build import image_for_champion
     from mlops_assets.resources.api_deployer import archive_image_name
     from mlops_assets.resources.mlflow_registry import Champion
 
     champion = trained_home["selected"].champion
-    client = MlflowClient(champion.tracking_uri)
-    source = client.get_model_version(champion.name, champion.version)
-    new = client.create_model_version(champion.name, source.source, run_id=source.run_id, tags=source.tags)
     engine = _engine()
-    image = image_for_champion(engine, Champion(champion.name, str(new.version), f"models:/{champion.name}/{new.version}",
+    image = image_for_champion(engine, Champion(champion.name, version, f"models:/{champion.name}/{version}",
                                                 champion.tracking_uri, champion.engine),
                                Path(engine.images_dir), logging.getLogger("image")).image
     repository, tag = archive_image_name(image.archive).rsplit(":", 1)
     return {**CONVERGED["variables"], "api_image_repository": repository, "api_image_tag": tag,
-            "api_image_archive": image.archive, "api_model_version": str(new.version)}, str(new.version)
+            "api_image_archive": image.archive, "api_model_version": version}
 
 
 def test_a_new_model_reaches_every_replica_in_place_and_a_refused_one_is_rolled_back(hosts, ansible, trained_home, test_split):
@@ -372,7 +377,8 @@ def test_a_new_model_reaches_every_replica_in_place_and_a_refused_one_is_rolled_
     inventory = _inventory(hosts, ["api-1", "api-2"])
     body = {"instances": as_instances(test_split[0].head(3))}
     old_version = CONVERGED["variables"]["api_model_version"]
-    variables, version = _image_of_a_new_version(trained_home)
+    version = _new_version(trained_home)
+    variables = _variables_for_version(trained_home, version)
     runs = {name: container_run(hosts, name) for name in ("api-1", "api-2")}
     figures = {}
     with Load(f"http://{head}:8000/predict", body, workers=2) as via_head, \
@@ -399,11 +405,11 @@ def test_a_new_model_reaches_every_replica_in_place_and_a_refused_one_is_rolled_
         assert hosts.exec(name, f"stat -c '%U %a' /var/lib/mlops-api/models/{version}/MLmodel").stdout.split() == ["root", "644"]
     model_file = json.loads(hosts.exec("api-1", "cat /etc/mlops-assets/serve/model.json").stdout)
     assert model_file["version"] == version and model_file["dir"] == f"/var/lib/mlops-api/models/{version}"
-    CONVERGED["variables"] = variables  # the tests that follow converge on this model
 
     # A version whose files on the hosts differ from its manifest (as a corrupted disk would):
     # refused by every replica, rolled back in place.
-    refused, bad = _image_of_a_new_version(trained_home)
+    bad = _new_version(trained_home)
+    refused = _variables_for_version(trained_home, bad)
     for name in ("api-1", "api-2"):
         # The pipeline's file, not MLmodel (which `apply` itself reads for the features): the
         # replicas find it differs from the manifest when they load it.
@@ -427,6 +433,8 @@ def test_a_new_model_reaches_every_replica_in_place_and_a_refused_one_is_rolled_
         assert ready["model"]["version"] == version and "rejected" not in ready, ready
     for name in ("api-1", "api-2"):
         hosts.exec(name, f"rm -rf /var/lib/mlops-api/models/{bad}")
+    # The tests that follow converge on the model in service (its image's archive saved again).
+    CONVERGED["variables"] = _variables_for_version(trained_home, version)
     print(f"\n[api cluster model update] {json.dumps(figures)}")
 
 
