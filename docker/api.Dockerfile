@@ -24,6 +24,9 @@ COPY model/ /opt/model/
 ARG MODEL_NAME=unknown
 ARG MODEL_VERSION=unknown
 ARG IMAGE_TAG=unknown
+# A hash of everything but the model (ImageInputs.code_tag): images with the same one differ
+# only in /opt/model, and a cluster moves between them without new containers (the api role).
+ARG SERVING_CODE=unknown
 # The sha256 manifest registered with the model (checked at build time); the API refuses to
 # load /opt/model when its files differ (mlops_assets/serving/model.py).
 ARG MODEL_FILES_SHA256=
@@ -35,7 +38,8 @@ LABEL org.opencontainers.image.title="mlops-assets prediction API" \
       org.opencontainers.image.source="https://github.com/mlops-assets/mlops-assets" \
       mlops.model.name="${MODEL_NAME}" \
       mlops.model.version="${MODEL_VERSION}" \
-      mlops.image.tag="${IMAGE_TAG}"
+      mlops.image.tag="${IMAGE_TAG}" \
+      mlops.serving.code="${SERVING_CODE}"
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/opt/app \

@@ -17,6 +17,7 @@ import json
 import secrets
 import shlex
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -114,24 +115,28 @@ def _inventory(hosts, names: list[str]) -> dict:
                          "ray_role": "head" if name == names[0] else "worker"} for name in names}}}}}
 
 
-def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, gcs_store, trained_home, test_split):
+def _engine():
+    """The image builder of these tests. The runtime under the sim pipeline's name (shared with
+    the rehearsal, not rebuilt), qualified: a short name is tagged docker.io/library/NAME, which
+    the hosts' Docker loads as NAME (what the role then does not find)."""
     from mlops_assets.image.context import DEFAULT_REPOSITORY, RUNTIME_SUFFIX
     from mlops_assets.offline_base import BASE_IMAGE
-    from mlops_assets.resources.api_deployer import archive_image_name
     from mlops_assets.resources.container_engine import ContainerEngine
     from mlops_assets.settings import load_settings
+
+    return ContainerEngine(repository=REPOSITORY, runtime_repository=f"localhost/{DEFAULT_REPOSITORY}{RUNTIME_SUFFIX}",
+                           base_image=BASE_IMAGE, required=True, save_archive=True,
+                           images_dir=str(load_settings().home / "images"))
+
+
+def test_api_role_forms_one_ray_cluster_across_two_api_hosts(hosts, ansible, gcs_store, trained_home, test_split):
+    from mlops_assets.resources.api_deployer import archive_image_name
 
     from .image_helpers import materialize_container_image
 
     timings = {}
     started = time.monotonic()
-    # The runtime under the sim pipeline's name (shared with the rehearsal, not rebuilt),
-    # qualified: a short name is tagged docker.io/library/NAME, which the hosts' Docker loads
-    # as NAME (what the role then does not find).
-    engine = ContainerEngine(repository=REPOSITORY, runtime_repository=f"localhost/{DEFAULT_REPOSITORY}{RUNTIME_SUFFIX}",
-                             base_image=BASE_IMAGE, required=True, save_archive=True,
-                             images_dir=str(load_settings().home / "images"))
-    image = materialize_container_image(trained_home, engine).output_for_node("container_image")
+    image = materialize_container_image(trained_home, _engine()).output_for_node("container_image")
     timings["image (s)"] = round(time.monotonic() - started, 1)
     assert image.archive and image.runtime_archive, image
 
@@ -329,6 +334,108 @@ def test_the_head_applies_serve_settings_under_load_and_no_request_fails(hosts, 
     assert [replicas_on(hosts, name, hosts.address(name)) for name in ("api-1", "api-2")] == [1, 1]
     for address in (head, worker):
         assert served_by_nodes(f"http://{address}:8000", body) == {head, worker}
+
+
+def _new_version(trained_home) -> str:
+    """The champion registered again as a new version (its files, its manifest and engine
+    tags): to the API image, another model with the same serving code."""
+    from mlflow import MlflowClient
+
+    champion = trained_home["selected"].champion
+    client = MlflowClient(champion.tracking_uri)
+    source = client.get_model_version(champion.name, champion.version)
+    return str(client.create_model_version(champion.name, source.source, run_id=source.run_id, tags=source.tags).version)
+
+
+def _variables_for_version(trained_home, version: str) -> dict:
+    """The converged playbook variables with container_image's image for `version` (built, or
+    found and its archive saved again: saving one removes the others)."""
+    import logging
+
+    from mlops_assets.image.build import image_for_champion
+    from mlops_assets.resources.api_deployer import archive_image_name
+    from mlops_assets.resources.mlflow_registry import Champion
+
+    champion = trained_home["selected"].champion
+    engine = _engine()
+    image = image_for_champion(engine, Champion(champion.name, version, f"models:/{champion.name}/{version}",
+                                                champion.tracking_uri, champion.engine),
+                               Path(engine.images_dir), logging.getLogger("image")).image
+    repository, tag = archive_image_name(image.archive).rsplit(":", 1)
+    return {**CONVERGED["variables"], "api_image_repository": repository, "api_image_tag": tag,
+            "api_image_archive": image.archive, "api_model_version": version}
+
+
+def test_a_new_model_reaches_every_replica_in_place_and_a_refused_one_is_rolled_back(hosts, ansible, trained_home, test_split):
+    """Part 3 of issue 15: a new image with the same serving code (another registered version)
+    changes only the model. The role unpacks its model on both hosts and the head applies it:
+    Serve reconfigures every replica on both nodes in place, under load through both hosts no
+    request fails and no container restarts, and both answer the new version. Then a version
+    whose files on the hosts do not match its manifest: the replicas refuse it (keeping the
+    model in service), the role rolls the head's settings back and fails saying so."""
+    head, worker = hosts.address("api-1"), hosts.address("api-2")
+    inventory = _inventory(hosts, ["api-1", "api-2"])
+    body = {"instances": as_instances(test_split[0].head(3))}
+    old_version = CONVERGED["variables"]["api_model_version"]
+    version = _new_version(trained_home)
+    variables = _variables_for_version(trained_home, version)
+    runs = {name: container_run(hosts, name) for name in ("api-1", "api-2")}
+    figures = {}
+    with Load(f"http://{head}:8000/predict", body, workers=2) as via_head, \
+            Load(f"http://{worker}:8000/predict", body, workers=2) as via_worker:
+        time.sleep(3)
+        started = time.monotonic()
+        ansible.run_playbook(inventory, "tests/api.yml", extra_vars=variables)
+        figures["converge to the new model (s)"] = round(time.monotonic() - started, 1)
+        time.sleep(3)
+    figures["requests, failed, versions through the head / the worker"] = (
+        (via_head.total, via_head.failed, via_head.versions), (via_worker.total, via_worker.failed, via_worker.versions))
+    assert via_head.failed + via_worker.failed == 0, (via_head.statuses, via_head.samples, via_worker.samples)
+    assert {name: container_run(hosts, name) for name in ("api-1", "api-2")} == runs
+    # Both versions answered during the update; the last answers through both hosts are the new one.
+    assert set(via_head.versions) == {old_version, version}, via_head.versions
+    for address in (head, worker):
+        nodes, versions = set(), set()
+        for _ in range(12):
+            answer = requests.post(f"http://{address}:8000/predict", json=body, timeout=30)
+            nodes.add(answer.headers["x-served-by"])
+            versions.add(answer.json()["model"]["version"])
+        assert versions == {version} and nodes == {head, worker}, (address, versions, nodes)
+    for name in ("api-1", "api-2"):
+        assert hosts.exec(name, f"stat -c '%U %a' /var/lib/mlops-api/models/{version}/MLmodel").stdout.split() == ["root", "644"]
+    model_file = json.loads(hosts.exec("api-1", "cat /etc/mlops-assets/serve/model.json").stdout)
+    assert model_file["version"] == version and model_file["dir"] == f"/var/lib/mlops-api/models/{version}"
+
+    # A version whose files on the hosts differ from its manifest (as a corrupted disk would):
+    # refused by every replica, rolled back in place.
+    bad = _new_version(trained_home)
+    refused = _variables_for_version(trained_home, bad)
+    for name in ("api-1", "api-2"):
+        # The pipeline's file, not MLmodel (which `apply` itself reads for the features): the
+        # replicas find it differs from the manifest when they load it.
+        hosts.exec(name, f"cp -a /var/lib/mlops-api/models/{version} /var/lib/mlops-api/models/{bad} && cd "
+                         f"/var/lib/mlops-api/models/{bad} && ls model.skops model.onnx 2>/dev/null | head -1 "
+                         "| xargs -I{} sh -c 'echo tampered >> {}' && grep -l tampered model.*")
+    with Load(f"http://{head}:8000/predict", body, workers=2) as via_head:
+        started = time.monotonic()
+        with pytest.raises(AnsibleError) as failure:
+            ansible.run_playbook(inventory, "tests/api.yml", extra_vars=refused)
+        figures["refused model: rolled back after (s)"] = round(time.monotonic() - started, 1)
+    figures["refused model: requests, failed, versions"] = (via_head.total, via_head.failed, via_head.versions)
+    message = str(failure.value)
+    assert f"Model version {bad} did not become ready" in message and f"rolled back to model version {version}" in message, message
+    assert "ready again" in message and "api-2" in message, message  # the worker left as it was
+    assert via_head.failed == 0 and set(via_head.versions) == {version}, (via_head.statuses, via_head.versions)
+    assert {name: container_run(hosts, name) for name in ("api-1", "api-2")} == runs
+    assert json.loads(hosts.exec("api-1", "cat /etc/mlops-assets/serve/model.json").stdout)["version"] == version
+    for address in (head, worker):
+        ready = json.loads(hosts.exec("api-1", f"curl -s http://{address}:8000/readyz").stdout)
+        assert ready["model"]["version"] == version and "rejected" not in ready, ready
+    for name in ("api-1", "api-2"):
+        hosts.exec(name, f"rm -rf /var/lib/mlops-api/models/{bad}")
+    # The tests that follow converge on the model in service (its image's archive saved again).
+    CONVERGED["variables"] = _variables_for_version(trained_home, version)
+    print(f"\n[api cluster model update] {json.dumps(figures)}")
 
 
 def test_a_third_api_host_joins_and_leaves_under_load(hosts, ansible, test_split):

@@ -94,6 +94,10 @@ def test_tag_follows_every_input(tmp_path, trained_home):
     runtime_changes = {v.runtime_tag for v in variants[2:4]} | {variants[5].runtime_tag}
     assert base.runtime_tag not in runtime_changes and len(runtime_changes) == 3
     assert {v.runtime_tag for v in (variants[0], variants[1], variants[4])} == {base.runtime_tag}
+    # The code tag (label mlops.serving.code) follows everything but the model: only another
+    # model version (variants[4]) keeps it, and a cluster then takes that image's model in place.
+    assert variants[4].code_tag == base.code_tag and variants[4].build_args("r")["SERVING_CODE"] == base.code_tag
+    assert base.code_tag not in {v.code_tag for i, v in enumerate(variants) if i != 4}
 
 
 def test_no_engine_is_a_labelled_skip_in_local_and_a_failure_elsewhere(trained_home):

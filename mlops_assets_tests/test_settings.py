@@ -236,3 +236,41 @@ def test_the_heads_gcs_store_password_comes_from_its_file_and_a_wrong_setting_is
     assert not any("redis" in part for part in runtime_for(worker).start_command())
     without = {k: v for k, v in head.items() if k != "MLOPS_RAY_REDIS_PASSWORD_FILE"}
     assert not any("redis" in part for part in runtime_for(ContainerSettings.from_env(without)).start_command())
+
+
+def test_the_model_file_names_the_folder_the_replicas_load_and_a_bad_one_is_named(tmp_path):
+    """MLOPS_MODEL_FILE (the `api` role writes it on the head): the folder, version, manifest and
+    engine go into the deployment's user_config, so that `container apply` with a new file is
+    Serve's in-place reconfigure; a file that is missing, not JSON, or lacks a key is named."""
+    import json
+
+    from mlops_assets.serving.container import ContainerSettings, runtime_for, serve_config_for
+
+    folder = tmp_path / "models" / "penguins" / "7"
+    folder.mkdir(parents=True)
+    signature = json.dumps([{"name": "bill_length_mm", "type": "double"}, {"name": "island", "type": "string"}])
+    (folder / "MLmodel").write_text(f"signature:\n  inputs: '{signature}'\n")
+    model = {"dir": str(folder), "name": "penguins", "version": "7", "files_sha256": '{"MLmodel": "ab"}',
+             "engine": "onnx", "engine_reason": ""}
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(model))
+    env = {"MLOPS_MODEL_FILE": str(path), "MLOPS_MODEL_DIR": "/opt/model", "MLOPS_STATE_DIR": str(tmp_path / "s")}
+    settings = ContainerSettings.from_env(env)
+    assert settings.model_dir == folder and settings.expected_version == "7"
+    config = serve_config_for(settings, runtime_for(settings))
+    user_config = config["applications"][0]["deployments"][0]["user_config"]
+    assert user_config == {"model_uri": str(folder), "model_name": "penguins", "model_version": "7",
+                           "model_files_sha256": '{"MLmodel": "ab"}', "serving_engine": "onnx"}
+    for content, message in (
+        (None, r"MLOPS_MODEL_FILE \(.*model.json\) cannot be read"),
+        ("{not json", "is not JSON"),
+        (json.dumps([1]), "must be a JSON object"),
+        (json.dumps({**model, "files_sha256": ""}), "needs `files_sha256`"),
+        (json.dumps({**model, "dir": "models/7"}), "`dir` must be an absolute path"),
+        (json.dumps({**model, "port": 1}), r"unknown key\(s\) port"),
+    ):
+        path.unlink(missing_ok=True)
+        if content is not None:
+            path.write_text(content)
+        with pytest.raises(SystemExit, match=message):
+            ContainerSettings.from_env(env)

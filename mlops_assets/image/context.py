@@ -96,6 +96,16 @@ class ImageInputs:
         parts = {key: self.hashes[key] for key in ("runtime_dockerfile", "requirements", "base_image")}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
+    @property
+    def code_tag(self) -> str:
+        """What the image runs, without the model: serving code, both Dockerfiles, requirements
+        (which follow the engine's runtime) and base. Two images with the same code tag differ
+        only in /opt/model: the `api` role then moves a cluster to the new model through Serve's
+        in-place reconfigure instead of new containers (label mlops.serving.code)."""
+        parts = {key: self.hashes[key] for key in ("serving_code", "dockerfile", "runtime_dockerfile", "requirements",
+                                                   "base_image")}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
     def runtime_build_args(self) -> dict[str, str]:
         return {"BASE_IMAGE": self.base_image}
 
@@ -105,6 +115,7 @@ class ImageInputs:
             "MODEL_NAME": self.model_name,
             "MODEL_VERSION": self.model_version,
             "IMAGE_TAG": self.tag,
+            "SERVING_CODE": self.code_tag,
             "MODEL_FILES_SHA256": self.files_sha256,
             "SERVING_ENGINE": self.serving_engine,
             "SERVING_ENGINE_REASON": self.engine_reason,

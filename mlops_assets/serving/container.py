@@ -16,6 +16,11 @@ Settings (environment; the image sets the first one):
 
     MLOPS_MODEL_DIR             the MLflow model folder to serve (/opt/model in the image)
     MLOPS_MODEL_VERSION         if set, the version the folder must hold (exit 2 otherwise)
+    MLOPS_MODEL_FILE            (instead of the two above) a JSON file naming the model to serve:
+                                {"dir", "name", "version", "files_sha256", "engine",
+                                "engine_reason"}; read at start and by `apply`, so that a new
+                                model reaches the running replicas through Serve's in-place
+                                reconfigure (the folder mounted read-only from the host)
     MLOPS_API_HOST              address of the two public ports (0.0.0.0)
     MLOPS_API_PORT              API port (8000)
     MLOPS_METRICS_PORT          metrics port (8080): Prometheus text, Ray's and the API's series
@@ -141,6 +146,8 @@ class ContainerSettings:
     ray_ports: tuple = ()
     autoscaling: tuple = ()
     redis_password_file: str = ""
+    # MLOPS_MODEL_FILE's model (a folder with its manifest and engine), else None: the image's.
+    model: model_lib.ModelSource | None = None
 
     @property
     def cluster(self) -> bool:
@@ -205,12 +212,14 @@ class ContainerSettings:
                                      "file: mount the file holding Redis' password there")
             if not 1 <= scaling["min"] <= scaling["max"] or scaling["target"] < 1 or scaling["per_node"] < 1:
                 raise SystemExit(f"MLOPS_AUTOSCALING: need 1 <= min <= max, target >= 1 and per_node >= 1, not {scaling}")
+        model = read_model_file(env["MLOPS_MODEL_FILE"]) if env.get("MLOPS_MODEL_FILE") else None
         return cls(
+            model=model,
             ray_role=role, node_ip=node_ip, head_address=head if role == "worker" else node_ip,
             redis_password_file=(env.get("MLOPS_RAY_REDIS_PASSWORD_FILE") or "") if role == "head" else "",
             ray_ports=tuple(ports.items()), autoscaling=tuple(scaling.items()),
-            model_dir=Path(env.get("MLOPS_MODEL_DIR") or "/opt/model"),
-            expected_version=env.get("MLOPS_MODEL_VERSION") or None,
+            model_dir=Path(model.model_uri if model else env.get("MLOPS_MODEL_DIR") or "/opt/model"),
+            expected_version=model.version if model else env.get("MLOPS_MODEL_VERSION") or None,
             public_host=env.get("MLOPS_API_HOST") or "0.0.0.0",
             api_port=number("MLOPS_API_PORT", 8000),
             metrics_port=number("MLOPS_METRICS_PORT", 8080),
@@ -255,6 +264,34 @@ class ContainerRuntime(RayServeRuntime):
         return "".join(lines)
 
 
+MODEL_FILE_KEYS = ("dir", "name", "version", "files_sha256", "engine", "engine_reason")
+
+
+def read_model_file(path: str) -> model_lib.ModelSource:
+    """MLOPS_MODEL_FILE: the model to serve, as the `api` role writes it on the head. Errors
+    name the file and the key to fix."""
+    where = f"MLOPS_MODEL_FILE ({path})"
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise SystemExit(f"{where} cannot be read ({exc.strerror}): mount the file there") from None
+    except ValueError as exc:
+        raise SystemExit(f"{where} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"{where} must be a JSON object with the keys {', '.join(MODEL_FILE_KEYS)}")
+    unknown = sorted(set(data) - set(MODEL_FILE_KEYS))
+    if unknown:
+        raise SystemExit(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(MODEL_FILE_KEYS)}")
+    for key in ("dir", "version", "files_sha256"):
+        if not data.get(key) or not isinstance(data[key], str):
+            raise SystemExit(f"{where} needs `{key}` (a non-empty string)")
+    if not data["dir"].startswith("/"):
+        raise SystemExit(f"{where}: `dir` must be an absolute path in the container, not {data['dir']!r}")
+    return model_lib.ModelSource(model_uri=data["dir"], name=data.get("name") or None, version=data["version"],
+                                 files_sha256=data["files_sha256"], engine=data.get("engine") or None,
+                                 engine_reason=data.get("engine_reason") or None)
+
+
 def runtime_for(settings: ContainerSettings) -> ContainerRuntime:
     ports = dict(settings.ray_ports) or RAY_PORTS
     cluster = {
@@ -289,7 +326,7 @@ def serve_config_for(settings: ContainerSettings, runtime: RayServeRuntime) -> d
     scaling = dict(settings.autoscaling)
     return serve_deploy.serve_config(
         args,
-        model_lib.ModelSource(str(settings.model_dir)).to_config(),
+        (settings.model or model_lib.ModelSource(str(settings.model_dir))).to_config(),
         runtime.http_options(),
         num_replicas=settings.num_replicas,
         access_log=settings.access_log,
@@ -413,7 +450,10 @@ class _Stopped(Exception):
 
 
 def serve(settings: ContainerSettings) -> int:
-    loaded = model_lib.load_folder(settings.model_dir)
+    model = settings.model
+    loaded = model_lib.load_folder(settings.model_dir, **({
+        "name": model.name, "version": model.version, "files_sha256": model.files_sha256, "engine": model.engine,
+        "engine_reason": model.engine_reason} if model else {}))
     if settings.expected_version and loaded.version != settings.expected_version:
         _log(f"the image holds model {loaded.name} version {loaded.version}, not MLOPS_MODEL_VERSION="
              f"{settings.expected_version}: run the image built for that version")
@@ -499,7 +539,8 @@ def apply(env=os.environ) -> int:
         return 2
     runtime = runtime_for(settings)
     status = deploy_application(settings, runtime, {**env, **runtime.environment()})
-    _log(f"applied {dict(settings.autoscaling)}" if status == 0 else "applying the config failed (see above)")
+    model = f" with model {settings.model.name} version {settings.model.version}" if settings.model else ""
+    _log(f"applied {dict(settings.autoscaling)}{model}" if status == 0 else "applying the config failed (see above)")
     return status
 
 
