@@ -130,3 +130,25 @@ def survey(urls: list[str], probes: int = 6, timeout_s: float = 5.0) -> list[Hos
                 host.nodes.add(node)
         found.append(host)
     return found
+
+
+def nodes_serving(url: str, version: str, nodes: list[str], max_probes: int = 60,
+                  timeout_s: float = 5.0) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """GET /readyz through `url` (a cluster node's proxy, which routes to replicas on every node)
+    until a replica on each of `nodes` has answered `version`, a replica reports it refused
+    `version`, or `max_probes` are spent: ({node: the version its replica last answered},
+    the refusal or None). `container wait-version` (the api role) decides on it."""
+    client, seen = ApiClient(url), {}
+    for _ in range(max_probes):
+        answer, node, error = client.readyz_probe(timeout_s)
+        if error or not answer:
+            continue
+        rejected = answer.get("rejected")
+        if rejected and str(rejected.get("version")) == str(version):
+            return seen, rejected
+        if node:
+            seen[node] = str((answer.get("model") or {}).get("version"))
+        if all(seen.get(each) == str(version) for each in nodes):
+            break
+    return seen, None
+

@@ -597,8 +597,30 @@ def _as_init(main) -> int:
             return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
 
 
+def wait_version(version: str, nodes: list[str], env=os.environ) -> int:
+    """`container wait-version VERSION NODE...` in the head's container after an in-place model
+    update: through this node's proxy, a replica on every listed node must answer VERSION (0);
+    a replica that refused it, or a node whose replicas do not (1, naming them), and the api
+    role rolls the model back."""
+    from .client import nodes_serving
+
+    port = os.environ.get("MLOPS_API_PORT") or "8000"
+    seen, rejected = nodes_serving(f"http://127.0.0.1:{port}", version, nodes)
+    if rejected:
+        print(f"a replica refused model version {version}: {rejected.get('error')}", file=sys.stderr)
+        return 1
+    missing = {node: seen.get(node, "no answer") for node in nodes if seen.get(node) != str(version)}
+    if missing:
+        print(f"not every node serves model version {version}: {json.dumps(missing)}", file=sys.stderr)
+        return 1
+    print(f"every node ({', '.join(nodes)}) serves model version {version}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["wait-version"] and len(argv) >= 3:
+        return wait_version(argv[1], argv[2:])
     if argv[:1] == ["healthcheck"]:
         return healthcheck()
     if argv[:1] == ["apply"]:
@@ -606,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["drain"] and argv[1:] in (["request"], ["wait"]):
         return drain(argv[1])
     if argv:
-        print("usage: python -m mlops_assets.serving.container [healthcheck | apply | drain request|wait]", file=sys.stderr)
+        print("usage: python -m mlops_assets.serving.container [healthcheck | apply | drain request|wait | wait-version VERSION NODE...]", file=sys.stderr)
         return 2
     settings = ContainerSettings.from_env()
     if os.getpid() == 1:
