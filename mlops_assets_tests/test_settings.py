@@ -274,3 +274,52 @@ def test_the_model_file_names_the_folder_the_replicas_load_and_a_bad_one_is_name
             path.write_text(content)
         with pytest.raises(SystemExit, match=message):
             ContainerSettings.from_env(env)
+
+
+def test_wait_version_needs_a_replica_of_every_node_and_stops_at_a_refusal(monkeypatch, capsys):
+    """`container wait-version` (the api role's wait after an in-place model update) against a
+    loopback /readyz that answers as a cluster's proxy does: from replicas on several nodes
+    (X-Served-By), in the order scripted here."""
+    import http.server
+    import json
+    import threading
+
+    from mlops_assets.serving import container
+
+    answers: list[tuple[str, dict]] = []
+
+    class Readyz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            node, body = answers.pop(0) if len(answers) > 1 else answers[0]
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("X-Served-By", node)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Readyz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLOPS_API_PORT", str(server.server_address[1]))
+    v = lambda version, **more: {"status": "ready", "model": {"name": "m", "version": version}, **more}  # noqa: E731
+    try:
+        # Both nodes answer the new version (the worker's after an old answer): done.
+        answers[:] = [("10.0.0.1", v("2")), ("10.0.0.2", v("1")), ("10.0.0.2", v("2"))]
+        assert container.main(["wait-version", "2", "10.0.0.1", "10.0.0.2"]) == 0
+        assert "every node (10.0.0.1, 10.0.0.2) serves model version 2" in capsys.readouterr().out
+        # Only the head's replica ever answers: the worker is named as not answering.
+        answers[:] = [("10.0.0.1", v("2"))]
+        assert container.main(["wait-version", "2", "10.0.0.1", "10.0.0.2"]) == 1
+        assert '"10.0.0.2": "no answer"' in capsys.readouterr().err
+        # The worker's replica refused it (it keeps version 1): stops at once, with the reason.
+        answers[:] = [("10.0.0.1", v("2")),
+                      ("10.0.0.2", v("1", rejected={"version": "2", "error": "model.skops differs from its manifest"})),
+                      ("10.0.0.2", v("2"))]
+        assert container.main(["wait-version", "2", "10.0.0.1", "10.0.0.2"]) == 1
+        assert "a replica refused model version 2: model.skops differs from its manifest" in capsys.readouterr().err
+        assert len(answers) == 1  # the third answer was never asked for
+    finally:
+        server.shutdown()

@@ -604,7 +604,7 @@ def wait_version(version: str, nodes: list[str], env=os.environ) -> int:
     role rolls the model back."""
     from .client import nodes_serving
 
-    port = os.environ.get("MLOPS_API_PORT") or "8000"
+    port = env.get("MLOPS_API_PORT") or "8000"
     seen, rejected = nodes_serving(f"http://127.0.0.1:{port}", version, nodes)
     if rejected:
         print(f"a replica refused model version {version}: {rejected.get('error')}", file=sys.stderr)
